@@ -1,0 +1,263 @@
+"""The data2vec-text encoder in Flax Linen: RoBERTa-shaped, post-LN, numerically equal to fairseq's
+`TransformerEncoder` (data2vec text) and `transformers.Data2VecTextModel`.
+
+Pure-functional: `Encoder(config).apply({'params': p}, input_ids, deterministic=...)`. The EMA
+teacher is this same module applied to another parameter tree.
+
+Parameter tree (leading `L` axis: the blocks are run with `nn.scan`, so one block is compiled):
+
+  embeddings/token_embedding/embedding   [V, D]        ('vocab', 'embed')
+  embeddings/position_embedding/embedding [P, D]       (None, 'embed')
+  embeddings/layer_norm/{scale,bias}     [D]           ('embed',)
+  layers/attention/qkv/kernel            [L, D, 3, H, Dh] ('layers', 'embed', None, 'heads', 'kv')
+  layers/attention/qkv/bias              [L, 3, H, Dh]
+  layers/attention/out/kernel            [L, H, Dh, D] ('layers', 'heads', 'kv', 'embed')
+  layers/attention/out/bias              [L, D]
+  layers/attention_layer_norm/{scale,bias} [L, D]
+  layers/fc1/{kernel [L, D, F], bias [L, F]}           ('layers', 'embed', 'mlp')
+  layers/fc2/{kernel [L, F, D], bias [L, D]}           ('layers', 'mlp', 'embed')
+  layers/ffn_layer_norm/{scale,bias}     [L, D]
+
+q, k and v share one kernel (fused projection, one matmul); conversion to and from the reference's
+separate `q_proj/k_proj/v_proj` is an exact reshape, so fusing costs no parity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from data2vec_jax.model_config import EncoderConfig
+
+# The reference's `init_bert_params`: N(0, 0.02) for every Linear and Embedding, zero biases.
+_INIT_STD = 0.02
+# Ordered so that `feature` names read like the paper's Table 5 ablation.
+FEATURE_KINDS = ("ffn", "ffn_residual")
+
+
+def dtype_of(name: str) -> jnp.dtype:
+  return jnp.dtype(name)
+
+
+def _partitioned(init: Any, axes: tuple[str | None, ...]) -> Any:
+  return nn.with_logical_partitioning(init, axes)
+
+
+def _embedding_init(pad_id: int | None):
+  """N(0, 0.02) with the padding row zeroed, as `init_bert_params` leaves it."""
+  normal = nn.initializers.normal(_INIT_STD)
+
+  def init(key, shape, dtype=jnp.float32):
+    table = normal(key, shape, dtype)
+    if pad_id is not None:
+      table = table.at[pad_id].set(0)
+    return table
+
+  return init
+
+
+@flax.struct.dataclass
+class EncoderOutput:
+  """What the encoder returns; every array is in the compute dtype.
+
+  Attributes:
+    last_hidden_state: [B, T, D] output of the last block (after its final LayerNorm).
+    embedding_output: [B, T, D] embedding LayerNorm output, pads zeroed (HF `hidden_states[0]`).
+    block_outputs: [L, B, T, D] each block's output (HF `hidden_states[1:]`).
+    ffn_outputs: [L, B, T, D] each block's FFN output `fc2(gelu(fc1(h)))`, before dropout,
+      residual and LayerNorm (the data2vec target); with `feature='ffn_residual'` the FFN output
+      plus its residual input, before the LayerNorm (paper Table 5 ablation).
+  """
+
+  last_hidden_state: jax.Array
+  embedding_output: jax.Array
+  block_outputs: jax.Array
+  ffn_outputs: jax.Array
+
+  @property
+  def hidden_states(self) -> tuple[jax.Array, ...]:
+    """L+1 arrays [B, T, D]: the embedding output, then each block's output (HF order)."""
+    return (self.embedding_output,) + tuple(self.block_outputs)
+
+
+def position_ids(input_ids: jax.Array, pad_id: int) -> jax.Array:
+  """fairseq `make_positions`: 1-based count of non-pad tokens, offset by `pad_id`; pads get `pad_id`.
+
+  Args:
+    input_ids: [B, T] int.
+  Returns:
+    [B, T] int32; the first real token gets `pad_id + 1`.
+  """
+  not_pad = (input_ids != pad_id).astype(jnp.int32)
+  return jnp.cumsum(not_pad, axis=1) * not_pad + pad_id
+
+
+class Embeddings(nn.Module):
+  """Token + learned position embeddings -> LayerNorm -> dropout -> zero the pads."""
+
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+    token_embedding = nn.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
+        embedding_init=_partitioned(_embedding_init(cfg.pad_id), ("vocab", "embed")),
+        name="token_embedding")
+    position_embedding = nn.Embed(
+        cfg.max_positions, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
+        embedding_init=_partitioned(_embedding_init(cfg.pad_id), (None, "embed")),
+        name="position_embedding")
+    is_pad = input_ids == cfg.pad_id
+    x = token_embedding(input_ids) + position_embedding(position_ids(input_ids, cfg.pad_id))
+    x = _layer_norm(cfg, "layer_norm")(x)
+    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    # fairseq zeroes pad positions after the LayerNorm; HF does not. Only pad outputs differ.
+    x = jnp.where(is_pad[..., None], jnp.zeros((), x.dtype), x)
+    return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+
+def _layer_norm(cfg: EncoderConfig, name: str) -> nn.LayerNorm:
+  # Flax reduces LayerNorm statistics in float32 even for bf16 inputs.
+  return nn.LayerNorm(
+      epsilon=cfg.layer_norm_eps, dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype),
+      scale_init=_partitioned(nn.initializers.ones, ("embed",)),
+      bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name=name)
+
+
+def _resolve_attention_impl(cfg: EncoderConfig, dropout_active: bool) -> str:
+  if dropout_active:
+    return "reference"  # jax.nn.dot_product_attention has no dropout on the probabilities
+  if cfg.attention_impl != "auto":
+    return cfg.attention_impl
+  on_gpu = jax.default_backend() == "gpu"
+  return "cudnn" if on_gpu and cfg.dtype in ("bfloat16", "float16") else "xla"
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with key padding mask; softmax in float32 like fairseq."""
+
+  config: EncoderConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, attend: jax.Array) -> jax.Array:
+    """x: [B, T, D]; attend: [B, T] bool, False at keys to ignore (pads). Returns [B, T, D]."""
+    cfg = self.config
+    dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+    qkv = nn.DenseGeneral(
+        features=(3, cfg.num_heads, cfg.head_dim), axis=-1, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=_partitioned(nn.initializers.normal(_INIT_STD),
+                                 ("embed", None, "heads", "kv")),
+        bias_init=_partitioned(nn.initializers.zeros, (None, "heads", "kv")), name="qkv")(x)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, Dh]
+    q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
+    scale = cfg.head_dim ** -0.5
+    dropout_active = (not self.deterministic) and cfg.attention_dropout > 0
+    impl = _resolve_attention_impl(cfg, dropout_active)
+    if impl == "reference":
+      # fairseq scales q after the projection, then softmax in float32 (`utils.softmax`).
+      logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, dtype), k,
+                          preferred_element_type=jnp.float32)
+      logits = jnp.where(attend[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+      probs = jax.nn.softmax(logits, axis=-1)
+      probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=not dropout_active)
+      out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
+    else:
+      out = jax.nn.dot_product_attention(
+          q, k, v, mask=attend[:, None, None, :], scale=scale, implementation=impl)
+    return nn.DenseGeneral(
+        features=cfg.hidden_size, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype,
+        kernel_init=_partitioned(nn.initializers.normal(_INIT_STD), ("heads", "kv", "embed")),
+        bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name="out")(out)
+
+
+class EncoderBlock(nn.Module):
+  """One post-LN transformer block; returns (output, (output, ffn feature)) for `nn.scan`."""
+
+  config: EncoderConfig
+  deterministic: bool
+  feature: str = "ffn"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, attend: jax.Array):
+    cfg = self.config
+    dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+    dropout = lambda rate, h: nn.Dropout(rate)(h, deterministic=self.deterministic)
+
+    attn = SelfAttention(cfg, self.deterministic, name="attention")(x, attend)
+    x = _layer_norm(cfg, "attention_layer_norm")(x + dropout(cfg.dropout, attn))
+
+    h = nn.Dense(cfg.intermediate_size, dtype=dtype, param_dtype=param_dtype,
+                 kernel_init=_partitioned(nn.initializers.normal(_INIT_STD), ("embed", "mlp")),
+                 bias_init=_partitioned(nn.initializers.zeros, ("mlp",)), name="fc1")(x)
+    h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
+    # Exact erf GELU computed in float32, like fairseq's `gelu` (Flax defaults to tanh).
+    h = jax.nn.gelu(h.astype(jnp.float32), approximate=False).astype(dtype)
+    h = dropout(cfg.activation_dropout, h)
+    ffn = nn.Dense(cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
+                   kernel_init=_partitioned(nn.initializers.normal(_INIT_STD), ("mlp", "embed")),
+                   bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name="fc2")(h)
+    feature = ffn if self.feature == "ffn" else x + ffn
+    x = _layer_norm(cfg, "ffn_layer_norm")(x + dropout(cfg.dropout, ffn))
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    return x, (x, feature)
+
+
+_REMAT_POLICY_FNS = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Encoder(nn.Module):
+  """The data2vec-text encoder.
+
+  Attributes:
+    config: shape and numerics.
+    feature: which per-block feature `ffn_outputs` holds: 'ffn' (fc2 output, the data2vec
+      target) or 'ffn_residual' (FFN output + residual, before the block's final LayerNorm).
+  """
+
+  config: EncoderConfig
+  feature: str = "ffn"
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, *, deterministic: bool = True) -> EncoderOutput:
+    """input_ids: [B, T] int32 (pads = `config.pad_id`). Dropout needs the 'dropout' rng."""
+    cfg = self.config
+    if self.feature not in FEATURE_KINDS:
+      raise ValueError(f"feature={self.feature!r}; expected one of {FEATURE_KINDS}")
+    if input_ids.ndim != 2:
+      raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+    if input_ids.shape[1] > cfg.max_sequence_length:
+      raise ValueError(
+          f"sequence length {input_ids.shape[1]} exceeds the {cfg.max_sequence_length} positions "
+          f"of the position table (max_positions={cfg.max_positions})")
+    attend = input_ids != cfg.pad_id
+    x = Embeddings(cfg, name="embeddings")(input_ids, deterministic)
+
+    block = EncoderBlock
+    if cfg.remat_policy != "none":
+      block = nn.remat(block, policy=_REMAT_POLICY_FNS[cfg.remat_policy], prevent_cse=False)
+    scanned = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        in_axes=nn.broadcast, length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})
+    last, (block_outputs, ffn_outputs) = scanned(
+        cfg, deterministic, self.feature, name="layers")(x, attend)
+    return EncoderOutput(last_hidden_state=last, embedding_output=x,
+                         block_outputs=block_outputs, ffn_outputs=ffn_outputs)
+
+
+def init_params(config: EncoderConfig, rng: jax.Array, seq_len: int = 8) -> Any:
+  """Random parameters (reference init distributions), unboxed from their partitioning metadata."""
+  dummy = jnp.full((1, seq_len), config.pad_id + 1, jnp.int32)
+  variables = Encoder(config).init(rng, dummy, deterministic=True)
+  return nn.meta.unbox(variables["params"])
