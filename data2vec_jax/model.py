@@ -139,6 +139,31 @@ def _resolve_attention_impl(cfg: EncoderConfig, dropout_active: bool) -> str:
   return "cudnn" if on_gpu and cfg.dtype in ("bfloat16", "float16") else "xla"
 
 
+class Projection(nn.Module):
+  """`einsum(equation, x, kernel) + bias` with multi-dimensional, logically partitioned params.
+
+  (Flax's DenseGeneral initialises a flattened kernel, which breaks per-dimension logical axis
+  names; the fused qkv and the head-merging output projection need them.)
+  """
+
+  equation: str
+  kernel_shape: tuple[int, ...]
+  kernel_axes: tuple[str | None, ...]
+  bias_shape: tuple[int, ...]
+  bias_axes: tuple[str | None, ...]
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", _partitioned(nn.initializers.normal(_INIT_STD), self.kernel_axes),
+                        self.kernel_shape, self.param_dtype)
+    bias = self.param("bias", _partitioned(nn.initializers.zeros, self.bias_axes),
+                      self.bias_shape, self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return jnp.einsum(self.equation, x, kernel) + bias
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention with key padding mask; softmax in float32 like fairseq."""
 
@@ -150,11 +175,10 @@ class SelfAttention(nn.Module):
     """x: [B, T, D]; attend: [B, T] bool, False at keys to ignore (pads). Returns [B, T, D]."""
     cfg = self.config
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-    qkv = nn.DenseGeneral(
-        features=(3, cfg.num_heads, cfg.head_dim), axis=-1, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=_partitioned(nn.initializers.normal(_INIT_STD),
-                                 ("embed", None, "heads", "kv")),
-        bias_init=_partitioned(nn.initializers.zeros, (None, "heads", "kv")), name="qkv")(x)
+    qkv = Projection(
+        "btd,dshk->btshk", (cfg.hidden_size, 3, cfg.num_heads, cfg.head_dim),
+        ("embed", None, "heads", "kv"), (3, cfg.num_heads, cfg.head_dim), (None, "heads", "kv"),
+        dtype, param_dtype, name="qkv")(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, Dh]
     q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
     scale = cfg.head_dim ** -0.5
@@ -171,10 +195,9 @@ class SelfAttention(nn.Module):
     else:
       out = jax.nn.dot_product_attention(
           q, k, v, mask=attend[:, None, None, :], scale=scale, implementation=impl)
-    return nn.DenseGeneral(
-        features=cfg.hidden_size, axis=(-2, -1), dtype=dtype, param_dtype=param_dtype,
-        kernel_init=_partitioned(nn.initializers.normal(_INIT_STD), ("heads", "kv", "embed")),
-        bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name="out")(out)
+    return Projection(
+        "bthk,hkd->btd", (cfg.num_heads, cfg.head_dim, cfg.hidden_size), ("heads", "kv", "embed"),
+        (cfg.hidden_size,), ("embed",), dtype, param_dtype, name="out")(out)
 
 
 class EncoderBlock(nn.Module):

@@ -1,0 +1,35 @@
+# Set-up is part of every target: a fresh machine needs only Python 3.11 and `make`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench-cpu bench-gpu clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+# The main job on an embedded default: tiny data2vec pretraining on an offline corpus.
+demo: $(STAMP)
+	$(BIN)/python train.py --config configs/demo.py --workdir demo_out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not slow" tests
+
+bench-cpu: $(STAMP)
+	$(BIN)/python bench/bench_train_step.py
+	$(BIN)/python bench/bench_encode.py
+	$(BIN)/python bench/bench_input_pipeline.py
+
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/bench_gpu.py
+
+clean:
+	rm -rf demo_out .pytest_cache

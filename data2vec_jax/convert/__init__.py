@@ -1,0 +1,15 @@
+"""Weight conversion between the PyTorch references and data2vec-jax.
+
+- `torch_io`: safe reading of `.pt` / `pytorch_model.bin` / safetensors (no code execution).
+- `layout`: the exact tensor mapping reference <-> stacked Flax tree; the `Converted` result.
+- `hf`: Hugging Face `Data2VecText*` / `Roberta*` directories, import and export.
+- `fairseq`: fairseq data2vec-text checkpoints (student or EMA teacher), import.
+"""
+
+from data2vec_jax.convert.fairseq import load_fairseq
+from data2vec_jax.convert.hf import EXPORT_ARCHITECTURES, load_hf_dir, save_hf_dir
+from data2vec_jax.convert.layout import Converted
+from data2vec_jax.convert.torch_io import CheckpointError
+
+__all__ = ["CheckpointError", "Converted", "EXPORT_ARCHITECTURES", "load_fairseq", "load_hf_dir",
+           "save_hf_dir"]

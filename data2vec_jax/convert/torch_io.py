@@ -1,0 +1,290 @@
+"""Safe reading of PyTorch-side weight files: fairseq `.pt`, `pytorch_model.bin`, `.safetensors`.
+
+Nothing here executes code from a file. safetensors is a plain tensor container. `.pt`/`.bin`
+files are pickles, so they are read in two stages:
+
+1. `torch.load(weights_only=True)` with only `argparse.Namespace` added to torch's allow-list
+   (legacy fairseq checkpoints store their hyper-parameters as an `args` Namespace).
+2. Only if stage 1 refused a global from `omegaconf`, `fairseq` or `typing` (fairseq pickles its
+   `cfg` as an omegaconf `DictConfig`, whose metadata refers to fairseq dataclass and enum types),
+   the file is read again with `RestrictedUnpickler`: torch's own weights-only allow-list, plus
+   `argparse.Namespace`, plus *inert stand-ins* for omegaconf/fairseq/typing globals. A stand-in
+   is a class that only records the arguments and state it is given; `plain_data` turns the
+   captured omegaconf containers into plain dicts and lists. Every other global is refused with
+   an error that names it.
+
+Every failure is raised as `CheckpointError` with the path and the reason, never as a raw pickle
+or zip traceback.
+
+torch is imported lazily: the rest of the library does not need it.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import argparse
+import json
+import os
+import pickle
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+# Globals whose module starts with one of these become inert stand-ins (stage 2 only).
+_INERT_MODULE_PREFIXES = ("omegaconf", "fairseq", "typing")
+
+
+class CheckpointError(ValueError):
+  """A weight file or directory cannot be used; the message says which and why."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Inert stand-ins for omegaconf / fairseq / typing globals.
+
+
+class InertObject:
+  """An instance of a refused-but-harmless class: records constructor args and pickled state.
+
+  Subclasses are created per global by `_inert_class`; `_inert_global` names the original.
+  Nothing of the original class runs: `__new__`, `__init__` and `__setstate__` only store.
+  """
+
+  _inert_global: str = "?"
+
+  def __new__(cls, *args: Any, **kwargs: Any) -> "InertObject":
+    obj = super().__new__(cls)
+    obj.__dict__["_inert_args"] = args
+    obj.__dict__["_inert_state"] = None
+    return obj
+
+  def __init__(self, *args: Any, **kwargs: Any) -> None:  # REDUCE calls cls(*args)
+    pass
+
+  def __setstate__(self, state: Any) -> None:  # BUILD
+    self.__dict__["_inert_state"] = state
+
+  def __repr__(self) -> str:
+    return f"<inert {self._inert_global}>"
+
+
+def _inert_class(module: str, name: str) -> type:
+  return type(name, (InertObject,), {"_inert_global": f"{module}.{name}", "__module__": __name__})
+
+
+def _allowed_globals() -> dict[str, Any]:
+  """torch's weights-only allow-list ('module.name' -> object) plus argparse.Namespace."""
+  import torch  # pylint: disable=import-outside-toplevel
+  allowed: dict[str, Any] = {}
+  try:
+    allowed.update(torch._weights_only_unpickler._get_allowed_globals())  # pylint: disable=protected-access
+  except AttributeError as e:  # a future torch renamed it: fail loudly rather than allow more
+    raise CheckpointError(
+        "this torch version does not expose its weights-only allow-list; "
+        "the restricted unpickler cannot be built") from e
+  allowed["argparse.Namespace"] = argparse.Namespace
+  # Plain builtin types: omegaconf metadata refers to them (e.g. object_type=dict); calling
+  # them builds plain data only.
+  for t in (dict, list, tuple, set, frozenset, int, float, str, bool, bytes, complex):
+    allowed[f"builtins.{t.__name__}"] = t
+  return allowed
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+  """`pickle.Unpickler` whose `find_class` allows only torch-safe globals, Namespace, stand-ins.
+
+  `find_class` is pickle's single gate to importable objects (GLOBAL, STACK_GLOBAL, INST, OBJ
+  and EXT all go through it), so refusing there refuses everything else.
+  """
+
+  def __init__(self, *args: Any, **kwargs: Any) -> None:
+    super().__init__(*args, **kwargs)
+    self._allowed = _allowed_globals()
+
+  def find_class(self, module: str, name: str) -> Any:
+    # Protocol <= 2 pickles may use Python 2 names (`__builtin__.dict`); map them as pickle does.
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+      module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    full = f"{module}.{name}"
+    if full in self._allowed:
+      return self._allowed[full]
+    if module.split(".")[0] in _INERT_MODULE_PREFIXES:
+      return _inert_class(module, name)
+    raise pickle.UnpicklingError(f"refusing to load global {full!r} (not on the allow-list)")
+
+
+class _RestrictedPickleModule:
+  """What `torch.load(pickle_module=...)` needs: `Unpickler` and `load`."""
+
+  __name__ = "data2vec_jax.convert.torch_io.restricted_pickle"
+  Unpickler = RestrictedUnpickler
+
+  @staticmethod
+  def load(file: Any, **kwargs: Any) -> Any:
+    return RestrictedUnpickler(file, **kwargs).load()
+
+
+def plain_data(obj: Any) -> Any:
+  """Recursively turns what a checkpoint pickles as config into plain Python data.
+
+  omegaconf `DictConfig`/`ListConfig` stand-ins become dicts/lists (from their `_content`),
+  value nodes become their `_val`, enum stand-ins their value, `argparse.Namespace` a dict, and
+  type references (e.g. `typing.Any`) their dotted name. Tensors and arrays are left as they are.
+  """
+  if isinstance(obj, InertObject):
+    state = obj._inert_state  # pylint: disable=protected-access
+    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
+      state = state[0]  # (dict state, slot state)
+    if isinstance(state, dict) and "_content" in state:
+      return plain_data(state["_content"])
+    if isinstance(state, dict) and "_val" in state:
+      return plain_data(state["_val"])
+    args = obj._inert_args  # pylint: disable=protected-access
+    if len(args) == 1 and state is None:
+      return plain_data(args[0])  # an Enum member pickles as cls(value)
+    return obj._inert_global  # a type reference or an object we cannot interpret
+  if isinstance(obj, type) and issubclass(obj, InertObject):
+    return obj._inert_global
+  if isinstance(obj, argparse.Namespace):
+    return {k: plain_data(v) for k, v in vars(obj).items()}
+  if isinstance(obj, Mapping):
+    return {k: plain_data(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(plain_data(v) for v in obj) if isinstance(obj, list) else tuple(
+        plain_data(v) for v in obj)
+  return obj
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _refused_global(message: str) -> str | None:
+  """The dotted global name a weights-only refusal complains about, if it names one."""
+  for match in _REFUSED_GLOBAL.finditer(message):
+    name = match.group(1)
+    if "." in name:
+      return name
+  return None
+
+
+def load_torch_pickle(path: str | os.PathLike[str]) -> Any:
+  """Reads a `torch.save` file without executing code from it (see the module docstring).
+
+  Returns the unpickled object with tensors as CPU `torch.Tensor`s and any omegaconf/fairseq
+  objects as `InertObject`s (pass them through `plain_data`).
+
+  Raises:
+    CheckpointError: missing, truncated or corrupt file, or a refused global (named).
+  """
+  import torch  # pylint: disable=import-outside-toplevel
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path}: no such file")
+  try:
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      return torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    refused = _refused_global(str(e))
+    if refused is None or refused.split(".")[0] not in _INERT_MODULE_PREFIXES:
+      raise CheckpointError(
+          f"{path}: refused to unpickle: the file needs global {refused or '?'}, which is not "
+          f"on the allow-list (weights-only load: {str(e).splitlines()[0]})") from None
+  except Exception as e:  # zip/storage errors on truncated or non-torch files
+    raise CheckpointError(
+        f"{path}: cannot read as a PyTorch checkpoint (truncated or corrupt?): "
+        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+  # Stage 2: the file holds omegaconf/fairseq objects; read it with inert stand-ins.
+  try:
+    return torch.load(path, map_location="cpu", weights_only=False,
+                      pickle_module=_RestrictedPickleModule)
+  except pickle.UnpicklingError as e:
+    raise CheckpointError(f"{path}: refused to unpickle: {e}") from None
+  except Exception as e:
+    raise CheckpointError(
+        f"{path}: cannot read as a PyTorch checkpoint (truncated or corrupt?): "
+        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def to_numpy(tensor: Any, name: str) -> np.ndarray:
+  """A torch tensor (or array) as a numpy array; float16/bfloat16 are upcast exactly to float32."""
+  import torch  # pylint: disable=import-outside-toplevel
+  if isinstance(tensor, np.ndarray):
+    array = tensor
+  elif isinstance(tensor, torch.Tensor):
+    tensor = tensor.detach().cpu()
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+      tensor = tensor.float()
+    array = tensor.numpy()
+  else:
+    raise CheckpointError(f"{name}: expected a tensor, got {type(tensor).__name__}")
+  if array.dtype in (np.float16,):
+    array = array.astype(np.float32)
+  return array
+
+
+def load_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+  """All tensors of a `.safetensors` file as numpy (float16/bfloat16 upcast to float32)."""
+  from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path}: no such file")
+  try:
+    out = {}
+    # framework="pt" reads bfloat16, which numpy cannot represent.
+    with safe_open(path, framework="pt") as f:
+      for key in f.keys():
+        out[key] = to_numpy(f.get_tensor(key), key)
+    return out
+  except CheckpointError:
+    raise
+  except Exception as e:
+    raise CheckpointError(
+        f"{path}: cannot read as safetensors (truncated or corrupt?): {type(e).__name__}: {e}"
+    ) from None
+
+
+def load_hf_state_dict(directory: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], str]:
+  """The state dict of a Hugging Face model directory, as numpy arrays.
+
+  Looks for, in this order: `model.safetensors`, `model.safetensors.index.json` (shards),
+  `pytorch_model.bin`, `pytorch_model.bin.index.json`. The `.bin` files are read weights-only.
+
+  Returns:
+    (name -> array, the file or index that was read).
+  """
+  directory = os.fspath(directory)
+  single_st = os.path.join(directory, "model.safetensors")
+  index_st = single_st + ".index.json"
+  single_bin = os.path.join(directory, "pytorch_model.bin")
+  index_bin = single_bin + ".index.json"
+  if os.path.isfile(single_st):
+    return load_safetensors(single_st), single_st
+  if os.path.isfile(index_st) or os.path.isfile(index_bin):
+    index = index_st if os.path.isfile(index_st) else index_bin
+    try:
+      with open(index, encoding="utf-8") as f:
+        weight_map = json.load(f)["weight_map"]
+    except (OSError, ValueError, KeyError) as e:
+      raise CheckpointError(f"{index}: not a valid shard index: {e}") from None
+    state: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+      shard_path = os.path.join(directory, shard)
+      state.update(load_safetensors(shard_path) if shard.endswith(".safetensors")
+                   else _bin_state_dict(shard_path))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+      raise CheckpointError(f"{index}: shards lack tensors the index lists: {missing}")
+    return state, index
+  if os.path.isfile(single_bin):
+    return _bin_state_dict(single_bin), single_bin
+  raise CheckpointError(
+      f"{directory}: no weights found (looked for model.safetensors, "
+      f"model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json)")
+
+
+def _bin_state_dict(path: str) -> dict[str, np.ndarray]:
+  state = load_torch_pickle(path)
+  if not isinstance(state, Mapping):
+    raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+  return {k: to_numpy(v, k) for k, v in state.items()}

@@ -1,0 +1,236 @@
+"""Tokenizers that produce fairseq dictionary ids, from local files only (no hub downloads).
+
+* `BPETokenizer`: the released model's GPT-2 byte-level BPE (`vocab.json` + `merges.txt`) run by
+  the `tokenizers` library. Two id conventions are supported:
+    - Hugging Face RoBERTa/data2vec `vocab.json` (ids already fairseq ids: <s>=0 <pad>=1 </s>=2
+      <unk>=3 ... <mask>=50264): used directly;
+    - the original GPT-2 `vocab.json` (GPT-2 ids) together with fairseq's `dict.txt`, whose symbols
+      are GPT-2 ids written as decimal strings: ids are mapped through the dictionary, as
+      `fairseq-preprocess` does after `multiprocessing_bpe_encoder`.
+* `SentencePieceTokenizer`: a sentencepiece model trained by `train_sentencepiece` with the fairseq
+  special ids fixed (<s>=0 <pad>=1 </s>=2 <unk>=3) and `<mask>` as the LAST id, so spm ids are the
+  model's ids and `vocab_size` is the embedding-table size.
+
+`encode(text)` returns the ids of the text without specials; `encode_line(text)` appends `</s>`,
+which is how every fairseq sentence line is stored.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from data2vec_jax.data.dictionary import BOS, EOS, MASK, PAD, SPECIAL_SYMBOLS, UNK, Dictionary, VocabInfo
+
+
+class Tokenizer(Protocol):
+  """What the data pipeline needs from a tokenizer."""
+
+  vocab: VocabInfo
+
+  def encode(self, text: str) -> np.ndarray:  # int32 [n]
+    ...
+
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    ...
+
+  def decode(self, ids: Sequence[int]) -> str:
+    ...
+
+
+def encode_line(tokenizer: Tokenizer, text: str) -> np.ndarray:
+  """Ids of one sentence line with the trailing `</s>` (int32 [n+1]), fairseq's stored form."""
+  ids = tokenizer.encode(text)
+  return np.append(ids, np.int32(tokenizer.vocab.eos_id)).astype(np.int32)
+
+
+def _require_file(path: str | os.PathLike | None, what: str) -> str:
+  if not path:
+    raise ValueError(f"{what} path is not set")
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{what} not found: {path}")
+  return path
+
+
+class BPETokenizer:
+  """GPT-2 byte-level BPE from local `vocab.json` + `merges.txt`, producing fairseq ids.
+
+  Args:
+    vocab_json: path to `vocab.json` (token -> id).
+    merges_txt: path to `merges.txt`.
+    dict_txt: optional fairseq `dict.txt`. Give it when `vocab.json` holds GPT-2 ids (the original
+      GPT-2 files); leave it out for a RoBERTa-style `vocab.json` whose ids are fairseq ids.
+  """
+
+  def __init__(self, vocab_json: str | os.PathLike, merges_txt: str | os.PathLike,
+               dict_txt: str | os.PathLike | None = None) -> None:
+    from tokenizers import ByteLevelBPETokenizer  # local import: keeps `import data2vec_jax.data` light
+
+    vocab_json = _require_file(vocab_json, "BPE vocab.json")
+    merges_txt = _require_file(merges_txt, "BPE merges.txt")
+    with open(vocab_json, encoding="utf-8") as f:
+      vocab: dict[str, int] = json.load(f)
+    # add_prefix_space=False and the GPT-2 regex pre-tokenizer: identical to RobertaTokenizer,
+    # which never adds a leading space. trim_offsets only affects offsets, not ids.
+    self._tok = ByteLevelBPETokenizer(vocab_json, merges_txt, add_prefix_space=False)
+    self._lut: np.ndarray | None = None
+    if dict_txt is not None:
+      self.dictionary = Dictionary.load(_require_file(dict_txt, "fairseq dict.txt"))
+      # GPT-2 id -> fairseq id, through the decimal-string symbols of dict.txt.
+      n = max(vocab.values()) + 1
+      self._lut = np.array([self.dictionary.index(str(i)) for i in range(n)], dtype=np.int32)
+      self.vocab = self.dictionary.vocab_info()
+    else:
+      missing = [s for i, s in enumerate(SPECIAL_SYMBOLS) if vocab.get(s) != i]
+      if missing:
+        raise ValueError(
+            f"{vocab_json}: expected fairseq special ids <s>=0 <pad>=1 </s>=2 <unk>=3 in a "
+            f"RoBERTa-style vocab.json, but {missing} differ; for original GPT-2 files pass "
+            f"the fairseq dict.txt as dict_txt")
+      ids = sorted(vocab.values())
+      if ids != list(range(len(ids))):
+        raise ValueError(f"{vocab_json}: ids are not contiguous 0..{len(ids) - 1}")
+      # fairseq appends <mask> after the dictionary; HF RoBERTa vocab.json already contains it.
+      mask_id = vocab.get(MASK, len(vocab))
+      self.vocab = VocabInfo(vocab_size=max(len(vocab), mask_id + 1), pad_id=1, bos_id=0,
+                             eos_id=2, unk_id=3, mask_id=mask_id)
+      self.dictionary = Dictionary.from_symbols(
+          [s for s, _ in sorted(vocab.items(), key=lambda kv: kv[1])[len(SPECIAL_SYMBOLS):]
+           if s != MASK])
+      if self.dictionary.mask_index != mask_id:
+        raise ValueError(f"{vocab_json}: <mask> must be the last id to match fairseq "
+                         f"(found {mask_id}, vocabulary has {len(vocab)} entries)")
+
+  def _map(self, ids: Sequence[int]) -> np.ndarray:
+    arr = np.asarray(ids, dtype=np.int32)
+    return self._lut[arr] if self._lut is not None else arr
+
+  def encode(self, text: str) -> np.ndarray:
+    """Fairseq ids of `text` (int32 [n]), no `<s>`/`</s>`."""
+    return self._map(self._tok.encode(text, add_special_tokens=False).ids)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    """`encode` for many texts; the Rust side parallelises (TOKENIZERS_PARALLELISM)."""
+    return [self._map(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    if self._lut is not None:
+      inverse = {int(f): g for g, f in enumerate(self._lut)}
+      ids = [inverse.get(int(i), 0) for i in ids]
+    return self._tok.decode([int(i) for i in ids])
+
+
+class SentencePieceTokenizer:
+  """A sentencepiece model whose ids are the model's ids (see `train_sentencepiece`)."""
+
+  def __init__(self, model_file: str | os.PathLike) -> None:
+    import sentencepiece as spm
+
+    model_file = _require_file(model_file, "sentencepiece model")
+    self._sp = spm.SentencePieceProcessor(model_file=model_file)
+    ids = {s: self._sp.piece_to_id(s) for s in (*SPECIAL_SYMBOLS, MASK)}
+    expected = {BOS: 0, PAD: 1, EOS: 2, UNK: 3, MASK: self._sp.get_piece_size() - 1}
+    if ids != expected:
+      raise ValueError(f"{model_file}: special ids {ids} differ from the fairseq layout {expected}; "
+                       f"train it with data2vec_jax.data.tokenizer.train_sentencepiece")
+    self.vocab = VocabInfo(vocab_size=self._sp.get_piece_size(), pad_id=1, bos_id=0, eos_id=2,
+                           unk_id=3, mask_id=ids[MASK])
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._sp.encode(text), dtype=np.int32)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    return [np.asarray(x, dtype=np.int32) for x in self._sp.encode(list(texts))]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  def pieces(self) -> list[str]:
+    return [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
+
+
+def train_sentencepiece(sentences: Iterable[str], model_path: str | os.PathLike, *, vocab_size: int,
+                        model_type: str = "unigram", character_coverage: float = 0.9995,
+                        byte_fallback: bool = False, max_sentences: int = 2_000_000,
+                        seed_sentencepiece_size: int = 1_000_000, num_threads: int = 2) -> SentencePieceTokenizer:
+  """Train a sentencepiece model with fairseq's special-id layout and write it to `model_path`.
+
+  Layout of the resulting model (`vocab_size` pieces in total):
+      0 <s> (control), 1 <pad> (control), 2 </s> (control), 3 <unk>,
+      4 .. vocab_size-2 learned pieces,
+      vocab_size-1 <mask> (user-defined, so the literal text "<mask>" also encodes to it).
+  sentencepiece always numbers user-defined symbols right after the specials, so we train
+  `vocab_size-1` pieces and then append `<mask>` to the model proto; that keeps `<mask>` last,
+  as fairseq's `add_symbol` does for the released models, without shifting any learned id.
+
+  Args:
+    sentences: one sentence per item (no newlines needed); consumed once, at most `max_sentences`.
+    model_path: output `.model` file.
+    vocab_size: total number of ids, `<mask>` included (the embedding-table size).
+  """
+  import sentencepiece as spm
+  from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+
+  if vocab_size < 8:
+    raise ValueError(f"vocab_size={vocab_size} is too small")
+  if model_type not in ("unigram", "bpe", "char", "word"):
+    raise ValueError(f"unknown sentencepiece model_type {model_type!r}")
+
+  def _limited() -> Iterator[str]:
+    for i, s in enumerate(sentences):
+      if i >= max_sentences:
+        break
+      s = s.strip()
+      if s:
+        yield s
+
+  buf = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_limited(), model_writer=buf, vocab_size=vocab_size - 1,
+        model_type=model_type, character_coverage=character_coverage, byte_fallback=byte_fallback,
+        bos_id=0, pad_id=1, eos_id=2, unk_id=3,
+        bos_piece=BOS, pad_piece=PAD, eos_piece=EOS, unk_piece=UNK,
+        input_sentence_size=max_sentences, shuffle_input_sentence=True,
+        seed_sentencepiece_size=seed_sentencepiece_size, num_threads=num_threads,
+        hard_vocab_limit=True, minloglevel=2)
+  except RuntimeError as e:
+    if "Vocabulary size too high" in str(e):
+      raise ValueError(f"the corpus is too small for a {model_type} vocabulary of {vocab_size} "
+                       f"(sentencepiece: {e}); use a smaller vocab_size or model_type='bpe'") from e
+    raise
+  proto = spm_pb2.ModelProto()
+  proto.ParseFromString(buf.getvalue())
+  piece = proto.pieces.add()
+  piece.piece = MASK
+  piece.score = 0.0
+  piece.type = spm_pb2.ModelProto.SentencePiece.USER_DEFINED
+  model_path = os.fspath(model_path)
+  os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
+  with open(model_path, "wb") as f:
+    f.write(proto.SerializeToString())
+  return SentencePieceTokenizer(model_path)
+
+
+def sentencepiece_dictionary(tok: SentencePieceTokenizer, counts: np.ndarray | None = None) -> Dictionary:
+  """fairseq Dictionary whose ids equal the spm ids (pieces 4..V-2 in order, `<mask>` appended)."""
+  pieces = tok.pieces()[len(SPECIAL_SYMBOLS):-1]
+  c = None if counts is None else [int(x) for x in counts[len(SPECIAL_SYMBOLS):-1]]
+  d = Dictionary.from_symbols(pieces, c)
+  assert d.mask_index == tok.vocab.mask_id
+  return d
+
+
+def load_tokenizer(kind: str, *, vocab_json: str | None = None, merges_txt: str | None = None,
+                   dict_txt: str | None = None, sentencepiece_model: str | None = None) -> Tokenizer:
+  """Build a tokenizer from config values: kind is 'bpe' or 'sentencepiece'."""
+  if kind == "bpe":
+    return BPETokenizer(vocab_json, merges_txt, dict_txt)
+  if kind == "sentencepiece":
+    return SentencePieceTokenizer(sentencepiece_model)
+  raise ValueError(f"unknown tokenizer {kind!r}; expected 'bpe' or 'sentencepiece'")

@@ -1,0 +1,62 @@
+"""FLOP accounting for throughput and MFU figures (DESIGN.md §5).
+
+Encoder forward FLOPs per token: 2*N + 4*L*s*d, N = matmul parameters without embeddings. One
+data2vec v1 update ~ student forward+backward (3F) + teacher forward (F) + the regression head on
+the masked tokens (3 x its forward). Count only real (non-pad) tokens when using these.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from data2vec_jax.model_config import EncoderConfig
+
+# Dense bf16 peak per chip/GPU, FLOP/s. Keys are substrings of `jax.Device.device_kind`.
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6": 918e12,
+}
+
+
+def encoder_matmul_params(cfg: EncoderConfig) -> int:
+  """Matmul parameters of the blocks (embeddings, biases and LayerNorms excluded)."""
+  d, f = cfg.hidden_size, cfg.intermediate_size
+  return cfg.num_layers * (4 * d * d + 2 * d * f)
+
+
+def encoder_forward_flops_per_token(cfg: EncoderConfig, seq_len: int) -> float:
+  """2N + 4 L s d. Base at s=512: 188.7 MFLOP/token."""
+  return 2.0 * encoder_matmul_params(cfg) + 4.0 * cfg.num_layers * seq_len * cfg.hidden_size
+
+
+def head_forward_flops_per_token(cfg: EncoderConfig, head_layers: int, kind: str) -> float:
+  d = cfg.hidden_size
+  if kind == "mlm":
+    return 2.0 * (d * d + d * cfg.vocab_size)
+  return 2.0 * (d * d) if head_layers == 1 else 2.0 * (4 * d * d)
+
+
+def train_flops_per_token(cfg: EncoderConfig, seq_len: int, *, kind: str = "data2vec",
+                          head_layers: int = 2, masked_fraction: float = 0.307) -> float:
+  """Model FLOPs of one update per real token (no rematerialisation counted)."""
+  forward = encoder_forward_flops_per_token(cfg, seq_len)
+  teacher = forward if kind == "data2vec" else 0.0
+  head = 3.0 * head_forward_flops_per_token(cfg, head_layers, kind) * masked_fraction
+  return 3.0 * forward + teacher + head
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
+  """bf16 dense peak of `device` (default: the first device), or None when unknown (CPU)."""
+  device = device or jax.devices()[0]
+  kind = getattr(device, "device_kind", "")
+  for key, value in PEAK_BF16_FLOPS.items():
+    if key.lower() in kind.lower():
+      return value
+  return None

@@ -1,0 +1,87 @@
+"""From the `data` / `masking` config sections to a resumable iterator of host batches.
+
+Thin glue over `data2vec_jax.data` (sources, tokenizers, blocks, batching) and
+`data2vec_jax.masking`. The extra source 'python_docs' is the offline demo corpus: English prose
+from the Python reference manual (`pydoc_data`, shipped with CPython), written to
+`<workdir>/data/` together with a sentencepiece vocabulary trained on it, so the demo needs no
+network and no files beyond Python itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any
+
+import ml_collections
+
+from data2vec_jax.data.dictionary import VocabInfo
+from data2vec_jax.data.pipeline import PipelineConfig, build_block_dataset, make_iterator
+from data2vec_jax.masking import MaskingConfig, mask_tokens
+
+_PIPELINE_KEYS = {f.name for f in dataclasses.fields(PipelineConfig)}
+_LOCAL_KEYS = {"prefetch", "sentencepiece_vocab_size"}
+
+
+@dataclasses.dataclass
+class TrainingData:
+  """iterator yields this process's rows: {'source','target': int32 [B_local,T], 'selected': bool}."""
+
+  iterator: Any
+  vocab: VocabInfo
+  seq_len: int
+
+  @property
+  def vocab_size(self) -> int:
+    return self.vocab.vocab_size
+
+  @property
+  def mask_id(self) -> int:
+    return self.vocab.mask_id
+
+
+def prepare_python_docs(data_dir: str, vocab_size: int) -> tuple[str, str]:
+  """Writes the offline corpus and trains its sentencepiece model once; returns (text, model)."""
+  from data2vec_jax.data.offline_corpus import write_offline_corpus
+  from data2vec_jax.data.tokenizer import train_sentencepiece
+
+  text_path = os.path.join(data_dir, "python_docs.txt")
+  model_path = os.path.join(data_dir, f"spm{vocab_size}.model")
+  if not os.path.exists(text_path):
+    stats = write_offline_corpus(text_path)
+    logging.info("offline corpus: %s", stats)
+  if not os.path.exists(model_path):
+    with open(text_path, encoding="utf-8") as f:
+      sentences = [line.strip() for line in f if line.strip()]
+    logging.info("training a %d-piece sentencepiece vocabulary on %d sentences", vocab_size,
+                 len(sentences))
+    train_sentencepiece(sentences, model_path, vocab_size=vocab_size)
+  return text_path, model_path
+
+
+def build(config: ml_collections.ConfigDict, workdir: str, *, process_index: int = 0,
+          process_count: int = 1) -> TrainingData:
+  data_cfg = dict(config.data)
+  source_cfg = {k: v for k, v in data_cfg.items() if k not in _PIPELINE_KEYS | _LOCAL_KEYS}
+  if data_cfg["source"] == "python_docs":
+    text_path, model_path = prepare_python_docs(os.path.join(workdir, "data"),
+                                                int(data_cfg["sentencepiece_vocab_size"]))
+    source_cfg.update(source="text", path=text_path, tokenizer="sentencepiece",
+                      sentencepiece_model=model_path)
+  # Empty strings in the config mean "not set".
+  source_cfg = {k: (v if v != "" else None) for k, v in source_cfg.items()}
+  pipeline_cfg = PipelineConfig.from_dict({k: v for k, v in data_cfg.items()
+                                           if k in _PIPELINE_KEYS})
+  blocks, vocab = build_block_dataset(source_cfg, tokens_per_sample=pipeline_cfg.tokens_per_sample,
+                                      break_mode=pipeline_cfg.break_mode, strict_keys=True)
+  if vocab.mask_id < 0:
+    raise ValueError("the vocabulary has no <mask> symbol; data2vec and MLM need one")
+  mask_fn = functools.partial(
+      mask_tokens, config=MaskingConfig.from_dict(dict(config.masking)), seed=pipeline_cfg.seed,
+      mask_id=vocab.mask_id, vocab_size=vocab.vocab_size)
+  iterator = make_iterator(blocks, pipeline_cfg, vocab, mask_fn=mask_fn,
+                           process_index=process_index, process_count=process_count,
+                           prefetch=int(data_cfg.get("prefetch", 2)))
+  return TrainingData(iterator=iterator, vocab=vocab, seq_len=pipeline_cfg.tokens_per_sample)

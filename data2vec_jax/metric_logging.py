@@ -1,0 +1,70 @@
+"""Where training metrics go: console, a JSONL file and TensorBoard event files.
+
+Only process 0 writes; other processes get a writer that does nothing, so the loop needs no
+`if process_index == 0` branches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Mapping
+
+
+class MetricWriter:
+  """Appends `{'step': n, **metrics}` lines to `<workdir>/metrics.jsonl` and TensorBoard scalars."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    if tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # optional dependency: JSONL is always written
+        logging.warning("tensorboardX not installed; writing metrics.jsonl only")
+
+  def write(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in metrics.items()}
+    self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+    if self._tb is not None:
+      for key, value in metrics.items():
+        self._tb.add_scalar(key, float(value), step)
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def format_progress(step: int, total: int, metrics: Mapping[str, float], eta_s: float | None) -> str:
+  """One console line: step, loss, lr, EMA decay, collapse monitors, throughput, MFU, ETA."""
+  parts = [f"step {step}/{total}"]
+  for key, fmt in (("loss", ".4f"), ("lr", ".3e"), ("ema_decay", ".6f"), ("target_var", ".3f"),
+                   ("pred_var", ".3f"), ("masked_fraction", ".3f"), ("grad_norm", ".3f"),
+                   ("accuracy", ".3f"), ("tokens_per_s", ",.0f")):
+    if key in metrics:
+      parts.append(f"{key} {metrics[key]:{fmt}}")
+  if "mfu" in metrics:
+    parts.append(f"mfu {100 * metrics['mfu']:.1f}%")
+  if eta_s is not None:
+    parts.append(f"eta {_format_seconds(eta_s)}")
+  return " | ".join(parts)
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

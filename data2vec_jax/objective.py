@@ -1,0 +1,239 @@
+"""The data2vec (v1, text) objective and the RoBERTa MLM baseline: model, loss and metrics.
+
+data2vec (fairseq `Data2VecTextEncoder.forward`, reference §1.5):
+
+  x    = student(source)            last block output, train mode (dropout)
+  y    = targets(teacher(teacher_in))   top-K FFN outputs, normalised, averaged (`targets.py`)
+  loss = loss_scale * sum_{t in loss positions} sum_d  l(head(x_t)_d - y_t,d)
+
+with l = PyTorch's smooth-L1 with `beta` (`0.5 d^2 / beta` if |d| < beta else `|d| - beta/2`;
+note `optax.huber_loss` is beta times this) or the squared error when beta == 0. The loss is a
+SUM: fairseq divides the gradient by the number of loss positions of the whole global batch
+(reference §1.6), which only the train step knows.
+
+Loss positions (`loss_positions`): 'mask_token' = `source == <mask>` (the reference's
+`src_tokens.eq(mask_idx)`; with BERT 80/10/10 masking that is only the 80% replaced by <mask>,
+fairseq issue #4229), or 'selected' = every position the masker chose. The MLM baseline always
+uses the selected positions (fairseq `masked_lm` criterion: `target != pad`).
+
+Teacher input (`teacher_input`, reference §3.3, AMBIGUOUS): 'unmasked' (default, the paper) feeds
+the original tokens; 'masked_only' reproduces the published fairseq code, whose teacher gets
+`target_tokens` = the original token at the masker's *selected* positions and <pad> elsewhere, so
+the selected tokens attend only to each other at compacted positions (the encoder's
+`make_positions` does the compaction, as in fairseq).
+
+Everything has static shapes (positions are weights, never boolean indexing), so it jit-compiles.
+The head runs on every position and the loss weights select; for the regression head that costs
+~3% of the step's FLOPs, for the MLM head (a [B, T, V] logit tensor) considerably more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from data2vec_jax.heads import MaskedLMHead, RegressionHead
+from data2vec_jax.model import Encoder, EncoderOutput
+from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.targets import TARGET_TYPES, teacher_targets
+
+KINDS = ("data2vec", "mlm")
+TEACHER_INPUTS = ("unmasked", "masked_only")
+LOSS_POSITIONS = ("mask_token", "selected")
+VAR_EPS = 1e-6  # data2vec 2.0 compute_var
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+  """What is predicted and how it is scored; defaults are the data2vec text yaml (reference §4).
+
+  Attributes:
+    kind: 'data2vec' (EMA-teacher regression) or 'mlm' (RoBERTa baseline, tied LM head).
+    average_top_k_layers: K, how many of the top blocks are averaged (yaml 10).
+    layer_norm_target_layer: parameter-free LayerNorm over channels per layer (yaml true).
+    instance_norm_target_layer: instance norm over time per layer (data2vec 2.0 / speech).
+    batch_norm_target_layer: batch norm (batch statistics) per layer.
+    layer_norm_targets: LayerNorm after averaging.
+    instance_norm_targets: instance norm after averaging.
+    target_type: 'ffn' (FFN output, the paper's choice), 'ffn_residual' or 'end_of_block'.
+    head_layers: regression head depth (yaml 2: Linear(D,2D)-GELU-Linear(2D,D); 1: Linear(D,D)).
+    loss_beta: smooth-L1 beta in PyTorch's convention; 0 = squared error (yaml 4).
+    loss_scale: multiplies the summed loss; <= 0 means 1/sqrt(D) (yaml 1). Not used by 'mlm'.
+    teacher_input: 'unmasked' (paper) or 'masked_only' (published fairseq code), see module doc.
+    loss_positions: 'mask_token' (reference: source == <mask>) or 'selected'; data2vec only.
+    mask_id: id of <mask> (50264 in the released dictionary).
+  """
+
+  kind: str = "data2vec"
+  average_top_k_layers: int = 10
+  layer_norm_target_layer: bool = True
+  instance_norm_target_layer: bool = False
+  batch_norm_target_layer: bool = False
+  layer_norm_targets: bool = False
+  instance_norm_targets: bool = False
+  target_type: str = "ffn"
+  head_layers: int = 2
+  loss_beta: float = 4.0
+  loss_scale: float = 1.0
+  teacher_input: str = "unmasked"
+  loss_positions: str = "mask_token"
+  mask_id: int = 50264
+
+  def __post_init__(self):
+    for name, allowed in (("kind", KINDS), ("target_type", TARGET_TYPES),
+                          ("teacher_input", TEACHER_INPUTS), ("loss_positions", LOSS_POSITIONS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
+    if self.average_top_k_layers < 1:
+      raise ValueError(f"average_top_k_layers must be >= 1, got {self.average_top_k_layers}")
+    if self.head_layers < 1:
+      raise ValueError(f"head_layers must be >= 1, got {self.head_layers}")
+    if self.loss_beta < 0:
+      raise ValueError(f"loss_beta must be >= 0, got {self.loss_beta}")
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "ObjectiveConfig":
+    """Builds a config from a dict, refusing unknown keys."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"unknown ObjectiveConfig keys: {unknown}; known keys: {sorted(known)}")
+    return cls(**dict(values))
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+class PretrainingModel(nn.Module):
+  """Student encoder + head. Params: {'encoder': Encoder tree, 'head': head tree}.
+
+  `head` is a `RegressionHead` (data2vec) or a `MaskedLMHead` (mlm, decoder tied to
+  encoder/embeddings/token_embedding). Every parameter carries logical axis names, so
+  `.init(rng, tokens)` returns `nn.Partitioned`-boxed params.
+  """
+
+  config: EncoderConfig
+  objective: ObjectiveConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, *,
+               deterministic: bool = True) -> tuple[EncoderOutput, jax.Array]:
+    """tokens: [B, T] int32 (student input). Dropout needs the 'dropout' rng.
+
+    Returns:
+      (encoder output, head output): predictions [B, T, D] in the compute dtype (data2vec) or
+      float32 logits [B, T, V] (mlm), at every position.
+    """
+    encoder = Encoder(self.config, name="encoder")
+    out = encoder(tokens, deterministic=deterministic)
+    if self.objective.kind == "data2vec":
+      head_out = RegressionHead(self.config, self.objective.head_layers, name="head")(
+          out.last_hidden_state)
+    else:
+      table = encoder.variables["params"]["embeddings"]["token_embedding"]["embedding"]
+      head_out = MaskedLMHead(self.config, name="head")(out.last_hidden_state,
+                                                         nn.meta.unbox(table))
+    return out, head_out
+
+
+def regression_loss(pred: jax.Array, target: jax.Array, beta: float) -> jax.Array:
+  """Element-wise `F.smooth_l1_loss(reduction='none', beta=beta)`, `F.mse_loss` when beta == 0."""
+  d = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  if beta == 0:
+    return d * d
+  ad = jnp.abs(d)
+  return jnp.where(ad < beta, 0.5 * d * d / beta, ad - 0.5 * beta)
+
+
+def masked_std(x: jax.Array, weights: jax.Array) -> jax.Array:
+  """data2vec 2.0 `compute_var` over the weighted rows: mean_d sqrt(unbiased var_d + 1e-6).
+
+  x: [N, D]; weights: [N] float32 0/1. Returns a float32 scalar (0 when fewer than 2 rows).
+  """
+  x = x.astype(jnp.float32)
+  n = jnp.sum(weights)
+  mean = jnp.sum(x * weights[:, None], axis=0) / jnp.maximum(n, 1.0)
+  var = jnp.sum(jnp.square(x - mean) * weights[:, None], axis=0) / jnp.maximum(n - 1.0, 1.0)
+  return jnp.where(n > 1, jnp.mean(jnp.sqrt(var + VAR_EPS)), 0.0)
+
+
+def loss_positions(batch: Mapping[str, jax.Array], *, config: EncoderConfig,
+                   objective: ObjectiveConfig) -> jax.Array:
+  """[B, T] bool positions the loss covers (see module docstring)."""
+  if objective.kind == "mlm" or objective.loss_positions == "selected":
+    return jnp.logical_and(batch["selected"], batch["target"] != config.pad_id)
+  return batch["source"] == objective.mask_id
+
+
+def teacher_tokens(batch: Mapping[str, jax.Array], *, config: EncoderConfig,
+                   objective: ObjectiveConfig) -> jax.Array:
+  """[B, T] int32 teacher input: the original tokens, or fairseq's `target_tokens`."""
+  if objective.teacher_input == "unmasked":
+    return batch["target"]
+  return jnp.where(batch["selected"], batch["target"], config.pad_id).astype(batch["target"].dtype)
+
+
+def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Array],
+            dropout_rng: jax.Array | None, *, config: EncoderConfig,
+            objective: ObjectiveConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Summed loss of one (micro-)batch and its metrics.
+
+  Args:
+    params: {'encoder': ..., 'head': ...} student parameters (unboxed).
+    teacher_encoder_params: encoder tree for the teacher (`ema.teacher_params`); ignored (may be
+      None) for 'mlm'. Gradients are stopped: the teacher never receives gradient.
+    batch: 'source' [B, T] int32 masked input; 'target' [B, T] int32 original tokens (pads =
+      pad_id); 'selected' [B, T] bool positions chosen by the masker.
+    dropout_rng: key for the student's dropout; None runs the student deterministically.
+
+  Returns:
+    loss_sum: float32 scalar, SUM over loss positions (and feature dims) of the per-element loss,
+      times loss_scale for data2vec. Not normalised: divide by the global `num_masked`.
+    aux: float32 scalars. 'num_masked' (number of loss positions) and 'loss_sum' are sums.
+      data2vec: 'target_var' / 'pred_var' (data2vec 2.0 compute_var over this batch's loss
+      positions; under gradient accumulation the train step averages them over micro-batches,
+      which is not the variance of the whole batch). mlm: 'accuracy' (fraction of loss positions
+      whose argmax is the target, in this micro-batch; also averaged over micro-batches).
+  """
+  deterministic = dropout_rng is None
+  rngs = {} if deterministic else {"dropout": dropout_rng}
+  _, head_out = PretrainingModel(config, objective).apply(
+      {"params": params}, batch["source"], deterministic=deterministic, rngs=rngs)
+  positions = loss_positions(batch, config=config, objective=objective)
+  weights = positions.astype(jnp.float32)
+  num_masked = jnp.sum(weights)
+
+  if objective.kind == "mlm":
+    logp = jax.nn.log_softmax(head_out.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, batch["target"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    loss_sum = jnp.sum(jnp.where(positions, nll, 0.0))
+    correct = (jnp.argmax(head_out, axis=-1) == batch["target"]).astype(jnp.float32) * weights
+    aux = {"num_masked": num_masked, "loss_sum": loss_sum,
+           "accuracy": jnp.sum(correct) / jnp.maximum(num_masked, 1.0)}
+    return loss_sum, aux
+
+  if teacher_encoder_params is None:
+    raise ValueError("the data2vec objective needs teacher_encoder_params")
+  y = teacher_targets(jax.lax.stop_gradient(teacher_encoder_params),
+                      teacher_tokens(batch, config=config, objective=objective),
+                      config=config, objective=objective)
+  # Zero the targets off the loss positions: a non-finite value there (possible in the teacher's
+  # all-pad rows) would otherwise turn into NaN gradients through the masked-out branch.
+  y = jnp.where(positions[..., None], y, 0.0)
+  per_token = jnp.sum(regression_loss(head_out, y, objective.loss_beta), axis=-1)  # [B, T]
+  dim = head_out.shape[-1]
+  scale = objective.loss_scale if objective.loss_scale > 0 else 1.0 / math.sqrt(dim)
+  loss_sum = jnp.sum(jnp.where(positions, per_token, 0.0)) * jnp.float32(scale)
+  flat_w = weights.reshape(-1)
+  aux = {
+      "num_masked": num_masked,
+      "loss_sum": loss_sum,
+      "target_var": masked_std(y.reshape(-1, dim), flat_w),
+      "pred_var": masked_std(jax.lax.stop_gradient(head_out).reshape(-1, dim), flat_w),
+  }
+  return loss_sum, aux

@@ -1,0 +1,232 @@
+"""The pretraining loop: `train_and_evaluate(config, workdir)`.
+
+config -> data -> model/objective -> sharded state -> jitted step -> loop -> checkpoints/exports.
+Everything the run needs to resume exactly is in the orbax checkpoint (params, EMA teacher,
+optimizer state, step, RNG key, data position); restarting the same command in the same workdir
+continues from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from data2vec_jax import checkpoint as checkpoint_lib
+from data2vec_jax import flops as flops_lib
+from data2vec_jax import sharding as sharding_lib
+from data2vec_jax import train_state as train_state_lib
+from data2vec_jax import train_step as train_step_lib
+from data2vec_jax.ema import EMAConfig
+from data2vec_jax.masking import MaskingConfig
+from data2vec_jax.metric_logging import MetricWriter, format_progress
+from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.objective import ObjectiveConfig
+from data2vec_jax.optim import OptimizerConfig, make_optimizer
+from data2vec_jax import input_pipeline
+
+
+class TrainingError(RuntimeError):
+  """Training stopped because the run became unhealthy (NaN/Inf loss, representation collapse)."""
+
+
+def recipe_from_config(config: ml_collections.ConfigDict, vocab_size: int,
+                       mask_id: int) -> train_state_lib.Recipe:
+  """Turns the config sections into validated, hashable dataclasses (unknown keys rejected)."""
+  model = dict(config.model)
+  if model.get("vocab_size", -1) in (-1, None):
+    model["vocab_size"] = vocab_size
+  elif model["vocab_size"] < vocab_size:
+    raise ValueError(f"config.model.vocab_size={model['vocab_size']} is smaller than the "
+                     f"tokenizer's vocabulary ({vocab_size} ids incl. <mask>)")
+  objective = dict(config.objective)
+  if objective.get("mask_id", -1) in (-1, None):
+    objective["mask_id"] = mask_id
+  return train_state_lib.Recipe(
+      model=EncoderConfig.from_dict(model),
+      objective=ObjectiveConfig.from_dict(objective),
+      ema=EMAConfig.from_dict(dict(config.ema)),
+      optimizer=OptimizerConfig.from_dict(dict(config.optimizer)),
+      micro_batches=int(config.train.micro_batches))
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM (cluster preemption notice); the loop then saves and exits cleanly."""
+
+  def __init__(self):
+    self.event = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _host_batch_to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def _check_health(step: int, metrics: dict[str, float], train_cfg) -> None:
+  loss = metrics.get("loss", 0.0)
+  if train_cfg.nan_guard and not np.isfinite(loss):
+    raise TrainingError(
+        f"loss became {loss} at step {step}; stopping (the last good checkpoint is kept). "
+        f"Common causes: learning rate too high, too short a warmup, bf16 overflow.")
+  if step >= train_cfg.collapse_check_after:
+    for key, minimum in (("target_var", train_cfg.min_target_var),
+                         ("pred_var", train_cfg.min_pred_var)):
+      if key in metrics and minimum > 0 and metrics[key] < minimum:
+        raise TrainingError(
+            f"representation collapse at step {step}: {key}={metrics[key]:.4g} < {minimum} "
+            f"(data2vec 2.0's guard). Lower the learning rate, lengthen the warmup or raise the "
+            f"EMA decay (paper §6).")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) pretraining in `workdir`; returns a summary of the run."""
+  t_start = time.time()
+  if config.get("distributed", False):
+    jax.distributed.initialize()
+  process_index, process_count = jax.process_index(), jax.process_count()
+  is_chief = process_index == 0
+  os.makedirs(workdir, exist_ok=True)
+  train_cfg = config.train
+
+  data = input_pipeline.build(config, workdir, process_index=process_index,
+                              process_count=process_count)
+  recipe = recipe_from_config(config, data.vocab_size, data.mask_id)
+  tx = make_optimizer(recipe.optimizer)
+  mesh = sharding_lib.make_mesh(**dict(config.mesh))
+  if config.data.global_batch_size % (sharding_lib.data_parallel_size(mesh) *
+                                      recipe.micro_batches):
+    raise ValueError(
+        f"data.global_batch_size={config.data.global_batch_size} must be divisible by "
+        f"data x fsdp = {sharding_lib.data_parallel_size(mesh)} times "
+        f"train.micro_batches={recipe.micro_batches}")
+  if is_chief:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
+                 process_count)
+
+  seq_len = data.seq_len
+  abstract_state, shardings = train_state_lib.state_shardings(recipe, tx, mesh, seq_len)
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints,
+      save_interval_steps=train_cfg.checkpoint_every, async_save=train_cfg.async_checkpoint)
+  rules = sharding_lib.LOGICAL_AXIS_RULES
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    latest = checkpointer.latest_step()
+    if latest is not None:
+      state, data_state = checkpointer.restore(latest, abstract_state)
+      data.iterator.set_state(data_state)
+      logging.info("resumed from %s at step %d", checkpointer.directory, latest)
+    else:
+      state = train_state_lib.create_train_state(
+          recipe, tx, jax.random.PRNGKey(train_cfg.seed), mesh, seq_len)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    logging.info("parameters: %s (encoder %s)", f"{n_params:,}",
+                 f"{sum(x.size for x in jax.tree_util.tree_leaves(state.params['encoder'])):,}")
+    step_fn = train_step_lib.make_train_step(recipe, tx, mesh, shardings)
+    summary = _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_chief)
+  checkpointer.close()
+  if hasattr(data.iterator, "close"):
+    data.iterator.close()  # stops the prefetch thread
+  summary["wall_time_s"] = time.time() - t_start
+  if is_chief:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_chief):
+  train_cfg = config.train
+  total = int(train_cfg.num_steps)
+  writer = MetricWriter(workdir, enabled=is_chief, tensorboard=train_cfg.tensorboard)
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  flops_per_token = flops_lib.train_flops_per_token(
+      recipe.model, data.seq_len, kind=recipe.objective.kind,
+      head_layers=recipe.objective.head_layers)
+  peak = train_cfg.peak_flops_per_device or flops_lib.peak_flops_per_device()
+  step = int(jax.device_get(state.step))
+  first_step = step
+  pending: list[dict[str, jax.Array]] = []
+  last_metrics: dict[str, float] = {}
+  t_window, tokens_window, t_loop = time.time(), 0.0, time.time()
+  steps_timed, time_timed = 0, 0.0
+  stop_reason = "completed"
+  with _PreemptionFlag() as preempted:
+    while step < total:
+      batch = _host_batch_to_global(next(data.iterator), batch_sharding)
+      state, metrics = step_fn(state, batch)
+      step += 1
+      pending.append(metrics)
+      is_last = step == total
+      if step % train_cfg.log_every == 0 or is_last or step == first_step + 1:
+        host = jax.device_get(pending)  # one transfer per log window, not per step
+        pending = []
+        now = time.time()
+        tokens = float(sum(m["num_tokens"] for m in host))
+        elapsed = now - t_window
+        last_metrics = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
+        last_metrics["loss"] = float(host[-1]["loss"])
+        if step > first_step + 1:  # the first step includes compilation
+          last_metrics["tokens_per_s"] = tokens / max(elapsed, 1e-9)
+          steps_timed += len(host)
+          time_timed += elapsed
+          if peak:
+            last_metrics["mfu"] = (last_metrics["tokens_per_s"] * flops_per_token /
+                                   (peak * jax.device_count()))
+        else:
+          last_metrics["first_step_s"] = elapsed
+        eta = (total - step) * time_timed / steps_timed if steps_timed else None
+        writer.write(step, last_metrics)
+        if is_chief:
+          logging.info(format_progress(step, total, last_metrics, eta))
+        _check_health(step, last_metrics, train_cfg)
+        t_window = time.time()
+      checkpointer.save(step, state, data.iterator.get_state(), force=is_last)
+      if preempted.event.is_set() or checkpointer.reached_preemption(step):
+        checkpointer.save(step, state, data.iterator.get_state(), force=True)
+        stop_reason = "preempted"
+        logging.warning("preemption notice: saved step %d, exiting", step)
+        break
+  checkpointer.wait_until_finished()
+  writer.close()
+  summary = {"final_step": step, "stop_reason": stop_reason, "last_metrics": last_metrics,
+             "steps_per_s": steps_timed / time_timed if time_timed else None}
+  if stop_reason == "completed" and train_cfg.export_model and is_chief:
+    summary["model_dir"] = export_model_dir(state, recipe, os.path.join(workdir, "model"))
+  if is_chief and train_cfg.plot:
+    from data2vec_jax.plots import plot_training_curves
+    summary["plot"] = plot_training_curves(os.path.join(workdir, "metrics.jsonl"),
+                                           os.path.join(workdir, "training_curves.png"))
+  return summary
+
+
+def export_model_dir(state: train_state_lib.TrainState, recipe: train_state_lib.Recipe,
+                     path: str, *, use_ema: bool = False) -> str:
+  """Writes a data2vec-jax model directory (student, or the EMA teacher) for `load_pretrained`."""
+  from data2vec_jax.pretrained import save_pretrained
+  params = jax.device_get(state.params)
+  encoder = jax.device_get(state.ema_params) if use_ema else params["encoder"]
+  save_pretrained(path, recipe.model, encoder, head_params=params.get("head"),
+                  metadata={"step": int(jax.device_get(state.step)),
+                            "objective": recipe.objective.kind, "weights": "ema" if use_ema
+                            else "student"})
+  return path

@@ -1,0 +1,30 @@
+"""Pretrain data2vec (text) in JAX.
+
+  python train.py --config configs/pretrain.py:model=base,recipe=release --workdir /ckpt/run1 \
+      --config.data.path=/data/bin/train --config.optimizer.lr=1e-4
+
+Re-running the same command resumes from the newest checkpoint in --workdir. SIGTERM saves a
+checkpoint and exits. See README.md for the configs and the outputs written to the workdir.
+"""
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from data2vec_jax.trainer import train_and_evaluate
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
