@@ -23,6 +23,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
+  # Orbax logs every checkpoint phase through absl at INFO; keep the console to our progress.
+  logging.getLogger("absl").setLevel(logging.WARNING)
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

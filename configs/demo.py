@@ -19,7 +19,7 @@ def get_config(arg: str | None = None):
   c.model.update(num_layers=4, hidden_size=128, num_heads=4, intermediate_size=512,
                  max_positions=130, dropout=0.1, attention_dropout=0.1)
   c.objective.average_top_k_layers = 3
-  c.data.update(source="python_docs", sentencepiece_vocab_size=4000, tokens_per_sample=128,
+  c.data.update(source="python_docs", sentencepiece_vocab_size=2048, tokens_per_sample=128,
                 global_batch_size=32, prefetch=2)
   steps = int(args["steps"])
   c.optimizer.update(lr=1e-3, warmup_steps=max(steps // 10, 1), max_steps=steps, clip_norm=1.0)

@@ -18,7 +18,6 @@ fairseq defines it (see `encode`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -86,7 +85,8 @@ def _load_own_dir(path: str, document: Mapping[str, Any]) -> Converted:
     config = EncoderConfig.from_dict(document["encoder"])
   except (KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{path}/{CONFIG_FILE}: bad 'encoder' config: {e}") from None
-  flat = load_safetensors(os.path.join(path, PARAMS_FILE))
+  # Stored dtypes are kept (params may be bfloat16 when param_dtype says so).
+  flat = load_safetensors(os.path.join(path, PARAMS_FILE), upcast=False)
   try:
     layout.check_tree(flat, layout.param_shapes(config), f"{path}/{PARAMS_FILE}")
   except ValueError as e:
@@ -95,7 +95,7 @@ def _load_own_dir(path: str, document: Mapping[str, Any]) -> Converted:
   heads_path = os.path.join(path, HEADS_FILE)
   declared = sorted(document.get("heads", []))
   if os.path.exists(heads_path):
-    heads = layout.unflatten(load_safetensors(heads_path))
+    heads = layout.unflatten(load_safetensors(heads_path, upcast=False))
   if sorted(heads) != declared:
     raise CheckpointError(f"{path}: config.json declares heads {declared} but "
                           f"{HEADS_FILE} holds {sorted(heads)}")

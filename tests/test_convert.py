@@ -24,7 +24,7 @@ from data2vec_jax.convert.layout import flatten
 from data2vec_jax.convert.parity import (diff_report, padded_batch, reference_features,
                                          reference_model)
 from data2vec_jax.model_config import tiny_config
-from data2vec_jax.pretrained import encode
+from data2vec_jax.pretrained import encode, load_checkpoint, save_pretrained
 
 CONFIG = tiny_config(vocab_size=120, hidden_size=48, num_heads=3, intermediate_size=100,
                      num_layers=2, max_positions=20)
@@ -60,6 +60,10 @@ def test_hf_round_trip_is_exact_and_loads_cleanly(tmp_path, architecture):
   assert converted.config == CONFIG.replace(dropout=0.1, attention_dropout=0.1)
   _parity(converted, model)
 
+  # torch -> jax (through a saved data2vec-jax directory) -> torch.
+  save_pretrained(tmp_path / "jax", converted.config, converted.params,
+                  head_params=converted.heads, metadata=converted.metadata)
+  converted = load_checkpoint(tmp_path / "jax")
   out = tmp_path / "out"
   save_hf_dir(out, converted.config, converted.params, heads=converted.heads,
               metadata=converted.metadata, architecture=architecture)
@@ -288,7 +292,7 @@ def test_fairseq_student_teacher_and_regression_head(tmp_path, base_model):
   assert "encoder.sentence_encoder.version" in student.ignored
   assert any(i.startswith("encoder._ema") for i in student.ignored)
   head = student.heads["regression_head"]
-  assert np.array_equal(head["layers_0"]["kernel"],
+  assert np.array_equal(head["dense_0"]["kernel"],
                         checkpoint["model"]["encoder.regression_head.0.weight"].numpy().T)
 
   teacher = load_fairseq(tmp_path / "ckpt.pt", use_ema=True)

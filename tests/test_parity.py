@@ -71,7 +71,9 @@ def test_compare_with_reference_is_what_the_notebook_shows():
 
 
 def test_a_transposed_kernel_would_be_caught():
-  """The bar is meaningful: swapping q and k of one layer breaks parity by orders of magnitude."""
+  """The bar is meaningful: one mis-laid-out tensor (layer 1's fc1 weight, elements permuted
+  while keeping its shape, as a wrong transpose of a square matrix would) fails it, from exactly
+  that layer's FFN output on."""
   name, config = "odd", CONFIGS["odd"]
   model = reference_model(config, seed=1)
   state = {k: to_numpy(v, k) for k, v in model.state_dict().items()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -12,10 +11,9 @@ from safetensors.numpy import load_file, save_file
 
 from data2vec_jax import encode, load_pretrained, save_pretrained
 from data2vec_jax.convert import CheckpointError
-from data2vec_jax.convert.layout import flatten
+from data2vec_jax.convert.layout import flatten, param_shapes, unflatten
 from data2vec_jax.convert.parity import (diff_report, padded_batch, reference_features,
                                          reference_model)
-from data2vec_jax.model import init_params
 from data2vec_jax.model_config import tiny_config
 from data2vec_jax.pretrained import _encode, load_checkpoint
 
@@ -25,7 +23,10 @@ CONFIG = tiny_config(vocab_size=90, hidden_size=32, num_heads=2, intermediate_si
 
 @pytest.fixture(scope="module")
 def params():
-  return jax.tree.map(np.asarray, init_params(CONFIG, jax.random.key(0)))
+  """Random float32 params of the model's exact tree (from eval_shape: no slow eager init)."""
+  rng = np.random.default_rng(0)
+  return unflatten({k: rng.normal(0, 0.05, shape).astype(np.float32)
+                    for k, shape in param_shapes(CONFIG).items()})
 
 
 def _equal(a, b):
@@ -34,7 +35,7 @@ def _equal(a, b):
 
 
 def test_save_load_round_trip_with_heads_and_metadata(tmp_path, params):
-  heads = {"regression_head": {"layers_0": {"kernel": np.ones((32, 64), np.float32),
+  heads = {"regression_head": {"dense_0": {"kernel": np.ones((32, 64), np.float32),
                                             "bias": np.arange(64, dtype=np.float32)}}}
   save_pretrained(tmp_path, CONFIG, params, head_params=heads, metadata={"step": 7})
   config, loaded = load_pretrained(tmp_path)

@@ -10,10 +10,12 @@ names are renamed first, as fairseq's own upgrade does):
   embed_tokens.weight [V, D], embed_positions.weight [P, D], layernorm_embedding.{weight,bias},
   layers.{i}.self_attn.{q,k,v,out}_proj.{weight,bias}, layers.{i}.self_attn_layer_norm.*,
   layers.{i}.fc1.*, layers.{i}.fc2.*, layers.{i}.final_layer_norm.*, version (buffer, ignored).
-Heads: `encoder.regression_head.{j}.{weight,bias}` (current code; -> head `regression_head`,
-sub-modules `layers_{j}`) or the legacy `encoder.lm_head.{dense,layer_norm}.*`,
-`encoder.lm_head.{weight,bias}` of the released `nlp_base.pt` (-> head `lm_head`, the same
-layout as HF's `lm_head`; its decoder is omitted when tied to `embed_tokens`).
+Heads: `encoder.regression_head.{j}.{weight,bias}` (current code; -> head `regression_head`
+with `dense_0, dense_1, ...` in order, the parameter names of `heads.RegressionHead`) or the
+legacy `encoder.lm_head.{dense,layer_norm}.*`,
+`encoder.lm_head.{weight,bias}` of the released `nlp_base.pt` (-> head `lm_head`: `dense`,
+`layer_norm`, `bias`, the names of `heads.MaskedLMHead` and of HF's `lm_head`; the decoder is
+stored as `decoder/kernel` only when it is not tied to `embed_tokens`).
 
 Teacher (`use_ema=True`): `encoder._ema` holds fp32 copies keyed like `layers.0.fc1.weight`.
 With `ema_transformer_layers_only` (the text default) the teacher's embeddings are *not* averaged
@@ -213,12 +215,15 @@ def _head_from_fairseq(state: dict[str, np.ndarray], embed_tokens: np.ndarray,
          if k.startswith("encoder.regression_head.")}
   if reg:
     head = {}
-    for idx in sorted({int(k.split(".")[0]) for k in reg if k.split(".")[0].isdigit()}):
+    # nn.Sequential(Linear, GELU, Linear, ...): the k-th Linear becomes `dense_k`, the names of
+    # `heads.RegressionHead`.
+    indices = sorted({int(k.split(".")[0]) for k in reg if k.split(".")[0].isdigit()})
+    for k, idx in enumerate(indices):
       w, b = reg.pop(f"{idx}.weight", None), reg.pop(f"{idx}.bias", None)
       if w is None or b is None or w.ndim != 2 or b.shape != (w.shape[0],):
         problems.append(f"encoder.regression_head.{idx}: bad or missing weight/bias")
         continue
-      head[f"layers_{idx}"] = layout.linear_from_torch(w, b)
+      head[f"dense_{k}"] = layout.linear_from_torch(w, b)
     if reg:
       problems.append(f"unexpected keys {sorted('encoder.regression_head.' + k for k in reg)}")
     heads["regression_head"] = head

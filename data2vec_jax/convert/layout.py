@@ -180,7 +180,9 @@ def params_to_reference(params: PyTree, config: EncoderConfig) -> dict[str, np.n
 #   lm_head/dense/{kernel [D, D], bias}, lm_head/layer_norm/{scale, bias}, lm_head/bias [O],
 #   lm_head/decoder/kernel [D, O]   (only when not tied to the token embedding)
 #   classifier/dense/{kernel, bias}, classifier/out_proj/{kernel [D, C], bias [C]}
-#   regression_head/{fc0, fc1, ...}/{kernel, bias}              (fairseq data2vec head)
+#   regression_head/{dense_0, dense_1, ...}/{kernel, bias}      (fairseq data2vec head)
+# `lm_head` and `regression_head` use the parameter names of `heads.MaskedLMHead` and
+# `heads.RegressionHead`.
 # A torch module prefix `a.b` with `.weight`/`.bias` maps to `a/b/kernel` / `a/b/bias` for
 # Linear layers and `scale`/`bias` for LayerNorms (the caller says which).
 

@@ -129,6 +129,7 @@ class ParityReport:
     floor = 1e-12  # exact zeros would vanish from a log plot
     ax.semilogy(layers, np.maximum(self.hidden_states, floor), "o-", label="hidden_states")
     ax.semilogy(layers[1:], np.maximum(self.ffn_outputs, floor), "s-", label="ffn_outputs")
+    ax.set_xticks(layers)
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel("max |jax - torch|")
     ax.legend()

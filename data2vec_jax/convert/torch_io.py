@@ -208,40 +208,46 @@ def load_torch_pickle(path: str | os.PathLike[str]) -> Any:
 
 def to_numpy(tensor: Any, name: str) -> np.ndarray:
   """A torch tensor (or array) as a numpy array; float16/bfloat16 are upcast exactly to float32."""
-  import torch  # pylint: disable=import-outside-toplevel
   if isinstance(tensor, np.ndarray):
-    array = tensor
-  elif isinstance(tensor, torch.Tensor):
+    return _upcast(tensor)
+  import torch  # pylint: disable=import-outside-toplevel
+  if isinstance(tensor, torch.Tensor):
     tensor = tensor.detach().cpu()
     if tensor.dtype in (torch.float16, torch.bfloat16):
       tensor = tensor.float()
     array = tensor.numpy()
   else:
     raise CheckpointError(f"{name}: expected a tensor, got {type(tensor).__name__}")
-  if array.dtype in (np.float16,):
-    array = array.astype(np.float32)
-  return array
+  return _upcast(array)
 
 
-def load_safetensors(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-  """All tensors of a `.safetensors` file as numpy (float16/bfloat16 upcast to float32)."""
+def load_safetensors(path: str | os.PathLike[str], *,
+                     upcast: bool = True) -> dict[str, np.ndarray]:
+  """All tensors of a `.safetensors` file as numpy (no torch needed).
+
+  Args:
+    upcast: turn float16/bfloat16 into float32 (exact), as the importers want; False keeps the
+      stored dtype (bfloat16 as `ml_dtypes.bfloat16`).
+  """
   from safetensors import safe_open  # pylint: disable=import-outside-toplevel
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: no such file")
   try:
     out = {}
-    # framework="pt" reads bfloat16, which numpy cannot represent.
-    with safe_open(path, framework="pt") as f:
+    with safe_open(path, framework="numpy") as f:
       for key in f.keys():
-        out[key] = to_numpy(f.get_tensor(key), key)
+        array = f.get_tensor(key)
+        out[key] = _upcast(array) if upcast else array
     return out
-  except CheckpointError:
-    raise
   except Exception as e:
     raise CheckpointError(
         f"{path}: cannot read as safetensors (truncated or corrupt?): {type(e).__name__}: {e}"
     ) from None
+
+
+def _upcast(array: np.ndarray) -> np.ndarray:
+  return array.astype(np.float32) if array.dtype.name in ("float16", "bfloat16") else array
 
 
 def load_hf_state_dict(directory: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], str]:

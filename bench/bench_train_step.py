@@ -1,0 +1,344 @@
+"""Full data2vec train step: data2vec-jax vs a PyTorch eager reference, same shapes, same machine.
+
+One step = student forward+backward (train mode, dropout 0.1) + teacher forward (EMA encoder, eval
+mode) + top-K layer-normalised FFN targets + regression head + smooth-L1 (beta 4) summed / number
+of masked tokens + clip-by-global-norm 5 + AdamW(0.9, 0.98, eps 1e-6, wd 0.01) + EMA update of the
+teacher's transformer layers (embeddings copied from the student).
+
+- JAX: `train_step.make_train_step(recipe, tx, mesh, shardings)` on a 1-device mesh, exactly the
+  step the trainer runs (jitted, state donated).
+- PyTorch: `transformers.Data2VecTextModel` (its default attention, SDPA) as student, a deepcopy
+  in eval()/no_grad as teacher whose FFN outputs are captured with forward hooks on
+  `encoder.layer[i].output.dense`, `F.layer_norm` per layer, top-K mean, head
+  Linear(D,2D)-GELU-Linear(2D,D) on the masked positions only (as fairseq), `F.smooth_l1_loss`,
+  `clip_grad_norm_`, `torch.optim.AdamW` (fused CPU kernel when available), EMA with
+  `torch._foreach_mul_/_foreach_add_` under no_grad. Each choice is the fastest eager PyTorch
+  spelling we know, so the reference is not handicapped.
+
+Protocol (honest interleaving + attributable memory): for each config, `--rounds` rounds; in each
+round one fresh subprocess per framework runs `--warmup` untimed steps (the first of which
+includes JAX compilation) and then `--steps` timed steps; the order of the two frameworks
+alternates from round to round, so slow drifts of a shared machine hit both alike. Reported: the
+median over all timed steps of all rounds, tokens/s counting only real (non-pad) tokens, the ratio
+of JAX to PyTorch tokens/s, the JAX compile time (first call minus the steady-state median), and
+the peak RSS of each worker process (includes the framework's own import footprint; `rss_base`
+is the RSS after imports, before the model is built).
+
+    python bench/bench_train_step.py --configs tiny,small,base [--batch 8] [--seq 128]
+        [--steps 10] [--warmup 2] [--rounds 2] [--threads N] [--override attention_dropout=0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+
+K_MAX = 10  # data2vec text yaml: average_top_k_layers=10 (capped at the number of layers)
+LOSS_BETA = 4.0
+LR = 2e-4
+CLIP = 5.0
+EMA_DECAY = 0.999
+
+
+def model_kwargs(config: str, overrides: dict) -> dict:
+  kw = dict(common.CONFIGS[config], max_positions=514, pad_id=1, layer_norm_eps=1e-5,
+            dropout=0.1, attention_dropout=0.1, activation_dropout=0.0)
+  kw.update(overrides)
+  return kw
+
+
+def batches_for(args, vocab_size: int) -> list:
+  return [common.make_batch(args.batch, args.seq, vocab_size, seed=s, full_rows=args.full_rows)
+          for s in range(4)]
+
+
+# ----------------------------------------------------------------------------------------------
+# JAX worker
+
+
+def jax_worker(args, overrides: dict) -> dict:
+  import flax.linen as nn
+  import jax
+
+  from data2vec_jax import sharding as sharding_lib
+  from data2vec_jax import train_state as train_state_lib
+  from data2vec_jax import train_step as train_step_lib
+  from data2vec_jax.ema import EMAConfig
+  from data2vec_jax.model_config import EncoderConfig
+  from data2vec_jax.objective import ObjectiveConfig
+  from data2vec_jax.optim import OptimizerConfig, make_optimizer
+
+  rss_base = common.current_rss_mib()
+  cfg = EncoderConfig(**model_kwargs(args.config, overrides))
+  recipe = train_state_lib.Recipe(
+      model=cfg,
+      objective=ObjectiveConfig(average_top_k_layers=min(K_MAX, cfg.num_layers),
+                                loss_beta=LOSS_BETA, mask_id=common.mask_id_for(cfg.vocab_size)),
+      ema=EMAConfig(ema_decay=EMA_DECAY, ema_end_decay=0.9999, ema_anneal_end_step=300000),
+      optimizer=OptimizerConfig(lr=LR, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01,
+                                clip_norm=CLIP, schedule="constant", warmup_steps=0))
+  tx = make_optimizer(recipe.optimizer)
+  mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  host_batches = batches_for(args, cfg.vocab_size)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+    _, shardings = train_state_lib.state_shardings(recipe, tx, mesh)
+    state = train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(0), mesh)
+    step = train_step_lib.make_train_step(recipe, tx, mesh, shardings)
+    batches = [{k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in b.items()}
+               for b in host_batches]
+    jax.block_until_ready((state, batches))
+    holder = {"state": state, "i": 0, "loss": []}
+
+    def one():
+      b = batches[holder["i"] % len(batches)]
+      holder["i"] += 1
+      holder["state"], metrics = step(holder["state"], b)
+      jax.block_until_ready((holder["state"], metrics))
+      holder["loss"].append(float(metrics["loss"]))
+
+    warm = common.timed_loop(one, args.warmup)
+    times = common.timed_loop(one, args.steps)
+  return {
+      "framework": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
+      "first_call_s": warm[0], "warmup_s": warm, "times_s": times,
+      "real_tokens": [common.real_tokens(host_batches[(args.warmup + i) % len(host_batches)])
+                      for i in range(args.steps)],
+      "losses": holder["loss"], "rss_base_mib": rss_base, "peak_rss_mib": common.peak_rss_mib(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch worker
+
+
+def torch_worker(args, overrides: dict) -> dict:
+  import copy
+
+  import torch
+  import torch.nn.functional as F
+  import transformers
+
+  torch.set_num_threads(args.threads)
+  try:
+    torch.set_num_interop_threads(args.threads)
+  except RuntimeError:
+    pass
+  torch.manual_seed(0)
+  rss_base = common.current_rss_mib()
+  kw = model_kwargs(args.config, overrides)
+  hf_config = transformers.Data2VecTextConfig(
+      vocab_size=kw["vocab_size"], hidden_size=kw["hidden_size"],
+      num_hidden_layers=kw["num_layers"], num_attention_heads=kw["num_heads"],
+      intermediate_size=kw["intermediate_size"], hidden_act="gelu",
+      hidden_dropout_prob=kw["dropout"], attention_probs_dropout_prob=kw["attention_dropout"],
+      max_position_embeddings=kw["max_positions"], type_vocab_size=1,
+      layer_norm_eps=kw["layer_norm_eps"], pad_token_id=kw["pad_id"])
+  d = kw["hidden_size"]
+  k = min(K_MAX, kw["num_layers"])
+  mask_id = common.mask_id_for(kw["vocab_size"])
+
+  class Student(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.encoder = transformers.Data2VecTextModel(hf_config, add_pooling_layer=False)
+      self.head = torch.nn.Sequential(torch.nn.Linear(d, 2 * d), torch.nn.GELU(),
+                                      torch.nn.Linear(2 * d, d))
+
+  student = Student()
+  teacher = copy.deepcopy(student.encoder)
+  teacher.eval()
+  teacher.requires_grad_(False)
+  features: list = []
+  for layer in teacher.encoder.layer:
+    layer.output.dense.register_forward_hook(lambda m, i, o: features.append(o))
+  pairs = [(name, t, s) for (name, t), (_, s) in zip(teacher.named_parameters(),
+                                                     student.encoder.named_parameters())]
+  ema_layers = [(t, s) for name, t, s in pairs if not name.startswith("embeddings.")]
+  ema_embed = [(t, s) for name, t, s in pairs if name.startswith("embeddings.")]
+  opt_kwargs = dict(lr=LR, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+  try:
+    opt = torch.optim.AdamW(student.parameters(), fused=True, **opt_kwargs)
+    opt_impl = "fused"
+  except (RuntimeError, TypeError):
+    opt = torch.optim.AdamW(student.parameters(), foreach=True, **opt_kwargs)
+    opt_impl = "foreach"
+
+  host_batches = batches_for(args, kw["vocab_size"])
+  batches = []
+  for b in host_batches:
+    source, target = torch.from_numpy(b["source"]).long(), torch.from_numpy(b["target"]).long()
+    batches.append((source, target, (target != kw["pad_id"]).long()))
+  holder = {"i": 0, "loss": []}
+
+  def one():
+    source, target, attn = batches[holder["i"] % len(batches)]
+    holder["i"] += 1
+    student.train()
+    opt.zero_grad(set_to_none=True)
+    x = student.encoder(input_ids=source, attention_mask=attn).last_hidden_state
+    masked = source == mask_id
+    pred = student.head(x[masked])
+    with torch.no_grad():
+      features.clear()
+      teacher(input_ids=target, attention_mask=attn)
+      y = sum(F.layer_norm(f.float(), (d,)) for f in features[-k:]) / k
+      y = y[masked]
+    loss = F.smooth_l1_loss(pred.float(), y, reduction="sum", beta=LOSS_BETA) / masked.sum()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), CLIP)
+    opt.step()
+    with torch.no_grad():
+      t_l, s_l = [t for t, _ in ema_layers], [s for _, s in ema_layers]
+      torch._foreach_mul_(t_l, EMA_DECAY)
+      torch._foreach_add_(t_l, s_l, alpha=1.0 - EMA_DECAY)
+      for t, s in ema_embed:
+        t.copy_(s)
+    holder["loss"].append(float(loss))
+
+  warm = common.timed_loop(one, args.warmup)
+  times = common.timed_loop(one, args.steps)
+  return {
+      "framework": "torch", "torch": torch.__version__, "transformers": transformers.__version__,
+      "attn_implementation": getattr(student.encoder.config, "_attn_implementation", None),
+      "adamw": opt_impl, "threads": torch.get_num_threads(),
+      "first_call_s": warm[0], "warmup_s": warm, "times_s": times,
+      "real_tokens": [common.real_tokens(host_batches[(args.warmup + i) % len(host_batches)])
+                      for i in range(args.steps)],
+      "losses": holder["loss"], "rss_base_mib": rss_base, "peak_rss_mib": common.peak_rss_mib(),
+  }
+
+
+# ----------------------------------------------------------------------------------------------
+# Orchestrator
+
+
+def summarize(runs: list[dict]) -> dict:
+  times = [t for r in runs for t in r["times_s"]]
+  tokens = [n for r in runs for n in r["real_tokens"]]
+  med = common.median(times)
+  out = {
+      "median_step_s": med,
+      "tokens_per_s": common.median(tokens) / med,
+      "round_medians_s": [common.median(r["times_s"]) for r in runs],
+      "min_step_s": min(times), "max_step_s": max(times), "timed_steps": len(times),
+      "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+      "rss_base_mib": max(r["rss_base_mib"] for r in runs),
+      "first_call_s": common.median([r["first_call_s"] for r in runs]),
+      "final_loss": runs[-1]["losses"][-1],
+  }
+  return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+  out = {}
+  for item in items:
+    key, value = item.split("=", 1)
+    try:
+      out[key] = json.loads(value)
+    except json.JSONDecodeError:
+      out[key] = value
+  return out
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--configs", default="tiny,small,base")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--seq", type=int, default=128)
+  p.add_argument("--steps", type=int, default=10, help="timed steps per worker round")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps per worker (>= 1)")
+  p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--threads", type=int, default=common.available_cores(),
+                 help="torch intra/inter-op threads (default: available cores; XLA:CPU "
+                      "always sizes its pool to the available cores)")
+  p.add_argument("--frameworks", default="jax,torch")
+  p.add_argument("--full_rows", action="store_true", help="no padding (all rows full)")
+  p.add_argument("--override", action="append", default=[],
+                 help="EncoderConfig field=value applied to both frameworks, e.g. dropout=0")
+  p.add_argument("--timeout", type=float, default=1800)
+  p.add_argument("--no_record", action="store_true", help="do not append to results.jsonl")
+  p.add_argument("--note", default="")
+  p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+  p.add_argument("--config", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  overrides = parse_overrides(args.override)
+  if args.warmup < 1:
+    p.error("--warmup must be >= 1 (the first step includes compilation)")
+
+  if args.worker:
+    fn = jax_worker if args.worker == "jax" else torch_worker
+    common.emit(fn(args, overrides))
+    return 0
+
+  frameworks = args.frameworks.split(",")
+  load_before = common.load_avg()
+  rows, results = [], []
+  for config in args.configs.split(","):
+    runs = {f: [] for f in frameworks}
+    errors = []
+    for r in range(args.rounds):
+      order = frameworks if r % 2 == 0 else frameworks[::-1]
+      for fw in order:
+        worker_args = ["--worker", fw, "--config", config, "--batch", str(args.batch),
+                       "--seq", str(args.seq), "--steps", str(args.steps),
+                       "--warmup", str(args.warmup), "--threads", str(args.threads)]
+        worker_args += ["--full_rows"] * args.full_rows
+        for o in args.override:
+          worker_args += ["--override", o]
+        res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout)
+        if "error" in res:
+          errors.append({"framework": fw, "round": r, **res})
+          print(f"[{config}/{fw} round {r}] ERROR: {res['error']}\n{res.get('stderr_tail', '')}",
+                file=sys.stderr)
+        else:
+          runs[fw].append(res)
+          print(f"[{config}/{fw} round {r}] median {common.median(res['times_s']):.4f}s "
+                f"first {res['first_call_s']:.2f}s peak RSS {res['peak_rss_mib']:.0f} MiB",
+                file=sys.stderr)
+    entry = {"config": config, "model": model_kwargs(config, overrides), "batch": args.batch,
+             "seq": args.seq, "errors": errors}
+    for fw in frameworks:
+      if runs[fw]:
+        entry[fw] = summarize(runs[fw])
+        entry[fw]["worker_info"] = {k: v for k, v in runs[fw][0].items()
+                                    if k not in ("times_s", "warmup_s", "real_tokens", "losses")}
+    if "jax" in entry:
+      entry["jax"]["compile_s"] = entry["jax"]["first_call_s"] - entry["jax"]["median_step_s"]
+    if "jax" in entry and "torch" in entry:
+      entry["ratio_jax_over_torch"] = entry["jax"]["tokens_per_s"] / entry["torch"]["tokens_per_s"]
+    results.append(entry)
+    row = {"config": config, "BxT": f"{args.batch}x{args.seq}"}
+    for fw in frameworks:
+      if fw in entry:
+        row[f"{fw}_step_s"] = entry[fw]["median_step_s"]
+        row[f"{fw}_tok/s"] = entry[fw]["tokens_per_s"]
+        row[f"{fw}_rss_MiB"] = entry[fw]["peak_rss_mib"]
+    row["jax/torch"] = entry.get("ratio_jax_over_torch")
+    row["jax_compile_s"] = entry.get("jax", {}).get("compile_s")
+    rows.append(row)
+
+  print()
+  common.print_table(rows, list(rows[0].keys()) if rows else [])
+  if not args.no_record:
+    common.append_result(
+        "train_step", f"host CPU, {common.available_cores()} cores (JAX CPU backend vs PyTorch "
+        f"eager CPU, {args.threads} torch threads)", results,
+        load_avg_before=load_before, note=args.note,
+        protocol={"rounds": args.rounds, "warmup": args.warmup, "steps": args.steps,
+                  "interleaving": "one subprocess per framework per round, order alternating",
+                  "threads": args.threads, "overrides": overrides},
+        versions=common.library_versions("jax", "jaxlib", "flax", "optax", "torch",
+                                         "transformers"))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

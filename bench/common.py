@@ -1,0 +1,260 @@
+"""Shared helpers of the benchmarks: machine description, git commit, result logging, subprocess
+workers, and the recommended XLA flags for GPU runs.
+
+Every benchmark appends one JSON object per run to `bench/results.jsonl`:
+
+    {"bench", "command", "git_commit", "git_dirty", "machine", "device", "load_avg",
+     "time_utc", "results", ...}
+
+Workers. Each framework/config measurement runs in its own Python subprocess (`run_worker`), so
+that peak resident memory (`ru_maxrss`) is attributable to one framework and one model, and the
+two frameworks never share a process (their thread pools would otherwise compete: Eigen and OpenMP
+workers spin-wait for a while after each parallel region).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+RESULTS_PATH = os.path.join(BENCH_DIR, "results.jsonl")
+WORKER_PREFIX = "BENCH_RESULT "
+
+# Recommended XLA flags for single-host GPU training (H100/H200). Each one is accepted by the
+# XLA of jax 0.10.2 (an unknown flag aborts the process at backend start; `check_xla_flags`
+# verifies them on any platform, since XLA parses the GPU flags on CPU too).
+#  - latency hiding scheduler: overlaps the FSDP/data-parallel collectives with compute (no-op on
+#    one GPU, but it is the flag multi-GPU runs want, so it is measured in the same setting);
+#  - triton gemm off: bf16 matmuls of these shapes (d=768, f=3072) go to cuBLAS(Lt), which is at
+#    least as fast as XLA's Triton GEMM emitter for plain dense layers and removes autotuning
+#    variance between runs;
+#  - command buffers on for the default set (CUDA graphs cut launch overhead of the many small
+#    LayerNorm/elementwise kernels of a 12-layer post-LN encoder).
+GPU_XLA_FLAGS: tuple[str, ...] = (
+    "--xla_gpu_enable_latency_hiding_scheduler=true",
+    "--xla_gpu_enable_triton_gemm=false",
+)
+# Memory: let XLA take 95% of the GPU (default 75%) so the batch-size sweep finds the real limit.
+GPU_ENV: dict[str, str] = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95"}
+
+
+def xla_flags_env(flags: Sequence[str], base: dict[str, str] | None = None) -> dict[str, str]:
+  """A copy of `base` (default os.environ) with `flags` appended to XLA_FLAGS."""
+  env = dict(os.environ if base is None else base)
+  existing = env.get("XLA_FLAGS", "").split()
+  env["XLA_FLAGS"] = " ".join(existing + [f for f in flags if f not in existing])
+  return env
+
+
+def load_avg() -> list[float]:
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return []
+
+
+def machine_info() -> dict[str, Any]:
+  info = {
+      "hostname": platform.node(),
+      "platform": platform.platform(),
+      "processor": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "python": platform.python_version(),
+  }
+  try:
+    info["cpu_affinity"] = len(os.sched_getaffinity(0))
+  except AttributeError:
+    pass
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          info["cpu_model"] = line.split(":", 1)[1].strip()
+          break
+    with open("/proc/meminfo") as f:
+      info["mem_total_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+  except OSError:
+    pass
+  return info
+
+
+def available_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def git_commit() -> tuple[str, bool]:
+  """(HEAD commit, whether the work tree has uncommitted changes)."""
+  def git(*args):
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+  try:
+    return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+  except (OSError, subprocess.SubprocessError):
+    return "unknown", False
+
+
+def library_versions(*names: str) -> dict[str, str]:
+  from importlib import metadata
+  out = {}
+  for name in names:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      pass
+  return out
+
+
+def append_result(bench: str, device: str, results: Any, **extra: Any) -> dict[str, Any]:
+  """Appends one JSON line to bench/results.jsonl and returns the record."""
+  commit, dirty = git_commit()
+  record = {
+      "bench": bench,
+      "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(
+          sys.argv[0], REPO_ROOT)] + sys.argv[1:]),
+      "git_commit": commit,
+      "git_dirty": dirty,
+      "machine": machine_info(),
+      "device": device,
+      "load_avg": load_avg(),
+      "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+      **extra,
+      "results": results,
+  }
+  with open(RESULTS_PATH, "a") as f:
+    f.write(json.dumps(record) + "\n")
+  return record
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+  def fmt(v):
+    if isinstance(v, float):
+      return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.0f}"
+    return "-" if v is None else str(v)
+  cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+  widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
+            for i, c in enumerate(columns)]
+  print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+  for row in cells:
+    print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing and memory inside a worker
+
+
+def peak_rss_mib() -> float:
+  """Peak resident set size of this process (Linux ru_maxrss is in KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mib() -> float:
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+  except OSError:
+    return float("nan")
+
+
+def timed_loop(step, n: int) -> list[float]:
+  """Calls `step()` n times; `step` must block until its work is done. Returns seconds each."""
+  times = []
+  for _ in range(n):
+    t0 = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def emit(result: dict[str, Any]) -> None:
+  """Worker side: print the result as one prefixed JSON line on stdout."""
+  print(WORKER_PREFIX + json.dumps(result), flush=True)
+
+
+def run_worker(script: str, args: Iterable[str], *, timeout: float,
+               env: dict[str, str] | None = None) -> dict[str, Any]:
+  """Runs `python script args` and returns the JSON it emitted ({'error': ...} on failure)."""
+  cmd = [sys.executable, script, *args]
+  env = dict(os.environ if env is None else env)
+  env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=REPO_ROOT)
+  except subprocess.TimeoutExpired:
+    return {"error": f"timeout after {timeout:.0f}s", "cmd": " ".join(cmd)}
+  for line in reversed(proc.stdout.splitlines()):
+    if line.startswith(WORKER_PREFIX):
+      return json.loads(line[len(WORKER_PREFIX):])
+  tail = (proc.stderr or proc.stdout)[-3000:]
+  return {"error": f"worker exited {proc.returncode} without a result", "stderr_tail": tail,
+          "cmd": " ".join(cmd)}
+
+
+def median(xs: Sequence[float]) -> float:
+  return float(statistics.median(xs)) if xs else float("nan")
+
+
+def summarize_times(times: Sequence[float]) -> dict[str, float]:
+  a = np.asarray(times, np.float64)
+  return {"median_s": float(np.median(a)), "min_s": float(a.min()), "max_s": float(a.max()),
+          "n": int(a.size)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Model shapes and batches shared by the CPU benchmarks
+
+MASK_ID_SMALL_VOCAB = 999
+
+# name -> EncoderConfig overrides. vocab: tiny keeps tiny_config's 1000 rows; small and base use
+# the released dictionary (50265), so embedding gradients and their AdamW update are realistic.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4,
+                 intermediate_size=128),
+    "small": dict(vocab_size=50265, hidden_size=256, num_layers=4, num_heads=4,
+                  intermediate_size=1024),
+    "base": dict(vocab_size=50265, hidden_size=768, num_layers=12, num_heads=12,
+                 intermediate_size=3072),
+}
+
+
+def mask_id_for(vocab_size: int) -> int:
+  return vocab_size - 1  # the last row, like the released dictionary's <mask> (50264)
+
+
+def make_batch(rows: int, length: int, vocab_size: int, seed: int = 0, *,
+               full_rows: bool = False, mask_prob: float = 0.3, pad_id: int = 1
+               ) -> dict[str, np.ndarray]:
+  """Right-padded rows (<s> ... </s>, pads = pad_id), lengths uniform in [length/2, length] (or
+  all full with `full_rows`), `mask_prob` of the real tokens replaced by <mask> (= the loss
+  positions). Returns numpy {'source', 'target' int32 [B,T], 'selected' bool [B,T]}."""
+  rng = np.random.default_rng(seed)
+  mask_id = mask_id_for(vocab_size)
+  target = np.full((rows, length), pad_id, np.int32)
+  selected = np.zeros((rows, length), bool)
+  for r in range(rows):
+    n = length if full_rows else int(rng.integers(length // 2, length + 1))
+    target[r, :n] = rng.integers(4, mask_id, n)
+    target[r, 0], target[r, n - 1] = 0, 2
+    selected[r, 1:n - 1] = rng.random(n - 2) < mask_prob
+    selected[r, 1] = True  # at least one loss position per row
+  source = np.where(selected, mask_id, target).astype(np.int32)
+  return {"source": source, "target": target, "selected": selected}
+
+
+def real_tokens(batch: dict[str, np.ndarray], pad_id: int = 1) -> int:
+  return int(np.sum(batch["target"] != pad_id))
