@@ -124,7 +124,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, use_ema: bool = False,
   if use_ema:
     raise CheckpointError(f"{path}: use_ema applies to fairseq checkpoints only (a directory "
                           "holds a single set of weights)")
-  from data2vec_jax.convert.hf import load_hf_dir, read_hf_config  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from data2vec_jax.convert.hf import load_hf_dir, read_hf_config
   document = read_hf_config(path)
   if document.get("format") == FORMAT:
     return _load_own_dir(path, document)

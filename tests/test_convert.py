@@ -321,7 +321,8 @@ def test_fairseq_args_namespace_and_legacy_lm_head(tmp_path, base_model):
   assert not any(info.values()), info
   assert torch.equal(mlm.lm_head.dense.weight,
                      checkpoint["model"]["encoder.lm_head.dense.weight"])
-  assert torch.equal(mlm.lm_head.decoder.weight, mlm.data2vec_text.embeddings.word_embeddings.weight)
+  assert torch.equal(mlm.lm_head.decoder.weight,
+                     mlm.data2vec_text.embeddings.word_embeddings.weight)
   _parity(converted, mlm.eval())
   with pytest.raises(CheckpointError, match="use_ema=True but the checkpoint has no"):
     load_fairseq(tmp_path / "legacy.pt", use_ema=True)

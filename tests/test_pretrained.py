@@ -100,7 +100,8 @@ def test_load_pretrained_dispatches_hf_fairseq_and_own(tmp_path):
   for k, v in model.state_dict().items():
     k = (k.replace("embeddings.word_embeddings", "embed_tokens")
          .replace("embeddings.position_embeddings", "embed_positions")
-         .replace("embeddings.LayerNorm", "layernorm_embedding").replace("encoder.layer.", "layers.")
+         .replace("embeddings.LayerNorm", "layernorm_embedding")
+         .replace("encoder.layer.", "layers.")
          .replace("attention.self.query", "self_attn.q_proj")
          .replace("attention.self.key", "self_attn.k_proj")
          .replace("attention.self.value", "self_attn.v_proj")

@@ -77,7 +77,8 @@ def _allowed_globals() -> dict[str, Any]:
   import torch  # pylint: disable=import-outside-toplevel
   allowed: dict[str, Any] = {}
   try:
-    allowed.update(torch._weights_only_unpickler._get_allowed_globals())  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    allowed.update(torch._weights_only_unpickler._get_allowed_globals())
   except AttributeError as e:  # a future torch renamed it: fail loudly rather than allow more
     raise CheckpointError(
         "this torch version does not expose its weights-only allow-list; "
