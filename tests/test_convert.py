@@ -487,3 +487,24 @@ def test_cli_converts_and_reports(tmp_path, base_model, capsys):
   assert cli.main(["--from", "hf", str(tmp_path / "hf"), "--to", "jax", "--ema",
                    "--output", str(tmp_path / "x")]) == 1
   assert "--ema applies to fairseq" in capsys.readouterr().err
+
+
+def test_folded_token_type_keeps_masked_lm_logits(tmp_path):
+  """HF ties the LM decoder to the *unfolded* embeddings; the export must keep those logits."""
+  model = reference_model(CONFIG.replace(num_layers=1), seed=12,
+                          architecture="Data2VecTextForMaskedLM")
+  with torch.no_grad():
+    model.data2vec_text.embeddings.token_type_embeddings.weight.normal_(0, 0.3)
+  converted = load_hf_dir(_save_hf(model, tmp_path / "src"))
+  assert "decoder" in converted.heads["lm_head"]
+  save_hf_dir(tmp_path / "out", converted.config, converted.params, heads=converted.heads,
+              architecture="Data2VecTextForMaskedLM")
+  exported, info = transformers.Data2VecTextForMaskedLM.from_pretrained(
+      tmp_path / "out", output_loading_info=True)
+  assert not any(info.values()), info
+  ids, mask = padded_batch(converted.config, (8, 5), seed=4)
+  ids_t, mask_t = torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(mask)
+  with torch.no_grad():
+    a = model(ids_t, attention_mask=mask_t).logits
+    b = exported.eval()(ids_t, attention_mask=mask_t).logits
+  assert (a - b)[mask_t.bool()].abs().max() <= 1e-5

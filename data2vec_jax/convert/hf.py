@@ -196,6 +196,11 @@ def convert_hf_state_dict(state: Mapping[str, np.ndarray], hf_config: Mapping[st
         reference["embeddings.word_embeddings.weight"] + token_types[0][None, :])
     notes.append("folded token_type_embeddings row 0 (non-zero) into the word embeddings; "
                  "export will write a zero row, so tensors (not outputs) differ after a round trip")
+    lm_head = heads.get("lm_head")
+    if lm_head is not None and "decoder" not in lm_head:
+      # HF ties the decoder to the *unfolded* word embeddings: keep them for the LM head.
+      lm_head["decoder"] = {"kernel": np.ascontiguousarray(word.T)}
+      notes.append("lm_head decoder stored untied (the token embedding now includes row 0)")
   params = layout.params_from_reference(reference, config)
   metadata = {"source_format": "hf", "source_architecture": arch,
               "hf_config": {k: hf_config[k] for k in _CARRIED_CONFIG_KEYS if k in hf_config}}
@@ -372,6 +377,9 @@ def hf_state_dict_from(config: EncoderConfig, params: Any, heads: Mapping[str, A
         if kernel.shape != (d, v):
           raise CheckpointError(f"lm_head decoder kernel {kernel.shape}, expected {(d, v)}")
         state["lm_head.decoder.weight"] = np.ascontiguousarray(kernel.T)
+        # Untied (tie_word_embeddings false), transformers also stops tying decoder.bias to
+        # lm_head.bias, so both are written.
+        state["lm_head.decoder.bias"] = np.asarray(lm["bias"])
         facts["tied"] = False
     else:  # Data2VecTextForSequenceClassification
       cls = heads.pop("classifier", None)

@@ -1,0 +1,287 @@
+"""GPU throughput of the full data2vec train step: base model, seq 512, bf16 compute, MFU.
+
+One command on a GPU machine:
+
+    python bench/bench_gpu.py                       # batch sweep 8,16,32,... until OOM
+    python bench/bench_gpu.py --batch 32,64 --remat none,dots,full --attention_dropout 0.1,0.0
+
+What runs: `train_step.make_train_step` (student fwd/bwd, teacher fwd, EMA, AdamW, clip) on a
+1-GPU mesh, EncoderConfig base (12 x 768, 12 heads, ffn 3072, vocab 50265), `dtype='bfloat16'`
+with float32 parameters, `attention_impl='auto'` (cuDNN flash attention where the model allows
+it: the teacher always; the student only when attention dropout is 0, because cuDNN has no
+dropout on the probabilities -- see `model._resolve_attention_impl`), optional remat policy.
+Rows are full 512-token blocks (fairseq `tokens_per_sample=512`, break mode 'complete') with
+~30% of tokens replaced by <mask>.
+
+Each (remat, attention dropout, batch) point runs in a fresh subprocess (an OOM cannot poison the
+next point, and the sweep stops at the first OOM of each series). Reported per point: median step
+time, real tokens/s, MFU = model FLOPs/s / peak, with model FLOPs per token from
+`data2vec_jax.flops.train_flops_per_token` (DESIGN.md §5, the measured masked fraction) and peak
+from `flops.peak_flops_per_device`; HFU adds the FLOPs the remat policy recomputes (full: one
+more student forward; dots_no_batch: the attention score/value matmuls 4*L*s*d; dots: none of the
+matmuls). Peak device memory from `device.memory_stats()`.
+
+XLA flags: `bench.common.GPU_XLA_FLAGS` are added to XLA_FLAGS (`--xla_flags none` to compare).
+
+No GPU: prints "no GPU: ..." and exits 2 (GPU detection runs in a subprocess with a timeout, so
+it cannot hang). `--allow-cpu --tiny` runs the same code path on CPU with a tiny model (smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+
+SEQ = 512
+OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
+
+
+def detect_gpu(timeout: float = 180.0) -> tuple[bool, str]:
+  """(has GPU, description or reason). Runs in a subprocess so a broken driver cannot hang us."""
+  code = ("import jax\n"
+          "ds = jax.devices('gpu')\n"
+          "print('GPU_KINDS', len(ds), ds[0].device_kind)\n")
+  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+  env.pop("JAX_PLATFORMS", None)
+  try:
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+  except subprocess.TimeoutExpired:
+    return False, f"GPU detection timed out after {timeout:.0f}s"
+  for line in proc.stdout.splitlines():
+    if line.startswith("GPU_KINDS"):
+      _, n, kind = line.split(" ", 2)
+      return True, f"{n} x {kind}"
+  err = (proc.stderr.strip().splitlines() or ["jax.devices('gpu') failed"])[-1]
+  return False, f"jax found no GPU backend ({err[:300]})"
+
+
+def model_config(args):
+  from data2vec_jax.model_config import EncoderConfig
+  shape = common.CONFIGS["tiny" if args.tiny else "base"]
+  return EncoderConfig(**shape, max_positions=max(514, args.seq + 2), dropout=0.1,
+                       attention_dropout=args.attn_dropout_value, dtype=args.dtype,
+                       param_dtype="float32", attention_impl=args.attention_impl,
+                       remat_policy=args.remat_value)
+
+
+def recomputed_flops_per_token(cfg, seq: int) -> float:
+  """Matmul FLOPs the remat policy recomputes in the student backward, per token."""
+  from data2vec_jax import flops
+  if cfg.remat_policy == "full":
+    return flops.encoder_forward_flops_per_token(cfg, seq)
+  if cfg.remat_policy == "dots_no_batch":
+    return 4.0 * cfg.num_layers * seq * cfg.hidden_size  # q.k^T and p.v are batched dots
+  return 0.0
+
+
+def worker(args) -> dict:
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  from data2vec_jax import flops
+  from data2vec_jax import model as model_lib
+  from data2vec_jax import sharding as sharding_lib
+  from data2vec_jax import train_state as train_state_lib
+  from data2vec_jax import train_step as train_step_lib
+  from data2vec_jax.ema import EMAConfig
+  from data2vec_jax.objective import ObjectiveConfig
+  from data2vec_jax.optim import OptimizerConfig, make_optimizer
+
+  device = jax.devices()[0]
+  cfg = model_config(args)
+  recipe = train_state_lib.Recipe(
+      model=cfg,
+      objective=ObjectiveConfig(average_top_k_layers=min(10, cfg.num_layers),
+                                mask_id=common.mask_id_for(cfg.vocab_size)),
+      ema=EMAConfig(),
+      optimizer=OptimizerConfig(lr=2e-4, schedule="constant", warmup_steps=0),
+      micro_batches=1)
+  tx = make_optimizer(recipe.optimizer)
+  mesh = sharding_lib.make_mesh(1, 1, 1, devices=[device])
+  host = [common.make_batch(args.batch_value, args.seq, cfg.vocab_size, seed=s,
+                            full_rows=not args.pad) for s in range(2)]
+  tokens = [common.real_tokens(b) for b in host]
+  masked = [int((b["source"] == common.mask_id_for(cfg.vocab_size)).sum()) for b in host]
+  info = {
+      "batch": args.batch_value, "seq": args.seq, "dtype": cfg.dtype,
+      "remat": cfg.remat_policy, "attention_dropout": cfg.attention_dropout,
+      "attention_impl": cfg.attention_impl,
+      "resolved_attention": {
+          "student": model_lib._resolve_attention_impl(cfg, cfg.attention_dropout > 0),
+          "teacher": model_lib._resolve_attention_impl(cfg, False)},
+      "device_kind": device.device_kind, "platform": device.platform,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+  try:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+      _, shardings = train_state_lib.state_shardings(recipe, tx, mesh)
+      state = train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(0), mesh)
+      step = train_step_lib.make_train_step(recipe, tx, mesh, shardings)
+      batches = [{k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in b.items()}
+                 for b in host]
+      holder = {"state": state, "i": 0}
+
+      def one():
+        holder["state"], metrics = step(holder["state"], batches[holder["i"] % len(batches)])
+        holder["i"] += 1
+        jax.block_until_ready((holder["state"], metrics))
+        return metrics
+
+      t0 = time.perf_counter()
+      first = one()
+      first_s = time.perf_counter() - t0
+      common.timed_loop(one, max(0, args.warmup - 1))
+      times = common.timed_loop(one, args.steps)
+      loss = float(one()["loss"])
+  except Exception as e:  # noqa: BLE001 - an OOM is a result of the sweep, anything else an error
+    msg = f"{type(e).__name__}: {e}"
+    return {**info, "oom": any(m in msg for m in OOM_MARKERS), "error": msg[:2000],
+            "traceback": traceback.format_exc()[-3000:]}
+  del first
+  med = float(np.median(times))
+  tok = float(np.mean(tokens))
+  masked_fraction = float(np.sum(masked) / np.sum(tokens))
+  flops_tok = flops.train_flops_per_token(cfg, args.seq, kind="data2vec", head_layers=2,
+                                          masked_fraction=masked_fraction)
+  hw_flops_tok = flops_tok + recomputed_flops_per_token(cfg, args.seq)
+  peak = flops.peak_flops_per_device(device)
+  tps = tok / med
+  stats = {}
+  try:
+    stats = device.memory_stats() or {}
+  except Exception:  # noqa: BLE001 - CPU devices may not report
+    pass
+  return {
+      **info, "oom": False, "median_step_s": med, "min_step_s": float(min(times)),
+      "steps": len(times), "first_call_s": first_s, "compile_s": first_s - med,
+      "real_tokens_per_step": tok, "tokens_per_s": tps, "masked_fraction": masked_fraction,
+      "model_flops_per_token": flops_tok, "hardware_flops_per_token": hw_flops_tok,
+      "model_tflops_per_s": flops_tok * tps / 1e12, "peak_flops": peak,
+      "mfu": (flops_tok * tps / peak) if peak else None,
+      "hfu": (hw_flops_tok * tps / peak) if peak else None,
+      "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
+      "bytes_limit": stats.get("bytes_limit"), "loss": loss,
+  }
+
+
+def csv(s: str, cast=str) -> list:
+  return [cast(x) for x in s.split(",") if x.strip()]
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--batch", default="", help="comma list; default: sweep 8,16,32,... until OOM")
+  p.add_argument("--max_batch", type=int, default=1024)
+  p.add_argument("--seq", type=int, default=SEQ)
+  p.add_argument("--steps", type=int, default=20)
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  p.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "cudnn", "reference"])
+  p.add_argument("--remat", default="none",
+                 help="comma list of remat policies: none,full,dots,dots_no_batch")
+  p.add_argument("--attention_dropout", default="0.1",
+                 help="comma list; 0.1 is the recipe (student then uses the explicit-softmax "
+                      "attention), 0.0 lets the student use cuDNN flash attention too")
+  p.add_argument("--pad", action="store_true", help="variable row lengths instead of full rows")
+  p.add_argument("--xla_flags", default="recommended", choices=["recommended", "none"])
+  p.add_argument("--timeout", type=float, default=900, help="seconds per sweep point")
+  p.add_argument("--allow-cpu", dest="allow_cpu", action="store_true",
+                 help="run on CPU when no GPU is present (smoke test of the code path)")
+  p.add_argument("--tiny", action="store_true", help="tiny model (2 x 64): smoke test")
+  p.add_argument("--no_record", action="store_true")
+  p.add_argument("--note", default="")
+  p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--batch_value", type=int, help=argparse.SUPPRESS)
+  p.add_argument("--remat_value", default="none", help=argparse.SUPPRESS)
+  p.add_argument("--attn_dropout_value", type=float, default=0.1, help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.tiny and args.seq == SEQ:
+    args.seq = 128
+
+  if args.worker:
+    common.emit(worker(args))
+    return 0
+
+  has_gpu, desc = detect_gpu()
+  if not has_gpu and not args.allow_cpu:
+    print(f"no GPU: {desc}. This benchmark needs a CUDA GPU with jax[cuda] installed; "
+          f"use --allow-cpu --tiny for a CPU smoke run of the same code path.", file=sys.stderr)
+    return 2
+  env = dict(os.environ)
+  if has_gpu:
+    env.update(common.GPU_ENV)
+    env.pop("JAX_PLATFORMS", None)
+  else:
+    env["JAX_PLATFORMS"] = "cpu"
+    desc = f"CPU smoke run ({desc})"
+  if args.xla_flags == "recommended":
+    # On CPU the GPU flags are parsed too (and must be valid), so the smoke run checks them.
+    env = common.xla_flags_env(common.GPU_XLA_FLAGS, env)
+  print(f"device: {desc}", file=sys.stderr)
+
+  explicit = csv(args.batch, int)
+  sweep = explicit or [b for b in (2 ** i for i in range(3, 20)) if b <= args.max_batch]
+  if args.tiny and not explicit:
+    sweep = [2, 4]
+  results, rows = [], []
+  for remat in csv(args.remat):
+    for attn_dropout in csv(args.attention_dropout, float):
+      for batch in sweep:
+        worker_args = [
+            "--worker", "--batch_value", str(batch), "--remat_value", remat,
+            "--attn_dropout_value", str(attn_dropout), "--seq", str(args.seq),
+            "--steps", str(args.steps), "--warmup", str(args.warmup), "--dtype", args.dtype,
+            "--attention_impl", args.attention_impl] + ["--tiny"] * args.tiny + \
+            ["--pad"] * args.pad
+        res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout,
+                                env=env)
+        res.setdefault("batch", batch)
+        res.setdefault("remat", remat)
+        res.setdefault("attention_dropout", attn_dropout)
+        results.append(res)
+        if res.get("error"):
+          kind = "OOM" if res.get("oom") else "ERROR"
+          print(f"[remat={remat} attn_dropout={attn_dropout} batch={batch}] {kind}: "
+                f"{res['error'][:500]}", file=sys.stderr)
+          if not res.get("oom"):
+            print(res.get("traceback") or res.get("stderr_tail", ""), file=sys.stderr)
+          break  # larger batches of this series will not fit either
+        rows.append({k: res.get(k) for k in (
+            "remat", "attention_dropout", "batch", "median_step_s", "tokens_per_s", "mfu",
+            "hfu", "compile_s")} | {
+            "peak_GiB": (res["peak_bytes_in_use"] / 2**30) if res.get("peak_bytes_in_use")
+            else None,
+            "attn(student/teacher)": "{student}/{teacher}".format(**res["resolved_attention"])})
+        print(f"[remat={remat} attn_dropout={attn_dropout} batch={batch}] "
+              f"{res['median_step_s']:.4f}s {res['tokens_per_s']:.0f} tok/s "
+              f"MFU {res['mfu'] if res['mfu'] is not None else '-'}", file=sys.stderr)
+  if rows:
+    print()
+    common.print_table(rows, list(rows[0].keys()))
+  ok = [r for r in results if not r.get("error")]
+  if not args.no_record:
+    common.append_result(
+        "gpu_train_step", desc, results, note=args.note,
+        protocol={"seq": args.seq, "dtype": args.dtype, "steps": args.steps,
+                  "warmup": args.warmup, "xla_flags": env.get("XLA_FLAGS", ""),
+                  "model": "tiny" if args.tiny else "base", "full_rows": not args.pad},
+        versions=common.library_versions("jax", "jaxlib", "jax-cuda12-plugin",
+                                         "jax-cuda13-plugin", "flax", "optax"))
+  if not ok:
+    print("no sweep point succeeded", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
