@@ -100,19 +100,27 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--rounds", type=int, default=2)
-  p.add_argument("--threads", type=int, default=common.available_cores(),
+  p.add_argument("--threads", type=int, default=None,
                  help="torch threads (default: available cores; XLA:CPU uses all cores)")
   p.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "reference"])
   p.add_argument("--full_rows", action="store_true")
   p.add_argument("--timeout", type=float, default=1200)
   p.add_argument("--no_record", action="store_true")
   p.add_argument("--note", default="")
+  p.add_argument("--pin_cores", type=int, default=0,
+                 help="pin every worker to the first N cores (sched_setaffinity, before the "
+                      "framework starts: XLA:CPU sizes its pool from the affinity mask) and use "
+                      "N torch threads; makes runs far less sensitive to other load")
   p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   p.add_argument("--config", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.warmup < 1:
     p.error("--warmup must be >= 1")
   # All batches have the same real-token count distribution; use batch 0's for tokens/s.
+  if args.threads is None:
+    args.threads = args.pin_cores or common.available_cores()
+  if args.worker and args.pin_cores:
+    common.pin_to_cores(args.pin_cores)
   if args.worker:
     common.emit((jax_worker if args.worker == "jax" else torch_worker)(args))
     return 0
@@ -128,6 +136,7 @@ def main(argv=None) -> int:
             "--worker", fw, "--config", config, "--batch", str(args.batch), "--seq",
             str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--threads", str(args.threads), "--attention_impl", args.attention_impl,
+            "--pin_cores", str(args.pin_cores),
         ] + ["--full_rows"] * args.full_rows, timeout=args.timeout)
         if "error" in res:
           errors.append({"framework": fw, "round": r, **res})
@@ -167,11 +176,13 @@ def main(argv=None) -> int:
   if not args.no_record:
     common.append_result(
         "encode", f"host CPU, {common.available_cores()} cores (JAX CPU backend vs PyTorch "
-        f"eager CPU inference_mode, {args.threads} torch threads)", results,
+        f"eager CPU inference_mode, {args.threads} torch threads"
+        + (f", every worker pinned to {args.pin_cores} core(s))" if args.pin_cores else ")"), results,
         load_avg_before=load_before, note=args.note,
         protocol={"rounds": args.rounds, "warmup": args.warmup, "steps": args.steps,
                   "interleaving": "one subprocess per framework per round, order alternating",
-                  "attention_impl": args.attention_impl},
+                  "attention_impl": args.attention_impl, "threads": args.threads,
+                  "pin_cores": args.pin_cores},
         versions=common.library_versions("jax", "jaxlib", "flax", "torch", "transformers"))
   return 0
 

@@ -256,7 +256,7 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=10, help="timed steps per worker round")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps per worker (>= 1)")
   p.add_argument("--rounds", type=int, default=2)
-  p.add_argument("--threads", type=int, default=common.available_cores(),
+  p.add_argument("--threads", type=int, default=None,
                  help="torch intra/inter-op threads (default: available cores; XLA:CPU "
                       "always sizes its pool to the available cores)")
   p.add_argument("--frameworks", default="jax,torch")
@@ -266,6 +266,10 @@ def main(argv=None) -> int:
   p.add_argument("--timeout", type=float, default=1800)
   p.add_argument("--no_record", action="store_true", help="do not append to results.jsonl")
   p.add_argument("--note", default="")
+  p.add_argument("--pin_cores", type=int, default=0,
+                 help="pin every worker to the first N cores (sched_setaffinity, before the "
+                      "framework starts: XLA:CPU sizes its pool from the affinity mask) and use "
+                      "N torch threads; makes runs far less sensitive to other load")
   p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   p.add_argument("--config", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -273,6 +277,10 @@ def main(argv=None) -> int:
   if args.warmup < 1:
     p.error("--warmup must be >= 1 (the first step includes compilation)")
 
+  if args.threads is None:
+    args.threads = args.pin_cores or common.available_cores()
+  if args.worker and args.pin_cores:
+    common.pin_to_cores(args.pin_cores)
   if args.worker:
     fn = jax_worker if args.worker == "jax" else torch_worker
     common.emit(fn(args, overrides))
@@ -289,7 +297,8 @@ def main(argv=None) -> int:
       for fw in order:
         worker_args = ["--worker", fw, "--config", config, "--batch", str(args.batch),
                        "--seq", str(args.seq), "--steps", str(args.steps),
-                       "--warmup", str(args.warmup), "--threads", str(args.threads)]
+                       "--warmup", str(args.warmup), "--threads", str(args.threads),
+                       "--pin_cores", str(args.pin_cores)]
         worker_args += ["--full_rows"] * args.full_rows
         for o in args.override:
           worker_args += ["--override", o]
@@ -330,11 +339,13 @@ def main(argv=None) -> int:
   if not args.no_record:
     common.append_result(
         "train_step", f"host CPU, {common.available_cores()} cores (JAX CPU backend vs PyTorch "
-        f"eager CPU, {args.threads} torch threads)", results,
+        f"eager CPU, {args.threads} torch threads"
+        + (f", every worker pinned to {args.pin_cores} core(s))" if args.pin_cores else ")"), results,
         load_avg_before=load_before, note=args.note,
         protocol={"rounds": args.rounds, "warmup": args.warmup, "steps": args.steps,
                   "interleaving": "one subprocess per framework per round, order alternating",
-                  "threads": args.threads, "overrides": overrides},
+                  "threads": args.threads, "pin_cores": args.pin_cores,
+                  "overrides": overrides},
         versions=common.library_versions("jax", "jaxlib", "flax", "optax", "torch",
                                          "transformers"))
   return 0

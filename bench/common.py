@@ -34,15 +34,13 @@ RESULTS_PATH = os.path.join(BENCH_DIR, "results.jsonl")
 WORKER_PREFIX = "BENCH_RESULT "
 
 # Recommended XLA flags for single-host GPU training (H100/H200). Each one is accepted by the
-# XLA of jax 0.10.2 (an unknown flag aborts the process at backend start; `check_xla_flags`
-# verifies them on any platform, since XLA parses the GPU flags on CPU too).
-#  - latency hiding scheduler: overlaps the FSDP/data-parallel collectives with compute (no-op on
-#    one GPU, but it is the flag multi-GPU runs want, so it is measured in the same setting);
-#  - triton gemm off: bf16 matmuls of these shapes (d=768, f=3072) go to cuBLAS(Lt), which is at
-#    least as fast as XLA's Triton GEMM emitter for plain dense layers and removes autotuning
-#    variance between runs;
-#  - command buffers on for the default set (CUDA graphs cut launch overhead of the many small
-#    LayerNorm/elementwise kernels of a 12-layer post-LN encoder).
+# XLA of jax 0.10.2: an unknown flag aborts the process at backend start, and XLA parses the GPU
+# flags on CPU too, so `bench_gpu.py --allow-cpu --tiny` checks them. NOT yet measured on a GPU
+# (no GPU in the session that wrote them): run `bench_gpu.py --xla_flags none` to compare.
+#  - latency hiding scheduler: overlaps FSDP/data-parallel collectives with compute (a no-op on
+#    one GPU; it is what multi-GPU runs want, so single-GPU numbers are taken in the same setting);
+#  - triton gemm off: plain bf16 dense layers of these shapes (d=768, f=3072) go to cuBLAS(Lt),
+#    which removes GEMM autotuning variance between runs.
 GPU_XLA_FLAGS: tuple[str, ...] = (
     "--xla_gpu_enable_latency_hiding_scheduler=true",
     "--xla_gpu_enable_triton_gemm=false",
@@ -96,6 +94,12 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0))
   except AttributeError:
     return os.cpu_count() or 1
+
+
+def pin_to_cores(n: int) -> None:
+  """Restricts this process (and the threads it will start) to the first n allowed cores."""
+  cores = sorted(os.sched_getaffinity(0))[:n]
+  os.sched_setaffinity(0, cores)
 
 
 def git_commit() -> tuple[str, bool]:

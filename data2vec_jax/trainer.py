@@ -225,7 +225,9 @@ def export_model_dir(state: train_state_lib.TrainState, recipe: train_state_lib.
   from data2vec_jax.pretrained import save_pretrained
   params = jax.device_get(state.params)
   encoder = jax.device_get(state.ema_params) if use_ema else params["encoder"]
-  save_pretrained(path, recipe.model, encoder, head_params=params.get("head"),
+  # Head names shared with the converters: fairseq's regression head / the (HF) LM head.
+  head_name = "regression_head" if recipe.objective.kind == "data2vec" else "lm_head"
+  save_pretrained(path, recipe.model, encoder, head_params={head_name: params["head"]},
                   metadata={"step": int(jax.device_get(state.step)),
                             "objective": recipe.objective.kind, "weights": "ema" if use_ema
                             else "student"})

@@ -1,0 +1,76 @@
+"""Encoder options that must not change the math: rematerialisation, attention implementations,
+and bf16 compute with float32 parameters."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data2vec_jax.model import Encoder, init_params
+from data2vec_jax.model_config import EncoderConfig, tiny_config
+
+IDS = jnp.array([[0, 5, 6, 7, 8, 2, 1, 1], [0, 9, 10, 11, 12, 13, 14, 2]], jnp.int32)
+
+
+@pytest.fixture(scope="module")
+def params():
+  return jax.jit(lambda r: init_params(tiny_config(), r))(jax.random.PRNGKey(0))
+
+
+def loss_and_grads(cfg, params, deterministic=True):
+  def loss(p):
+    out = Encoder(cfg).apply({"params": p}, IDS, deterministic=deterministic,
+                             rngs={"dropout": jax.random.PRNGKey(1)})
+    return jnp.sum(out.last_hidden_state.astype(jnp.float32) ** 2) + jnp.sum(
+        out.ffn_outputs.astype(jnp.float32) ** 2)
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_policies_give_the_same_gradients(params, policy):
+  base_loss, base_grads = loss_and_grads(tiny_config(), params, deterministic=False)
+  loss, grads = loss_and_grads(tiny_config(remat_policy=policy), params, deterministic=False)
+  assert float(loss) == pytest.approx(float(base_loss), rel=1e-6)
+  for g, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(base_grads)):
+    np.testing.assert_allclose(g, b, rtol=1e-5, atol=1e-6)
+
+
+def test_xla_and_reference_attention_agree(params):
+  outs = [Encoder(tiny_config(attention_impl=impl)).apply({"params": params}, IDS)
+          for impl in ("xla", "reference")]
+  nonpad = np.asarray(IDS != 1)
+  diff = np.abs(np.asarray(outs[0].last_hidden_state) - np.asarray(outs[1].last_hidden_state))
+  assert diff[nonpad].max() < 1e-5
+
+
+def test_bf16_compute_keeps_float32_params(params):
+  cfg = tiny_config(dtype="bfloat16")
+  loss, grads = loss_and_grads(cfg, params)
+  ref_loss, _ = loss_and_grads(tiny_config(), params)
+  assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))
+  # bf16 has an 8-bit mantissa: a percent-level agreement is what it can give.
+  assert float(loss) == pytest.approx(float(ref_loss), rel=2e-2)
+  out = Encoder(cfg).apply({"params": params}, IDS)
+  assert out.last_hidden_state.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("bad", [dict(hidden_size=65), dict(dtype="float64"),
+                                 dict(attention_impl="flash"), dict(remat_policy="some"),
+                                 dict(dropout=1.5), dict(max_positions=2)])
+def test_bad_configs_are_refused(bad):
+  with pytest.raises(ValueError):
+    tiny_config(**bad)
+
+
+def test_unknown_config_key_is_refused():
+  with pytest.raises(ValueError, match="hiden_size"):
+    EncoderConfig.from_dict({"hiden_size": 64})
+
+
+def test_too_long_input_is_refused(params):
+  cfg = tiny_config()
+  ids = jnp.full((1, cfg.max_sequence_length + 1), 5, jnp.int32)
+  with pytest.raises(ValueError, match="exceeds"):
+    Encoder(cfg).apply({"params": params}, ids)
