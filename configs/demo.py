@@ -14,7 +14,7 @@ from configs import pretrain
 
 
 def get_config(arg: str | None = None):
-  args = pretrain.parse_arg(arg, {"steps": "300"})
+  args = pretrain.parse_arg(arg, {"steps": "200"})
   c = pretrain.base_config(model="tiny", recipe="release")
   c.model.update(num_layers=4, hidden_size=128, num_heads=4, intermediate_size=512,
                  max_positions=130, dropout=0.1, attention_dropout=0.1)

@@ -74,10 +74,16 @@ def test_train_resume_export(tmp_path):
   # ... and converts to a Hugging Face directory that transformers loads.
   hf_dir = str(tmp_path / "hf")
   conv = subprocess.run([sys.executable, os.path.join(REPO, "convert_torch_weights.py"),
-                         "--from", summary["model_dir"], "--to", "hf", "--output", hf_dir],
+                         summary["model_dir"], "--to", "hf", "--output", hf_dir],
                         env=env(), capture_output=True, text=True, timeout=300)
   assert conv.returncode == 0, conv.stderr[-3000:]
-  assert os.path.exists(os.path.join(hf_dir, "config.json"))
+  import torch
+  import transformers
+  model, info = transformers.Data2VecTextModel.from_pretrained(hf_dir, output_loading_info=True)
+  assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+  with torch.no_grad():
+    ref = model.eval()(torch.tensor([[0, 10, 11, 12, 2]])).last_hidden_state.numpy()
+  assert np.abs(ref - np.asarray(out.last_hidden_state)).max() < 1e-5
 
 
 @pytest.mark.slow
