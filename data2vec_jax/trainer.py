@@ -8,6 +8,7 @@ continues from the newest checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +35,25 @@ from data2vec_jax.model_config import EncoderConfig
 from data2vec_jax.objective import ObjectiveConfig
 from data2vec_jax.optim import OptimizerConfig, make_optimizer
 from data2vec_jax import input_pipeline
+
+
+RECIPE_FILE = "recipe.json"  # the resolved step math, for exporting from a checkpoint later
+
+
+def recipe_to_dict(recipe: train_state_lib.Recipe, seq_len: int) -> dict[str, Any]:
+  return {"model": recipe.model.to_dict(), "objective": dataclasses.asdict(recipe.objective),
+          "ema": dataclasses.asdict(recipe.ema), "optimizer": dataclasses.asdict(recipe.optimizer),
+          "micro_batches": recipe.micro_batches, "seq_len": seq_len}
+
+
+def recipe_from_dict(values: dict[str, Any]) -> tuple[train_state_lib.Recipe, int]:
+  optimizer = {k: tuple(v) if isinstance(v, list) else v for k, v in values["optimizer"].items()}
+  recipe = train_state_lib.Recipe(
+      model=EncoderConfig.from_dict(values["model"]),
+      objective=ObjectiveConfig.from_dict(values["objective"]),
+      ema=EMAConfig.from_dict(values["ema"]), optimizer=OptimizerConfig.from_dict(optimizer),
+      micro_batches=int(values["micro_batches"]))
+  return recipe, int(values["seq_len"])
 
 
 class TrainingError(RuntimeError):
@@ -125,6 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  process_count)
 
   seq_len = data.seq_len
+  if is_chief:
+    with open(os.path.join(workdir, RECIPE_FILE), "w") as f:
+      json.dump(recipe_to_dict(recipe, seq_len), f, indent=2)
   abstract_state, shardings = train_state_lib.state_shardings(recipe, tx, mesh, seq_len)
   checkpointer = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints,

@@ -71,6 +71,19 @@ def test_train_resume_export(tmp_path):
   out = data2vec_jax.encode(config, params, np.array([[0, 10, 11, 12, 2]], np.int32))
   assert out.last_hidden_state.shape == (1, 5, 32)
   assert np.all(np.isfinite(out.last_hidden_state))
+  # Any checkpoint can be exported on demand, also the EMA teacher.
+  teacher_dir = str(tmp_path / "teacher")
+  exp = subprocess.run([sys.executable, "-m", "data2vec_jax.export", "--workdir", workdir,
+                        "--output", teacher_dir, "--step", "4", "--ema"],
+                       env=env(), capture_output=True, text=True, timeout=300)
+  assert exp.returncode == 0, exp.stderr[-3000:]
+  assert "exported step 4 (EMA teacher)" in exp.stdout
+  meta = json.load(open(os.path.join(teacher_dir, "config.json")))["metadata"]
+  assert meta == {"step": 4, "objective": "data2vec", "weights": "ema"}
+  _, teacher = data2vec_jax.load_pretrained(teacher_dir)
+  diff = np.abs(np.asarray(teacher["layers"]["fc1"]["kernel"]) -
+                np.asarray(params["layers"]["fc1"]["kernel"])).max()
+  assert diff > 0  # the teacher lags the student
   # ... and converts to a Hugging Face directory that transformers loads.
   hf_dir = str(tmp_path / "hf")
   conv = subprocess.run([sys.executable, os.path.join(REPO, "convert_torch_weights.py"),

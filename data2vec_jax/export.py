@@ -1,0 +1,68 @@
+"""Export a model directory from any training checkpoint, on demand (training may be running).
+
+  python -m data2vec_jax.export --workdir runs/base --output models/step50k [--step 50000] [--ema]
+
+Writes a data2vec-jax model directory (student weights, or the EMA teacher with `--ema`, plus
+the head) that `data2vec_jax.load_pretrained` reads and `convert_torch_weights.py --to hf`
+exports to Hugging Face. The checkpoint is restored onto this host's first device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import flax.linen as nn
+import jax
+
+from data2vec_jax import checkpoint as checkpoint_lib
+from data2vec_jax import sharding as sharding_lib
+from data2vec_jax import train_state as train_state_lib
+from data2vec_jax.optim import make_optimizer
+from data2vec_jax.trainer import RECIPE_FILE, export_model_dir, recipe_from_dict
+
+
+def export_from_checkpoint(workdir: str, output: str, *, step: int | None = None,
+                           use_ema: bool = False) -> tuple[str, int]:
+  """Restores checkpoint `step` (default: newest) of `workdir` and writes a model directory.
+
+  Returns (output path, step exported). Raises CheckpointError for a missing/mismatched one.
+  """
+  recipe_path = os.path.join(workdir, RECIPE_FILE)
+  if not os.path.exists(recipe_path):
+    raise FileNotFoundError(f"{recipe_path} not found: is {workdir} a data2vec-jax workdir?")
+  with open(recipe_path) as f:
+    recipe, seq_len = recipe_from_dict(json.load(f))
+  if use_ema and not recipe.uses_teacher:
+    raise ValueError(f"--ema: the {recipe.objective.kind!r} objective has no EMA teacher")
+  tx = make_optimizer(recipe.optimizer)
+  mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                             async_save=False)
+  try:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+      abstract, _ = train_state_lib.state_shardings(recipe, tx, mesh, seq_len)
+      step = checkpointer.latest_step() if step is None else step
+      state, _ = checkpointer.restore(step, abstract)
+  finally:
+    checkpointer.close()
+  export_model_dir(state, recipe, output, use_ema=use_ema)
+  return output, int(jax.device_get(state.step))
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="training workdir (has checkpoints/)")
+  parser.add_argument("--output", required=True, help="model directory to write")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+  parser.add_argument("--ema", action="store_true", help="export the EMA teacher's encoder")
+  args = parser.parse_args(argv)
+  path, step = export_from_checkpoint(args.workdir, args.output, step=args.step,
+                                      use_ema=args.ema)
+  print(f"exported step {step} ({'EMA teacher' if args.ema else 'student'}) to {path}")
+
+
+if __name__ == "__main__":
+  main()
