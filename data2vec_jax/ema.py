@@ -30,6 +30,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from data2vec_jax import strict_config
+
 _EMBEDDINGS = "embeddings"  # the encoder subtree fairseq's skip_keys cover (tokens, positions, LN)
 
 
@@ -62,11 +64,7 @@ class EMAConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "EMAConfig":
     """Builds a config from a dict, refusing unknown keys."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown EMAConfig keys: {unknown}; known keys: {sorted(known)}")
-    return cls(**dict(values))
+    return strict_config.from_dict(cls, values)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -36,6 +36,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from data2vec_jax import strict_config
+
 
 @dataclasses.dataclass(frozen=True)
 class MaskingConfig:
@@ -75,11 +77,7 @@ class MaskingConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "MaskingConfig":
     """Builds a config from a dict, refusing unknown keys (a typo must not silently pass)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown MaskingConfig keys: {unknown}; known keys: {sorted(known)}")
-    return cls(**dict(values))
+    return strict_config.from_dict(cls, values)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

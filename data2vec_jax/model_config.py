@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from data2vec_jax import strict_config
+
 _DTYPES = ("float32", "bfloat16", "float16")
 _ATTENTION_IMPLS = ("auto", "xla", "cudnn", "reference")
 _REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -104,11 +106,7 @@ class EncoderConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "EncoderConfig":
     """Builds a config from a dict, refusing keys it does not know (typos must not pass)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown EncoderConfig keys: {unknown}; known keys: {sorted(known)}")
-    return cls(**dict(values))
+    return strict_config.from_dict(cls, values)
 
 
 def tiny_config(**overrides: Any) -> EncoderConfig:

@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from data2vec_jax import strict_config
 from data2vec_jax.heads import MaskedLMHead, RegressionHead
 from data2vec_jax.model import Encoder, EncoderOutput
 from data2vec_jax.model_config import EncoderConfig
@@ -99,11 +100,7 @@ class ObjectiveConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ObjectiveConfig":
     """Builds a config from a dict, refusing unknown keys."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown ObjectiveConfig keys: {unknown}; known keys: {sorted(known)}")
-    return cls(**dict(values))
+    return strict_config.from_dict(cls, values)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

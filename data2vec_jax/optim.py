@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from data2vec_jax import strict_config
+
 SCHEDULES = ("cosine", "tri_stage", "constant")
 TRI_STAGE_DECAYS = ("linear", "exponential")
 _NO_DECAY_NAMES = ("bias", "scale")  # Dense/LayerNorm biases and LayerNorm scales
@@ -104,11 +106,7 @@ class OptimizerConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "OptimizerConfig":
     """Builds a config from a dict, refusing unknown keys."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"unknown OptimizerConfig keys: {unknown}; known keys: {sorted(known)}")
-    return cls(**dict(values))
+    return strict_config.from_dict(cls, values)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from data2vec_jax import strict_config
 from data2vec_jax.data.blocks import BREAK_MODES, BlockDataset
 from data2vec_jax.data.dictionary import Dictionary, VocabInfo
 
@@ -69,12 +70,7 @@ class PipelineConfig:
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "PipelineConfig":
     """Build from a mapping (e.g. an ml_collections ConfigDict); unknown keys are an error."""
-    d = dict(d.items()) if hasattr(d, "items") else dict(d)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"unknown PipelineConfig keys {unknown}; known keys: {sorted(known)}")
-    return cls(**d)
+    return strict_config.from_dict(cls, d)
 
 
 class BatchIterator:
