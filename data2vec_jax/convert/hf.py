@@ -165,16 +165,7 @@ def convert_hf_state_dict(state: Mapping[str, np.ndarray], hf_config: Mapping[st
   if cls_keys:
     heads["classifier"] = _classifier_from_hf(cls_keys, config, head_problems)
 
-  missing = sorted(set(expected) - set(encoder))
-  mismatched = [f"{k}: got {tuple(np.shape(encoder[k]))}, expected {tuple(expected[k])}"
-                for k in sorted(encoder) if tuple(np.shape(encoder[k])) != tuple(expected[k])]
-  problems = []
-  if missing:
-    problems.append(f"missing keys {missing}")
-  if remaining:
-    problems.append(f"unexpected keys {sorted(remaining)}")
-  if mismatched:
-    problems.append(f"shape mismatches {mismatched}")
+  problems = layout.tree_problems(encoder, expected, extra_unexpected=remaining)
   problems.extend(head_problems)
   if problems:
     raise CheckpointError(f"{arch} state dict does not match its config.json: "

@@ -81,10 +81,11 @@ def param_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
 
 
-def check_tree(flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], what: str) -> None:
-  """Raises ValueError listing missing keys, unexpected keys and shape mismatches (all at once)."""
+def tree_problems(flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
+                  extra_unexpected: Any = ()) -> list[str]:
+  """Missing keys, unexpected keys (plus `extra_unexpected` leftovers) and shape mismatches."""
   missing = sorted(set(expected) - set(flat))
-  unexpected = sorted(set(flat) - set(expected))
+  unexpected = sorted((set(flat) - set(expected)) | set(extra_unexpected))
   mismatched = [f"{k}: got {tuple(np.shape(flat[k]))}, expected {tuple(expected[k])}"
                 for k in sorted(set(flat) & set(expected))
                 if tuple(np.shape(flat[k])) != tuple(expected[k])]
@@ -95,6 +96,12 @@ def check_tree(flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
     problems.append(f"unexpected keys {unexpected}")
   if mismatched:
     problems.append(f"shape mismatches {mismatched}")
+  return problems
+
+
+def check_tree(flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], what: str) -> None:
+  """Raises ValueError listing missing keys, unexpected keys and shape mismatches (all at once)."""
+  problems = tree_problems(flat, expected)
   if problems:
     raise ValueError(f"{what} does not match the config: " + "; ".join(problems))
 
