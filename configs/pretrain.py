@@ -59,7 +59,7 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       vocab_size=-1,            # -1: from the tokenizer (50265 for the released BPE + <mask>)
       max_positions=514, pad_id=1, layer_norm_eps=1e-5,
       dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
-      dtype="float32", param_dtype="float32", attention_impl="auto", remat_policy="none",
+      dtype="float32", param_dtype="float32", attention_impl="auto", remat_policy="none", scan_unroll=1,
       **MODEL_SIZES[model]))
 
   c.objective = ml_collections.ConfigDict(dict(

@@ -16,17 +16,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from data2vec_jax.contraction import Projection
 from data2vec_jax.model_config import EncoderConfig
 
-_INIT_STD = 0.02
 
-
-def _dense(features: int, axes: tuple[str | None, str | None], cfg: EncoderConfig,
-           name: str) -> nn.Dense:
-  return nn.Dense(
-      features, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(_INIT_STD), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)), name=name)
+def _dense(in_features: int, features: int, axes: tuple[str | None, str | None],
+           cfg: EncoderConfig, name: str) -> Projection:
+  return Projection((in_features, features), axes, jnp.dtype(cfg.dtype),
+                    jnp.dtype(cfg.param_dtype), name=name)
 
 
 def _gelu(x: jax.Array) -> jax.Array:
@@ -49,9 +46,11 @@ class RegressionHead(nn.Module):
     for i in range(self.head_layers - 1):
       # Logical axes: the first kernel maps embed -> mlp; later hidden ones mlp -> (replicated).
       axes = ("embed", "mlp") if i == 0 else ("mlp", None)
-      x = _gelu(_dense(2 * dim, axes, self.config, f"dense_{i}")(x))
+      in_features = dim if i == 0 else 2 * dim
+      x = _gelu(_dense(in_features, 2 * dim, axes, self.config, f"dense_{i}")(x))
     last_axes = ("mlp", "embed") if self.head_layers > 1 else ("embed", None)
-    return _dense(dim, last_axes, self.config, f"dense_{self.head_layers - 1}")(x)
+    in_features = 2 * dim if self.head_layers > 1 else dim
+    return _dense(in_features, dim, last_axes, self.config, f"dense_{self.head_layers - 1}")(x)
 
 
 class MaskedLMHead(nn.Module):
@@ -64,7 +63,7 @@ class MaskedLMHead(nn.Module):
     """x: [..., D]; embedding: [V, D] token table. Returns float32 logits [..., V]."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    x = _gelu(_dense(cfg.hidden_size, ("embed", None), cfg, "dense")(x))
+    x = _gelu(_dense(cfg.hidden_size, cfg.hidden_size, ("embed", None), cfg, "dense")(x))
     x = nn.LayerNorm(
         epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),

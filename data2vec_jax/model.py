@@ -31,10 +31,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from data2vec_jax.contraction import INIT_STD, Projection
 from data2vec_jax.model_config import EncoderConfig
 
-# The reference's `init_bert_params`: N(0, 0.02) for every Linear and Embedding, zero biases.
-_INIT_STD = 0.02
 # Ordered so that `feature` names read like the paper's Table 5 ablation.
 FEATURE_KINDS = ("ffn", "ffn_residual")
 
@@ -49,7 +48,7 @@ def _partitioned(init: Any, axes: tuple[str | None, ...]) -> Any:
 
 def _embedding_init(pad_id: int | None):
   """N(0, 0.02) with the padding row zeroed, as `init_bert_params` leaves it."""
-  normal = nn.initializers.normal(_INIT_STD)
+  normal = nn.initializers.normal(INIT_STD)
 
   def init(key, shape, dtype=jnp.float32):
     table = normal(key, shape, dtype)
@@ -139,31 +138,6 @@ def _resolve_attention_impl(cfg: EncoderConfig, dropout_active: bool) -> str:
   return "cudnn" if on_gpu and cfg.dtype in ("bfloat16", "float16") else "xla"
 
 
-class Projection(nn.Module):
-  """`einsum(equation, x, kernel) + bias` with multi-dimensional, logically partitioned params.
-
-  (Flax's DenseGeneral initialises a flattened kernel, which breaks per-dimension logical axis
-  names; the fused qkv and the head-merging output projection need them.)
-  """
-
-  equation: str
-  kernel_shape: tuple[int, ...]
-  kernel_axes: tuple[str | None, ...]
-  bias_shape: tuple[int, ...]
-  bias_axes: tuple[str | None, ...]
-  dtype: Any
-  param_dtype: Any
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", _partitioned(nn.initializers.normal(_INIT_STD), self.kernel_axes),
-                        self.kernel_shape, self.param_dtype)
-    bias = self.param("bias", _partitioned(nn.initializers.zeros, self.bias_axes),
-                      self.bias_shape, self.param_dtype)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return jnp.einsum(self.equation, x, kernel) + bias
-
-
 class SelfAttention(nn.Module):
   """Multi-head self-attention with key padding mask; softmax in float32 like fairseq."""
 
@@ -175,10 +149,8 @@ class SelfAttention(nn.Module):
     """x: [B, T, D]; attend: [B, T] bool, False at keys to ignore (pads). Returns [B, T, D]."""
     cfg = self.config
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-    qkv = Projection(
-        "btd,dshk->btshk", (cfg.hidden_size, 3, cfg.num_heads, cfg.head_dim),
-        ("embed", None, "heads", "kv"), (3, cfg.num_heads, cfg.head_dim), (None, "heads", "kv"),
-        dtype, param_dtype, name="qkv")(x)
+    qkv = Projection((cfg.hidden_size, 3, cfg.num_heads, cfg.head_dim),
+                     ("embed", None, "heads", "kv"), dtype, param_dtype, name="qkv")(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, Dh]
     q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
     scale = cfg.head_dim ** -0.5
@@ -195,9 +167,8 @@ class SelfAttention(nn.Module):
     else:
       out = jax.nn.dot_product_attention(
           q, k, v, mask=attend[:, None, None, :], scale=scale, implementation=impl)
-    return Projection(
-        "bthk,hkd->btd", (cfg.num_heads, cfg.head_dim, cfg.hidden_size), ("heads", "kv", "embed"),
-        (cfg.hidden_size,), ("embed",), dtype, param_dtype, name="out")(out)
+    return Projection((cfg.num_heads, cfg.head_dim, cfg.hidden_size), ("heads", "kv", "embed"),
+                      dtype, param_dtype, contract_ndim=2, name="out")(out)
 
 
 class EncoderBlock(nn.Module):
@@ -216,16 +187,14 @@ class EncoderBlock(nn.Module):
     attn = SelfAttention(cfg, self.deterministic, name="attention")(x, attend)
     x = _layer_norm(cfg, "attention_layer_norm")(x + dropout(cfg.dropout, attn))
 
-    h = nn.Dense(cfg.intermediate_size, dtype=dtype, param_dtype=param_dtype,
-                 kernel_init=_partitioned(nn.initializers.normal(_INIT_STD), ("embed", "mlp")),
-                 bias_init=_partitioned(nn.initializers.zeros, ("mlp",)), name="fc1")(x)
+    h = Projection((cfg.hidden_size, cfg.intermediate_size), ("embed", "mlp"), dtype, param_dtype,
+                   name="fc1")(x)
     h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
     # Exact erf GELU computed in float32, like fairseq's `gelu` (Flax defaults to tanh).
     h = jax.nn.gelu(h.astype(jnp.float32), approximate=False).astype(dtype)
     h = dropout(cfg.activation_dropout, h)
-    ffn = nn.Dense(cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
-                   kernel_init=_partitioned(nn.initializers.normal(_INIT_STD), ("mlp", "embed")),
-                   bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name="fc2")(h)
+    ffn = Projection((cfg.intermediate_size, cfg.hidden_size), ("mlp", "embed"), dtype,
+                     param_dtype, name="fc2")(h)
     feature = ffn if self.feature == "ffn" else x + ffn
     x = _layer_norm(cfg, "ffn_layer_norm")(x + dropout(cfg.dropout, ffn))
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
@@ -271,7 +240,7 @@ class Encoder(nn.Module):
       block = nn.remat(block, policy=_REMAT_POLICY_FNS[cfg.remat_policy], prevent_cse=False)
     scanned = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=nn.broadcast, length=cfg.num_layers,
+        in_axes=nn.broadcast, length=cfg.num_layers, unroll=min(cfg.scan_unroll, cfg.num_layers),
         metadata_params={nn.PARTITION_NAME: "layers"})
     last, (block_outputs, ffn_outputs) = scanned(
         cfg, deterministic, self.feature, name="layers")(x, attend)

@@ -45,8 +45,12 @@ class EncoderConfig:
       dropout is active).
     remat_policy: rematerialisation of each block in the backward pass: 'none', 'full',
       'dots' (save matmul outputs), 'dots_no_batch'.
-    scan_layers: run the blocks with `nn.scan` (one compiled block; parameters stacked on a
-      leading 'layers' axis). Always on: the parameter layout depends on it.
+    scan_unroll: blocks per iteration of the `nn.scan` over the blocks (lax.scan's `unroll`);
+      >= num_layers unrolls completely. The parameters stay stacked on the leading 'layers'
+      axis either way, so checkpoints and conversion do not depend on it. 1 compiles one block
+      (shortest compile); full unrolling gives XLA straight-line code and removes the per-
+      iteration copies of the saved activations into stacked buffers: 10% faster train step on
+      CPU (small config, bench/README.md), at a compile time that grows with depth.
   """
 
   vocab_size: int = 50265
@@ -64,6 +68,7 @@ class EncoderConfig:
   param_dtype: str = "float32"
   attention_impl: str = "auto"
   remat_policy: str = "none"
+  scan_unroll: int = 1
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -84,6 +89,8 @@ class EncoderConfig:
           f"attention_impl={self.attention_impl!r}; expected one of {_ATTENTION_IMPLS}")
     if self.remat_policy not in _REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {_REMAT_POLICIES}")
+    if self.scan_unroll < 1:
+      raise ValueError(f"scan_unroll must be >= 1, got {self.scan_unroll}")
     for name in ("dropout", "attention_dropout", "activation_dropout"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -5,7 +5,8 @@ Order of operations, matching fairseq's (reference §1.6 and §2.4):
   2. for each micro-batch: student forward/backward, summing the *un-normalised* loss and grads;
   3. divide grads by the number of loss positions in the whole global batch (all micro-batches,
      all devices) -> identical to one step on the large batch;
-  4. clip (inside the optax chain, after normalisation) and AdamW;
+  4. clip (after normalisation) and AdamW, `optim.apply_gradients`: the 1/count and the clip
+     factor are one scalar multiplied in AdamW's elementwise pass;
   5. EMA update with tau(k) using the new student θ_k, k = the updated step count. The teacher of
      step k is thereby the one fairseq builds at the start of update k.
 """
@@ -23,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from data2vec_jax import ema as ema_lib
 from data2vec_jax import sharding as sharding_lib
 from data2vec_jax.objective import loss_fn
-from data2vec_jax.optim import learning_rate_schedule
+from data2vec_jax.optim import apply_gradients, learning_rate_schedule
 from data2vec_jax.train_state import Recipe, TrainState
 
 # aux entries that are additive over micro-batches; every other aux entry is averaged.
@@ -90,10 +91,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, recipe: Recipe
   # all micro-batches and workers -> the gradient of sum(loss) / (#loss positions, global).
   count = aux["num_masked"]
   denom = jnp.maximum(count, 1.0)
-  grads = jax.tree_util.tree_map(lambda g: g / denom.astype(g.dtype), grads)
-  grad_norm = optax.tree.norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  params, opt_state, grad_norm = apply_gradients(tx, recipe.optimizer, state.params,
+                                                 state.opt_state, grads, denom)
   step = state.step + 1
 
   metrics = {key: value.astype(jnp.float32) for key, value in aux.items()}

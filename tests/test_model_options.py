@@ -1,5 +1,6 @@
-"""Encoder options that must not change the math: rematerialisation, attention implementations,
-and bf16 compute with float32 parameters."""
+"""Encoder options that must not change the math: rematerialisation, scan unrolling, attention
+implementations, the CPU spelling of the projections' weight gradient, and bf16 compute with
+float32 parameters."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flax.linen as nn
+
+from data2vec_jax.contraction import Projection, contract
 from data2vec_jax.model import Encoder, init_params
 from data2vec_jax.model_config import EncoderConfig, tiny_config
 
@@ -37,6 +41,61 @@ def test_remat_policies_give_the_same_gradients(params, policy):
     np.testing.assert_allclose(g, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("unroll", [2, 99])
+def test_scan_unroll_gives_the_same_gradients(params, unroll):
+  base_loss, base_grads = loss_and_grads(tiny_config(), params, deterministic=False)
+  loss, grads = loss_and_grads(tiny_config(scan_unroll=unroll), params, deterministic=False)
+  assert float(loss) == pytest.approx(float(base_loss), rel=1e-6)
+  for g, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(base_grads)):
+    np.testing.assert_allclose(g, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,c", [
+    ((2, 5, 8), (8, 12), 1),          # FFN: x smaller than dy -> x^T branch
+    ((2, 5, 12), (12, 8), 1),         # fc2-like: dy smaller -> (dy^T x)^T branch
+    ((2, 5, 8), (8, 3, 2, 4), 1),     # fused q/k/v kernel [D, 3, H, Dh]
+    ((2, 5, 2, 4), (2, 4, 8), 2),     # attention output [H, Dh, D], two contracted axes
+])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_canonical_weight_grad_matches_einsum(x_shape, k_shape, c, dtype):
+  kx, kk, ky = jax.random.split(jax.random.PRNGKey(3), 3)
+  x = jax.random.normal(kx, x_shape).astype(dtype)
+  kernel = jax.random.normal(kk, k_shape).astype(dtype)
+  out_shape = x_shape[:len(x_shape) - c] + k_shape[c:]
+  dy = jax.random.normal(ky, out_shape).astype(dtype)
+
+  def vjp(canonical):
+    y, pullback = jax.vjp(lambda a, b: contract(a, b, c, canonical), x, kernel)
+    return (y,) + pullback(dy)
+
+  letters = "abcdefgh"
+  lhs, rhs = letters[:len(x_shape)], letters[len(x_shape) - c:len(x_shape) - c + len(k_shape)]
+  out = lhs[:len(x_shape) - c] + rhs[c:]
+  ref_y, ref_pullback = jax.vjp(lambda a, b: jnp.einsum(f"{lhs},{rhs}->{out}", a, b), x, kernel)
+  ref = (ref_y,) + ref_pullback(dy)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  for canonical in (True, False):
+    got = jax.jit(vjp, static_argnums=0)(canonical)
+    for g, r in zip(got, ref):
+      assert g.shape == r.shape and g.dtype == r.dtype
+      np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32),
+                                 rtol=tol, atol=tol)
+
+
+def test_contract_refuses_mismatched_shapes():
+  with pytest.raises(ValueError, match="cannot contract"):
+    contract(jnp.ones((2, 3, 4)), jnp.ones((5, 6)))
+
+
+def test_projection_has_the_dense_parameter_tree():
+  x = jnp.ones((2, 3, 8))
+  ours = Projection((8, 5), ("embed", "mlp"), jnp.float32, jnp.float32).init(
+      jax.random.PRNGKey(0), x)
+  dense = nn.Dense(5).init(jax.random.PRNGKey(0), x)
+  shapes = lambda t: jax.tree_util.tree_map(jnp.shape, nn.meta.unbox(t))
+  assert shapes(ours) == shapes(dense)
+
+
 def test_xla_and_reference_attention_agree(params):
   outs = [Encoder(tiny_config(attention_impl=impl)).apply({"params": params}, IDS)
           for impl in ("xla", "reference")]
@@ -58,6 +117,7 @@ def test_bf16_compute_keeps_float32_params(params):
 
 @pytest.mark.parametrize("bad", [dict(hidden_size=65), dict(dtype="float64"),
                                  dict(attention_impl="flash"), dict(remat_policy="some"),
+                                 dict(scan_unroll=0),
                                  dict(dropout=1.5), dict(max_positions=2)])
 def test_bad_configs_are_refused(bad):
   with pytest.raises(ValueError):

@@ -12,7 +12,8 @@ import optax
 import pytest
 import torch
 
-from data2vec_jax.optim import (OptimizerConfig, learning_rate_schedule, make_optimizer,
+from data2vec_jax.optim import (OptimizerConfig, apply_gradients, gradient_scale,
+                                learning_rate_schedule, make_optimizer,
                                 weight_decay_mask)
 
 
@@ -86,13 +87,12 @@ def _params(seed=0):
           "layers": {"ln": {"scale": r.normal(size=(2, 3)).astype(np.float32)}}}
 
 
-def _run_ours(cfg: OptimizerConfig, grads_seq, params):
+def _run_ours(cfg: OptimizerConfig, grads_seq, params, normalizer=1.0):
   tx = make_optimizer(cfg)
   state = tx.init(params)
-  step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+  step = jax.jit(lambda p, s, g: apply_gradients(tx, cfg, p, s, g, normalizer)[:2])
   for g in grads_seq:
-    updates, state = step(params, state, g)
-    params = optax.apply_updates(params, updates)
+    params, state = step(params, state, g)
   return params
 
 
@@ -134,6 +134,29 @@ def test_adamw_matches_torch(clip):
                           _params())
     assert not np.allclose(jax.tree_util.tree_leaves(unclipped)[0],
                            jax.tree_util.tree_leaves(ours)[0], rtol=1e-4)
+
+
+def test_normalizer_is_folded_like_dividing_first():
+  """apply_gradients(raw, n) == the same update from raw / n (clip active), against torch."""
+  cfg = OptimizerConfig(lr=1e-2, warmup_steps=2, max_steps=10, weight_decay=0.1, clip_norm=1.0)
+  n = 37.0
+  grads = _grads(4, scale=3.0)
+  ours = _run_ours(cfg, grads, _params(), normalizer=n)
+  divided = [jax.tree_util.tree_map(lambda g: g / n, g) for g in grads]
+  ref = _run_torch(cfg, divided, _params(), clip=True)
+  for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-7)
+
+
+def test_gradient_scale():
+  scale, norm = gradient_scale(jnp.float32(40.0), jnp.float32(4.0), 5.0)  # norm 10 > 5: clip
+  np.testing.assert_allclose([float(scale), float(norm)], [0.5 / 4.0, 10.0], rtol=1e-7)
+  scale, norm = gradient_scale(jnp.float32(8.0), jnp.float32(4.0), 5.0)  # norm 2 < 5: no clip
+  np.testing.assert_allclose([float(scale), float(norm)], [0.25, 2.0], rtol=1e-7)
+  scale, _ = gradient_scale(jnp.float32(0.0), jnp.float32(4.0), 5.0)  # zero grads: finite
+  assert float(scale) == 0.25
+  scale, _ = gradient_scale(jnp.float32(1e6), jnp.float32(1.0), 0.0)  # clipping disabled
+  assert float(scale) == 1.0
 
 
 @pytest.mark.parametrize("decay_all", [True, False])
