@@ -5,14 +5,22 @@
 
 Re-running the same command resumes from the newest checkpoint in --workdir. SIGTERM saves a
 checkpoint and exits. See README.md for the configs and the outputs written to the workdir.
+
+On Linux/glibc the script first re-executes itself with malloc settings that keep XLA:CPU's
+per-step scratch memory mapped (`data2vec_jax/host_malloc.py`; D2V_MALLOC=default opts out).
 """
 
-import logging
+from data2vec_jax import host_malloc
 
-from absl import app, flags
-from ml_collections import config_flags
+if __name__ == "__main__":
+  host_malloc.maybe_reexec()  # before jax starts: see data2vec_jax/host_malloc.py
 
-from data2vec_jax.trainer import train_and_evaluate
+import logging  # noqa: E402
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from data2vec_jax.trainer import train_and_evaluate  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)

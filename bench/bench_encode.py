@@ -111,6 +111,8 @@ def main(argv=None) -> int:
                  help="pin every worker to the first N cores (sched_setaffinity, before the "
                       "framework starts: XLA:CPU sizes its pool from the affinity mask) and use "
                       "N torch threads; makes runs far less sensitive to other load")
+  p.add_argument("--malloc", choices=common.MALLOC_MODES, default="tuned",
+                 help="worker malloc settings, both frameworks alike (data2vec_jax/host_malloc.py)")
   p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   p.add_argument("--config", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -137,7 +139,7 @@ def main(argv=None) -> int:
             str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--threads", str(args.threads), "--attention_impl", args.attention_impl,
             "--pin_cores", str(args.pin_cores),
-        ] + ["--full_rows"] * args.full_rows, timeout=args.timeout)
+        ] + ["--full_rows"] * args.full_rows, timeout=args.timeout, malloc=args.malloc)
         if "error" in res:
           errors.append({"framework": fw, "round": r, **res})
           print(f"[{config}/{fw}] ERROR {res['error']}\n{res.get('stderr_tail', '')}",
@@ -182,7 +184,7 @@ def main(argv=None) -> int:
         protocol={"rounds": args.rounds, "warmup": args.warmup, "steps": args.steps,
                   "interleaving": "one subprocess per framework per round, order alternating",
                   "attention_impl": args.attention_impl, "threads": args.threads,
-                  "pin_cores": args.pin_cores},
+                  "pin_cores": args.pin_cores, "malloc": args.malloc},
         versions=common.library_versions("jax", "jaxlib", "flax", "torch", "transformers"))
   return 0
 

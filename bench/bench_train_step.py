@@ -48,8 +48,10 @@ EMA_DECAY = 0.999
 
 
 def model_kwargs(config: str, overrides: dict) -> dict:
+  # scan_unroll = num_layers: fully unrolled blocks, as configs/pretrain.py trains (torch ignores it).
   kw = dict(common.CONFIGS[config], max_positions=514, pad_id=1, layer_norm_eps=1e-5,
-            dropout=0.1, attention_dropout=0.1, activation_dropout=0.0)
+            dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
+            scan_unroll=common.CONFIGS[config]["num_layers"])
   kw.update(overrides)
   return kw
 
@@ -270,6 +272,8 @@ def main(argv=None) -> int:
                  help="pin every worker to the first N cores (sched_setaffinity, before the "
                       "framework starts: XLA:CPU sizes its pool from the affinity mask) and use "
                       "N torch threads; makes runs far less sensitive to other load")
+  p.add_argument("--malloc", choices=common.MALLOC_MODES, default="tuned",
+                 help="worker malloc settings, both frameworks alike (data2vec_jax/host_malloc.py)")
   p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   p.add_argument("--config", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
@@ -302,7 +306,8 @@ def main(argv=None) -> int:
         worker_args += ["--full_rows"] * args.full_rows
         for o in args.override:
           worker_args += ["--override", o]
-        res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout)
+        res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout,
+                                malloc=args.malloc)
         if "error" in res:
           errors.append({"framework": fw, "round": r, **res})
           print(f"[{config}/{fw} round {r}] ERROR: {res['error']}\n{res.get('stderr_tail', '')}",
@@ -344,7 +349,7 @@ def main(argv=None) -> int:
         load_avg_before=load_before, note=args.note,
         protocol={"rounds": args.rounds, "warmup": args.warmup, "steps": args.steps,
                   "interleaving": "one subprocess per framework per round, order alternating",
-                  "threads": args.threads, "pin_cores": args.pin_cores,
+                  "threads": args.threads, "pin_cores": args.pin_cores, "malloc": args.malloc,
                   "overrides": overrides},
         versions=common.library_versions("jax", "jaxlib", "flax", "optax", "torch",
                                          "transformers"))

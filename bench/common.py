@@ -190,11 +190,24 @@ def emit(result: dict[str, Any]) -> None:
   print(WORKER_PREFIX + json.dumps(result), flush=True)
 
 
+MALLOC_MODES = ("tuned", "default")
+
+
 def run_worker(script: str, args: Iterable[str], *, timeout: float,
-               env: dict[str, str] | None = None) -> dict[str, Any]:
-  """Runs `python script args` and returns the JSON it emitted ({'error': ...} on failure)."""
+               env: dict[str, str] | None = None, malloc: str = "tuned") -> dict[str, Any]:
+  """Runs `python script args` and returns the JSON it emitted ({'error': ...} on failure).
+
+  malloc: 'tuned' starts the worker with `host_malloc.tuned_environ()` (what train.py runs
+  under; applied to every framework alike), 'default' with the environment as it is.
+  """
+  from data2vec_jax import host_malloc  # no jax import: safe in the driver process
+
+  if malloc not in MALLOC_MODES:
+    raise ValueError(f"malloc={malloc!r}; expected one of {MALLOC_MODES}")
   cmd = [sys.executable, script, *args]
   env = dict(os.environ if env is None else env)
+  if malloc == "tuned" and host_malloc.applies():
+    env = host_malloc.tuned_environ(env)
   env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,

@@ -59,7 +59,10 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       vocab_size=-1,            # -1: from the tokenizer (50265 for the released BPE + <mask>)
       max_positions=514, pad_id=1, layer_norm_eps=1e-5,
       dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
-      dtype="float32", param_dtype="float32", attention_impl="auto", remat_policy="none", scan_unroll=1,
+      dtype="float32", param_dtype="float32", attention_impl="auto", remat_policy="none",
+      # Fully unrolled blocks: 14% faster CPU train step for base than one scanned block, for a
+      # 38 s instead of 16 s compile (bench/README.md). 1 = scan one block (fastest compile).
+      scan_unroll=MODEL_SIZES[model]["num_layers"],
       **MODEL_SIZES[model]))
 
   c.objective = ml_collections.ConfigDict(dict(
