@@ -92,8 +92,17 @@ def ema_decay(step: jax.Array | int, config: EMAConfig) -> jax.Array:
   return jnp.where(step >= total, jnp.float32(end), annealed).astype(jnp.float32)
 
 
-def init_ema(student_encoder_params: Any) -> Any:
-  """The teacher at update 0: a float32 copy of the student encoder (fairseq deep-copies it)."""
+def init_ema(student_encoder_params: Any, config: EMAConfig) -> Any:
+  """The EMA tree at update 0: a float32 copy of the student encoder (fairseq deep-copies it).
+
+  With `ema_transformer_layers_only` only the {'layers': ...} subtree is kept: the teacher's
+  embeddings are the current student's at every update (`teacher_params`), so an EMA copy of
+  them would be dead state that costs a parameter-sized copy per step (the 50265 x D token table
+  dominates the small configs) and its memory.
+  """
+  if config.ema_transformer_layers_only:
+    _check_encoder_tree(student_encoder_params)
+    student_encoder_params = {"layers": student_encoder_params["layers"]}
   return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), student_encoder_params)
 
 
@@ -101,15 +110,16 @@ def ema_update(ema_params: Any, student_encoder_params: Any, decay: jax.Array,
                config: EMAConfig) -> Any:
   """One EMA step (fairseq `EMAModule._step_internal`), in float32.
 
-  `ema <- decay * ema + (1 - decay) * student` for every leaf; with
-  `ema_transformer_layers_only` the 'embeddings' subtree is instead copied from the student
-  (fairseq HEAD writes the copy into its fp32 EMA too). A decay >= 1 leaves the EMA unchanged,
-  as fairseq skips `ema.step` then.
+  `ema <- decay * ema + (1 - decay) * student` for every leaf of the EMA tree (`init_ema`: the
+  whole encoder, or only 'layers' with `ema_transformer_layers_only`, whose embeddings fairseq
+  copies from the student instead -- `teacher_params` takes them from the student directly).
+  A decay >= 1 leaves the EMA unchanged, as fairseq skips `ema.step` then.
 
   Args:
-    ema_params: float32 encoder tree {'embeddings': ..., 'layers': ...} (may be boxed in
-      `nn.Partitioned`; the boxes are kept).
-    student_encoder_params: the student's encoder tree θk, same structure, any float dtype.
+    ema_params: float32 tree from `init_ema` (may be boxed in `nn.Partitioned`; the boxes are
+      kept).
+    student_encoder_params: the student's encoder tree θk ({'embeddings', 'layers'}), any float
+      dtype.
     decay: float32 scalar τ(k) from `ema_decay`.
   Returns:
     The new float32 EMA tree.
@@ -121,37 +131,30 @@ def ema_update(ema_params: Any, student_encoder_params: Any, decay: jax.Array,
     new = e * decay + jnp.asarray(s, jnp.float32) * (1.0 - decay)
     return jnp.where(decay < 1.0, new, e)
 
-  def copy(e, s):
-    e = jnp.asarray(e, jnp.float32)
-    return jnp.where(decay < 1.0, jnp.asarray(s, jnp.float32), e)
-
   if not config.ema_transformer_layers_only:
     return jax.tree_util.tree_map(average, ema_params, student_encoder_params)
-  _check_encoder_tree(ema_params)
-  new = {key: jax.tree_util.tree_map(copy if key == _EMBEDDINGS else average,
-                                     ema_params[key], student_encoder_params[key])
-         for key in ema_params}
-  return type(ema_params)(new) if not isinstance(ema_params, dict) else new
+  _check_layers_only_tree(ema_params)
+  return {"layers": jax.tree_util.tree_map(average, ema_params["layers"],
+                                           student_encoder_params["layers"])}
 
 
 def teacher_params(ema_params: Any, student_encoder_params: Any, config: EMAConfig) -> Any:
   """Encoder parameters for the teacher forward, in the student's parameter dtype.
 
-  With `ema_transformer_layers_only` the 'embeddings' come from the current student -- the same
-  values `ema_update` copied from it after the last optimizer step, so this equals the EMA tree
-  in the normal ordering; taking them from the student directly also makes the teacher right
-  when the EMA tree's embeddings are stale (e.g. a checkpoint written before the copy).
+  With `ema_transformer_layers_only` the EMA tree holds only 'layers' and the 'embeddings' are
+  the current student's: the values fairseq copies into its EMA after every optimizer step.
   Returned under no stop_gradient: `objective.loss_fn` stops gradients at the teacher.
   """
   def cast(e, s):
     return jnp.asarray(e, jnp.asarray(s).dtype)
 
-  teacher = jax.tree_util.tree_map(cast, ema_params, student_encoder_params)
-  if config.ema_transformer_layers_only:
-    _check_encoder_tree(teacher)
-    teacher = dict(teacher)
-    teacher[_EMBEDDINGS] = student_encoder_params[_EMBEDDINGS]
-  return teacher
+  if not config.ema_transformer_layers_only:
+    return jax.tree_util.tree_map(cast, ema_params, student_encoder_params)
+  _check_layers_only_tree(ema_params)
+  _check_encoder_tree(student_encoder_params)
+  return {_EMBEDDINGS: student_encoder_params[_EMBEDDINGS],
+          "layers": jax.tree_util.tree_map(cast, ema_params["layers"],
+                                           student_encoder_params["layers"])}
 
 
 def _check_encoder_tree(params: Any) -> None:
@@ -159,3 +162,11 @@ def _check_encoder_tree(params: Any) -> None:
     raise ValueError(
         f"expected an encoder parameter tree with 'embeddings' and 'layers', got keys "
         f"{sorted(params)}")
+
+
+def _check_layers_only_tree(ema_params: Any) -> None:
+  if set(ema_params) != {"layers"}:
+    raise ValueError(
+        "with ema_transformer_layers_only the EMA tree holds only 'layers' (init_ema), got keys "
+        f"{sorted(ema_params)}; a checkpoint written with a full EMA encoder needs "
+        "ema_transformer_layers_only=False")

@@ -19,6 +19,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from data2vec_jax import sharding as sharding_lib
+from data2vec_jax import ema as ema_lib
 from data2vec_jax.ema import EMAConfig
 from data2vec_jax.model_config import EncoderConfig
 from data2vec_jax.objective import ObjectiveConfig, PretrainingModel
@@ -44,7 +45,8 @@ class Recipe:
 class TrainState:
   """step: int32 [] completed optimizer updates. rng: uint32 [2] base key (dropout of step s is
   `fold_in(rng, s)`, so resuming needs no RNG bookkeeping). params / ema_params: float32 (or
-  `param_dtype`) pytrees; ema_params is the teacher's encoder tree, always float32."""
+  `param_dtype`) pytrees; ema_params is `ema.init_ema`'s float32 tree (the blocks only, under
+  `ema_transformer_layers_only`; the teacher then takes the student's embeddings)."""
 
   step: jax.Array
   params: Any
@@ -64,7 +66,7 @@ def _init_state_boxed(recipe: Recipe, tx: optax.GradientTransformation, rng: jax
   ema = None
   if recipe.uses_teacher:
     # The teacher starts equal to the student (fairseq creates it by deep copy at update 0).
-    ema = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), boxed["encoder"])
+    ema = ema_lib.init_ema(boxed["encoder"], recipe.ema)
   return TrainState(step=jnp.zeros((), jnp.int32), params=boxed, ema_params=ema,
                     opt_state=tx.init(params), rng=state_rng)
 

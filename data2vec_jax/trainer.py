@@ -28,6 +28,7 @@ from data2vec_jax import flops as flops_lib
 from data2vec_jax import sharding as sharding_lib
 from data2vec_jax import train_state as train_state_lib
 from data2vec_jax import train_step as train_step_lib
+from data2vec_jax import ema as ema_lib
 from data2vec_jax.ema import EMAConfig
 from data2vec_jax.masking import MaskingConfig
 from data2vec_jax.metric_logging import MetricWriter, format_progress
@@ -247,7 +248,9 @@ def export_model_dir(state: train_state_lib.TrainState, recipe: train_state_lib.
   """Writes a data2vec-jax model directory (student, or the EMA teacher) for `load_pretrained`."""
   from data2vec_jax.pretrained import save_pretrained
   params = jax.device_get(state.params)
-  encoder = jax.device_get(state.ema_params) if use_ema else params["encoder"]
+  encoder = params["encoder"]
+  if use_ema:  # the teacher: EMA blocks (+ the student's embeddings when only blocks are EMA'd)
+    encoder = ema_lib.teacher_params(jax.device_get(state.ema_params), encoder, recipe.ema)
   # Head names shared with the converters: fairseq's regression head / the (HF) LM head.
   head_name = "regression_head" if recipe.objective.kind == "data2vec" else "lm_head"
   save_pretrained(path, recipe.model, encoder, head_params={head_name: params["head"]},

@@ -79,27 +79,31 @@ def _flat(tree) -> dict:
 @pytest.mark.parametrize("layers_only", [True, False])
 def test_update_matches_torch_and_copies_or_averages_the_right_leaves(layers_only):
   cfg = EMAConfig(ema_transformer_layers_only=layers_only)
-  ema, student = init_ema(_tree(0)), _tree(1)
-  ref = {k.replace("['", "").replace("']", "."): v for k, v in _flat(ema).items()}
+  ema, student = init_ema(_tree(0), cfg), _tree(1)
+  # the torch reference keeps a full EMA encoder (fairseq copies the skipped embeddings into it)
+  ref = {k.replace("['", "").replace("']", "."): v for k, v in _flat(_tree(0)).items()}
   for step in (1, 2, 3):
     student = _tree(step)
     decay = ema_decay(step, cfg)
     ema = jax.jit(lambda e, s, d: ema_update(e, s, d, cfg))(ema, student, decay)
     flat_student = {k.replace("['", "").replace("']", "."): v for k, v in _flat(student).items()}
     ref = _torch_ema_step(ref, flat_student, float(decay), layers_only)
-  for key, value in _flat(ema).items():
+  # Our EMA tree holds only the blocks when layers_only; the teacher supplies the embeddings.
+  assert ("embeddings" in ema) == (not layers_only)
+  teacher = teacher_params(ema, student, cfg)
+  for key, value in _flat(teacher).items():
     k = key.replace("['", "").replace("']", ".")
     assert value.dtype == np.float32
     np.testing.assert_allclose(value, ref[k], rtol=0, atol=2e-7, err_msg=k)
     if layers_only and k.startswith("embeddings"):
-      np.testing.assert_array_equal(value, _flat(student)[key])  # copied, exactly
+      np.testing.assert_array_equal(value, _flat(student)[key])  # the student's, exactly
     else:
       assert not np.allclose(value, _flat(student)[key])  # averaged
 
 
 def test_float32_ema_from_bfloat16_student_and_frozen_at_decay_one():
   cfg = EMAConfig()
-  ema = init_ema(_tree(0))
+  ema = init_ema(_tree(0), cfg)
   student = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.bfloat16), _tree(1))
   new = ema_update(ema, student, jnp.float32(0.9), cfg)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(new))
@@ -116,20 +120,23 @@ def test_teacher_params_and_step_zero_teacher_equals_student():
                      ["params"]))
   student = jax.tree_util.tree_map(lambda x: x.value if hasattr(x, "value") else x, student,
                                    is_leaf=lambda x: hasattr(x, "value"))
-  ema = init_ema(student)  # update 0: the teacher is a copy of the student
   for mode in (True, False):
-    t = teacher_params(ema, student, EMAConfig(ema_transformer_layers_only=mode))
+    cfg = EMAConfig(ema_transformer_layers_only=mode)
+    ema = init_ema(student, cfg)  # update 0: the teacher is a copy of the student
+    t = teacher_params(ema, student, cfg)
     for a, b in zip(jax.tree_util.tree_leaves(t), jax.tree_util.tree_leaves(student)):
       np.testing.assert_array_equal(a, b)
-  # Later: layers from the EMA, embeddings from the current student (when layers_only).
-  other = jax.tree_util.tree_map(lambda x: x + 1.0, student)
-  t = teacher_params(ema, other, EMAConfig())
-  np.testing.assert_array_equal(t["embeddings"]["token_embedding"]["embedding"],
-                                other["embeddings"]["token_embedding"]["embedding"])
-  np.testing.assert_array_equal(t["layers"]["fc1"]["kernel"], ema["layers"]["fc1"]["kernel"])
-  t = teacher_params(ema, other, EMAConfig(ema_transformer_layers_only=False))
-  np.testing.assert_array_equal(t["embeddings"]["token_embedding"]["embedding"],
-                                ema["embeddings"]["token_embedding"]["embedding"])
+    # Later: layers from the EMA; embeddings from the current student (layers_only) or the EMA.
+    other = jax.tree_util.tree_map(lambda x: x + 1.0, student)
+    t = teacher_params(ema, other, cfg)
+    np.testing.assert_array_equal(t["layers"]["fc1"]["kernel"], ema["layers"]["fc1"]["kernel"])
+    np.testing.assert_array_equal(
+        t["embeddings"]["token_embedding"]["embedding"],
+        (other if mode else ema)["embeddings"]["token_embedding"]["embedding"])
+  # A full-encoder EMA tree under layers_only (e.g. an old checkpoint) is refused by name.
+  with pytest.raises(ValueError, match="holds only 'layers'"):
+    teacher_params(init_ema(student, EMAConfig(ema_transformer_layers_only=False)), student,
+                   EMAConfig())
 
 
 def test_config_from_dict():
