@@ -94,6 +94,7 @@ def worker(args) -> dict:
   from data2vec_jax import train_state as train_state_lib
   from data2vec_jax import train_step as train_step_lib
   from data2vec_jax.ema import EMAConfig
+  from data2vec_jax.masking import MaskingConfig, max_selected_per_row
   from data2vec_jax.objective import ObjectiveConfig
   from data2vec_jax.optim import OptimizerConfig, make_optimizer
 
@@ -101,8 +102,11 @@ def worker(args) -> dict:
   cfg = model_config(args)
   recipe = train_state_lib.Recipe(
       model=cfg,
-      objective=ObjectiveConfig(average_top_k_layers=min(10, cfg.num_layers),
-                                mask_id=common.mask_id_for(cfg.vocab_size)),
+      objective=ObjectiveConfig(
+          average_top_k_layers=min(10, cfg.num_layers),
+          mask_id=common.mask_id_for(cfg.vocab_size),
+          head_positions_per_row=max_selected_per_row(
+              MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq)),
       ema=EMAConfig(),
       optimizer=OptimizerConfig(lr=2e-4, schedule="constant", warmup_steps=0),
       micro_batches=1)

@@ -73,6 +73,7 @@ def jax_worker(args, overrides: dict) -> dict:
   from data2vec_jax import train_state as train_state_lib
   from data2vec_jax import train_step as train_step_lib
   from data2vec_jax.ema import EMAConfig
+  from data2vec_jax.masking import MaskingConfig, max_selected_per_row
   from data2vec_jax.model_config import EncoderConfig
   from data2vec_jax.objective import ObjectiveConfig
   from data2vec_jax.optim import OptimizerConfig, make_optimizer
@@ -81,8 +82,13 @@ def jax_worker(args, overrides: dict) -> dict:
   cfg = EncoderConfig(**model_kwargs(args.config, overrides))
   recipe = train_state_lib.Recipe(
       model=cfg,
-      objective=ObjectiveConfig(average_top_k_layers=min(K_MAX, cfg.num_layers),
-                                loss_beta=LOSS_BETA, mask_id=common.mask_id_for(cfg.vocab_size)),
+      # The head on the gathered loss positions, as the trainer's 'auto' sizes it (the PyTorch
+      # step indexes x[masked] likewise).
+      objective=ObjectiveConfig(
+          average_top_k_layers=min(K_MAX, cfg.num_layers), loss_beta=LOSS_BETA,
+          mask_id=common.mask_id_for(cfg.vocab_size),
+          head_positions_per_row=max_selected_per_row(
+              MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq)),
       ema=EMAConfig(ema_decay=EMA_DECAY, ema_end_decay=0.9999, ema_anneal_end_step=300000),
       optimizer=OptimizerConfig(lr=LR, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01,
                                 clip_norm=CLIP, schedule="constant", warmup_steps=0))
@@ -104,6 +110,7 @@ def jax_worker(args, overrides: dict) -> dict:
       holder["state"], metrics = step(holder["state"], b)
       jax.block_until_ready((holder["state"], metrics))
       holder["loss"].append(float(metrics["loss"]))
+      holder["head_gathered"] = float(metrics["head_gathered"])
 
     warm = common.timed_loop(one, args.warmup)
     times = common.timed_loop(one, args.steps)
@@ -114,6 +121,8 @@ def jax_worker(args, overrides: dict) -> dict:
                       for i in range(args.steps)],
       "losses": holder["loss"], "rss_base_mib": rss_base, "peak_rss_mib": common.peak_rss_mib(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "head_positions_per_row": recipe.objective.head_positions_per_row,
+      "head_gathered_last_step": holder.get("head_gathered"),
   }
 
 

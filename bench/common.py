@@ -253,12 +253,17 @@ def mask_id_for(vocab_size: int) -> int:
   return vocab_size - 1  # the last row, like the released dictionary's <mask> (50264)
 
 
+MASK_PROB = 0.3  # fraction of a row's inner tokens replaced by <mask> in the CPU benchmarks
+
+
 def make_batch(rows: int, length: int, vocab_size: int, seed: int = 0, *,
-               full_rows: bool = False, mask_prob: float = 0.3, pad_id: int = 1
+               full_rows: bool = False, mask_prob: float = MASK_PROB, pad_id: int = 1
                ) -> dict[str, np.ndarray]:
   """Right-padded rows (<s> ... </s>, pads = pad_id), lengths uniform in [length/2, length] (or
-  all full with `full_rows`), `mask_prob` of the real tokens replaced by <mask> (= the loss
-  positions). Returns numpy {'source', 'target' int32 [B,T], 'selected' bool [B,T]}."""
+  all full with `full_rows`); in each row `int(mask_prob * n + U(0,1))` (at least 1) of the n - 2
+  inner tokens replaced by <mask> (= the loss positions), fairseq's count rule for token
+  masking, so `masking.max_selected_per_row(MaskingConfig(mask_prob, 1), length)` bounds it.
+  Returns numpy {'source', 'target' int32 [B,T], 'selected' bool [B,T]}."""
   rng = np.random.default_rng(seed)
   mask_id = mask_id_for(vocab_size)
   target = np.full((rows, length), pad_id, np.int32)
@@ -267,8 +272,8 @@ def make_batch(rows: int, length: int, vocab_size: int, seed: int = 0, *,
     n = length if full_rows else int(rng.integers(length // 2, length + 1))
     target[r, :n] = rng.integers(4, mask_id, n)
     target[r, 0], target[r, n - 1] = 0, 2
-    selected[r, 1:n - 1] = rng.random(n - 2) < mask_prob
-    selected[r, 1] = True  # at least one loss position per row
+    count = max(1, int(mask_prob * (n - 2) + rng.random()))
+    selected[r, 1 + rng.choice(n - 2, count, replace=False)] = True
   source = np.where(selected, mask_id, target).astype(np.int32)
   return {"source": source, "target": target, "selected": selected}
 

@@ -71,7 +71,10 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       layer_norm_target_layer=True, instance_norm_target_layer=False,
       batch_norm_target_layer=False, layer_norm_targets=False, instance_norm_targets=False,
       target_type="ffn", head_layers=2, loss_beta=4.0, loss_scale=1.0,
-      teacher_input="unmasked", mask_id=-1))
+      teacher_input="unmasked", mask_id=-1,
+      # -1 = auto: run the head on each row's loss positions only, gathered into as many slots as
+      # the masking can select (trainer.recipe_from_config); 0 = on every position.
+      head_positions_per_row=-1))
   c.objective.average_top_k_layers = min(c.objective.average_top_k_layers,
                                          MODEL_SIZES[model]["num_layers"])
 

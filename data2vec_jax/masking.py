@@ -32,6 +32,7 @@ Not ported: `mask_whole_words`, `freq_weighted_replacement` (both off in every d
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -81,6 +82,21 @@ class MaskingConfig:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def max_selected_per_row(config: MaskingConfig, seq_len: int, multiple: int = 8) -> int:
+  """A per-row bound on the positions `mask_tokens` selects in items of <= seq_len tokens.
+
+  num_mask <= floor(mask_prob * sz / L) + 1 spans of L = mask_multiple_length positions each,
+  so the bound is exact with `mask_stdev == 0`; with random span lengths it assumes spans of at
+  most L + 3 * mask_stdev (a row beyond that is still handled exactly by the objective's
+  every-position fallback). Rounded up to `multiple`, capped at seq_len. Used to size the
+  gathered head positions (`ObjectiveConfig.head_positions_per_row`).
+  """
+  span = config.mask_multiple_length + (math.ceil(3 * config.mask_stdev) if config.mask_stdev else 0)
+  spans = int(config.mask_prob * seq_len / float(config.mask_multiple_length)) + 1
+  bound = min(seq_len, spans * max(span, 1))
+  return min(seq_len, -(-bound // multiple) * multiple)
 
 
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -23,8 +23,14 @@ the selected tokens attend only to each other at compacted positions (the encode
 `make_positions` does the compaction, as in fairseq).
 
 Everything has static shapes (positions are weights, never boolean indexing), so it jit-compiles.
-The head runs on every position and the loss weights select; for the regression head that costs
-~3% of the step's FLOPs, for the MLM head (a [B, T, V] logit tensor) considerably more.
+Head positions (`head_positions_per_row`): 0 runs the head on every position and lets the loss
+weights select (simple; wasted head FLOPs: ~3% of a data2vec step, far more for the MLM head's
+[B, T, V] logits). K > 0 gathers, per row, the loss positions into K slots (in order, then
+filler slots with weight 0) and runs the head and the loss there only -- what fairseq's
+`x[masked_indices]` does, in static shapes. A batch with a row of more than K loss positions is
+never truncated: a `lax.cond` runs the every-position path for that batch instead (exact either
+way; metric 'head_gathered' is 1 when the gathered path ran). The trainer's 'auto' (-1) derives K
+from the masking config, as a bound that fairseq-style masking never exceeds (`trainer.py`).
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ class ObjectiveConfig:
     teacher_input: 'unmasked' (paper) or 'masked_only' (published fairseq code), see module doc.
     loss_positions: 'mask_token' (reference: source == <mask>) or 'selected'; data2vec only.
     mask_id: id of <mask> (50264 in the released dictionary).
+    head_positions_per_row: 0 = head and loss on every position; K > 0 = on at most K gathered
+      loss positions per row (module docstring; same loss, fewer head FLOPs).
   """
 
   kind: str = "data2vec"
@@ -84,6 +92,7 @@ class ObjectiveConfig:
   teacher_input: str = "unmasked"
   loss_positions: str = "mask_token"
   mask_id: int = 50264
+  head_positions_per_row: int = 0
 
   def __post_init__(self):
     for name, allowed in (("kind", KINDS), ("target_type", TARGET_TYPES),
@@ -96,6 +105,9 @@ class ObjectiveConfig:
       raise ValueError(f"head_layers must be >= 1, got {self.head_layers}")
     if self.loss_beta < 0:
       raise ValueError(f"loss_beta must be >= 0, got {self.loss_beta}")
+    if self.head_positions_per_row < 0:
+      raise ValueError(f"head_positions_per_row must be >= 0 (0 = every position), got "
+                       f"{self.head_positions_per_row}")
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ObjectiveConfig":
@@ -111,31 +123,38 @@ class PretrainingModel(nn.Module):
 
   `head` is a `RegressionHead` (data2vec) or a `MaskedLMHead` (mlm, decoder tied to
   encoder/embeddings/token_embedding). Every parameter carries logical axis names, so
-  `.init(rng, tokens)` returns `nn.Partitioned`-boxed params.
+  `.init(rng, tokens)` returns `nn.Partitioned`-boxed params. `encode` and `predict` run the two
+  halves separately (same parameter paths and dropout streams), so the loss can gather positions
+  between them.
   """
 
   config: EncoderConfig
   objective: ObjectiveConfig
 
-  @nn.compact
+  def setup(self):
+    self.encoder = Encoder(self.config)
+    if self.objective.kind == "data2vec":
+      self.head = RegressionHead(self.config, self.objective.head_layers)
+    else:
+      self.head = MaskedLMHead(self.config)
+
+  def encode(self, tokens: jax.Array, *, deterministic: bool = True) -> EncoderOutput:
+    """tokens: [B, T] int32 student input. Dropout needs the 'dropout' rng."""
+    return self.encoder(tokens, deterministic=deterministic)
+
+  def predict(self, features: jax.Array) -> jax.Array:
+    """features: [..., D] student features -> predictions [..., D] in the compute dtype
+    (data2vec) or float32 logits [..., V] (mlm)."""
+    if self.objective.kind == "data2vec":
+      return self.head(features)
+    table = self.encoder.variables["params"]["embeddings"]["token_embedding"]["embedding"]
+    return self.head(features, nn.meta.unbox(table))
+
   def __call__(self, tokens: jax.Array, *,
                deterministic: bool = True) -> tuple[EncoderOutput, jax.Array]:
-    """tokens: [B, T] int32 (student input). Dropout needs the 'dropout' rng.
-
-    Returns:
-      (encoder output, head output): predictions [B, T, D] in the compute dtype (data2vec) or
-      float32 logits [B, T, V] (mlm), at every position.
-    """
-    encoder = Encoder(self.config, name="encoder")
-    out = encoder(tokens, deterministic=deterministic)
-    if self.objective.kind == "data2vec":
-      head_out = RegressionHead(self.config, self.objective.head_layers, name="head")(
-          out.last_hidden_state)
-    else:
-      table = encoder.variables["params"]["embeddings"]["token_embedding"]["embedding"]
-      head_out = MaskedLMHead(self.config, name="head")(out.last_hidden_state,
-                                                         nn.meta.unbox(table))
-    return out, head_out
+    """tokens: [B, T] int32. Returns (encoder output, head output at every position)."""
+    out = self.encode(tokens, deterministic=deterministic)
+    return out, self.predict(out.last_hidden_state)
 
 
 def regression_loss(pred: jax.Array, target: jax.Array, beta: float) -> jax.Array:
@@ -196,41 +215,82 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
       positions; under gradient accumulation the train step averages them over micro-batches,
       which is not the variance of the whole batch). mlm: 'accuracy' (fraction of loss positions
       whose argmax is the target, in this micro-batch; also averaged over micro-batches).
+      'head_gathered': 1 if the head ran on gathered positions, 0 if on every position.
   """
   deterministic = dropout_rng is None
   rngs = {} if deterministic else {"dropout": dropout_rng}
-  _, head_out = PretrainingModel(config, objective).apply(
-      {"params": params}, batch["source"], deterministic=deterministic, rngs=rngs)
+  model = PretrainingModel(config, objective)
+  variables = {"params": params}
+  features = model.apply(variables, batch["source"], deterministic=deterministic, rngs=rngs,
+                         method=PretrainingModel.encode).last_hidden_state  # [B, T, D]
   positions = loss_positions(batch, config=config, objective=objective)
-  weights = positions.astype(jnp.float32)
-  num_masked = jnp.sum(weights)
+  num_masked = jnp.sum(positions.astype(jnp.float32))
 
+  y = None
+  if objective.kind == "data2vec":
+    if teacher_encoder_params is None:
+      raise ValueError("the data2vec objective needs teacher_encoder_params")
+    y = teacher_targets(jax.lax.stop_gradient(teacher_encoder_params),
+                        teacher_tokens(batch, config=config, objective=objective),
+                        config=config, objective=objective)
+
+  def head_and_loss(features, y, targets, positions):
+    """The head and the loss on [B, N] positions (N = T, or K gathered slots)."""
+    head_out = model.apply(variables, features, method=PretrainingModel.predict)
+    return _scored(head_out, y, targets, positions, objective)
+
+  k = objective.head_positions_per_row
+  length = batch["source"].shape[1]
+  operands = (features, y, batch["target"], positions)
+  if k == 0 or k >= length:
+    loss_sum, aux = head_and_loss(*operands)
+    gathered = jnp.float32(k > 0)
+  else:
+    fits = jnp.max(jnp.sum(positions, axis=1)) <= k
+    index = _first_positions(positions, k)  # [B, K]
+
+    def gathered_branch(features, y, targets, positions):
+      take = lambda x: None if x is None else jnp.take_along_axis(
+          x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+      return head_and_loss(take(features), take(y), take(targets), take(positions))
+
+    loss_sum, aux = jax.lax.cond(fits, gathered_branch, head_and_loss, *operands)
+    gathered = fits.astype(jnp.float32)
+  aux = {"num_masked": num_masked, "loss_sum": loss_sum, **aux, "head_gathered": gathered}
+  return loss_sum, aux
+
+
+def _first_positions(positions: jax.Array, k: int) -> jax.Array:
+  """[B, T] bool -> [B, K] int32: each row's True positions in order, then its False ones."""
+  length = positions.shape[1]
+  t = jnp.arange(length, dtype=jnp.int32)
+  # top_k takes the largest scores: True positions score above every False one, and within
+  # each group an earlier position scores higher.
+  score = jnp.where(positions, 2 * length - t, length - t)
+  return jax.lax.top_k(score, k)[1].astype(jnp.int32)
+
+
+def _scored(head_out: jax.Array, y: jax.Array | None, targets: jax.Array, positions: jax.Array,
+            objective: ObjectiveConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Summed loss and metrics of head outputs [B, N, D|V] at [B, N] bool loss positions."""
+  weights = positions.astype(jnp.float32)
+  count = jnp.maximum(jnp.sum(weights), 1.0)
   if objective.kind == "mlm":
     logp = jax.nn.log_softmax(head_out.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, batch["target"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     loss_sum = jnp.sum(jnp.where(positions, nll, 0.0))
-    correct = (jnp.argmax(head_out, axis=-1) == batch["target"]).astype(jnp.float32) * weights
-    aux = {"num_masked": num_masked, "loss_sum": loss_sum,
-           "accuracy": jnp.sum(correct) / jnp.maximum(num_masked, 1.0)}
-    return loss_sum, aux
+    correct = (jnp.argmax(head_out, axis=-1) == targets).astype(jnp.float32) * weights
+    return loss_sum, {"accuracy": jnp.sum(correct) / count}
 
-  if teacher_encoder_params is None:
-    raise ValueError("the data2vec objective needs teacher_encoder_params")
-  y = teacher_targets(jax.lax.stop_gradient(teacher_encoder_params),
-                      teacher_tokens(batch, config=config, objective=objective),
-                      config=config, objective=objective)
   # Zero the targets off the loss positions: a non-finite value there (possible in the teacher's
   # all-pad rows) would otherwise turn into NaN gradients through the masked-out branch.
   y = jnp.where(positions[..., None], y, 0.0)
-  per_token = jnp.sum(regression_loss(head_out, y, objective.loss_beta), axis=-1)  # [B, T]
+  per_token = jnp.sum(regression_loss(head_out, y, objective.loss_beta), axis=-1)  # [B, N]
   dim = head_out.shape[-1]
   scale = objective.loss_scale if objective.loss_scale > 0 else 1.0 / math.sqrt(dim)
   loss_sum = jnp.sum(jnp.where(positions, per_token, 0.0)) * jnp.float32(scale)
   flat_w = weights.reshape(-1)
-  aux = {
-      "num_masked": num_masked,
-      "loss_sum": loss_sum,
+  return loss_sum, {
       "target_var": masked_std(y.reshape(-1, dim), flat_w),
       "pred_var": masked_std(jax.lax.stop_gradient(head_out).reshape(-1, dim), flat_w),
   }
-  return loss_sum, aux

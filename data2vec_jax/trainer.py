@@ -24,13 +24,13 @@ import ml_collections
 import numpy as np
 
 from data2vec_jax import checkpoint as checkpoint_lib
+from data2vec_jax import ema as ema_lib
 from data2vec_jax import flops as flops_lib
 from data2vec_jax import sharding as sharding_lib
 from data2vec_jax import train_state as train_state_lib
 from data2vec_jax import train_step as train_step_lib
-from data2vec_jax import ema as ema_lib
 from data2vec_jax.ema import EMAConfig
-from data2vec_jax.masking import MaskingConfig
+from data2vec_jax.masking import MaskingConfig, max_selected_per_row
 from data2vec_jax.metric_logging import MetricWriter, format_progress
 from data2vec_jax.model_config import EncoderConfig
 from data2vec_jax.objective import ObjectiveConfig
@@ -73,6 +73,9 @@ def recipe_from_config(config: ml_collections.ConfigDict, vocab_size: int,
   objective = dict(config.objective)
   if objective.get("mask_id", -1) in (-1, None):
     objective["mask_id"] = mask_id
+  if objective.get("head_positions_per_row") == -1:  # 'auto': the masker's per-row bound
+    objective["head_positions_per_row"] = max_selected_per_row(
+        MaskingConfig.from_dict(dict(config.masking)), int(config.data.tokens_per_sample))
   return train_state_lib.Recipe(
       model=EncoderConfig.from_dict(model),
       objective=ObjectiveConfig.from_dict(objective),

@@ -38,6 +38,8 @@ def test_release_recipe_is_the_fairseq_yaml():
   assert (r.model.num_layers, r.model.hidden_size, r.model.num_heads) == (12, 768, 12)
   assert r.model.vocab_size == 50265 and r.objective.mask_id == 50264
   assert (r.objective.average_top_k_layers, r.objective.loss_beta, r.objective.head_layers) == (10, 4.0, 2)
+  # auto head positions: the masker's bound for 512-token rows, (floor(0.35*512/4)+1)*4 -> 184
+  assert r.objective.head_positions_per_row == 184
   assert r.objective.layer_norm_target_layer and not r.objective.instance_norm_target_layer
   assert (r.ema.ema_decay, r.ema.ema_end_decay, r.ema.ema_anneal_end_step) == (0.999, 0.9999, 300000)
   assert (c.masking.mask_prob, c.masking.mask_multiple_length) == (0.35, 4)

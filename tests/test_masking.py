@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from data2vec_jax.masking import MaskingConfig, mask_tokens
+from data2vec_jax.masking import MaskingConfig, mask_tokens, max_selected_per_row
 
 V, MASK, PAD = 50265, 50264, 1
 
@@ -173,3 +173,24 @@ def test_config_validation_and_from_dict():
   with pytest.raises(ValueError, match="mask_id"):
     mask_tokens(np.array([0, MASK, 2]), config=MaskingConfig(), seed=0, epoch=0, index=0,
                 mask_id=MASK, vocab_size=V)
+
+
+@pytest.mark.parametrize("config", [MaskingConfig(), MaskingConfig(mask_prob=0.15,
+                                    mask_multiple_length=1, leave_unmasked_prob=0.1,
+                                    random_token_prob=0.1), MaskingConfig(mask_prob=0.5,
+                                    mask_multiple_length=3)])
+def test_max_selected_per_row_bounds_the_masker(config):
+  """The bound the gathered head relies on holds for every item length up to seq_len."""
+  seq_len = 64
+  bound = max_selected_per_row(config, seq_len)
+  assert bound % 8 == 0 or bound == seq_len
+  rng = np.random.default_rng(0)
+  worst = 0
+  for index in range(600):
+    n = int(rng.integers(3, seq_len + 1))
+    item = np.concatenate([[0], rng.integers(4, 90, n - 2), [2]]).astype(np.int32)
+    _, selected = mask_tokens(item, config=config, seed=5, epoch=0, index=index, mask_id=99,
+                              vocab_size=100)
+    worst = max(worst, int(selected.sum()))
+  assert worst <= bound
+  assert worst > bound - 8 - config.mask_multiple_length  # and it is not loose

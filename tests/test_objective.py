@@ -277,6 +277,8 @@ def _case(obj: ObjectiveConfig, with_dropout: bool = False):
     assert a == b and a != c and a != float(loss)
 
   lm = loss_mask.numpy()
+  k = obj.head_positions_per_row
+  assert float(aux["head_gathered"]) == float(0 < k and lm.sum(1).max() <= k)
   out = {
       "targets": assert_close(y, t_y.numpy(), "targets"),
       "predictions": assert_close(np.asarray(pred)[lm], t_pred.detach().numpy(), "predictions"),
@@ -317,6 +319,19 @@ CASES = {
         instance_norm_target_layer=True, layer_norm_targets=True, instance_norm_targets=True,
         average_top_k_layers=2),
 }
+# Gathered head positions (fairseq's x[masked] in static shapes): K fits every row, or one short
+# of the fullest row so the batch must fall back to the every-position path -- same numbers.
+_MOST_MASKED = int((BATCH["source"] == MASK).sum(1).max())
+_MOST_SELECTED = int(BATCH["selected"].sum(1).max())
+CASES.update({
+    "default_gathered_heads": ObjectiveConfig(average_top_k_layers=2,
+                                              head_positions_per_row=_MOST_MASKED),
+    "gathered_heads_overflow_falls_back": ObjectiveConfig(
+        average_top_k_layers=2, head_positions_per_row=_MOST_MASKED - 1),
+    "selected_gathered_heads_mse_head3": ObjectiveConfig(
+        loss_positions="selected", loss_beta=0.0, head_layers=3, average_top_k_layers=3,
+        head_positions_per_row=_MOST_SELECTED + 2),
+})
 # Compile fast: these programs are tiny, and XLA's optimisation passes dominate the test time.
 _JIT_OPTIONS = {"xla_backend_optimization_level": 0}
 
@@ -331,8 +346,11 @@ def test_data2vec_matches_torch(name):
 # MLM baseline
 # ----------------------------------------------------------------------------------------------
 
-def test_mlm_matches_torch():
-  obj = ObjectiveConfig(kind="mlm", mask_id=MASK)
+@pytest.mark.parametrize("head_positions", ["all", "fit", "overflow"])
+def test_mlm_matches_torch(head_positions):
+  most = int((BATCH["selected"] & (BATCH["target"] != PAD)).sum(1).max())
+  k = {"all": 0, "fit": most, "overflow": most - 1}[head_positions]
+  obj = ObjectiveConfig(kind="mlm", mask_id=MASK, head_positions_per_row=k)
   torch.manual_seed(5)
   dense, ln = torch.nn.Linear(D, D), torch.nn.LayerNorm(D, eps=1e-5)
   out_bias = torch.nn.Parameter(0.3 * torch.randn(V))
@@ -369,6 +387,7 @@ def test_mlm_matches_torch():
   assert float(aux["num_masked"]) == masked.sum().item()
   acc = (logits.argmax(-1) == tgt[masked]).float().mean().item()
   assert abs(float(aux["accuracy"]) - acc) < 1e-6
+  assert float(aux["head_gathered"]) == float(head_positions == "fit")
   ref = {"encoder": hf_to_encoder_tree(_grads(STUDENT)),
          "head": {"dense": {"kernel": dense.weight.grad.numpy().T, "bias": dense.bias.grad.numpy()},
                   "layer_norm": {"scale": ln.weight.grad.numpy(), "bias": ln.bias.grad.numpy()},
@@ -405,7 +424,8 @@ def test_config_from_dict_rejects_unknown_and_bad_values():
   with pytest.raises(ValueError, match="unknown"):
     ObjectiveConfig.from_dict({"loss_betta": 0.0})
   for bad in ({"teacher_input": "masked"}, {"target_type": "attn"}, {"kind": "bert"},
-              {"average_top_k_layers": 0}, {"loss_positions": "all"}):
+              {"average_top_k_layers": 0}, {"loss_positions": "all"},
+              {"head_positions_per_row": -1}):
     with pytest.raises(ValueError):
       ObjectiveConfig(**bad)
   with pytest.raises(ValueError, match="average_top_k_layers"):
