@@ -33,6 +33,8 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   # Orbax logs every checkpoint phase through absl at INFO; keep the console to our progress.
   logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.info("glibc malloc settings for XLA:CPU scratch memory: %s",
+               "on" if host_malloc.is_tuned() else "off (D2V_MALLOC=default or not glibc)")
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
