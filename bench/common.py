@@ -108,7 +108,9 @@ def git_commit() -> tuple[str, bool]:
     return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=30).stdout.strip()
   try:
-    return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no"))
+    # The results file itself changes with every run; it is not code under measurement.
+    return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no",
+                                              "--", ".", ":!bench/results.jsonl"))
   except (OSError, subprocess.SubprocessError):
     return "unknown", False
 
