@@ -32,19 +32,12 @@ def loss_and_grads(cfg, params, deterministic=True):
   return jax.jit(jax.value_and_grad(loss))(params)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
-def test_remat_policies_give_the_same_gradients(params, policy):
+@pytest.mark.parametrize("option", [
+    dict(remat_policy="full"), dict(remat_policy="dots"), dict(remat_policy="dots_no_batch"),
+    dict(scan_unroll=2), dict(scan_unroll=99)])
+def test_execution_options_give_the_same_gradients(params, option):
   base_loss, base_grads = loss_and_grads(tiny_config(), params, deterministic=False)
-  loss, grads = loss_and_grads(tiny_config(remat_policy=policy), params, deterministic=False)
-  assert float(loss) == pytest.approx(float(base_loss), rel=1e-6)
-  for g, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(base_grads)):
-    np.testing.assert_allclose(g, b, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("unroll", [2, 99])
-def test_scan_unroll_gives_the_same_gradients(params, unroll):
-  base_loss, base_grads = loss_and_grads(tiny_config(), params, deterministic=False)
-  loss, grads = loss_and_grads(tiny_config(scan_unroll=unroll), params, deterministic=False)
+  loss, grads = loss_and_grads(tiny_config(**option), params, deterministic=False)
   assert float(loss) == pytest.approx(float(base_loss), rel=1e-6)
   for g, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(base_grads)):
     np.testing.assert_allclose(g, b, rtol=1e-5, atol=1e-6)
