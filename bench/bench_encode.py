@@ -99,22 +99,9 @@ def main(argv=None) -> int:
   p.add_argument("--seq", type=int, default=128)
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--warmup", type=int, default=2)
-  p.add_argument("--rounds", type=int, default=2)
-  p.add_argument("--threads", type=int, default=None,
-                 help="torch threads (default: available cores; XLA:CPU uses all cores)")
   p.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "reference"])
   p.add_argument("--full_rows", action="store_true")
-  p.add_argument("--timeout", type=float, default=1200)
-  p.add_argument("--no_record", action="store_true")
-  p.add_argument("--note", default="")
-  p.add_argument("--pin_cores", type=int, default=0,
-                 help="pin every worker to the first N cores (sched_setaffinity, before the "
-                      "framework starts: XLA:CPU sizes its pool from the affinity mask) and use "
-                      "N torch threads; makes runs far less sensitive to other load")
-  p.add_argument("--malloc", choices=common.MALLOC_MODES, default="tuned",
-                 help="worker malloc settings, both frameworks alike (data2vec_jax/host_malloc.py)")
-  p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
-  p.add_argument("--config", help=argparse.SUPPRESS)
+  common.add_protocol_flags(p, timeout=1200)
   args = p.parse_args(argv)
   if args.warmup < 1:
     p.error("--warmup must be >= 1")

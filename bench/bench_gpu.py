@@ -92,7 +92,6 @@ def worker(args) -> dict:
   from data2vec_jax import model as model_lib
   from data2vec_jax import sharding as sharding_lib
   from data2vec_jax import train_state as train_state_lib
-  from data2vec_jax import train_step as train_step_lib
   from data2vec_jax.ema import EMAConfig
   from data2vec_jax.masking import MaskingConfig, max_selected_per_row
   from data2vec_jax.objective import ObjectiveConfig
@@ -128,11 +127,7 @@ def worker(args) -> dict:
   }
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
-      _, shardings = train_state_lib.state_shardings(recipe, tx, mesh)
-      state = train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(0), mesh)
-      step = train_step_lib.make_train_step(recipe, tx, mesh, shardings)
-      batches = [{k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in b.items()}
-                 for b in host]
+      step, state, batches = common.jax_train_setup(recipe, tx, mesh, host)
       holder = {"state": state, "i": 0}
 
       def one():

@@ -71,7 +71,6 @@ def jax_worker(args, overrides: dict) -> dict:
 
   from data2vec_jax import sharding as sharding_lib
   from data2vec_jax import train_state as train_state_lib
-  from data2vec_jax import train_step as train_step_lib
   from data2vec_jax.ema import EMAConfig
   from data2vec_jax.masking import MaskingConfig, max_selected_per_row
   from data2vec_jax.model_config import EncoderConfig
@@ -96,11 +95,7 @@ def jax_worker(args, overrides: dict) -> dict:
   mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   host_batches = batches_for(args, cfg.vocab_size)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
-    _, shardings = train_state_lib.state_shardings(recipe, tx, mesh)
-    state = train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(0), mesh)
-    step = train_step_lib.make_train_step(recipe, tx, mesh, shardings)
-    batches = [{k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in b.items()}
-               for b in host_batches]
+    step, state, batches = common.jax_train_setup(recipe, tx, mesh, host_batches)
     jax.block_until_ready((state, batches))
     holder = {"state": state, "i": 0, "loss": []}
 
@@ -266,25 +261,11 @@ def main(argv=None) -> int:
   p.add_argument("--seq", type=int, default=128)
   p.add_argument("--steps", type=int, default=10, help="timed steps per worker round")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps per worker (>= 1)")
-  p.add_argument("--rounds", type=int, default=2)
-  p.add_argument("--threads", type=int, default=None,
-                 help="torch intra/inter-op threads (default: available cores; XLA:CPU "
-                      "always sizes its pool to the available cores)")
   p.add_argument("--frameworks", default="jax,torch")
   p.add_argument("--full_rows", action="store_true", help="no padding (all rows full)")
   p.add_argument("--override", action="append", default=[],
                  help="EncoderConfig field=value applied to both frameworks, e.g. dropout=0")
-  p.add_argument("--timeout", type=float, default=1800)
-  p.add_argument("--no_record", action="store_true", help="do not append to results.jsonl")
-  p.add_argument("--note", default="")
-  p.add_argument("--pin_cores", type=int, default=0,
-                 help="pin every worker to the first N cores (sched_setaffinity, before the "
-                      "framework starts: XLA:CPU sizes its pool from the affinity mask) and use "
-                      "N torch threads; makes runs far less sensitive to other load")
-  p.add_argument("--malloc", choices=common.MALLOC_MODES, default="tuned",
-                 help="worker malloc settings, both frameworks alike (data2vec_jax/host_malloc.py)")
-  p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
-  p.add_argument("--config", help=argparse.SUPPRESS)
+  common.add_protocol_flags(p, timeout=1800)
   args = p.parse_args(argv)
   overrides = parse_overrides(args.override)
   if args.warmup < 1:

@@ -282,3 +282,49 @@ def make_batch(rows: int, length: int, vocab_size: int, seed: int = 0, *,
 
 def real_tokens(batch: dict[str, np.ndarray], pad_id: int = 1) -> int:
   return int(np.sum(batch["target"] != pad_id))
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces of the JAX-vs-PyTorch CPU benchmarks
+
+
+def add_protocol_flags(parser: Any, *, timeout: float) -> None:
+  """The flags every interleaved CPU benchmark takes (rounds, threads, pinning, malloc, record)."""
+  import argparse
+
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--threads", type=int, default=None,
+                      help="torch intra/inter-op threads (default: available cores; XLA:CPU "
+                           "always sizes its pool to the available cores)")
+  parser.add_argument("--timeout", type=float, default=timeout)
+  parser.add_argument("--no_record", action="store_true", help="do not append to results.jsonl")
+  parser.add_argument("--note", default="")
+  parser.add_argument(
+      "--pin_cores", type=int, default=0,
+      help="pin every worker to the first N cores (sched_setaffinity, before the framework "
+           "starts: XLA:CPU sizes its pool from the affinity mask) and use N torch threads; "
+           "makes runs far less sensitive to other load")
+  parser.add_argument("--malloc", choices=MALLOC_MODES, default="tuned",
+                      help="worker malloc settings, both frameworks alike "
+                           "(data2vec_jax/host_malloc.py)")
+  parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+  parser.add_argument("--config", help=argparse.SUPPRESS)
+
+
+def jax_train_setup(recipe: Any, tx: Any, mesh: Any, host_batches: Sequence[dict]) -> tuple:
+  """(jitted train step, initial state, device batches) on `mesh`: exactly the trainer's step.
+
+  Call inside `with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES)`.
+  """
+  import jax
+
+  from data2vec_jax import sharding as sharding_lib
+  from data2vec_jax import train_state as train_state_lib
+  from data2vec_jax import train_step as train_step_lib
+
+  _, shardings = train_state_lib.state_shardings(recipe, tx, mesh)
+  state = train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(0), mesh)
+  step = train_step_lib.make_train_step(recipe, tx, mesh, shardings)
+  batches = [{k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in b.items()}
+             for b in host_batches]
+  return step, state, batches
