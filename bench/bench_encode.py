@@ -102,14 +102,7 @@ def main(argv=None) -> int:
   p.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "reference"])
   p.add_argument("--full_rows", action="store_true")
   common.add_protocol_flags(p, timeout=1200)
-  args = p.parse_args(argv)
-  if args.warmup < 1:
-    p.error("--warmup must be >= 1")
-  # All batches have the same real-token count distribution; use batch 0's for tokens/s.
-  if args.threads is None:
-    args.threads = args.pin_cores or common.available_cores()
-  if args.worker and args.pin_cores:
-    common.pin_to_cores(args.pin_cores)
+  args = common.parse_protocol_args(p, argv)
   if args.worker:
     common.emit((jax_worker if args.worker == "jax" else torch_worker)(args))
     return 0

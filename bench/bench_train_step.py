@@ -266,15 +266,8 @@ def main(argv=None) -> int:
   p.add_argument("--override", action="append", default=[],
                  help="EncoderConfig field=value applied to both frameworks, e.g. dropout=0")
   common.add_protocol_flags(p, timeout=1800)
-  args = p.parse_args(argv)
+  args = common.parse_protocol_args(p, argv)
   overrides = parse_overrides(args.override)
-  if args.warmup < 1:
-    p.error("--warmup must be >= 1 (the first step includes compilation)")
-
-  if args.threads is None:
-    args.threads = args.pin_cores or common.available_cores()
-  if args.worker and args.pin_cores:
-    common.pin_to_cores(args.pin_cores)
   if args.worker:
     fn = jax_worker if args.worker == "jax" else torch_worker
     common.emit(fn(args, overrides))

@@ -311,6 +311,20 @@ def add_protocol_flags(parser: Any, *, timeout: float) -> None:
   parser.add_argument("--config", help=argparse.SUPPRESS)
 
 
+def parse_protocol_args(parser: Any, argv: Sequence[str] | None) -> Any:
+  """Parses argv, checks --warmup >= 1 (the first call compiles), defaults --threads to the
+  pinned or available cores, and pins a worker process to --pin_cores before its framework
+  starts."""
+  args = parser.parse_args(argv)
+  if args.warmup < 1:
+    parser.error("--warmup must be >= 1 (the first call includes compilation)")
+  if args.threads is None:
+    args.threads = args.pin_cores or available_cores()
+  if args.worker and args.pin_cores:
+    pin_to_cores(args.pin_cores)
+  return args
+
+
 def jax_train_setup(recipe: Any, tx: Any, mesh: Any, host_batches: Sequence[dict]) -> tuple:
   """(jitted train step, initial state, device batches) on `mesh`: exactly the trainer's step.
 
