@@ -73,13 +73,16 @@ def model_config(args):
                        remat_policy=args.remat_value)
 
 
-def recomputed_flops_per_token(cfg, seq: int) -> float:
-  """Matmul FLOPs the remat policy recomputes in the student backward, per token."""
+def recomputed_flops_per_token(cfg, seq: int, pruned_last_block: bool) -> float:
+  """Matmul FLOPs the remat policy recomputes in the student backward, per token. The remat
+  wraps the scanned blocks: with the pruned last block, that block (run outside the scan) is
+  not recomputed."""
   from data2vec_jax import flops
+  rematted = cfg.num_layers - 1 if pruned_last_block else cfg.num_layers
   if cfg.remat_policy == "full":
-    return flops.encoder_forward_flops_per_token(cfg, seq)
+    return flops.encoder_forward_flops_per_token(cfg, seq) * rematted / cfg.num_layers
   if cfg.remat_policy == "dots_no_batch":
-    return 4.0 * cfg.num_layers * seq * cfg.hidden_size  # q.k^T and p.v are batched dots
+    return 4.0 * rematted * seq * cfg.hidden_size  # q.k^T and p.v are batched dots
   return 0.0
 
 
@@ -94,7 +97,8 @@ def worker(args) -> dict:
   from data2vec_jax import train_state as train_state_lib
   from data2vec_jax.ema import EMAConfig
   from data2vec_jax.masking import MaskingConfig, max_selected_per_row
-  from data2vec_jax.objective import ObjectiveConfig
+  from data2vec_jax.objective import (ObjectiveConfig, prunes_last_block,
+                                      prunes_teacher_last_block)
   from data2vec_jax.optim import OptimizerConfig, make_optimizer
 
   device = jax.devices()[0]
@@ -105,7 +109,8 @@ def worker(args) -> dict:
           average_top_k_layers=min(10, cfg.num_layers),
           mask_id=common.mask_id_for(cfg.vocab_size),
           head_positions_per_row=max_selected_per_row(
-              MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq)),
+              MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq),
+          prune_last_block=not args.no_prune_last_block),
       ema=EMAConfig(),
       optimizer=OptimizerConfig(lr=2e-4, schedule="constant", warmup_steps=0),
       micro_batches=1)
@@ -119,6 +124,7 @@ def worker(args) -> dict:
       "batch": args.batch_value, "seq": args.seq, "dtype": cfg.dtype,
       "remat": cfg.remat_policy, "attention_dropout": cfg.attention_dropout,
       "attention_impl": cfg.attention_impl,
+      "prune_last_block": recipe.objective.prune_last_block,
       "resolved_attention": {
           "student": model_lib._resolve_attention_impl(cfg, cfg.attention_dropout > 0),
           "teacher": model_lib._resolve_attention_impl(cfg, False)},
@@ -150,9 +156,12 @@ def worker(args) -> dict:
   med = float(np.median(times))
   tok = float(np.mean(tokens))
   masked_fraction = float(np.sum(masked) / np.sum(tokens))
-  flops_tok = flops.train_flops_per_token(cfg, args.seq, kind="data2vec", head_layers=2,
-                                          masked_fraction=masked_fraction)
-  hw_flops_tok = flops_tok + recomputed_flops_per_token(cfg, args.seq)
+  pruned = prunes_last_block(recipe.objective, args.seq)
+  flops_tok = flops.train_flops_per_token(
+      cfg, args.seq, kind="data2vec", head_layers=2, masked_fraction=masked_fraction,
+      pruned_last_block=pruned,
+      pruned_teacher_last_block=prunes_teacher_last_block(recipe.objective, args.seq))
+  hw_flops_tok = flops_tok + recomputed_flops_per_token(cfg, args.seq, pruned)
   peak = flops.peak_flops_per_device(device)
   tps = tok / med
   stats = {}
@@ -192,6 +201,8 @@ def main(argv=None) -> int:
                  help="comma list; 0.1 is the recipe (student then uses the explicit-softmax "
                       "attention), 0.0 lets the student use cuDNN flash attention too")
   p.add_argument("--pad", action="store_true", help="variable row lengths instead of full rows")
+  p.add_argument("--no_prune_last_block", action="store_true",
+                 help="run the student's last block at every position (ablation)")
   p.add_argument("--xla_flags", default="recommended", choices=["recommended", "none"])
   p.add_argument("--timeout", type=float, default=900, help="seconds per sweep point")
   p.add_argument("--allow-cpu", dest="allow_cpu", action="store_true",
@@ -241,7 +252,7 @@ def main(argv=None) -> int:
             "--attn_dropout_value", str(attn_dropout), "--seq", str(args.seq),
             "--steps", str(args.steps), "--warmup", str(args.warmup), "--dtype", args.dtype,
             "--attention_impl", args.attention_impl] + ["--tiny"] * args.tiny + \
-            ["--pad"] * args.pad
+            ["--pad"] * args.pad + ["--no_prune_last_block"] * args.no_prune_last_block
         res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout,
                                 env=env)
         res.setdefault("batch", batch)

@@ -87,7 +87,8 @@ def jax_worker(args, overrides: dict) -> dict:
           average_top_k_layers=min(K_MAX, cfg.num_layers), loss_beta=LOSS_BETA,
           mask_id=common.mask_id_for(cfg.vocab_size),
           head_positions_per_row=max_selected_per_row(
-              MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq)),
+              MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq),
+          prune_last_block=not args.no_prune_last_block),
       ema=EMAConfig(ema_decay=EMA_DECAY, ema_end_decay=0.9999, ema_anneal_end_step=300000),
       optimizer=OptimizerConfig(lr=LR, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01,
                                 clip_norm=CLIP, schedule="constant", warmup_steps=0))
@@ -117,6 +118,7 @@ def jax_worker(args, overrides: dict) -> dict:
       "losses": holder["loss"], "rss_base_mib": rss_base, "peak_rss_mib": common.peak_rss_mib(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "head_positions_per_row": recipe.objective.head_positions_per_row,
+      "prune_last_block": recipe.objective.prune_last_block,
       "head_gathered_last_step": holder.get("head_gathered"),
   }
 
@@ -265,6 +267,9 @@ def main(argv=None) -> int:
   p.add_argument("--full_rows", action="store_true", help="no padding (all rows full)")
   p.add_argument("--override", action="append", default=[],
                  help="EncoderConfig field=value applied to both frameworks, e.g. dropout=0")
+  p.add_argument("--no_prune_last_block", action="store_true",
+                 help="JAX: run the student's last block at every position (ablation; the "
+                      "default runs it at the gathered loss positions only, like the head)")
   common.add_protocol_flags(p, timeout=1800)
   args = common.parse_protocol_args(p, argv)
   overrides = parse_overrides(args.override)
@@ -287,6 +292,7 @@ def main(argv=None) -> int:
                        "--warmup", str(args.warmup), "--threads", str(args.threads),
                        "--pin_cores", str(args.pin_cores)]
         worker_args += ["--full_rows"] * args.full_rows
+        worker_args += ["--no_prune_last_block"] * args.no_prune_last_block
         for o in args.override:
           worker_args += ["--override", o]
         res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout,

@@ -74,7 +74,10 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       teacher_input="unmasked", mask_id=-1,
       # -1 = auto: run the head on each row's loss positions only, gathered into as many slots as
       # the masking can select (trainer.recipe_from_config); 0 = on every position.
-      head_positions_per_row=-1))
+      head_positions_per_row=-1,
+      # With gathered heads, the student's (and, with per-position targets, the teacher's) last
+      # block also runs only at the loss positions: same loss, fewer FLOPs (objective.py).
+      prune_last_block=True))
   c.objective.average_top_k_layers = min(c.objective.average_top_k_layers,
                                          MODEL_SIZES[model]["num_layers"])
 

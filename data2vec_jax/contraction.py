@@ -117,8 +117,13 @@ class Projection(nn.Module):
   contract_ndim: int = 1
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: [b..., k...] -> [b..., o...] in `dtype`."""
+  def __call__(self, x: jax.Array, first_output: slice | None = None) -> jax.Array:
+    """x: [b..., k...] -> [b..., o...] in `dtype`.
+
+    `first_output` computes only a static slice of the first output axis (e.g. `slice(1, 3)`
+    for k and v of the fused q/k/v kernel [D, 3, H, Dh]): [b..., o0', o...]. The parameters are
+    the same either way, so one module can be called on different slices.
+    """
     c = self.contract_ndim
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), self.kernel_axes),
@@ -126,5 +131,10 @@ class Projection(nn.Module):
     bias = self.param(
         "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[c:]),
         self.kernel_shape[c:], self.param_dtype)
+    if first_output is not None:
+      if len(self.kernel_shape) == c:
+        raise ValueError(f"first_output needs an output axis; kernel {self.kernel_shape} has none")
+      kernel = kernel[(slice(None),) * c + (first_output,)]
+      bias = bias[first_output]
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     return contract(x, kernel, c) + bias

@@ -2,7 +2,8 @@
 
 Encoder forward FLOPs per token: 2*N + 4*L*s*d, N = matmul parameters without embeddings. One
 data2vec v1 update ~ student forward+backward (3F) + teacher forward (F) + the regression head on
-the masked tokens (3 x its forward). Count only real (non-pad) tokens when using these.
+the masked tokens (3 x its forward); with a pruned last block (student or teacher), that block's
+query-side work also counts at the masked fraction. Count only real (non-pad) tokens when using these.
 """
 
 from __future__ import annotations
@@ -43,13 +44,31 @@ def head_forward_flops_per_token(cfg: EncoderConfig, head_layers: int, kind: str
   return 2.0 * (d * d) if head_layers == 1 else 2.0 * (4 * d * d)
 
 
+def last_block_query_flops_per_token(cfg: EncoderConfig, seq_len: int) -> float:
+  """Forward FLOPs of one block that scale with its *queried* positions: the q and output
+  projections, the FFN and the attention scores/values (4 s d). Only k and v (4 d^2) remain
+  when a position is not queried (`ObjectiveConfig.prune_last_block`)."""
+  d, f = cfg.hidden_size, cfg.intermediate_size
+  return 2.0 * (2 * d * d + 2 * d * f) + 4.0 * seq_len * d
+
+
 def train_flops_per_token(cfg: EncoderConfig, seq_len: int, *, kind: str = "data2vec",
-                          head_layers: int = 2, masked_fraction: float = 0.307) -> float:
-  """Model FLOPs of one update per real token (no rematerialisation counted)."""
+                          head_layers: int = 2, masked_fraction: float = 0.307,
+                          pruned_last_block: bool = False,
+                          pruned_teacher_last_block: bool = False) -> float:
+  """Model FLOPs of one update per real token (no rematerialisation counted).
+
+  pruned_last_block / pruned_teacher_last_block: the student's / the teacher's last block runs
+  only at the loss positions (`objective.prunes_last_block`, `prunes_teacher_last_block`), so
+  its query-side FLOPs count at `masked_fraction`, like the head's: the figure never credits work
+  the step skips (DESIGN.md §5's formula is the default, both False).
+  """
   forward = encoder_forward_flops_per_token(cfg, seq_len)
-  teacher = forward if kind == "data2vec" else 0.0
+  skipped = (1.0 - masked_fraction) * last_block_query_flops_per_token(cfg, seq_len)
+  student = forward - skipped * pruned_last_block
+  teacher = (forward - skipped * pruned_teacher_last_block) if kind == "data2vec" else 0.0
   head = 3.0 * head_forward_flops_per_token(cfg, head_layers, kind) * masked_fraction
-  return 3.0 * forward + teacher + head
+  return 3.0 * student + teacher + head
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> float | None:

@@ -145,13 +145,25 @@ class SelfAttention(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x: jax.Array, attend: jax.Array) -> jax.Array:
-    """x: [B, T, D]; attend: [B, T] bool, False at keys to ignore (pads). Returns [B, T, D]."""
+  def __call__(self, x: jax.Array, attend: jax.Array,
+               query_index: jax.Array | None = None) -> jax.Array:
+    """x: [B, T, D]; attend: [B, T] bool, False at keys to ignore (pads).
+
+    query_index: optional [B, K] int32 positions; only those positions are queried (keys and
+    values still cover all T). Returns [B, T, D], or [B, K, D] with `query_index`.
+    """
     cfg = self.config
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-    qkv = Projection((cfg.hidden_size, 3, cfg.num_heads, cfg.head_dim),
-                     ("embed", None, "heads", "kv"), dtype, param_dtype, name="qkv")(x)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, Dh]
+    qkv_proj = Projection((cfg.hidden_size, 3, cfg.num_heads, cfg.head_dim),
+                          ("embed", None, "heads", "kv"), dtype, param_dtype, name="qkv")
+    if query_index is None:
+      qkv = qkv_proj(x)
+      q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, Dh]
+    else:
+      # Slices of the one fused kernel, so the parameters (and conversion) are unchanged.
+      kv = qkv_proj(x, first_output=slice(1, 3))
+      k, v = kv[:, :, 0], kv[:, :, 1]
+      q = qkv_proj(take_positions(x, query_index), first_output=slice(0, 1))[:, :, 0]
     q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
     scale = cfg.head_dim ** -0.5
     dropout_active = (not self.deterministic) and cfg.attention_dropout > 0
@@ -179,12 +191,20 @@ class EncoderBlock(nn.Module):
   feature: str = "ffn"
 
   @nn.compact
-  def __call__(self, x: jax.Array, attend: jax.Array):
+  def __call__(self, x: jax.Array, attend: jax.Array, query_index: jax.Array | None = None):
+    """x: [B, T, D]; attend: [B, T] bool (False at pads).
+
+    query_index: optional [B, K] int32; the block's outputs are then computed at those positions
+    only ([B, K, D]): every position still serves as key and value, and everything after the
+    attention is per position, so the values equal the full block's at those positions.
+    """
     cfg = self.config
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     dropout = lambda rate, h: nn.Dropout(rate)(h, deterministic=self.deterministic)
 
-    attn = SelfAttention(cfg, self.deterministic, name="attention")(x, attend)
+    attn = SelfAttention(cfg, self.deterministic, name="attention")(x, attend, query_index)
+    if query_index is not None:
+      x = take_positions(x, query_index)
     x = _layer_norm(cfg, "attention_layer_norm")(x + dropout(cfg.dropout, attn))
 
     h = Projection((cfg.hidden_size, cfg.intermediate_size), ("embed", "mlp"), dtype, param_dtype,
@@ -221,8 +241,15 @@ class Encoder(nn.Module):
   feature: str = "ffn"
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, *, deterministic: bool = True) -> EncoderOutput:
-    """input_ids: [B, T] int32 (pads = `config.pad_id`). Dropout needs the 'dropout' rng."""
+  def __call__(self, input_ids: jax.Array, *, deterministic: bool = True,
+               skip_last_block: bool = False) -> EncoderOutput:
+    """input_ids: [B, T] int32 (pads = `config.pad_id`). Dropout needs the 'dropout' rng.
+
+    skip_last_block: run only the first L-1 blocks (apply only, not init): `last_hidden_state`
+      is then the input of the last block, `block_outputs`/`ffn_outputs` have L-1 entries, and
+      `apply_last_block` finishes the stack -- at chosen positions only, if that is all a loss
+      needs (`ObjectiveConfig.prune_last_block`).
+    """
     cfg = self.config
     if self.feature not in FEATURE_KINDS:
       raise ValueError(f"feature={self.feature!r}; expected one of {FEATURE_KINDS}")
@@ -238,14 +265,52 @@ class Encoder(nn.Module):
     block = EncoderBlock
     if cfg.remat_policy != "none":
       block = nn.remat(block, policy=_REMAT_POLICY_FNS[cfg.remat_policy], prevent_cse=False)
+    num_blocks = cfg.num_layers - 1 if skip_last_block else cfg.num_layers
+    if num_blocks == 0:
+      empty = jnp.zeros((0,) + x.shape, x.dtype)
+      return EncoderOutput(last_hidden_state=x, embedding_output=x, block_outputs=empty,
+                           ffn_outputs=empty)
     scanned = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=nn.broadcast, length=cfg.num_layers, unroll=min(cfg.scan_unroll, cfg.num_layers),
+        in_axes=nn.broadcast, length=num_blocks, unroll=min(cfg.scan_unroll, num_blocks),
         metadata_params={nn.PARTITION_NAME: "layers"})
+    if skip_last_block:
+      # The stacked parameters stay [L, ...]; the scan reads the first L-1 of them.
+      scanned = nn.map_variables(
+          scanned, "params", trans_in_fn=lambda v: jax.tree.map(lambda a: a[:-1], v), init=False)
     last, (block_outputs, ffn_outputs) = scanned(
         cfg, deterministic, self.feature, name="layers")(x, attend)
     return EncoderOutput(last_hidden_state=last, embedding_output=x,
                          block_outputs=block_outputs, ffn_outputs=ffn_outputs)
+
+
+def take_positions(x: jax.Array, index: jax.Array) -> jax.Array:
+  """x: [B, T, ...], index: [B, K] int -> [B, K, ...], row b holding x[b, index[b]]."""
+  return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def apply_last_block(config: EncoderConfig, encoder_params: Any, x: jax.Array,
+                     attend: jax.Array, query_index: jax.Array | None = None, *,
+                     deterministic: bool = True, dropout_rng: jax.Array | None = None,
+                     feature: str = "ffn") -> tuple[jax.Array, jax.Array]:
+  """The encoder's last block (parameters `layers[-1]` of an unboxed encoder tree).
+
+  Args:
+    x: [B, T, D] input of the last block (`Encoder(..., skip_last_block=True)`).
+    attend: [B, T] bool, False at pads.
+    query_index: [B, K] int32 positions to compute the output at; None = every position.
+    dropout_rng: needed unless `deterministic`.
+    feature: as `Encoder.feature`.
+  Returns:
+    (output, feature), each [B, T, D], or [B, K, D] with `query_index`: equal to the full
+    encoder's last hidden state and last `ffn_outputs` entry at those positions (dropout aside).
+    With K << T this skips ~(1 - K/T) of the block's q/out/FFN work, forward and backward.
+  """
+  block_params = jax.tree.map(lambda a: a[-1], encoder_params["layers"])
+  rngs = {} if deterministic else {"dropout": dropout_rng}
+  out, (_, block_feature) = EncoderBlock(config, deterministic, feature).apply(
+      {"params": block_params}, x, attend, query_index, rngs=rngs)
+  return out, block_feature
 
 
 def init_params(config: EncoderConfig, rng: jax.Array, seq_len: int = 8) -> Any:

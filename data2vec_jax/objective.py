@@ -31,6 +31,17 @@ filler slots with weight 0) and runs the head and the loss there only -- what fa
 never truncated: a `lax.cond` runs the every-position path for that batch instead (exact either
 way; metric 'head_gathered' is 1 when the gathered path ran). The trainer's 'auto' (-1) derives K
 from the masking config, as a bound that fairseq-style masking never exceeds (`trainer.py`).
+
+Pruned last block (`prune_last_block`, on by default, active with gathered heads): the student's
+last block is only ever read at the loss positions, so on the gathered path it runs there only --
+keys and values over all T positions, but queries, attention output, LayerNorms and FFN over the
+K slots (`model.apply_last_block`). The teacher's last block likewise, when the targets are per
+position (layer norms only, the yaml's choice; instance and batch norm need every position):
+`targets.teacher_targets_fn`. Same values and gradients (float rounding aside); the last-block
+work drops by ~(1 - K/T) of its q/out/FFN share (`flops.train_flops_per_token`): ~17% of a 4-layer
+data2vec step's matmuls at T=128, ~5% of base's. The reference computes every position. The
+student's dropout streams differ from the unpruned path (the trunk and the last block take split
+keys), not their distribution.
 """
 
 from __future__ import annotations
@@ -45,9 +56,9 @@ import jax.numpy as jnp
 
 from data2vec_jax import strict_config
 from data2vec_jax.heads import MaskedLMHead, RegressionHead
-from data2vec_jax.model import Encoder, EncoderOutput
+from data2vec_jax.model import Encoder, EncoderOutput, apply_last_block, take_positions
 from data2vec_jax.model_config import EncoderConfig
-from data2vec_jax.targets import TARGET_TYPES, teacher_targets
+from data2vec_jax.targets import TARGET_TYPES, targets_are_per_position, teacher_targets_fn
 
 KINDS = ("data2vec", "mlm")
 TEACHER_INPUTS = ("unmasked", "masked_only")
@@ -76,6 +87,9 @@ class ObjectiveConfig:
     mask_id: id of <mask> (50264 in the released dictionary).
     head_positions_per_row: 0 = head and loss on every position; K > 0 = on at most K gathered
       loss positions per row (module docstring; same loss, fewer head FLOPs).
+    prune_last_block: with gathered heads, also run the student's last block at the gathered
+      positions only, and the teacher's too when the targets are per position (layer norms
+      only); module docstring. Same loss, fewer FLOPs. Ignored when K == 0.
   """
 
   kind: str = "data2vec"
@@ -93,6 +107,7 @@ class ObjectiveConfig:
   loss_positions: str = "mask_token"
   mask_id: int = 50264
   head_positions_per_row: int = 0
+  prune_last_block: bool = True
 
   def __post_init__(self):
     for name, allowed in (("kind", KINDS), ("target_type", TARGET_TYPES),
@@ -138,9 +153,10 @@ class PretrainingModel(nn.Module):
     else:
       self.head = MaskedLMHead(self.config)
 
-  def encode(self, tokens: jax.Array, *, deterministic: bool = True) -> EncoderOutput:
+  def encode(self, tokens: jax.Array, *, deterministic: bool = True,
+             skip_last_block: bool = False) -> EncoderOutput:
     """tokens: [B, T] int32 student input. Dropout needs the 'dropout' rng."""
-    return self.encoder(tokens, deterministic=deterministic)
+    return self.encoder(tokens, deterministic=deterministic, skip_last_block=skip_last_block)
 
   def predict(self, features: jax.Array) -> jax.Array:
     """features: [..., D] student features -> predictions [..., D] in the compute dtype
@@ -155,6 +171,22 @@ class PretrainingModel(nn.Module):
     """tokens: [B, T] int32. Returns (encoder output, head output at every position)."""
     out = self.encode(tokens, deterministic=deterministic)
     return out, self.predict(out.last_hidden_state)
+
+
+def gathers_head_positions(objective: ObjectiveConfig, seq_len: int) -> bool:
+  """Whether the head runs on K < seq_len gathered slots per row (when every row fits K)."""
+  return 0 < objective.head_positions_per_row < seq_len
+
+
+def prunes_last_block(objective: ObjectiveConfig, seq_len: int) -> bool:
+  """Whether the student's last block runs on the gathered slots only (when every row fits)."""
+  return objective.prune_last_block and gathers_head_positions(objective, seq_len)
+
+
+def prunes_teacher_last_block(objective: ObjectiveConfig, seq_len: int) -> bool:
+  """Whether the teacher's last block runs on the gathered slots only (per-position targets)."""
+  return (objective.kind == "data2vec" and prunes_last_block(objective, seq_len)
+          and targets_are_per_position(objective))
 
 
 def regression_loss(pred: jax.Array, target: jax.Array, beta: float) -> jax.Array:
@@ -218,43 +250,64 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
       'head_gathered': 1 if the head ran on gathered positions, 0 if on every position.
   """
   deterministic = dropout_rng is None
-  rngs = {} if deterministic else {"dropout": dropout_rng}
   model = PretrainingModel(config, objective)
   variables = {"params": params}
-  features = model.apply(variables, batch["source"], deterministic=deterministic, rngs=rngs,
-                         method=PretrainingModel.encode).last_hidden_state  # [B, T, D]
+  k = objective.head_positions_per_row
+  gather = gathers_head_positions(objective, batch["source"].shape[1])
+  rngs = lambda key: {} if deterministic else {"dropout": key}
+
+  if prunes_last_block(objective, batch["source"].shape[1]):
+    trunk_rng, last_rng = (None, None) if deterministic else jax.random.split(dropout_rng)
+    trunk = model.apply(variables, batch["source"], deterministic=deterministic,
+                        skip_last_block=True, rngs=rngs(trunk_rng),
+                        method=PretrainingModel.encode).last_hidden_state  # [B, T, D]
+    attend = batch["source"] != config.pad_id
+
+    def student_features(index):
+      """[B, K, D] last-block output at index [B, K], or [B, T, D] for index None."""
+      return apply_last_block(config, params["encoder"], trunk, attend, index,
+                              deterministic=deterministic, dropout_rng=last_rng)[0]
+  else:
+    features = model.apply(variables, batch["source"], deterministic=deterministic,
+                           rngs=rngs(dropout_rng),
+                           method=PretrainingModel.encode).last_hidden_state  # [B, T, D]
+
+    def student_features(index):
+      return features if index is None else take_positions(features, index)
+
   positions = loss_positions(batch, config=config, objective=objective)
   num_masked = jnp.sum(positions.astype(jnp.float32))
 
-  y = None
+  targets_at = lambda index: None  # the MLM head's targets are the tokens
   if objective.kind == "data2vec":
     if teacher_encoder_params is None:
       raise ValueError("the data2vec objective needs teacher_encoder_params")
-    y = teacher_targets(jax.lax.stop_gradient(teacher_encoder_params),
-                        teacher_tokens(batch, config=config, objective=objective),
-                        config=config, objective=objective)
+    targets_at = teacher_targets_fn(
+        teacher_encoder_params, teacher_tokens(batch, config=config, objective=objective),
+        config=config, objective=objective,
+        prune_last_block=prunes_last_block(objective, batch["source"].shape[1]))
 
   def head_and_loss(features, y, targets, positions):
     """The head and the loss on [B, N] positions (N = T, or K gathered slots)."""
     head_out = model.apply(variables, features, method=PretrainingModel.predict)
     return _scored(head_out, y, targets, positions, objective)
 
-  k = objective.head_positions_per_row
-  length = batch["source"].shape[1]
-  operands = (features, y, batch["target"], positions)
-  if k == 0 or k >= length:
-    loss_sum, aux = head_and_loss(*operands)
+  def every_position(targets, positions):
+    return head_and_loss(student_features(None), targets_at(None), targets, positions)
+
+  operands = (batch["target"], positions)
+  if not gather:
+    loss_sum, aux = every_position(*operands)
     gathered = jnp.float32(k > 0)
   else:
     fits = jnp.max(jnp.sum(positions, axis=1)) <= k
     index = _first_positions(positions, k)  # [B, K]
 
-    def gathered_branch(features, y, targets, positions):
-      take = lambda x: None if x is None else jnp.take_along_axis(
-          x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
-      return head_and_loss(take(features), take(y), take(targets), take(positions))
+    def gathered_branch(targets, positions):
+      return head_and_loss(student_features(index), targets_at(index),
+                           take_positions(targets, index), take_positions(positions, index))
 
-    loss_sum, aux = jax.lax.cond(fits, gathered_branch, head_and_loss, *operands)
+    loss_sum, aux = jax.lax.cond(fits, gathered_branch, every_position, *operands)
     gathered = fits.astype(jnp.float32)
   aux = {"num_masked": num_masked, "loss_sum": loss_sum, **aux, "head_gathered": gathered}
   return loss_sum, aux

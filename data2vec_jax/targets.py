@@ -15,16 +15,21 @@ fairseq `Data2VecTextEncoder.forward` (the `torch.no_grad()` block), term by ter
 All three norms are parameter-free with eps 1e-5 and the biased variance; the statistics over T
 (instance norm) and over (B, T) (batch norm) include padded positions, exactly like the reference
 (with `teacher_input='masked_only'` most positions are such pads). Everything here is float32.
+
+When only layer norms are on (the yaml's choice), a position's target depends on the teacher's
+features at that position alone, so the teacher's *last* block need only run where the loss reads
+(`teacher_targets_fn(..., prune_last_block=True)`); the earlier blocks still run everywhere, since
+they are the last block's keys and values.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from data2vec_jax.model import Encoder
+from data2vec_jax.model import Encoder, apply_last_block, take_positions
 from data2vec_jax.model_config import EncoderConfig
 
 NORM_EPS = 1e-5  # PyTorch's default for F.layer_norm / F.instance_norm / F.batch_norm
@@ -111,3 +116,51 @@ def teacher_targets(teacher_encoder_params: Any, teacher_tokens: jax.Array, *,
   features = teacher_layer_features(teacher_encoder_params, teacher_tokens, config=config,
                                     target_type=objective.target_type)
   return jax.lax.stop_gradient(make_targets(features, objective))
+
+
+def targets_are_per_position(objective: Any) -> bool:
+  """True when no normalisation mixes positions (no instance or batch norm): the target at a
+  position then depends only on the teacher's top-K features at that position."""
+  return not (objective.batch_norm_target_layer or objective.instance_norm_target_layer
+              or objective.instance_norm_targets)
+
+
+def teacher_targets_fn(teacher_encoder_params: Any, teacher_tokens: jax.Array, *,
+                       config: EncoderConfig, objective: Any, prune_last_block: bool
+                       ) -> Callable[[jax.Array | None], jax.Array]:
+  """Targets as a function of the positions that need them, under `stop_gradient`.
+
+  Returns `targets(index)`: index [B, K] int32 -> [B, K, D] float32 (row b at index[b]);
+  None -> [B, T, D], every position, equal to `teacher_targets`. Without `prune_last_block`
+  (or with targets that are not per position) the whole teacher runs now and `targets` only
+  gathers; with it, the first L-1 blocks run now and `targets` runs the last block at `index`
+  only. Either way the values at a position are the same (float rounding aside).
+  """
+  teacher_encoder_params = jax.lax.stop_gradient(teacher_encoder_params)
+  if not (prune_last_block and targets_are_per_position(objective)):
+    y = teacher_targets(teacher_encoder_params, teacher_tokens, config=config,
+                        objective=objective)
+    return lambda index: y if index is None else take_positions(y, index)
+
+  k = objective.average_top_k_layers
+  if not 1 <= k <= config.num_layers:
+    raise ValueError(f"average_top_k_layers={k} but the encoder has {config.num_layers} blocks")
+  if objective.target_type not in TARGET_TYPES:
+    raise ValueError(f"target_type={objective.target_type!r}; expected one of {TARGET_TYPES}")
+  feature = "ffn_residual" if objective.target_type == "ffn_residual" else "ffn"
+  trunk = Encoder(config, feature=feature).apply(
+      {"params": teacher_encoder_params}, teacher_tokens, deterministic=True,
+      skip_last_block=True)
+  lower = trunk.block_outputs if objective.target_type == "end_of_block" else trunk.ffn_outputs
+  lower = lower[config.num_layers - k:]  # the top K-1 blocks below the last: [K-1, B, T, D]
+  attend = teacher_tokens != config.pad_id
+
+  def targets(index: jax.Array | None) -> jax.Array:
+    out, last = apply_last_block(config, teacher_encoder_params, trunk.last_hidden_state,
+                                 attend, index, feature=feature)
+    last = out if objective.target_type == "end_of_block" else last
+    below = lower if index is None else jax.vmap(lambda f: take_positions(f, index))(lower)
+    features = jnp.concatenate([below, last[None]], axis=0)  # [K, B, N, D]
+    return jax.lax.stop_gradient(make_targets(features, objective))
+
+  return targets

@@ -9,6 +9,7 @@ continues from the newest checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -33,7 +34,8 @@ from data2vec_jax.ema import EMAConfig
 from data2vec_jax.masking import MaskingConfig, max_selected_per_row
 from data2vec_jax.metric_logging import MetricWriter, format_progress
 from data2vec_jax.model_config import EncoderConfig
-from data2vec_jax.objective import ObjectiveConfig
+from data2vec_jax.objective import (ObjectiveConfig, prunes_last_block,
+                                    prunes_teacher_last_block)
 from data2vec_jax.optim import OptimizerConfig, make_optimizer
 from data2vec_jax import input_pipeline
 
@@ -186,9 +188,13 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
   total = int(train_cfg.num_steps)
   writer = MetricWriter(workdir, enabled=is_chief, tensorboard=train_cfg.tensorboard)
   batch_sharding = sharding_lib.batch_sharding(mesh)
-  flops_per_token = flops_lib.train_flops_per_token(
-      recipe.model, data.seq_len, kind=recipe.objective.kind,
-      head_layers=recipe.objective.head_layers)
+  # Per real token, at the window's measured masked fraction (the head, and the pruned last
+  # block, run only at the loss positions).
+  flops_per_token = functools.partial(
+      flops_lib.train_flops_per_token, recipe.model, data.seq_len, kind=recipe.objective.kind,
+      head_layers=recipe.objective.head_layers,
+      pruned_last_block=prunes_last_block(recipe.objective, data.seq_len),
+      pruned_teacher_last_block=prunes_teacher_last_block(recipe.objective, data.seq_len))
   peak = train_cfg.peak_flops_per_device or flops_lib.peak_flops_per_device()
   step = int(jax.device_get(state.step))
   first_step = step
@@ -217,7 +223,8 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
           steps_timed += len(host)
           time_timed += elapsed
           if peak:
-            last_metrics["mfu"] = (last_metrics["tokens_per_s"] * flops_per_token /
+            flops = flops_per_token(masked_fraction=last_metrics["masked_fraction"])
+            last_metrics["mfu"] = (last_metrics["tokens_per_s"] * flops /
                                    (peak * jax.device_count()))
         else:
           last_metrics["first_step_s"] = elapsed

@@ -12,7 +12,7 @@ import pytest
 import flax.linen as nn
 
 from data2vec_jax.contraction import Projection, contract
-from data2vec_jax.model import Encoder, init_params
+from data2vec_jax.model import Encoder, apply_last_block, init_params, take_positions
 from data2vec_jax.model_config import EncoderConfig, tiny_config
 
 IDS = jnp.array([[0, 5, 6, 7, 8, 2, 1, 1], [0, 9, 10, 11, 12, 13, 14, 2]], jnp.int32)
@@ -73,6 +73,61 @@ def test_canonical_weight_grad_matches_einsum(x_shape, k_shape, c, dtype):
       assert g.shape == r.shape and g.dtype == r.dtype
       np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32),
                                  rtol=tol, atol=tol)
+
+
+# Row 0 queries two real tokens and a pad; row 1 the first, a middle and the last token.
+QUERY = jnp.array([[1, 4, 7], [0, 3, 7]], jnp.int32)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("attention_impl", ["reference", "xla"])
+def test_last_block_at_chosen_positions_equals_the_full_encoder(num_layers, attention_impl):
+  """Encoder(skip_last_block) + apply_last_block(query_index): the full encoder's values at those
+  positions, and the same parameter gradients for a loss that reads only them."""
+  cfg = tiny_config(num_layers=num_layers, attention_impl=attention_impl)
+  p = init_params(cfg, jax.random.PRNGKey(3))
+  attend = IDS != cfg.pad_id
+
+  for feature in ("ffn", "ffn_residual"):  # the block's target feature comes out too
+    whole = Encoder(cfg, feature=feature).apply({"params": p}, IDS)
+    trunk = Encoder(cfg, feature=feature).apply({"params": p}, IDS, skip_last_block=True)
+    _, last_feature = apply_last_block(cfg, p, trunk.last_hidden_state, attend, QUERY,
+                                       feature=feature)
+    np.testing.assert_allclose(last_feature, take_positions(whole.ffn_outputs[-1], QUERY),
+                               rtol=1e-5, atol=1e-5)
+
+  def full(p):
+    return take_positions(Encoder(cfg).apply({"params": p}, IDS).last_hidden_state, QUERY)
+
+  def pruned(p, index=QUERY):
+    trunk = Encoder(cfg).apply({"params": p}, IDS, skip_last_block=True)
+    assert trunk.block_outputs.shape[0] == num_layers - 1
+    return apply_last_block(cfg, p, trunk.last_hidden_state, attend, index)[0]
+
+  want, got = jax.jit(full)(p), jax.jit(pruned)(p)
+  assert got.shape == (2, 3, cfg.hidden_size)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # Without query_index the last block covers every position.
+  everywhere = jax.jit(lambda p: pruned(p, None))(p)
+  np.testing.assert_allclose(take_positions(everywhere, QUERY), want, rtol=1e-5, atol=1e-5)
+
+  weights = jax.random.normal(jax.random.PRNGKey(4), want.shape)
+  grad = lambda f: jax.jit(jax.grad(lambda p: jnp.sum(f(p) * weights)))(p)
+  for g, b in zip(jax.tree_util.tree_leaves(grad(pruned)), jax.tree_util.tree_leaves(grad(full))):
+    np.testing.assert_allclose(g, b, rtol=1e-4, atol=1e-6)
+
+
+def test_projection_computes_a_slice_of_its_first_output_axis():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 8))
+  proj = Projection((8, 3, 2, 4), ("embed", None, "heads", "kv"), jnp.float32, jnp.float32)
+  variables = proj.init(jax.random.PRNGKey(1), x)
+  variables = jax.tree_util.tree_map(lambda a: a + 0.1, nn.meta.unbox(variables))
+  full = proj.apply(variables, x)
+  part = proj.apply(variables, x, first_output=slice(1, 3))
+  np.testing.assert_allclose(part, full[:, :, 1:3], rtol=1e-6)
+  with pytest.raises(ValueError, match="output axis"):
+    Projection((8,), ("embed",), jnp.float32, jnp.float32).init(
+        jax.random.PRNGKey(0), x, first_output=slice(0, 1))
 
 
 def test_contract_refuses_mismatched_shapes():

@@ -328,17 +328,28 @@ CASES.update({
                                               head_positions_per_row=_MOST_MASKED),
     "gathered_heads_overflow_falls_back": ObjectiveConfig(
         average_top_k_layers=2, head_positions_per_row=_MOST_MASKED - 1),
-    "selected_gathered_heads_mse_head3": ObjectiveConfig(
+    # Per-position targets (layer norms only) with the other target types: the teacher's last
+    # block also runs on the gathered slots (K=1: no lower block enters the average).
+    "gathered_end_of_block_k1_head1": ObjectiveConfig(
+        average_top_k_layers=1, target_type="end_of_block", head_layers=1,
+        head_positions_per_row=_MOST_MASKED),
+    "gathered_ffn_residual_k3_layer_norm_targets": ObjectiveConfig(
+        average_top_k_layers=3, target_type="ffn_residual", layer_norm_targets=True,
+        head_positions_per_row=_MOST_MASKED + 1),
+    # The gathered cases above also run the student's last block on the gathered slots only
+    # (prune_last_block, the default); this one keeps the full last block.
+    "selected_gathered_heads_mse_head3_unpruned": ObjectiveConfig(
         loss_positions="selected", loss_beta=0.0, head_layers=3, average_top_k_layers=3,
-        head_positions_per_row=_MOST_SELECTED + 2),
+        head_positions_per_row=_MOST_SELECTED + 2, prune_last_block=False),
 })
+_WITH_DROPOUT = ("default", "default_gathered_heads")
 # Compile fast: these programs are tiny, and XLA's optimisation passes dominate the test time.
 _JIT_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_data2vec_matches_torch(name):
-  diffs = _case(CASES[name], with_dropout=name == "default")
+  diffs = _case(CASES[name], with_dropout=name in _WITH_DROPOUT)
   print(name, {k: f"{v:.2e}" for k, v in diffs.items()})
 
 
