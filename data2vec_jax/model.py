@@ -2,7 +2,9 @@
 `TransformerEncoder` (data2vec text) and `transformers.Data2VecTextModel`.
 
 Pure-functional: `Encoder(config).apply({'params': p}, input_ids, deterministic=...)`. The EMA
-teacher is this same module applied to another parameter tree.
+teacher is this same module applied to another parameter tree. When a loss reads the output at a
+few positions only, `Encoder(..., skip_last_block=True)` followed by `apply_last_block(...,
+query_index)` computes the last block there only (same values; `objective.prune_last_block`).
 
 Parameter tree (leading `L` axis: the blocks are run with `nn.scan`, so one block is compiled):
 
