@@ -36,12 +36,13 @@ def make_batch(rows: int, length: int, seed: int = 0, vocab: int = 1000) -> dict
 
 
 def make_recipe(micro_batches: int = 1, dropout: float = 0.1, kind: str = "data2vec",
-                teacher_input: str = "unmasked") -> train_state_lib.Recipe:
+                teacher_input: str = "unmasked", head_positions: int = 0) -> train_state_lib.Recipe:
   model = tiny_config(dropout=dropout, attention_dropout=dropout, intermediate_size=256)
   return train_state_lib.Recipe(
       model=model,
       objective=ObjectiveConfig(kind=kind, average_top_k_layers=2, mask_id=MASK_ID,
-                                teacher_input=teacher_input),
+                                teacher_input=teacher_input,
+                                head_positions_per_row=head_positions),
       ema=EMAConfig(ema_decay=0.9, ema_end_decay=0.99, ema_anneal_end_step=10),
       optimizer=OptimizerConfig(lr=1e-3, warmup_steps=1, max_steps=100, clip_norm=1.0),
       micro_batches=micro_batches)
@@ -71,16 +72,28 @@ def max_abs_diff(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def single_device_run():
-  recipe = make_recipe()
+def single_device_runs():
+  """Reference runs on one device, by head positions: 'gathered' (the trainer's default: head,
+  loss and the pruned last blocks on each row's gathered loss positions) or 'every'."""
   batches = [make_batch(8, 16, seed=s) for s in range(2)]
-  state, metrics, _ = run_steps(recipe, (1, 1, 1), batches)
-  return recipe, batches, state, metrics
+  most = max(int((b["source"] == MASK_ID).sum(1).max()) for b in batches)
+  runs = {}
+
+  def get(head_positions):
+    if head_positions not in runs:
+      recipe = make_recipe(head_positions={"gathered": most, "every": 0}[head_positions])
+      state, metrics, _ = run_steps(recipe, (1, 1, 1), batches)
+      assert all(m["head_gathered"] == (head_positions == "gathered") for m in metrics)
+      runs[head_positions] = recipe, batches, state, metrics
+    return runs[head_positions]
+  return get
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4), (1, 8, 1)])
-def test_sharded_step_matches_single_device(single_device_run, mesh_shape):
-  recipe, batches, ref_state, ref_metrics = single_device_run
+@pytest.mark.parametrize("mesh_shape,head_positions", [
+    ((8, 1, 1), "gathered"), ((2, 2, 2), "gathered"), ((1, 2, 4), "gathered"),
+    ((1, 8, 1), "gathered"), ((2, 2, 2), "every")])
+def test_sharded_step_matches_single_device(single_device_runs, mesh_shape, head_positions):
+  recipe, batches, ref_state, ref_metrics = single_device_runs(head_positions)
   state, metrics, device_state = run_steps(recipe, mesh_shape, batches)
   for m, r in zip(metrics, ref_metrics):
     assert abs(m["loss"] - r["loss"]) <= 1e-5 * max(1.0, abs(r["loss"]))
