@@ -253,10 +253,12 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
   model = PretrainingModel(config, objective)
   variables = {"params": params}
   k = objective.head_positions_per_row
-  gather = gathers_head_positions(objective, batch["source"].shape[1])
+  seq_len = batch["source"].shape[1]
+  gather = gathers_head_positions(objective, seq_len)
+  prune = prunes_last_block(objective, seq_len)
   rngs = lambda key: {} if deterministic else {"dropout": key}
 
-  if prunes_last_block(objective, batch["source"].shape[1]):
+  if prune:
     trunk_rng, last_rng = (None, None) if deterministic else jax.random.split(dropout_rng)
     trunk = model.apply(variables, batch["source"], deterministic=deterministic,
                         skip_last_block=True, rngs=rngs(trunk_rng),
@@ -284,8 +286,7 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
       raise ValueError("the data2vec objective needs teacher_encoder_params")
     targets_at = teacher_targets_fn(
         teacher_encoder_params, teacher_tokens(batch, config=config, objective=objective),
-        config=config, objective=objective,
-        prune_last_block=prunes_last_block(objective, batch["source"].shape[1]))
+        config=config, objective=objective, prune_last_block=prune)
 
   def head_and_loss(features, y, targets, positions):
     """The head and the loss on [B, N] positions (N = T, or K gathered slots)."""
