@@ -182,3 +182,17 @@ def test_too_long_input_is_refused(params):
   ids = jnp.full((1, cfg.max_sequence_length + 1), 5, jnp.int32)
   with pytest.raises(ValueError, match="exceeds"):
     Encoder(cfg).apply({"params": params}, ids)
+
+
+def test_auto_attention_picks_cudnn_only_for_full_bf16_attention_on_gpu(monkeypatch):
+  from data2vec_jax import model as model_lib
+  bf16 = tiny_config(dtype="bfloat16")
+  resolve = model_lib._resolve_attention_impl
+  assert resolve(bf16, dropout_active=False) == "xla"  # this CPU
+  monkeypatch.setattr(model_lib.jax, "default_backend", lambda: "gpu")
+  assert resolve(bf16, dropout_active=False) == "cudnn"
+  assert resolve(bf16, dropout_active=True) == "reference"  # dropout on the probabilities
+  assert resolve(bf16, dropout_active=False, all_queries=False) == "xla"  # pruned last block
+  assert resolve(tiny_config(), dropout_active=False) == "xla"  # float32
+  assert resolve(tiny_config(dtype="bfloat16", attention_impl="cudnn"), False,
+                 all_queries=False) == "cudnn"  # an explicit choice is kept
