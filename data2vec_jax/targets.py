@@ -96,12 +96,16 @@ def teacher_layer_features(teacher_encoder_params: Any, teacher_tokens: jax.Arra
   (that plus the block's residual input, before the final LayerNorm) or 'end_of_block' (the
   block output): the paper's Table 5 ablation.
   """
-  if target_type not in TARGET_TYPES:
-    raise ValueError(f"target_type={target_type!r}; expected one of {TARGET_TYPES}")
-  feature = "ffn_residual" if target_type == "ffn_residual" else "ffn"
-  out = Encoder(config, feature=feature).apply(
+  out = Encoder(config, feature=_encoder_feature(target_type)).apply(
       {"params": teacher_encoder_params}, teacher_tokens, deterministic=True)
   return out.block_outputs if target_type == "end_of_block" else out.ffn_outputs
+
+
+def _encoder_feature(target_type: str) -> str:
+  """The `Encoder.feature` that carries `target_type` ('end_of_block' reads the block outputs)."""
+  if target_type not in TARGET_TYPES:
+    raise ValueError(f"target_type={target_type!r}; expected one of {TARGET_TYPES}")
+  return "ffn_residual" if target_type == "ffn_residual" else "ffn"
 
 
 def teacher_targets(teacher_encoder_params: Any, teacher_tokens: jax.Array, *,
@@ -143,11 +147,9 @@ def teacher_targets_fn(teacher_encoder_params: Any, teacher_tokens: jax.Array, *
     return lambda index: y if index is None else take_positions(y, index)
 
   k = objective.average_top_k_layers
-  if not 1 <= k <= config.num_layers:
+  if not 1 <= k <= config.num_layers:  # make_targets could not tell: it sees K layers only
     raise ValueError(f"average_top_k_layers={k} but the encoder has {config.num_layers} blocks")
-  if objective.target_type not in TARGET_TYPES:
-    raise ValueError(f"target_type={objective.target_type!r}; expected one of {TARGET_TYPES}")
-  feature = "ffn_residual" if objective.target_type == "ffn_residual" else "ffn"
+  feature = _encoder_feature(objective.target_type)
   trunk = Encoder(config, feature=feature).apply(
       {"params": teacher_encoder_params}, teacher_tokens, deterministic=True,
       skip_last_block=True)

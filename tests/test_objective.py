@@ -24,7 +24,7 @@ from transformers import Data2VecTextConfig, Data2VecTextModel
 from data2vec_jax.masking import MaskingConfig, mask_tokens
 from data2vec_jax.model_config import tiny_config
 from data2vec_jax.objective import ObjectiveConfig, PretrainingModel, loss_fn
-from data2vec_jax.targets import teacher_targets
+from data2vec_jax.targets import teacher_targets, teacher_targets_fn
 
 V, D, L, H, FF, PAD, MASK = 100, 32, 3, 4, 64, 1, 99
 CFG = tiny_config(vocab_size=V, hidden_size=D, num_layers=L, num_heads=H, intermediate_size=FF,
@@ -439,6 +439,8 @@ def test_config_from_dict_rejects_unknown_and_bad_values():
               {"head_positions_per_row": -1}):
     with pytest.raises(ValueError):
       ObjectiveConfig(**bad)
-  with pytest.raises(ValueError, match="average_top_k_layers"):
-    teacher_targets(hf_to_encoder_tree(_state(TEACHER)), jnp.asarray(BATCH["target"]),
-                    config=CFG, objective=ObjectiveConfig(average_top_k_layers=L + 1))
+  for prune in (False, True):  # the pruned teacher sees only K layers, so it checks itself
+    with pytest.raises(ValueError, match="average_top_k_layers"):
+      teacher_targets_fn(hf_to_encoder_tree(_state(TEACHER)), jnp.asarray(BATCH["target"]),
+                         config=CFG, objective=ObjectiveConfig(average_top_k_layers=L + 1),
+                         prune_last_block=prune)
