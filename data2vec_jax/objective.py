@@ -286,7 +286,8 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
       raise ValueError("the data2vec objective needs teacher_encoder_params")
     targets_at = teacher_targets_fn(
         teacher_encoder_params, teacher_tokens(batch, config=config, objective=objective),
-        config=config, objective=objective, prune_last_block=prune)
+        config=config, objective=objective,
+        prune_last_block=prunes_teacher_last_block(objective, seq_len))
 
   def head_and_loss(features, y, targets, positions):
     """The head and the loss on [B, N] positions (N = T, or K gathered slots)."""

@@ -98,7 +98,7 @@ def teacher_layer_features(teacher_encoder_params: Any, teacher_tokens: jax.Arra
   """
   out = Encoder(config, feature=_encoder_feature(target_type)).apply(
       {"params": teacher_encoder_params}, teacher_tokens, deterministic=True)
-  return out.block_outputs if target_type == "end_of_block" else out.ffn_outputs
+  return _per_block_features(out, target_type)
 
 
 def _encoder_feature(target_type: str) -> str:
@@ -106,6 +106,11 @@ def _encoder_feature(target_type: str) -> str:
   if target_type not in TARGET_TYPES:
     raise ValueError(f"target_type={target_type!r}; expected one of {TARGET_TYPES}")
   return "ffn_residual" if target_type == "ffn_residual" else "ffn"
+
+
+def _per_block_features(out: Any, target_type: str) -> jax.Array:
+  """[L', B, T, D] the blocks' `target_type` features from an `EncoderOutput`."""
+  return out.block_outputs if target_type == "end_of_block" else out.ffn_outputs
 
 
 def teacher_targets(teacher_encoder_params: Any, teacher_tokens: jax.Array, *,
@@ -136,12 +141,16 @@ def teacher_targets_fn(teacher_encoder_params: Any, teacher_tokens: jax.Array, *
 
   Returns `targets(index)`: index [B, K] int32 -> [B, K, D] float32 (row b at index[b]);
   None -> [B, T, D], every position, equal to `teacher_targets`. Without `prune_last_block`
-  (or with targets that are not per position) the whole teacher runs now and `targets` only
-  gathers; with it, the first L-1 blocks run now and `targets` runs the last block at `index`
-  only. Either way the values at a position are the same (float rounding aside).
+  the whole teacher runs now and `targets` only gathers; with it (only for per-position
+  targets: `objective.prunes_teacher_last_block` decides), the first L-1 blocks run now and
+  `targets` runs the last block at `index` only. Either way the values at a position are the
+  same (float rounding aside).
   """
+  if prune_last_block and not targets_are_per_position(objective):
+    raise ValueError("the teacher's last block can only be pruned for per-position targets "
+                     "(no instance or batch norm)")
   teacher_encoder_params = jax.lax.stop_gradient(teacher_encoder_params)
-  if not (prune_last_block and targets_are_per_position(objective)):
+  if not prune_last_block:
     y = teacher_targets(teacher_encoder_params, teacher_tokens, config=config,
                         objective=objective)
     return lambda index: y if index is None else take_positions(y, index)
@@ -153,8 +162,8 @@ def teacher_targets_fn(teacher_encoder_params: Any, teacher_tokens: jax.Array, *
   trunk = Encoder(config, feature=feature).apply(
       {"params": teacher_encoder_params}, teacher_tokens, deterministic=True,
       skip_last_block=True)
-  lower = trunk.block_outputs if objective.target_type == "end_of_block" else trunk.ffn_outputs
-  lower = lower[config.num_layers - k:]  # the top K-1 blocks below the last: [K-1, B, T, D]
+  # The top K-1 blocks below the last: [K-1, B, T, D].
+  lower = _per_block_features(trunk, objective.target_type)[config.num_layers - k:]
   attend = teacher_tokens != config.pad_id
 
   def targets(index: jax.Array | None) -> jax.Array:

@@ -444,3 +444,10 @@ def test_config_from_dict_rejects_unknown_and_bad_values():
       teacher_targets_fn(hf_to_encoder_tree(_state(TEACHER)), jnp.asarray(BATCH["target"]),
                          config=CFG, objective=ObjectiveConfig(average_top_k_layers=L + 1),
                          prune_last_block=prune)
+
+
+def test_pruning_the_teacher_needs_per_position_targets():
+  with pytest.raises(ValueError, match="per-position"):
+    teacher_targets_fn(hf_to_encoder_tree(_state(TEACHER)), jnp.asarray(BATCH["target"]),
+                       config=CFG, objective=ObjectiveConfig(instance_norm_target_layer=True),
+                       prune_last_block=True)
