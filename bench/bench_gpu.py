@@ -97,7 +97,7 @@ def worker(args) -> dict:
   from data2vec_jax import train_state as train_state_lib
   from data2vec_jax.ema import EMAConfig
   from data2vec_jax.masking import MaskingConfig, max_selected_per_row
-  from data2vec_jax.objective import (ObjectiveConfig, prunes_last_block,
+  from data2vec_jax.objective import (ObjectiveConfig, check_head_positions, prunes_last_block,
                                       prunes_teacher_last_block)
   from data2vec_jax.optim import OptimizerConfig, make_optimizer
 
@@ -110,7 +110,10 @@ def worker(args) -> dict:
           mask_id=common.mask_id_for(cfg.vocab_size),
           head_positions_per_row=max_selected_per_row(
               MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq),
-          prune_last_block=not args.no_prune_last_block),
+          prune_last_block=not args.no_prune_last_block,
+          # As the trainer's 'auto' does for an exact masker bound: no fallback branch compiled;
+          # the batches are checked on the host below.
+          head_overflow=args.head_overflow),
       ema=EMAConfig(),
       optimizer=OptimizerConfig(lr=2e-4, schedule="constant", warmup_steps=0),
       micro_batches=1)
@@ -118,6 +121,8 @@ def worker(args) -> dict:
   mesh = sharding_lib.make_mesh(1, 1, 1, devices=[device])
   host = [common.make_batch(args.batch_value, args.seq, cfg.vocab_size, seed=s,
                             full_rows=not args.pad) for s in range(2)]
+  for b in host:
+    check_head_positions(b, config=cfg, objective=recipe.objective)
   tokens = [common.real_tokens(b) for b in host]
   masked = [int((b["source"] == common.mask_id_for(cfg.vocab_size)).sum()) for b in host]
   info = {
@@ -125,6 +130,7 @@ def worker(args) -> dict:
       "remat": cfg.remat_policy, "attention_dropout": cfg.attention_dropout,
       "attention_impl": cfg.attention_impl,
       "prune_last_block": recipe.objective.prune_last_block,
+      "head_overflow": recipe.objective.head_overflow,
       "resolved_attention": {
           "student": model_lib._resolve_attention_impl(cfg, cfg.attention_dropout > 0),
           "teacher": model_lib._resolve_attention_impl(cfg, False)},
@@ -203,6 +209,9 @@ def main(argv=None) -> int:
   p.add_argument("--pad", action="store_true", help="variable row lengths instead of full rows")
   p.add_argument("--no_prune_last_block", action="store_true",
                  help="run the student's last block at every position (ablation)")
+  p.add_argument("--head_overflow", default="error", choices=["error", "fallback"],
+                 help="'error' (the trainer's choice for an exact masker bound) compiles no "
+                      "every-position fallback; 'fallback' adds the lax.cond (ablation)")
   p.add_argument("--xla_flags", default="recommended", choices=["recommended", "none"])
   p.add_argument("--timeout", type=float, default=900, help="seconds per sweep point")
   p.add_argument("--allow-cpu", dest="allow_cpu", action="store_true",
@@ -252,7 +261,8 @@ def main(argv=None) -> int:
             "--attn_dropout_value", str(attn_dropout), "--seq", str(args.seq),
             "--steps", str(args.steps), "--warmup", str(args.warmup), "--dtype", args.dtype,
             "--attention_impl", args.attention_impl] + ["--tiny"] * args.tiny + \
-            ["--pad"] * args.pad + ["--no_prune_last_block"] * args.no_prune_last_block
+            ["--pad"] * args.pad + ["--no_prune_last_block"] * args.no_prune_last_block + \
+            ["--head_overflow", args.head_overflow]
         res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout,
                                 env=env)
         res.setdefault("batch", batch)

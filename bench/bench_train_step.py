@@ -74,7 +74,7 @@ def jax_worker(args, overrides: dict) -> dict:
   from data2vec_jax.ema import EMAConfig
   from data2vec_jax.masking import MaskingConfig, max_selected_per_row
   from data2vec_jax.model_config import EncoderConfig
-  from data2vec_jax.objective import ObjectiveConfig
+  from data2vec_jax.objective import ObjectiveConfig, check_head_positions
   from data2vec_jax.optim import OptimizerConfig, make_optimizer
 
   rss_base = common.current_rss_mib()
@@ -88,13 +88,18 @@ def jax_worker(args, overrides: dict) -> dict:
           mask_id=common.mask_id_for(cfg.vocab_size),
           head_positions_per_row=max_selected_per_row(
               MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq),
-          prune_last_block=not args.no_prune_last_block),
+          prune_last_block=not args.no_prune_last_block,
+          # As the trainer's 'auto' does for an exact masker bound: no fallback branch compiled;
+          # the batches are checked on the host below.
+          head_overflow=args.head_overflow),
       ema=EMAConfig(ema_decay=EMA_DECAY, ema_end_decay=0.9999, ema_anneal_end_step=300000),
       optimizer=OptimizerConfig(lr=LR, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01,
                                 clip_norm=CLIP, schedule="constant", warmup_steps=0))
   tx = make_optimizer(recipe.optimizer)
   mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   host_batches = batches_for(args, cfg.vocab_size)
+  for b in host_batches:
+    check_head_positions(b, config=cfg, objective=recipe.objective)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
     step, state, batches = common.jax_train_setup(recipe, tx, mesh, host_batches)
     jax.block_until_ready((state, batches))
@@ -119,6 +124,7 @@ def jax_worker(args, overrides: dict) -> dict:
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "head_positions_per_row": recipe.objective.head_positions_per_row,
       "prune_last_block": recipe.objective.prune_last_block,
+      "head_overflow": recipe.objective.head_overflow,
       "head_gathered_last_step": holder.get("head_gathered"),
   }
 
@@ -270,6 +276,9 @@ def main(argv=None) -> int:
   p.add_argument("--no_prune_last_block", action="store_true",
                  help="JAX: run the student's last block at every position (ablation; the "
                       "default runs it at the gathered loss positions only, like the head)")
+  p.add_argument("--head_overflow", default="error", choices=["error", "fallback"],
+                 help="JAX: 'error' (the trainer's choice for an exact masker bound) compiles no "
+                      "every-position fallback; 'fallback' adds the lax.cond (ablation)")
   common.add_protocol_flags(p, timeout=1800)
   args = common.parse_protocol_args(p, argv)
   overrides = parse_overrides(args.override)
@@ -293,6 +302,7 @@ def main(argv=None) -> int:
                        "--pin_cores", str(args.pin_cores)]
         worker_args += ["--full_rows"] * args.full_rows
         worker_args += ["--no_prune_last_block"] * args.no_prune_last_block
+        worker_args += ["--head_overflow", args.head_overflow]
         for o in args.override:
           worker_args += ["--override", o]
         res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout,

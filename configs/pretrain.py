@@ -77,7 +77,10 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       head_positions_per_row=-1,
       # With gathered heads, the student's (and, with per-position targets, the teacher's) last
       # block also runs only at the loss positions: same loss, fewer FLOPs (objective.py).
-      prune_last_block=True))
+      prune_last_block=True,
+      # 'auto': when K is the masker's exact bound, compile no every-position fallback for rows
+      # beyond it (the trainer checks each batch on the host instead); else 'fallback'.
+      head_overflow="auto"))
   c.objective.average_top_k_layers = min(c.objective.average_top_k_layers,
                                          MODEL_SIZES[model]["num_layers"])
 

@@ -99,6 +99,11 @@ def max_selected_per_row(config: MaskingConfig, seq_len: int, multiple: int = 8)
   return min(seq_len, -(-bound // multiple) * multiple)
 
 
+def selection_bound_is_exact(config: MaskingConfig) -> bool:
+  """Whether `max_selected_per_row` is a guaranteed bound (fixed span lengths), not an estimate."""
+  return config.mask_stdev == 0
+
+
 def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
   """fairseq's per-example generator.
 

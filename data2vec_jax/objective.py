@@ -28,9 +28,19 @@ weights select (simple; wasted head FLOPs: ~3% of a data2vec step, far more for 
 [B, T, V] logits). K > 0 gathers, per row, the loss positions into K slots (in order, then
 filler slots with weight 0) and runs the head and the loss there only -- what fairseq's
 `x[masked_indices]` does, in static shapes. A batch with a row of more than K loss positions is
-never truncated: a `lax.cond` runs the every-position path for that batch instead (exact either
-way; metric 'head_gathered' is 1 when the gathered path ran). The trainer's 'auto' (-1) derives K
-from the masking config, as a bound that fairseq-style masking never exceeds (`trainer.py`).
+never silently truncated. `head_overflow` says what happens instead:
+- 'fallback' (the default): a `lax.cond` runs the every-position path for that batch (exact
+  either way; metric 'head_gathered' is 1 when the gathered path ran). The price is a second
+  compiled copy of the head (and, when pruned, of the last blocks) behind the cond: on CPU
+  +45% compile time for the small config and +12% for base, +0.6 GiB peak host memory for base
+  (bench/README.md); on GPU, XLA reads a cond's predicate back to the host.
+- 'error': no fallback is compiled. For callers that *guarantee* at most K loss positions per
+  row: the trainer, when K is the masker's exact bound (`masking.max_selected_per_row` with fixed
+  span lengths), checks every host batch with `check_head_positions` before it is dispatched and
+  stops with a clear error. Should a batch beyond K still reach the step, its loss and gradients
+  are NaN (`head_gathered` 0): loud, never a loss over a subset of the positions.
+The trainer's 'auto' (-1) derives K from the masking config, and its head_overflow 'auto' picks
+'error' exactly when that K is a guaranteed bound (`trainer.py`).
 
 Pruned last block (`prune_last_block`, on by default, active with gathered heads): the student's
 last block is only ever read at the loss positions, so on the gathered path it runs there only --
@@ -53,6 +63,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from data2vec_jax import strict_config
 from data2vec_jax.heads import MaskedLMHead, RegressionHead
@@ -63,6 +74,7 @@ from data2vec_jax.targets import TARGET_TYPES, targets_are_per_position, teacher
 KINDS = ("data2vec", "mlm")
 TEACHER_INPUTS = ("unmasked", "masked_only")
 LOSS_POSITIONS = ("mask_token", "selected")
+HEAD_OVERFLOWS = ("fallback", "error")
 VAR_EPS = 1e-6  # data2vec 2.0 compute_var
 
 
@@ -90,6 +102,9 @@ class ObjectiveConfig:
     prune_last_block: with gathered heads, also run the student's last block at the gathered
       positions only, and the teacher's too when the targets are per position (layer norms
       only); module docstring. Same loss, fewer FLOPs. Ignored when K == 0.
+    head_overflow: with gathered heads, a batch whose row has more than K loss positions runs
+      the every-position path ('fallback', exact) or is refused ('error': NaN loss; for callers
+      that guarantee the bound and check batches with `check_head_positions`); module docstring.
   """
 
   kind: str = "data2vec"
@@ -108,10 +123,12 @@ class ObjectiveConfig:
   mask_id: int = 50264
   head_positions_per_row: int = 0
   prune_last_block: bool = True
+  head_overflow: str = "fallback"
 
   def __post_init__(self):
     for name, allowed in (("kind", KINDS), ("target_type", TARGET_TYPES),
-                          ("teacher_input", TEACHER_INPUTS), ("loss_positions", LOSS_POSITIONS)):
+                          ("teacher_input", TEACHER_INPUTS), ("loss_positions", LOSS_POSITIONS),
+                          ("head_overflow", HEAD_OVERFLOWS)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
     if self.average_top_k_layers < 1:
@@ -210,12 +227,38 @@ def masked_std(x: jax.Array, weights: jax.Array) -> jax.Array:
   return jnp.where(n > 1, jnp.mean(jnp.sqrt(var + VAR_EPS)), 0.0)
 
 
-def loss_positions(batch: Mapping[str, jax.Array], *, config: EncoderConfig,
-                   objective: ObjectiveConfig) -> jax.Array:
-  """[B, T] bool positions the loss covers (see module docstring)."""
+def loss_positions(batch: Mapping[str, Any], *, config: EncoderConfig,
+                   objective: ObjectiveConfig) -> Any:
+  """[B, T] bool positions the loss covers (see module docstring).
+
+  Operators only, so it runs on jax arrays in the step and on the host's numpy batches alike.
+  """
   if objective.kind == "mlm" or objective.loss_positions == "selected":
-    return jnp.logical_and(batch["selected"], batch["target"] != config.pad_id)
+    return batch["selected"] & (batch["target"] != config.pad_id)
   return batch["source"] == objective.mask_id
+
+
+def check_head_positions(batch: Mapping[str, np.ndarray], *, config: EncoderConfig,
+                         objective: ObjectiveConfig) -> None:
+  """Raises ValueError if a row of this host batch has more loss positions than the head's K.
+
+  For `head_overflow='error'`, where the step compiles no fallback for such a batch. batch:
+  numpy 'source' / 'target' [B, T] int, 'selected' [B, T] bool. No-op when K == 0 (every
+  position) or K >= T (nothing to overflow).
+  """
+  k = objective.head_positions_per_row
+  seq_len = batch["source"].shape[1]
+  if not gathers_head_positions(objective, seq_len):
+    return
+  counts = np.sum(np.asarray(loss_positions(batch, config=config, objective=objective)), axis=1)
+  over = np.flatnonzero(counts > k)
+  if over.size:
+    row = int(over[0])
+    raise ValueError(
+        f"batch row {row} has {int(counts[row])} loss positions ({over.size} rows over the "
+        f"limit), more than objective.head_positions_per_row={k}, and head_overflow='error' "
+        f"compiles no fallback for that. Raise head_positions_per_row to the masker's bound "
+        f"(masking.max_selected_per_row), or set head_overflow='fallback'.")
 
 
 def teacher_tokens(batch: Mapping[str, jax.Array], *, config: EncoderConfig,
@@ -309,7 +352,13 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
       return head_and_loss(student_features(index), targets_at(index),
                            take_positions(targets, index), take_positions(positions, index))
 
-    loss_sum, aux = jax.lax.cond(fits, gathered_branch, every_position, *operands)
+    if objective.head_overflow == "fallback":
+      loss_sum, aux = jax.lax.cond(fits, gathered_branch, every_position, *operands)
+    else:
+      # No fallback compiled: a row beyond K makes the loss and every gradient NaN (the factor
+      # multiplies, so the NaN reaches the gradients too) rather than scoring only K positions.
+      loss_sum, aux = gathered_branch(*operands)
+      loss_sum = loss_sum * jnp.where(fits, jnp.float32(1), jnp.float32(jnp.nan))
     gathered = fits.astype(jnp.float32)
   aux = {"num_masked": num_masked, "loss_sum": loss_sum, **aux, "head_gathered": gathered}
   return loss_sum, aux

@@ -31,10 +31,10 @@ from data2vec_jax import sharding as sharding_lib
 from data2vec_jax import train_state as train_state_lib
 from data2vec_jax import train_step as train_step_lib
 from data2vec_jax.ema import EMAConfig
-from data2vec_jax.masking import MaskingConfig, max_selected_per_row
+from data2vec_jax.masking import MaskingConfig, max_selected_per_row, selection_bound_is_exact
 from data2vec_jax.metric_logging import MetricWriter, format_progress
 from data2vec_jax.model_config import EncoderConfig
-from data2vec_jax.objective import (ObjectiveConfig, prunes_last_block,
+from data2vec_jax.objective import (ObjectiveConfig, check_head_positions, prunes_last_block,
                                     prunes_teacher_last_block)
 from data2vec_jax.optim import OptimizerConfig, make_optimizer
 from data2vec_jax import input_pipeline
@@ -75,9 +75,23 @@ def recipe_from_config(config: ml_collections.ConfigDict, vocab_size: int,
   objective = dict(config.objective)
   if objective.get("mask_id", -1) in (-1, None):
     objective["mask_id"] = mask_id
+  masking = MaskingConfig.from_dict(dict(config.masking))
+  seq_len = int(config.data.tokens_per_sample)
+  bound = max_selected_per_row(masking, seq_len)
   if objective.get("head_positions_per_row") == -1:  # 'auto': the masker's per-row bound
-    objective["head_positions_per_row"] = max_selected_per_row(
-        MaskingConfig.from_dict(dict(config.masking)), int(config.data.tokens_per_sample))
+    objective["head_positions_per_row"] = bound
+  # No fallback branch is compiled only where the masker can never exceed K ('auto'), or where
+  # the config asks for it and that holds; each batch is still checked on the host (_loop).
+  guaranteed = (selection_bound_is_exact(masking)
+                and objective.get("head_positions_per_row", 0) >= bound)
+  if objective.get("head_overflow") == "auto":
+    objective["head_overflow"] = "error" if guaranteed else "fallback"
+  elif objective.get("head_overflow") == "error" and not guaranteed:
+    raise ValueError(
+        f"objective.head_overflow='error' needs head_positions_per_row >= the masker's exact "
+        f"bound ({bound} for {seq_len}-token rows, and mask_stdev == 0); got "
+        f"head_positions_per_row={objective.get('head_positions_per_row')}, mask_stdev="
+        f"{masking.mask_stdev}. Use head_overflow='fallback' (or 'auto').")
   return train_state_lib.Recipe(
       model=EncoderConfig.from_dict(model),
       objective=ObjectiveConfig.from_dict(objective),
@@ -205,7 +219,10 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
   stop_reason = "completed"
   with _PreemptionFlag() as preempted:
     while step < total:
-      batch = _host_batch_to_global(next(data.iterator), batch_sharding)
+      host_batch = next(data.iterator)
+      if recipe.objective.head_overflow == "error":
+        check_head_positions(host_batch, config=recipe.model, objective=recipe.objective)
+      batch = _host_batch_to_global(host_batch, batch_sharding)
       state, metrics = step_fn(state, batch)
       step += 1
       pending.append(metrics)

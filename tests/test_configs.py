@@ -40,6 +40,8 @@ def test_release_recipe_is_the_fairseq_yaml():
   assert (r.objective.average_top_k_layers, r.objective.loss_beta, r.objective.head_layers) == (10, 4.0, 2)
   # auto head positions: the masker's bound for 512-token rows, (floor(0.35*512/4)+1)*4 -> 184
   assert r.objective.head_positions_per_row == 184
+  # ... an exact bound (fixed spans), so the step compiles no every-position fallback.
+  assert r.objective.head_overflow == "error"
   assert r.objective.layer_norm_target_layer and not r.objective.instance_norm_target_layer
   assert (r.ema.ema_decay, r.ema.ema_end_decay, r.ema.ema_anneal_end_step) == (0.999, 0.9999, 300000)
   assert (c.masking.mask_prob, c.masking.mask_multiple_length) == (0.35, 4)
@@ -89,3 +91,25 @@ def test_unknown_config_key_is_refused():
     c.objective.averge_top_k_layers = 3
   with pytest.raises(ValueError, match="averge_top_k_layers"):
     recipe_from_config(c, vocab_size=1000, mask_id=999)
+
+
+def test_head_overflow_auto_keeps_the_fallback_unless_k_is_a_guaranteed_bound():
+  def resolved(**objective_and_masking):
+    c = load("configs.pretrain", "model=tiny")
+    with c.unlocked():
+      for key, value in objective_and_masking.items():
+        section, name = key.split("__")
+        c[section][name] = value
+    return recipe_from_config(c, vocab_size=1000, mask_id=999).objective
+
+  assert resolved().head_overflow == "error"
+  # Random span lengths: the bound is an estimate, so rows beyond it must stay exact.
+  assert resolved(masking__mask_stdev=1.0).head_overflow == "fallback"
+  # A K below the masker's bound can overflow; a K above it cannot.
+  assert resolved(objective__head_positions_per_row=8).head_overflow == "fallback"
+  assert resolved(objective__head_positions_per_row=200).head_overflow == "error"
+  # Asking for 'error' where overflow is possible is refused up front, with the numbers.
+  for bad in ({"masking__mask_stdev": 1.0}, {"objective__head_positions_per_row": 8}):
+    with pytest.raises(ValueError, match=r"head_overflow='error' needs .*bound \(\d+ for 512-token rows"):
+      resolved(objective__head_overflow="error", **bad)
+  assert resolved(objective__head_overflow="fallback").head_overflow == "fallback"

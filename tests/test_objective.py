@@ -328,6 +328,9 @@ CASES.update({
                                               head_positions_per_row=_MOST_MASKED),
     "gathered_heads_overflow_falls_back": ObjectiveConfig(
         average_top_k_layers=2, head_positions_per_row=_MOST_MASKED - 1),
+    # What the trainer compiles for an exact masker bound: no fallback branch at all.
+    "gathered_heads_no_fallback": ObjectiveConfig(
+        average_top_k_layers=2, head_positions_per_row=_MOST_MASKED, head_overflow="error"),
     # Per-position targets (layer norms only) with the other target types: the teacher's last
     # block also runs on the gathered slots (K=1: no lower block enters the average).
     "gathered_end_of_block_k1_head1": ObjectiveConfig(
@@ -357,11 +360,13 @@ def test_data2vec_matches_torch(name):
 # MLM baseline
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("head_positions", ["all", "fit", "overflow"])
+@pytest.mark.parametrize("head_positions", ["all", "fit", "overflow", "fit_no_fallback"])
 def test_mlm_matches_torch(head_positions):
   most = int((BATCH["selected"] & (BATCH["target"] != PAD)).sum(1).max())
-  k = {"all": 0, "fit": most, "overflow": most - 1}[head_positions]
-  obj = ObjectiveConfig(kind="mlm", mask_id=MASK, head_positions_per_row=k)
+  k = {"all": 0, "fit": most, "overflow": most - 1, "fit_no_fallback": most}[head_positions]
+  obj = ObjectiveConfig(kind="mlm", mask_id=MASK, head_positions_per_row=k,
+                        head_overflow="error" if head_positions == "fit_no_fallback" else
+                        "fallback")
   torch.manual_seed(5)
   dense, ln = torch.nn.Linear(D, D), torch.nn.LayerNorm(D, eps=1e-5)
   out_bias = torch.nn.Parameter(0.3 * torch.randn(V))
@@ -398,7 +403,7 @@ def test_mlm_matches_torch(head_positions):
   assert float(aux["num_masked"]) == masked.sum().item()
   acc = (logits.argmax(-1) == tgt[masked]).float().mean().item()
   assert abs(float(aux["accuracy"]) - acc) < 1e-6
-  assert float(aux["head_gathered"]) == float(head_positions == "fit")
+  assert float(aux["head_gathered"]) == float(head_positions.startswith("fit"))
   ref = {"encoder": hf_to_encoder_tree(_grads(STUDENT)),
          "head": {"dense": {"kernel": dense.weight.grad.numpy().T, "bias": dense.bias.grad.numpy()},
                   "layer_norm": {"scale": ln.weight.grad.numpy(), "bias": ln.bias.grad.numpy()},
@@ -436,7 +441,7 @@ def test_config_from_dict_rejects_unknown_and_bad_values():
     ObjectiveConfig.from_dict({"loss_betta": 0.0})
   for bad in ({"teacher_input": "masked"}, {"target_type": "attn"}, {"kind": "bert"},
               {"average_top_k_layers": 0}, {"loss_positions": "all"},
-              {"head_positions_per_row": -1}):
+              {"head_positions_per_row": -1}, {"head_overflow": "truncate"}):
     with pytest.raises(ValueError):
       ObjectiveConfig(**bad)
   for prune in (False, True):  # the pruned teacher sees only K layers, so it checks itself
@@ -444,6 +449,55 @@ def test_config_from_dict_rejects_unknown_and_bad_values():
       teacher_targets_fn(hf_to_encoder_tree(_state(TEACHER)), jnp.asarray(BATCH["target"]),
                          config=CFG, objective=ObjectiveConfig(average_top_k_layers=L + 1),
                          prune_last_block=prune)
+
+
+def _loss_and_grads(obj: ObjectiveConfig):
+  params = {"encoder": hf_to_encoder_tree(_state(STUDENT)),
+            "head": PretrainingModel(CFG, obj).init(
+                jax.random.key(0), jnp.asarray(BATCH["source"]))["params"]["head"]}
+  teacher = hf_to_encoder_tree(_state(TEACHER))
+  batch = {k: jnp.asarray(v) for k, v in BATCH.items()}
+  fn = jax.value_and_grad(lambda p: loss_fn(p, teacher, batch, None, config=CFG, objective=obj),
+                          has_aux=True)
+  return fn, params
+
+
+def test_head_overflow_error_compiles_no_fallback_and_poisons_a_row_beyond_k():
+  import flax.linen as nn
+  fits = ObjectiveConfig(average_top_k_layers=2, head_positions_per_row=_MOST_MASKED,
+                         head_overflow="error", mask_id=MASK)
+  for obj, has_cond in ((fits, False), (dataclasses.replace(fits, head_overflow="fallback"), True)):
+    fn, params = _loss_and_grads(obj)
+    assert ("cond[" in str(jax.make_jaxpr(fn)(nn.meta.unbox(params)))) == has_cond
+  # One row more than K: no fallback exists, so the loss and every gradient are NaN (never a
+  # finite loss over a subset of the positions), and the step says it did not gather.
+  fn, params = _loss_and_grads(dataclasses.replace(fits, head_positions_per_row=_MOST_MASKED - 1))
+  (loss, aux), grads = jax.jit(fn, compiler_options=_JIT_OPTIONS)(nn.meta.unbox(params))
+  assert np.isnan(float(loss)) and float(aux["head_gathered"]) == 0
+  # Every parameter's gradient is hit (unused embedding rows keep a zero gradient), and the global
+  # gradient norm that scales every update is NaN.
+  assert all(np.any(np.isnan(np.asarray(g))) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_check_head_positions_refuses_a_batch_beyond_k_on_the_host():
+  from data2vec_jax.objective import check_head_positions
+  counts = (BATCH["source"] == MASK).sum(1)
+  obj = ObjectiveConfig(head_positions_per_row=_MOST_MASKED, head_overflow="error",
+                        mask_id=MASK)
+  check_head_positions(BATCH, config=CFG, objective=obj)  # fits: no error
+  check_head_positions(BATCH, config=CFG, objective=dataclasses.replace(
+      obj, head_positions_per_row=0))  # every position: nothing to overflow
+  row = int(np.argmax(counts))
+  with pytest.raises(ValueError, match=rf"row {row} has {_MOST_MASKED} loss positions.*"
+                                       rf"head_positions_per_row={_MOST_MASKED - 1}"):
+    check_head_positions(BATCH, config=CFG, objective=dataclasses.replace(
+        obj, head_positions_per_row=_MOST_MASKED - 1))
+  # 'selected' loss positions are counted the same way the step counts them.
+  sel = dataclasses.replace(obj, loss_positions="selected", head_positions_per_row=_MOST_SELECTED)
+  check_head_positions(BATCH, config=CFG, objective=sel)
+  with pytest.raises(ValueError, match="more than objective.head_positions_per_row"):
+    check_head_positions(BATCH, config=CFG, objective=dataclasses.replace(
+        sel, head_positions_per_row=_MOST_SELECTED - 1))
 
 
 def test_pruning_the_teacher_needs_per_position_targets():

@@ -57,6 +57,10 @@ def test_train_resume_export(tmp_path):
   assert first.returncode == 0, first.stderr[-3000:]
   assert "step 4/4" in first.stderr
   assert sorted(losses(workdir)) == [1, 2, 3, 4]
+  # The demo's span masking has an exact per-row bound: the step compiled no fallback branch,
+  # and the loop checked every batch against it on the host (objective.check_head_positions).
+  objective = json.load(open(os.path.join(workdir, "recipe.json")))["objective"]
+  assert objective["head_overflow"] == "error" and objective["head_positions_per_row"] > 0
   # Same command with more steps resumes from the step-4 checkpoint instead of restarting.
   second = subprocess.run(train_cmd(workdir, 6), env=env(), capture_output=True, text=True,
                           timeout=600)
