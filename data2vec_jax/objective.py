@@ -32,7 +32,7 @@ never silently truncated. `head_overflow` says what happens instead:
 - 'fallback' (the default): a `lax.cond` runs the every-position path for that batch (exact
   either way; metric 'head_gathered' is 1 when the gathered path ran). The price is a second
   compiled copy of the head (and, when pruned, of the last blocks) behind the cond: on CPU
-  +45% compile time for the small config and +12% for base, +0.6 GiB peak host memory for base
+  +44-57% compile time for the small config and +12-15% for base, +0.6 GiB peak memory for base
   (bench/README.md); on GPU, XLA reads a cond's predicate back to the host.
 - 'error': no fallback is compiled. For callers that *guarantee* at most K loss positions per
   row: the trainer, when K is the masker's exact bound (`masking.max_selected_per_row` with fixed
