@@ -33,6 +33,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from data2vec_jax import packing
 from data2vec_jax.contraction import INIT_STD, Projection
 from data2vec_jax.model_config import EncoderConfig
 
@@ -65,6 +66,9 @@ def _embedding_init(pad_id: int | None):
 class EncoderOutput:
   """What the encoder returns; every array is in the compute dtype.
 
+  With `layout` (a packed run, `packing.py`) every [B, T] pair of axes below is [G, C] instead
+  (real tokens only); `unpacked()` gives the [B, T] view, zeros at pads.
+
   Attributes:
     last_hidden_state: [B, T, D] output of the last block (after its final LayerNorm).
     embedding_output: [B, T, D] embedding LayerNorm output, pads zeroed (HF `hidden_states[0]`).
@@ -72,12 +76,24 @@ class EncoderOutput:
     ffn_outputs: [L, B, T, D] each block's FFN output `fc2(gelu(fc1(h)))`, before dropout,
       residual and LayerNorm (the data2vec target); with `feature='ffn_residual'` the FFN output
       plus its residual input, before the LayerNorm (paper Table 5 ablation).
+    layout: the packing layout the encoder ran with, or None (unpacked).
   """
 
   last_hidden_state: jax.Array
   embedding_output: jax.Array
   block_outputs: jax.Array
   ffn_outputs: jax.Array
+  layout: packing.TokenLayout | None = None
+
+  def unpacked(self) -> "EncoderOutput":
+    """The same outputs as [B, T, D] / [L, B, T, D] arrays (pads zero); self if not packed."""
+    if self.layout is None:
+      return self
+    one = lambda y: packing.unpack(y, self.layout)
+    return EncoderOutput(last_hidden_state=one(self.last_hidden_state),
+                         embedding_output=one(self.embedding_output),
+                         block_outputs=jax.vmap(one)(self.block_outputs),
+                         ffn_outputs=jax.vmap(one)(self.ffn_outputs))
 
   @property
   def hidden_states(self) -> tuple[jax.Array, ...]:
@@ -98,12 +114,17 @@ def position_ids(input_ids: jax.Array, pad_id: int) -> jax.Array:
 
 
 class Embeddings(nn.Module):
-  """Token + learned position embeddings -> LayerNorm -> dropout -> zero the pads."""
+  """Token + learned position embeddings -> LayerNorm -> dropout -> zero the pads.
+
+  input_ids [B, T] -> [B, T, D], or [G, C, D] with a packing `layout` (positions are counted
+  on the unpacked rows first, so they are the same).
+  """
 
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, input_ids: jax.Array, deterministic: bool,
+               layout: packing.TokenLayout | None = None) -> jax.Array:
     cfg = self.config
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     token_embedding = nn.Embed(
@@ -114,8 +135,13 @@ class Embeddings(nn.Module):
         cfg.max_positions, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
         embedding_init=_partitioned(_embedding_init(cfg.pad_id), (None, "embed")),
         name="position_embedding")
+    positions = position_ids(input_ids, cfg.pad_id)
+    if layout is not None:
+      # Left-over slots get the pad id: zeroed below like pads, so they stay finite and inert.
+      input_ids = packing.pack_ids(input_ids, layout, cfg.pad_id)
+      positions = packing.pack_ids(positions, layout, cfg.pad_id)
     is_pad = input_ids == cfg.pad_id
-    x = token_embedding(input_ids) + position_embedding(position_ids(input_ids, cfg.pad_id))
+    x = token_embedding(input_ids) + position_embedding(positions)
     x = _layer_norm(cfg, "layer_norm")(x)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     # fairseq zeroes pad positions after the LayerNorm; HF does not. Only pad outputs differ.
@@ -153,24 +179,28 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, attend: jax.Array,
-               query_index: jax.Array | None = None) -> jax.Array:
+               query_index: jax.Array | None = None,
+               layout: packing.TokenLayout | None = None) -> jax.Array:
     """x: [B, T, D]; attend: [B, T] bool, False at keys to ignore (pads).
 
     query_index: optional [B, K] int32 positions; only those positions are queried (keys and
     values still cover all T). Returns [B, T, D], or [B, K, D] with `query_index`.
+    layout: x is packed [G, C, D]: the projections run packed, the attention itself on the
+    unpacked rows; the output is packed too (but [B, K, D] with `query_index`).
     """
     cfg = self.config
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     qkv_proj = Projection((cfg.hidden_size, 3, cfg.num_heads, cfg.head_dim),
                           ("embed", None, "heads", "kv"), dtype, param_dtype, name="qkv")
+    rows = (lambda y: y) if layout is None else (lambda y: packing.unpack(y, layout))
     if query_index is None:
-      qkv = qkv_proj(x)
+      qkv = rows(qkv_proj(x))
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, Dh]
     else:
       # Slices of the one fused kernel, so the parameters (and conversion) are unchanged.
-      kv = qkv_proj(x, first_output=slice(1, 3))
+      kv = rows(qkv_proj(x, first_output=slice(1, 3)))
       k, v = kv[:, :, 0], kv[:, :, 1]
-      q = qkv_proj(take_positions(x, query_index), first_output=slice(0, 1))[:, :, 0]
+      q = qkv_proj(gather_positions(x, query_index, layout), first_output=slice(0, 1))[:, :, 0]
     q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
     scale = cfg.head_dim ** -0.5
     dropout_active = (not self.deterministic) and cfg.attention_dropout > 0
@@ -186,6 +216,8 @@ class SelfAttention(nn.Module):
     else:
       out = jax.nn.dot_product_attention(
           q, k, v, mask=attend[:, None, None, :], scale=scale, implementation=impl)
+    if layout is not None and query_index is None:
+      out = packing.pack(out, layout)
     return Projection((cfg.num_heads, cfg.head_dim, cfg.hidden_size), ("heads", "kv", "embed"),
                       dtype, param_dtype, contract_ndim=2, name="out")(out)
 
@@ -198,8 +230,9 @@ class EncoderBlock(nn.Module):
   feature: str = "ffn"
 
   @nn.compact
-  def __call__(self, x: jax.Array, attend: jax.Array, query_index: jax.Array | None = None):
-    """x: [B, T, D]; attend: [B, T] bool (False at pads).
+  def __call__(self, x: jax.Array, attend: jax.Array, query_index: jax.Array | None = None,
+               layout: packing.TokenLayout | None = None):
+    """x: [B, T, D] (or [G, C, D] packed, with `layout`); attend: [B, T] bool (False at pads).
 
     query_index: optional [B, K] int32; the block's outputs are then computed at those positions
     only ([B, K, D]): every position still serves as key and value, and everything after the
@@ -209,9 +242,10 @@ class EncoderBlock(nn.Module):
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     dropout = lambda rate, h: nn.Dropout(rate)(h, deterministic=self.deterministic)
 
-    attn = SelfAttention(cfg, self.deterministic, name="attention")(x, attend, query_index)
+    attn = SelfAttention(cfg, self.deterministic, name="attention")(
+        x, attend, query_index, layout)
     if query_index is not None:
-      x = take_positions(x, query_index)
+      x = gather_positions(x, query_index, layout)
     x = _layer_norm(cfg, "attention_layer_norm")(x + dropout(cfg.dropout, attn))
 
     h = Projection((cfg.hidden_size, cfg.intermediate_size), ("embed", "mlp"), dtype, param_dtype,
@@ -249,8 +283,12 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, *, deterministic: bool = True,
-               skip_last_block: bool = False) -> EncoderOutput:
+               skip_last_block: bool = False,
+               layout: packing.TokenLayout | None = None) -> EncoderOutput:
     """input_ids: [B, T] int32 (pads = `config.pad_id`). Dropout needs the 'dropout' rng.
+
+    layout: run packed (`packing.make_layout(input_ids != pad_id, spec)`): the outputs are then
+      [G, C, D] (`EncoderOutput.unpacked` for [B, T, D]), real tokens equal to the unpacked run's.
 
     skip_last_block: run only the first L-1 blocks (apply only, not init): `last_hidden_state`
       is then the input of the last block, `block_outputs`/`ffn_outputs` have L-1 entries, and
@@ -267,7 +305,10 @@ class Encoder(nn.Module):
           f"sequence length {input_ids.shape[1]} exceeds the {cfg.max_sequence_length} positions "
           f"of the position table (max_positions={cfg.max_positions})")
     attend = input_ids != cfg.pad_id
-    x = Embeddings(cfg, name="embeddings")(input_ids, deterministic)
+    if layout is not None and (layout.rows, layout.length) != input_ids.shape:
+      raise ValueError(f"packing layout is for [{layout.rows}, {layout.length}] inputs, got "
+                       f"{input_ids.shape}")
+    x = Embeddings(cfg, name="embeddings")(input_ids, deterministic, layout)
 
     block = EncoderBlock
     if cfg.remat_policy != "none":
@@ -276,7 +317,7 @@ class Encoder(nn.Module):
     if num_blocks == 0:
       empty = jnp.zeros((0,) + x.shape, x.dtype)
       return EncoderOutput(last_hidden_state=x, embedding_output=x, block_outputs=empty,
-                           ffn_outputs=empty)
+                           ffn_outputs=empty, layout=layout)
     scanned = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
         in_axes=nn.broadcast, length=num_blocks, unroll=min(cfg.scan_unroll, num_blocks),
@@ -286,9 +327,9 @@ class Encoder(nn.Module):
       scanned = nn.map_variables(
           scanned, "params", trans_in_fn=lambda v: jax.tree.map(lambda a: a[:-1], v), init=False)
     last, (block_outputs, ffn_outputs) = scanned(
-        cfg, deterministic, self.feature, name="layers")(x, attend)
+        cfg, deterministic, self.feature, name="layers")(x, attend, None, layout)
     return EncoderOutput(last_hidden_state=last, embedding_output=x,
-                         block_outputs=block_outputs, ffn_outputs=ffn_outputs)
+                         block_outputs=block_outputs, ffn_outputs=ffn_outputs, layout=layout)
 
 
 def take_positions(x: jax.Array, index: jax.Array) -> jax.Array:
@@ -296,10 +337,17 @@ def take_positions(x: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
+def gather_positions(x: jax.Array, index: jax.Array,
+                     layout: packing.TokenLayout | None) -> jax.Array:
+  """`take_positions` of x [B, T, ...], or of packed x [G, C, ...] when `layout` is given."""
+  return take_positions(x, index) if layout is None else packing.take(x, index, layout)
+
+
 def apply_last_block(config: EncoderConfig, encoder_params: Any, x: jax.Array,
                      attend: jax.Array, query_index: jax.Array | None = None, *,
                      deterministic: bool = True, dropout_rng: jax.Array | None = None,
-                     feature: str = "ffn") -> tuple[jax.Array, jax.Array]:
+                     feature: str = "ffn", layout: packing.TokenLayout | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
   """The encoder's last block (parameters `layers[-1]` of an unboxed encoder tree).
 
   Args:
@@ -308,6 +356,8 @@ def apply_last_block(config: EncoderConfig, encoder_params: Any, x: jax.Array,
     query_index: [B, K] int32 positions to compute the output at; None = every position.
     dropout_rng: needed unless `deterministic`.
     feature: as `Encoder.feature`.
+    layout: x is packed [G, C, D] (`Encoder(..., layout=...)`); without `query_index` the
+      outputs are then packed too.
   Returns:
     (output, feature), each [B, T, D], or [B, K, D] with `query_index`: equal to the full
     encoder's last hidden state and last `ffn_outputs` entry at those positions (dropout aside).
@@ -316,7 +366,7 @@ def apply_last_block(config: EncoderConfig, encoder_params: Any, x: jax.Array,
   block_params = jax.tree.map(lambda a: a[-1], encoder_params["layers"])
   rngs = {} if deterministic else {"dropout": dropout_rng}
   out, (_, block_feature) = EncoderBlock(config, deterministic, feature).apply(
-      {"params": block_params}, x, attend, query_index, rngs=rngs)
+      {"params": block_params}, x, attend, query_index, layout, rngs=rngs)
   return out, block_feature
 
 

@@ -65,9 +65,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data2vec_jax import packing as packing_lib
 from data2vec_jax import strict_config
 from data2vec_jax.heads import MaskedLMHead, RegressionHead
-from data2vec_jax.model import Encoder, EncoderOutput, apply_last_block, take_positions
+from data2vec_jax.model import (Encoder, EncoderOutput, apply_last_block, gather_positions,
+                                take_positions)
 from data2vec_jax.model_config import EncoderConfig
 from data2vec_jax.targets import TARGET_TYPES, targets_are_per_position, teacher_targets_fn
 
@@ -171,9 +173,12 @@ class PretrainingModel(nn.Module):
       self.head = MaskedLMHead(self.config)
 
   def encode(self, tokens: jax.Array, *, deterministic: bool = True,
-             skip_last_block: bool = False) -> EncoderOutput:
-    """tokens: [B, T] int32 student input. Dropout needs the 'dropout' rng."""
-    return self.encoder(tokens, deterministic=deterministic, skip_last_block=skip_last_block)
+             skip_last_block: bool = False,
+             layout: packing_lib.TokenLayout | None = None) -> EncoderOutput:
+    """tokens: [B, T] int32 student input. Dropout needs the 'dropout' rng. With a packing
+    `layout` the outputs are packed [G, C, D] (`Encoder`)."""
+    return self.encoder(tokens, deterministic=deterministic, skip_last_block=skip_last_block,
+                        layout=layout)
 
   def predict(self, features: jax.Array) -> jax.Array:
     """features: [..., D] student features -> predictions [..., D] in the compute dtype
@@ -204,6 +209,12 @@ def prunes_teacher_last_block(objective: ObjectiveConfig, seq_len: int) -> bool:
   """Whether the teacher's last block runs on the gathered slots only (per-position targets)."""
   return (objective.kind == "data2vec" and prunes_last_block(objective, seq_len)
           and targets_are_per_position(objective))
+
+
+def packs_teacher(objective: ObjectiveConfig) -> bool:
+  """Whether a packed step packs the teacher too: only when its targets read no pad
+  (per-position targets; instance and batch norm average over the pads)."""
+  return objective.kind == "data2vec" and targets_are_per_position(objective)
 
 
 def regression_loss(pred: jax.Array, target: jax.Array, beta: float) -> jax.Array:
@@ -271,7 +282,9 @@ def teacher_tokens(batch: Mapping[str, jax.Array], *, config: EncoderConfig,
 
 def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Array],
             dropout_rng: jax.Array | None, *, config: EncoderConfig,
-            objective: ObjectiveConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+            objective: ObjectiveConfig,
+            packing: packing_lib.PackingSpec | None = None
+            ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Summed loss of one (micro-)batch and its metrics.
 
   Args:
@@ -281,6 +294,9 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
     batch: 'source' [B, T] int32 masked input; 'target' [B, T] int32 original tokens (pads =
       pad_id); 'selected' [B, T] bool positions chosen by the masker.
     dropout_rng: key for the student's dropout; None runs the student deterministically.
+    packing: run the student (and the teacher, for per-position targets and the unmasked
+      teacher input) on the real tokens only (`packing.py`): same loss, fewer FLOPs. A group of
+      more real tokens than the capacity makes the loss and the gradients NaN.
 
   Returns:
     loss_sum: float32 scalar, SUM over loss positions (and feature dims) of the per-element loss,
@@ -300,25 +316,30 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
   gather = gathers_head_positions(objective, seq_len)
   prune = prunes_last_block(objective, seq_len)
   rngs = lambda key: {} if deterministic else {"dropout": key}
+  attend = batch["source"] != config.pad_id
+  layout = None if packing is None else packing_lib.make_layout(attend, packing)
+  overflows = [] if layout is None else [layout.overflow]
+  # [B, T, D] features at every position, from the (maybe packed) encoder's output.
+  every = (lambda y: y) if layout is None else (lambda y: packing_lib.unpack(y, layout))
 
   if prune:
     trunk_rng, last_rng = (None, None) if deterministic else jax.random.split(dropout_rng)
     trunk = model.apply(variables, batch["source"], deterministic=deterministic,
-                        skip_last_block=True, rngs=rngs(trunk_rng),
-                        method=PretrainingModel.encode).last_hidden_state  # [B, T, D]
-    attend = batch["source"] != config.pad_id
+                        skip_last_block=True, rngs=rngs(trunk_rng), layout=layout,
+                        method=PretrainingModel.encode).last_hidden_state  # [B, T, D] | [G, C, D]
 
     def student_features(index):
       """[B, K, D] last-block output at index [B, K], or [B, T, D] for index None."""
-      return apply_last_block(config, params["encoder"], trunk, attend, index,
-                              deterministic=deterministic, dropout_rng=last_rng)[0]
+      out = apply_last_block(config, params["encoder"], trunk, attend, index,
+                             deterministic=deterministic, dropout_rng=last_rng, layout=layout)[0]
+      return every(out) if index is None else out
   else:
     features = model.apply(variables, batch["source"], deterministic=deterministic,
-                           rngs=rngs(dropout_rng),
-                           method=PretrainingModel.encode).last_hidden_state  # [B, T, D]
+                           rngs=rngs(dropout_rng), layout=layout,
+                           method=PretrainingModel.encode).last_hidden_state  # [B, T, D] | [G, C, D]
 
     def student_features(index):
-      return features if index is None else take_positions(features, index)
+      return every(features) if index is None else gather_positions(features, index, layout)
 
   positions = loss_positions(batch, config=config, objective=objective)
   num_masked = jnp.sum(positions.astype(jnp.float32))
@@ -327,10 +348,15 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
   if objective.kind == "data2vec":
     if teacher_encoder_params is None:
       raise ValueError("the data2vec objective needs teacher_encoder_params")
+    t_tokens = teacher_tokens(batch, config=config, objective=objective)
+    teacher_layout = None
+    if layout is not None and packs_teacher(objective):
+      # Its own layout (same capacity): its input's real tokens are the student's, or fewer.
+      teacher_layout = packing_lib.make_layout(t_tokens != config.pad_id, packing)
+      overflows.append(teacher_layout.overflow)
     targets_at = teacher_targets_fn(
-        teacher_encoder_params, teacher_tokens(batch, config=config, objective=objective),
-        config=config, objective=objective,
-        prune_last_block=prunes_teacher_last_block(objective, seq_len))
+        teacher_encoder_params, t_tokens, config=config, objective=objective,
+        prune_last_block=prunes_teacher_last_block(objective, seq_len), layout=teacher_layout)
 
   def head_and_loss(features, y, targets, positions):
     """The head and the loss on [B, N] positions (N = T, or K gathered slots)."""
@@ -360,6 +386,10 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
       loss_sum, aux = gathered_branch(*operands)
       loss_sum = loss_sum * jnp.where(fits, jnp.float32(1), jnp.float32(jnp.nan))
     gathered = fits.astype(jnp.float32)
+  if overflows:
+    # Tokens beyond a group's capacity were not packed: loud, like a row beyond K above.
+    overflow = jnp.any(jnp.stack(overflows))
+    loss_sum = loss_sum * jnp.where(overflow, jnp.float32(jnp.nan), jnp.float32(1))
   aux = {"num_masked": num_masked, "loss_sum": loss_sum, **aux, "head_gathered": gathered}
   return loss_sum, aux
 

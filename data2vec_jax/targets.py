@@ -29,7 +29,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from data2vec_jax.model import Encoder, apply_last_block, take_positions
+from data2vec_jax import packing
+from data2vec_jax.model import Encoder, apply_last_block, gather_positions
 from data2vec_jax.model_config import EncoderConfig
 
 NORM_EPS = 1e-5  # PyTorch's default for F.layer_norm / F.instance_norm / F.batch_norm
@@ -89,15 +90,17 @@ def make_targets(layer_features: jax.Array, objective: Any) -> jax.Array:
 
 
 def teacher_layer_features(teacher_encoder_params: Any, teacher_tokens: jax.Array, *,
-                           config: EncoderConfig, target_type: str) -> jax.Array:
-  """The teacher's per-block features [L, B, T, D] (eval mode: no dropout).
+                           config: EncoderConfig, target_type: str,
+                           layout: packing.TokenLayout | None = None) -> jax.Array:
+  """The teacher's per-block features [L, B, T, D] (eval mode: no dropout); [L, G, C, D] packed
+  with `layout`.
 
   target_type: 'ffn' (fc2 output before dropout/residual/LN: the data2vec target), 'ffn_residual'
   (that plus the block's residual input, before the final LayerNorm) or 'end_of_block' (the
   block output): the paper's Table 5 ablation.
   """
   out = Encoder(config, feature=_encoder_feature(target_type)).apply(
-      {"params": teacher_encoder_params}, teacher_tokens, deterministic=True)
+      {"params": teacher_encoder_params}, teacher_tokens, deterministic=True, layout=layout)
   return _per_block_features(out, target_type)
 
 
@@ -114,16 +117,19 @@ def _per_block_features(out: Any, target_type: str) -> jax.Array:
 
 
 def teacher_targets(teacher_encoder_params: Any, teacher_tokens: jax.Array, *,
-                    config: EncoderConfig, objective: Any) -> jax.Array:
+                    config: EncoderConfig, objective: Any,
+                    layout: packing.TokenLayout | None = None) -> jax.Array:
   """Regression targets [B, T, D] float32 from the teacher, under `stop_gradient`.
 
   Args:
     teacher_encoder_params: encoder tree the teacher runs with (`ema.teacher_params`).
     teacher_tokens: [B, T] int32 teacher input (pads = `config.pad_id`).
+    layout: run the teacher packed; the targets are then [G, C, D] (per-position targets only).
   """
+  _check_packable(objective, layout)
   teacher_encoder_params = jax.lax.stop_gradient(teacher_encoder_params)
   features = teacher_layer_features(teacher_encoder_params, teacher_tokens, config=config,
-                                    target_type=objective.target_type)
+                                    target_type=objective.target_type, layout=layout)
   return jax.lax.stop_gradient(make_targets(features, objective))
 
 
@@ -134,8 +140,15 @@ def targets_are_per_position(objective: Any) -> bool:
               or objective.instance_norm_targets)
 
 
+def _check_packable(objective: Any, layout: packing.TokenLayout | None) -> None:
+  if layout is not None and not targets_are_per_position(objective):
+    raise ValueError("the teacher can only run packed for per-position targets (instance and "
+                     "batch norm average over the pads too)")
+
+
 def teacher_targets_fn(teacher_encoder_params: Any, teacher_tokens: jax.Array, *,
-                       config: EncoderConfig, objective: Any, prune_last_block: bool
+                       config: EncoderConfig, objective: Any, prune_last_block: bool,
+                       layout: packing.TokenLayout | None = None
                        ) -> Callable[[jax.Array | None], jax.Array]:
   """Targets as a function of the positions that need them, under `stop_gradient`.
 
@@ -144,16 +157,19 @@ def teacher_targets_fn(teacher_encoder_params: Any, teacher_tokens: jax.Array, *
   the whole teacher runs now and `targets` only gathers; with it (only for per-position
   targets: `objective.prunes_teacher_last_block` decides), the first L-1 blocks run now and
   `targets` runs the last block at `index` only. Either way the values at a position are the
-  same (float rounding aside).
+  same (float rounding aside). With `layout` (per-position targets only) the teacher runs on
+  the packed real tokens; `targets` still answers in [B, ...] rows (zeros at pads for None).
   """
   if prune_last_block and not targets_are_per_position(objective):
     raise ValueError("the teacher's last block can only be pruned for per-position targets "
                      "(no instance or batch norm)")
+  _check_packable(objective, layout)
+  every = (lambda y: y) if layout is None else (lambda y: packing.unpack(y, layout))
   teacher_encoder_params = jax.lax.stop_gradient(teacher_encoder_params)
   if not prune_last_block:
     y = teacher_targets(teacher_encoder_params, teacher_tokens, config=config,
-                        objective=objective)
-    return lambda index: y if index is None else take_positions(y, index)
+                        objective=objective, layout=layout)
+    return lambda index: every(y) if index is None else gather_positions(y, index, layout)
 
   k = objective.average_top_k_layers
   if not 1 <= k <= config.num_layers:  # make_targets could not tell: it sees K layers only
@@ -161,17 +177,19 @@ def teacher_targets_fn(teacher_encoder_params: Any, teacher_tokens: jax.Array, *
   feature = _encoder_feature(objective.target_type)
   trunk = Encoder(config, feature=feature).apply(
       {"params": teacher_encoder_params}, teacher_tokens, deterministic=True,
-      skip_last_block=True)
+      skip_last_block=True, layout=layout)
   # The top K-1 blocks below the last: [K-1, B, T, D].
   lower = _per_block_features(trunk, objective.target_type)[config.num_layers - k:]
   attend = teacher_tokens != config.pad_id
 
   def targets(index: jax.Array | None) -> jax.Array:
     out, last = apply_last_block(config, teacher_encoder_params, trunk.last_hidden_state,
-                                 attend, index, feature=feature)
+                                 attend, index, feature=feature, layout=layout)
     last = out if objective.target_type == "end_of_block" else last
-    below = lower if index is None else jax.vmap(lambda f: take_positions(f, index))(lower)
-    features = jnp.concatenate([below, last[None]], axis=0)  # [K, B, N, D]
-    return jax.lax.stop_gradient(make_targets(features, objective))
+    below = (lower if index is None
+             else jax.vmap(lambda f: gather_positions(f, index, layout))(lower))
+    features = jnp.concatenate([below, last[None]], axis=0)  # [K, B, N, D] (or [K, G, C, D])
+    y = make_targets(features, objective)
+    return jax.lax.stop_gradient(every(y) if index is None else y)
 
   return targets

@@ -24,6 +24,7 @@ from transformers import Data2VecTextConfig, Data2VecTextModel
 from data2vec_jax.masking import MaskingConfig, mask_tokens
 from data2vec_jax.model_config import tiny_config
 from data2vec_jax.objective import ObjectiveConfig, PretrainingModel, loss_fn
+from data2vec_jax.packing import PackingSpec
 from data2vec_jax.targets import teacher_targets, teacher_targets_fn
 
 V, D, L, H, FF, PAD, MASK = 100, 32, 3, 4, 64, 1, 99
@@ -236,8 +237,9 @@ STUDENT = _hf_model(1)
 TEACHER = _hf_model(2)
 
 
-def _case(obj: ObjectiveConfig, with_dropout: bool = False):
-  """Runs both sides; returns a dict of measured relative differences."""
+def _case(obj: ObjectiveConfig, with_dropout: bool = False, packing: PackingSpec | None = None):
+  """Runs both sides; returns a dict of measured relative differences. `packing` packs our
+  loss_fn's encoders (the reference always runs padded)."""
   obj = dataclasses.replace(obj, mask_id=MASK)
   head = _torch_head(obj.head_layers, seed=3)
   src, tgt, sel = (torch.tensor(BATCH[k]) for k in ("source", "target", "selected"))
@@ -257,12 +259,12 @@ def _case(obj: ObjectiveConfig, with_dropout: bool = False):
 
   def everything(p, t, b, t_in, key):
     (loss, aux), (grads, teacher_grads) = jax.value_and_grad(
-        lambda p, t: loss_fn(p, t, b, None, config=CFG, objective=obj), argnums=(0, 1),
-        has_aux=True)(p, t)
+        lambda p, t: loss_fn(p, t, b, None, config=CFG, objective=obj, packing=packing),
+        argnums=(0, 1), has_aux=True)(p, t)
     y = teacher_targets(t, t_in, config=CFG, objective=obj)
     _, pred = PretrainingModel(CFG, obj).apply({"params": p}, b["source"])
     # Student dropout (train mode): keyed, so reproducible per key and different across keys.
-    dropout = [loss_fn(p, t, b, k, config=CFG, objective=obj)[0]
+    dropout = [loss_fn(p, t, b, k, config=CFG, objective=obj, packing=packing)[0]
                for k in (key, key, jax.random.fold_in(key, 1))] if with_dropout else []
     return loss, aux, grads, teacher_grads, y, pred, dropout
 
@@ -356,16 +358,62 @@ def test_data2vec_matches_torch(name):
   print(name, {k: f"{v:.2e}" for k, v in diffs.items()})
 
 
+# Token packing (our encoders on the real tokens only, the reference padded). BATCH holds 38 real
+# tokens in 3 rows of 14: one group at exactly that capacity, or one group per row.
+_REAL = int((BATCH["target"] != PAD).sum())
+PACKED_CASES = {
+    # What the trainer runs: gathered heads, pruned last blocks, student and teacher packed.
+    "default_gathered_heads": (dataclasses.replace(
+        CASES["gathered_heads_no_fallback"]), PackingSpec(1, _REAL)),
+    # Every-position head and an unpruned student; the teacher packs its few selected tokens.
+    "masked_only_teacher_selected_k3": (ObjectiveConfig(
+        teacher_input="masked_only", loss_positions="selected", average_top_k_layers=3),
+        PackingSpec(1, _REAL + 5)),
+    # Instance norm over time reads the pads: the teacher stays padded, the student packs; the
+    # gathered path overflows and falls back to every position.
+    "instance_norm_teacher_padded_fallback": (ObjectiveConfig(
+        layer_norm_target_layer=False, instance_norm_target_layer=True, average_top_k_layers=2,
+        head_positions_per_row=_MOST_MASKED - 1), PackingSpec(1, _REAL)),
+    # One group per row, unpruned, gathered 'selected' positions.
+    "one_group_per_row_unpruned": (CASES["selected_gathered_heads_mse_head3_unpruned"],
+                                   PackingSpec(3, 14)),
+}
+
+
+@pytest.mark.parametrize("name", list(PACKED_CASES))
+def test_packed_data2vec_matches_torch(name):
+  obj, spec = PACKED_CASES[name]
+  diffs = _case(obj, with_dropout=name == "default_gathered_heads", packing=spec)
+  print(name, spec, {k: f"{v:.2e}" for k, v in diffs.items()})
+
+
+def test_packing_capacity_overflow_poisons_loss_and_grads():
+  import flax.linen as nn
+  obj = dataclasses.replace(CASES["gathered_heads_no_fallback"], mask_id=MASK)
+  fn, params = _loss_and_grads(obj, packing=PackingSpec(1, _REAL - 1))
+  (loss, aux), grads = jax.jit(fn, compiler_options=_JIT_OPTIONS)(nn.meta.unbox(params))
+  # One real token has no slot: a NaN loss and NaN gradients, never the loss of the others.
+  assert np.isnan(float(loss)) and float(aux["head_gathered"]) == 1
+  assert all(np.any(np.isnan(np.asarray(g))) for g in jax.tree_util.tree_leaves(grads))
+  (loss, _), _ = jax.jit(_loss_and_grads(obj, packing=PackingSpec(1, _REAL))[0],
+                         compiler_options=_JIT_OPTIONS)(nn.meta.unbox(params))
+  assert np.isfinite(float(loss))
+
+
 # ----------------------------------------------------------------------------------------------
 # MLM baseline
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("head_positions", ["all", "fit", "overflow", "fit_no_fallback"])
+@pytest.mark.parametrize("head_positions",
+                         ["all", "fit", "overflow", "fit_no_fallback", "fit_no_fallback_packed"])
 def test_mlm_matches_torch(head_positions):
   most = int((BATCH["selected"] & (BATCH["target"] != PAD)).sum(1).max())
-  k = {"all": 0, "fit": most, "overflow": most - 1, "fit_no_fallback": most}[head_positions]
+  k = {"all": 0, "fit": most, "overflow": most - 1, "fit_no_fallback": most,
+       "fit_no_fallback_packed": most}[head_positions]
+  packing = (PackingSpec(1, int((BATCH["target"] != PAD).sum()))
+             if head_positions.endswith("packed") else None)
   obj = ObjectiveConfig(kind="mlm", mask_id=MASK, head_positions_per_row=k,
-                        head_overflow="error" if head_positions == "fit_no_fallback" else
+                        head_overflow="error" if "no_fallback" in head_positions else
                         "fallback")
   torch.manual_seed(5)
   dense, ln = torch.nn.Linear(D, D), torch.nn.LayerNorm(D, eps=1e-5)
@@ -397,7 +445,8 @@ def test_mlm_matches_torch(head_positions):
   batch = {k: jnp.asarray(v) for k, v in BATCH.items()}
   with jax.default_matmul_precision("highest"):
     (loss, aux), grads = jax.jit(jax.value_and_grad(
-        lambda p, b: loss_fn(p, None, b, None, config=CFG, objective=obj), has_aux=True),
+        lambda p, b: loss_fn(p, None, b, None, config=CFG, objective=obj, packing=packing),
+        has_aux=True),
         compiler_options=_JIT_OPTIONS)(params, batch)
   assert_close(loss, t_loss.item(), "mlm loss")
   assert float(aux["num_masked"]) == masked.sum().item()
@@ -451,14 +500,14 @@ def test_config_from_dict_rejects_unknown_and_bad_values():
                          prune_last_block=prune)
 
 
-def _loss_and_grads(obj: ObjectiveConfig):
+def _loss_and_grads(obj: ObjectiveConfig, packing: PackingSpec | None = None):
   params = {"encoder": hf_to_encoder_tree(_state(STUDENT)),
             "head": PretrainingModel(CFG, obj).init(
                 jax.random.key(0), jnp.asarray(BATCH["source"]))["params"]["head"]}
   teacher = hf_to_encoder_tree(_state(TEACHER))
   batch = {k: jnp.asarray(v) for k, v in BATCH.items()}
-  fn = jax.value_and_grad(lambda p: loss_fn(p, teacher, batch, None, config=CFG, objective=obj),
-                          has_aux=True)
+  fn = jax.value_and_grad(lambda p: loss_fn(p, teacher, batch, None, config=CFG, objective=obj,
+                                            packing=packing), has_aux=True)
   return fn, params
 
 

@@ -1,0 +1,250 @@
+"""Token packing: the encoder's per-token work on the real tokens only, in static shapes.
+
+A padded batch [B, T] spends the projections, FFNs, LayerNorms and dropout of every block on its
+pads too, although no loss ever reads a pad's output and no real token reads a pad (pads are
+masked out as keys). Packing moves each group of rows' real tokens, in order, into C static
+slots: the per-token work runs on [G, C, ...] instead of [B, T, ...], and only attention, which
+needs the rows, unpacks its q/k/v to [B, T, ...] and packs its output again (two gathers per
+block, forward and backward: ~1% of a block's FLOPs in memory traffic).
+
+Groups: G groups of B/G consecutive rows each. Use one group per data-parallel shard (the batch
+is split over devices in that order), so packing never moves a token between devices.
+
+Capacity: C is static (one compile per value), and chosen on the host from the batch
+(`capacity_for`, rounded up to a multiple so that only a few values occur). A group with more
+real tokens than C cannot be packed: `make_layout` flags it (`TokenLayout.overflow`) and the loss
+then turns NaN (`objective.loss_fn`): never a loss over a subset of the tokens.
+
+Numerics: a real token's values are exactly the padded encoder's (same operations on the same
+numbers; only matmul blocking may differ in the last bit), gradients likewise. Pads' outputs are
+not computed: outputs unpacked to [B, T] hold zeros there. So packing applies only where nothing
+reads a pad's output: the student always (the loss reads real positions), the teacher only for
+per-position targets (instance and batch norm average over pads, reference §1.5). Dropout draws
+its bits in the packed shape, so the streams differ from the padded path's, not their law.
+
+`pack` and `unpack` are each other's transposes and both are gathers (custom VJPs), so neither
+direction needs a scatter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class PackingSpec:
+  """Static packing shape (hashable: part of a jitted step's static arguments).
+
+  Attributes:
+    groups: G, row groups (one per data-parallel shard); must divide the (micro-)batch rows.
+    capacity: C, slots per group: at least the most real tokens any group holds.
+  """
+
+  groups: int
+  capacity: int
+
+  def __post_init__(self):
+    if self.groups < 1 or self.capacity < 1:
+      raise ValueError(f"PackingSpec needs groups >= 1 and capacity >= 1, got {self}")
+
+
+@flax.struct.dataclass
+class TokenLayout:
+  """Where each real token of a [B, T] batch sits in the packed [G, C] slots.
+
+  With N = (B / G) * T positions per group, position (r, t) of the group's r-th row is r*T + t.
+
+  Attributes:
+    slot_position: [G, C] int32 position each slot holds, in order; N (out of range: packs to
+      zeros) for the slots left over after the group's last real token.
+    position_slot: [G, N] int32 slot of each position; C (out of range: unpacks to zeros) at pads.
+    overflow: [] bool, True when a group had more than C real tokens (some were not packed).
+    length: T (static).
+  """
+
+  slot_position: jax.Array
+  position_slot: jax.Array
+  overflow: jax.Array
+  length: int = flax.struct.field(pytree_node=False)
+
+  @property
+  def groups(self) -> int:
+    return self.slot_position.shape[0]
+
+  @property
+  def capacity(self) -> int:
+    return self.slot_position.shape[1]
+
+  @property
+  def rows(self) -> int:
+    """B, the rows of the unpacked batch."""
+    return self.groups * self.position_slot.shape[1] // self.length
+
+
+def make_layout(keep: jax.Array, spec: PackingSpec) -> TokenLayout:
+  """The layout that packs the True positions of `keep` (the real tokens).
+
+  Args:
+    keep: [B, T] bool, True at real tokens (`input_ids != pad_id`).
+    spec: groups G (dividing B) and capacity C.
+  """
+  rows, length = keep.shape
+  if rows % spec.groups:
+    raise ValueError(f"cannot split {rows} rows into {spec.groups} packing groups "
+                     f"(PackingSpec.groups must divide the batch rows)")
+  per_group = (rows // spec.groups) * length
+  keep = keep.reshape(spec.groups, per_group)
+  rank = jnp.cumsum(keep, axis=1, dtype=jnp.int32) - 1  # slot of each real token
+  position_slot = jnp.where(keep & (rank < spec.capacity), rank, spec.capacity)
+  group = jnp.arange(spec.groups, dtype=jnp.int32)[:, None]
+  positions = jnp.broadcast_to(jnp.arange(per_group, dtype=jnp.int32), keep.shape)
+  # Each real token writes its own position into its slot (pads and overflow index C: dropped).
+  slot_position = jnp.full((spec.groups, spec.capacity), per_group, jnp.int32).at[
+      group, position_slot].set(positions, mode="drop")
+  overflow = jnp.any(jnp.sum(keep, axis=1, dtype=jnp.int32) > spec.capacity)
+  return TokenLayout(slot_position=slot_position, position_slot=position_slot,
+                     overflow=overflow, length=length)
+
+
+def _gather(x: jax.Array, index: jax.Array, fill_value=0) -> jax.Array:
+  """x: [G, M, ...], index: [G, S] -> [G, S, ...]; out-of-range indices give `fill_value`."""
+  index = index.reshape(index.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, index, axis=1, mode="fill", fill_value=fill_value)
+
+
+@jax.custom_vjp
+def _pack_grouped(x: jax.Array, slot_position: jax.Array, position_slot: jax.Array) -> jax.Array:
+  return _gather(x, slot_position)
+
+
+def _pack_fwd(x, slot_position, position_slot):
+  return _pack_grouped(x, slot_position, position_slot), (slot_position, position_slot)
+
+
+def _pack_bwd(residual, g):
+  slot_position, position_slot = residual
+  # Every real position is read by exactly one slot, pads by none: the transpose is an unpack.
+  return _gather(g, position_slot), None, None
+
+
+_pack_grouped.defvjp(_pack_fwd, _pack_bwd)
+
+
+@jax.custom_vjp
+def _unpack_grouped(y: jax.Array, slot_position: jax.Array,
+                    position_slot: jax.Array) -> jax.Array:
+  return _gather(y, position_slot)
+
+
+def _unpack_fwd(y, slot_position, position_slot):
+  return _unpack_grouped(y, slot_position, position_slot), (slot_position, position_slot)
+
+
+def _unpack_bwd(residual, g):
+  slot_position, position_slot = residual
+  # Left-over slots are read by no position: their cotangent is 0, which the fill gives.
+  return _gather(g, slot_position), None, None
+
+
+_unpack_grouped.defvjp(_unpack_fwd, _unpack_bwd)
+
+
+def pack(x: jax.Array, layout: TokenLayout) -> jax.Array:
+  """x: [B, T, ...] float -> [G, C, ...]: the real tokens in order, zeros in left-over slots."""
+  _check_unpacked(x, layout)
+  grouped = x.reshape((layout.groups, -1) + x.shape[2:])
+  return _pack_grouped(grouped, layout.slot_position, layout.position_slot)
+
+
+def unpack(y: jax.Array, layout: TokenLayout) -> jax.Array:
+  """y: [G, C, ...] float -> [B, T, ...], zeros at pads."""
+  _check_packed(y, layout)
+  x = _unpack_grouped(y, layout.slot_position, layout.position_slot)
+  return x.reshape((layout.rows, layout.length) + y.shape[2:])
+
+
+def pack_ids(ids: jax.Array, layout: TokenLayout, fill_value: int) -> jax.Array:
+  """ids: [B, T] int -> [G, C] int, `fill_value` (the pad id) in left-over slots. No gradient."""
+  _check_unpacked(ids, layout)
+  return _gather(ids.reshape(layout.groups, -1), layout.slot_position, fill_value)
+
+
+def take(y: jax.Array, index: jax.Array, layout: TokenLayout) -> jax.Array:
+  """The packed twin of `model.take_positions`: y [G, C, ...], index [B, K] int positions ->
+  [B, K, ...], row b holding the token at (b, index[b]) (zeros where that is a pad)."""
+  _check_packed(y, layout)
+  rows, k = index.shape
+  if rows != layout.rows:
+    raise ValueError(f"index has {rows} rows, the packed batch {layout.rows}")
+  per_group = rows // layout.groups
+  row_start = (jnp.arange(per_group, dtype=jnp.int32) * layout.length)[None, :, None]
+  flat = (index.reshape(layout.groups, per_group, k) + row_start).reshape(layout.groups, -1)
+  slots = jnp.take_along_axis(layout.position_slot, flat, axis=1)
+  return _gather(y, slots).reshape((rows, k) + y.shape[2:])
+
+
+def _check_unpacked(x: jax.Array, layout: TokenLayout) -> None:
+  if x.shape[:2] != (layout.rows, layout.length):
+    raise ValueError(f"expected an unpacked array [B={layout.rows}, T={layout.length}, ...], "
+                     f"got shape {x.shape}")
+
+
+def _check_packed(y: jax.Array, layout: TokenLayout) -> None:
+  if y.shape[:2] != (layout.groups, layout.capacity):
+    raise ValueError(f"expected a packed array [G={layout.groups}, C={layout.capacity}, ...], "
+                     f"got shape {y.shape}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side: choosing the capacity of a batch
+
+
+def group_token_counts(keep: np.ndarray, groups: int, micro_batches: int = 1) -> np.ndarray:
+  """Real tokens per packing group of each micro-batch, as the train step splits the batch.
+
+  keep: [B, T] bool host batch. Micro-batch j holds rows j, k+j, 2k+j, ... (the train step's
+  interleaved split); each is cut into `groups` runs of consecutive rows. Returns int
+  [micro_batches, groups].
+  """
+  rows = keep.shape[0]
+  if rows % (micro_batches * groups):
+    raise ValueError(f"{rows} rows do not split into {micro_batches} micro-batches of "
+                     f"{groups} packing groups")
+  micro = np.stack([keep[j::micro_batches] for j in range(micro_batches)])  # [k, B/k, T]
+  return micro.reshape(micro_batches, groups, -1).sum(axis=2)
+
+
+def capacity_for(keep: np.ndarray, groups: int, micro_batches: int = 1,
+                 buckets: int = 8) -> int:
+  """The static capacity C for this host batch: its fullest group's real-token count, rounded up
+  to a multiple of N / `buckets` (N = positions per group), so at most `buckets` values (and
+  compiles) occur per sequence length. On multi-host runs every host must pass the same C:
+  combine the per-host values with `agree_across_hosts`.
+  """
+  if buckets < 1:
+    raise ValueError(f"buckets must be >= 1, got {buckets}")
+  per_group = keep.shape[0] // (micro_batches * groups) * keep.shape[1]
+  most = int(group_token_counts(keep, groups, micro_batches).max(initial=0))
+  step = max(1, math.ceil(per_group / buckets))
+  return int(min(per_group, max(step, math.ceil(most / step) * step)))
+
+
+def agree_across_hosts(capacity: int) -> int:
+  """The largest of every process's capacity (identity on one process)."""
+  if jax.process_count() == 1:
+    return capacity
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return int(np.max(multihost_utils.process_allgather(np.asarray(capacity, np.int32))))
+
+
+def fill_fraction(keep: np.ndarray, spec: PackingSpec, micro_batches: int = 1) -> float:
+  """Share of the packed slots that hold real tokens (1 - wasted slots), for logs."""
+  counts: Sequence[int] = group_token_counts(keep, spec.groups, micro_batches).ravel()
+  return float(np.sum(counts)) / (len(counts) * spec.capacity)
