@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from data2vec_jax import ema as ema_lib
 from data2vec_jax import sharding as sharding_lib
 from data2vec_jax.objective import loss_fn
+from data2vec_jax.packing import PackingSpec
 from data2vec_jax.optim import apply_gradients, learning_rate_schedule
 from data2vec_jax.train_state import Recipe, TrainState
 
@@ -46,11 +47,12 @@ def _split_micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.A
 
 
 def _grads_and_aux(recipe: Recipe, params: Any, teacher: Any, batch: dict[str, jax.Array],
-                   dropout_rng: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+                   dropout_rng: jax.Array, packing: PackingSpec | None
+                   ) -> tuple[Any, dict[str, jax.Array]]:
   """Summed (un-normalised) gradients and aux over `recipe.micro_batches` micro-batches."""
   def one(params, micro_batch, rng):
     loss_sum, aux = loss_fn(params, teacher, micro_batch, rng, config=recipe.model,
-                            objective=recipe.objective)
+                            objective=recipe.objective, packing=packing)
     return loss_sum, aux
 
   grad_fn = jax.grad(one, has_aux=True)
@@ -74,9 +76,13 @@ def _grads_and_aux(recipe: Recipe, params: Any, teacher: Any, batch: dict[str, j
   return grads, aux
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, recipe: Recipe,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: dict[str, jax.Array], packing: PackingSpec | None = None,
+               *, recipe: Recipe, tx: optax.GradientTransformation
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update. batch: {'source','target': int32 [B,T], 'selected': bool [B,T]} (global B).
+
+  packing: run each micro-batch packed (`packing.py`; `packing.capacity_for` picks the capacity
+  from the host batch, one group per data shard). Static: each value compiles once.
 
   Returns the new state and float32 scalar metrics (loss is the mean over loss positions, as
   fairseq logs it; grad_norm is before clipping).
@@ -85,7 +91,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, recipe: Recipe
   teacher = None
   if recipe.uses_teacher:
     teacher = ema_lib.teacher_params(state.ema_params, state.params["encoder"], recipe.ema)
-  grads, aux = _grads_and_aux(recipe, state.params, teacher, batch, dropout_rng)
+  grads, aux = _grads_and_aux(recipe, state.params, teacher, batch, dropout_rng, packing)
 
   # fairseq: optimizer.multiply_grads(world_size / sample_size) with sample_size summed over
   # all micro-batches and workers -> the gradient of sum(loss) / (#loss positions, global).
@@ -114,7 +120,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, recipe: Recipe
 
 def make_train_step(recipe: Recipe, tx: optax.GradientTransformation, mesh: Mesh,
                     state_shardings: TrainState) -> Callable:
-  """The jitted, state-donating step with explicit in/out shardings on `mesh`.
+  """The jitted, state-donating step `step(state, batch, packing=None)` with explicit in/out
+  shardings on `mesh`; `packing` (a `PackingSpec` or None) is static.
 
   Call it inside `with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES)` so the
   model's activation constraints resolve.
@@ -123,4 +130,4 @@ def make_train_step(recipe: Recipe, tx: optax.GradientTransformation, mesh: Mesh
   step_fn = functools.partial(train_step, recipe=recipe, tx=tx)
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                  out_shardings=(state_shardings, NamedSharding(mesh, P())),
-                 donate_argnums=(0,))
+                 static_argnames=("packing",), donate_argnums=(0,))

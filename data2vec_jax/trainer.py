@@ -27,6 +27,7 @@ import numpy as np
 from data2vec_jax import checkpoint as checkpoint_lib
 from data2vec_jax import ema as ema_lib
 from data2vec_jax import flops as flops_lib
+from data2vec_jax import packing as packing_lib
 from data2vec_jax import sharding as sharding_lib
 from data2vec_jax import train_state as train_state_lib
 from data2vec_jax import train_step as train_step_lib
@@ -197,6 +198,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return summary
 
 
+def packing_for_batch(host_batch: dict[str, np.ndarray], *, pad_id: int, groups: int,
+                      local_groups: int, micro_batches: int,
+                      buckets: int) -> packing_lib.PackingSpec | None:
+  """The static packing of this host batch (`packing.py`), or None when it would save nothing.
+
+  groups: packing groups of each global micro-batch (one per data shard); local_groups: those
+  this process holds. The capacity is this batch's fullest group rounded up to one of `buckets`
+  sizes, agreed over all processes; a batch with a full group runs unpacked.
+  """
+  keep = (host_batch["source"] != pad_id) | (host_batch["target"] != pad_id)
+  capacity = packing_lib.agree_across_hosts(
+      packing_lib.capacity_for(keep, local_groups, micro_batches, buckets))
+  positions = keep.shape[0] // (micro_batches * local_groups) * keep.shape[1]
+  return None if capacity >= positions else packing_lib.PackingSpec(groups, capacity)
+
+
 def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_chief):
   train_cfg = config.train
   total = int(train_cfg.num_steps)
@@ -217,13 +234,28 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
   t_window, tokens_window, t_loop = time.time(), 0.0, time.time()
   steps_timed, time_timed = 0, 0.0
   stop_reason = "completed"
+  groups = sharding_lib.data_parallel_size(mesh)
+  if groups % jax.process_count():
+    raise ValueError(f"token packing needs the {groups} data shards spread evenly over "
+                     f"{jax.process_count()} processes; set train.pack_tokens=False")
+  shapes_seen: dict[Any, int] = {}  # packing (None: unpacked) -> steps run with it
   with _PreemptionFlag() as preempted:
     while step < total:
       host_batch = next(data.iterator)
       if recipe.objective.head_overflow == "error":
         check_head_positions(host_batch, config=recipe.model, objective=recipe.objective)
+      packing = None
+      if train_cfg.pack_tokens:
+        packing = packing_for_batch(
+            host_batch, pad_id=recipe.model.pad_id, groups=groups,
+            local_groups=groups // jax.process_count(), micro_batches=recipe.micro_batches,
+            buckets=train_cfg.pack_buckets)
+      if packing not in shapes_seen and is_chief and step > first_step:
+        # A new static shape compiles once: say why the step pauses.
+        logging.info("step %d: new packed shape %s, compiling", step + 1, packing)
+      shapes_seen[packing] = shapes_seen.get(packing, 0) + 1
       batch = _host_batch_to_global(host_batch, batch_sharding)
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, batch, packing)
       step += 1
       pending.append(metrics)
       is_last = step == total
@@ -260,7 +292,11 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
   checkpointer.wait_until_finished()
   writer.close()
   summary = {"final_step": step, "stop_reason": stop_reason, "last_metrics": last_metrics,
-             "steps_per_s": steps_timed / time_timed if time_timed else None}
+             "steps_per_s": steps_timed / time_timed if time_timed else None,
+             # Steps per packed capacity ("unpacked": batches with a full group, or packing off).
+             "packing_steps": {("unpacked" if p is None else str(p.capacity)): n
+                               for p, n in sorted(shapes_seen.items(),
+                                                  key=lambda kv: kv[0].capacity if kv[0] else 1e9)}}
   if stop_reason == "completed" and train_cfg.export_model and is_chief:
     summary["model_dir"] = export_model_dir(state, recipe, os.path.join(workdir, "model"))
   if is_chief and train_cfg.plot:

@@ -61,6 +61,11 @@ def test_train_resume_export(tmp_path):
   # and the loop checked every batch against it on the host (objective.check_head_positions).
   objective = json.load(open(os.path.join(workdir, "recipe.json")))["objective"]
   assert objective["head_overflow"] == "error" and objective["head_positions_per_row"] > 0
+  # Token packing (train.pack_tokens, on by default): the demo's documents leave pads, and the
+  # steps with pads ran packed at a bucketed capacity (< the 8 x 64 positions of the batch).
+  packed = json.load(open(os.path.join(workdir, "summary.json")))["packing_steps"]
+  assert sum(packed.values()) == 4
+  assert any(key != "unpacked" and int(key) < 8 * 64 for key in packed), packed
   # Same command with more steps resumes from the step-4 checkpoint instead of restarting.
   second = subprocess.run(train_cmd(workdir, 6), env=env(), capture_output=True, text=True,
                           timeout=600)

@@ -16,6 +16,7 @@ from data2vec_jax.ema import EMAConfig
 from data2vec_jax.model_config import tiny_config
 from data2vec_jax.objective import ObjectiveConfig
 from data2vec_jax.optim import OptimizerConfig, make_optimizer
+from data2vec_jax.trainer import packing_for_batch
 
 MASK_ID = 999
 
@@ -48,8 +49,9 @@ def make_recipe(micro_batches: int = 1, dropout: float = 0.1, kind: str = "data2
       micro_batches=micro_batches)
 
 
-def run_steps(recipe, mesh_shape, batches, seed=0):
-  """Runs len(batches) steps on a mesh of the first prod(mesh_shape) devices."""
+def run_steps(recipe, mesh_shape, batches, seed=0, pack_buckets=0):
+  """Runs len(batches) steps on a mesh of the first prod(mesh_shape) devices; pack_buckets > 0
+  packs each batch as the trainer does (`trainer.packing_for_batch`)."""
   devices = jax.devices()[: int(np.prod(mesh_shape))]
   mesh = sharding_lib.make_mesh(*mesh_shape, devices=devices)
   tx = make_optimizer(recipe.optimizer)
@@ -61,7 +63,14 @@ def run_steps(recipe, mesh_shape, batches, seed=0):
     for batch in batches:
       global_batch = {k: jax.device_put(v, sharding_lib.batch_sharding(mesh))
                       for k, v in batch.items()}
-      state, metrics = step(state, global_batch)
+      packing = None
+      if pack_buckets:
+        groups = sharding_lib.data_parallel_size(mesh)
+        packing = packing_for_batch(batch, pad_id=recipe.model.pad_id, groups=groups,
+                                    local_groups=groups, micro_batches=recipe.micro_batches,
+                                    buckets=pack_buckets)
+        assert packing is not None  # the test batches leave pads in every group
+      state, metrics = step(state, global_batch, packing)
       all_metrics.append(jax.device_get(metrics))
     return jax.device_get(state), all_metrics, state
 
@@ -123,6 +132,40 @@ def test_gradient_accumulation_equals_large_batch(kind):
   assert abs(acc_metrics[0]["grad_norm"] - big_metrics[0]["grad_norm"]) <= 1e-5 * max(
       1.0, big_metrics[0]["grad_norm"])
   assert max_abs_diff(acc.params, big.params) <= 1e-6
+
+
+@pytest.mark.parametrize("mesh_shape,micro_batches", [((2, 1, 1), 2), ((1, 2, 2), 1)])
+def test_packed_sharded_step_matches_padded_single_device(mesh_shape, micro_batches):
+  # One packing group per data shard of each micro-batch (here 2 rows each): no token moves
+  # between devices, and the update equals the padded step's (no dropout: its bits differ).
+  # Rows of 8..16 tokens in 24 positions: every group has pads to skip.
+  widen = lambda b: {k: np.pad(v, ((0, 0), (0, 8)), constant_values=1 if v.dtype != bool else 0)
+                     for k, v in b.items()}
+  batches = [widen(make_batch(8, 16, seed=s)) for s in (4, 5)]
+  most = max(int((b["source"] == MASK_ID).sum(1).max()) for b in batches)
+  ref, ref_metrics, _ = run_steps(make_recipe(1, dropout=0.0, head_positions=most), (1, 1, 1),
+                                  batches)
+  packed, metrics, _ = run_steps(make_recipe(micro_batches, dropout=0.0, head_positions=most),
+                                 mesh_shape, batches, pack_buckets=8)
+  for m, r in zip(metrics, ref_metrics):
+    assert m["head_gathered"] == 1
+    assert abs(m["loss"] - r["loss"]) <= 1e-5 * max(1.0, abs(r["loss"]))
+    assert abs(m["grad_norm"] - r["grad_norm"]) <= 1e-5 * max(1.0, abs(r["grad_norm"]))
+  assert max_abs_diff(packed.params, ref.params) <= 1e-5
+  assert max_abs_diff(packed.ema_params, ref.ema_params) <= 1e-5
+
+
+def test_packing_for_batch_buckets_and_skips_full_batches():
+  batch = make_batch(8, 16, seed=4)
+  keep = batch["target"] != 1
+  spec = packing_for_batch(batch, pad_id=1, groups=2, local_groups=2, micro_batches=1,
+                           buckets=4)
+  most = max(keep[:4].sum(), keep[4:].sum())
+  assert spec.groups == 2 and spec.capacity % 16 == 0 and most <= spec.capacity < most + 16
+  full = {k: v.copy() for k, v in batch.items()}
+  full["target"][:] = 5
+  assert packing_for_batch(full, pad_id=1, groups=2, local_groups=2, micro_batches=1,
+                           buckets=4) is None
 
 
 def test_first_step_teacher_is_initial_student_and_ema_follows_update():
