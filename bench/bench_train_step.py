@@ -6,7 +6,10 @@ of masked tokens + clip-by-global-norm 5 + AdamW(0.9, 0.98, eps 1e-6, wd 0.01) +
 teacher's transformer layers (embeddings copied from the student).
 
 - JAX: `train_step.make_train_step(recipe, tx, mesh, shardings)` on a 1-device mesh, exactly the
-  step the trainer runs (jitted, state donated).
+  step the trainer runs (jitted, state donated), with the trainer's token packing (`packing.py`:
+  the encoders run on the real tokens only, at one of `--pack_buckets` static capacities;
+  `--pack_buckets 0` runs padded, the ablation). The PyTorch step runs padded, as
+  `transformers` does; both do the same math on the same batch.
 - PyTorch: `transformers.Data2VecTextModel` (its default attention, SDPA) as student, a deepcopy
   in eval()/no_grad as teacher whose FFN outputs are captured with forward hooks on
   `encoder.layer[i].output.dense`, `F.layer_norm` per layer, top-K mean, head
@@ -76,6 +79,7 @@ def jax_worker(args, overrides: dict) -> dict:
   from data2vec_jax.model_config import EncoderConfig
   from data2vec_jax.objective import ObjectiveConfig, check_head_positions
   from data2vec_jax.optim import OptimizerConfig, make_optimizer
+  from data2vec_jax.trainer import packing_for_batch
 
   rss_base = common.current_rss_mib()
   cfg = EncoderConfig(**model_kwargs(args.config, overrides))
@@ -100,25 +104,31 @@ def jax_worker(args, overrides: dict) -> dict:
   host_batches = batches_for(args, cfg.vocab_size)
   for b in host_batches:
     check_head_positions(b, config=cfg, objective=recipe.objective)
+  # As the trainer packs each batch (one group: one device).
+  packings = [packing_for_batch(b, pad_id=cfg.pad_id, groups=1, local_groups=1, micro_batches=1,
+                                buckets=args.pack_buckets) if args.pack_buckets else None
+              for b in host_batches]
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
     step, state, batches = common.jax_train_setup(recipe, tx, mesh, host_batches)
     jax.block_until_ready((state, batches))
     holder = {"state": state, "i": 0, "loss": []}
 
     def one():
-      b = batches[holder["i"] % len(batches)]
+      i = holder["i"] % len(batches)
       holder["i"] += 1
-      holder["state"], metrics = step(holder["state"], b)
+      holder["state"], metrics = step(holder["state"], batches[i], packings[i])
       jax.block_until_ready((holder["state"], metrics))
       holder["loss"].append(float(metrics["loss"]))
       holder["head_gathered"] = float(metrics["head_gathered"])
 
-    warm = common.timed_loop(one, args.warmup)
+    # Every batch once before timing: each distinct packed capacity compiles on first use.
+    n_warm = max(args.warmup, len(set(packings)))
+    warm = common.timed_loop(one, n_warm)
     times = common.timed_loop(one, args.steps)
   return {
       "framework": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
       "first_call_s": warm[0], "warmup_s": warm, "times_s": times,
-      "real_tokens": [common.real_tokens(host_batches[(args.warmup + i) % len(host_batches)])
+      "real_tokens": [common.real_tokens(host_batches[(n_warm + i) % len(host_batches)])
                       for i in range(args.steps)],
       "losses": holder["loss"], "rss_base_mib": rss_base, "peak_rss_mib": common.peak_rss_mib(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -126,6 +136,8 @@ def jax_worker(args, overrides: dict) -> dict:
       "prune_last_block": recipe.objective.prune_last_block,
       "head_overflow": recipe.objective.head_overflow,
       "head_gathered_last_step": holder.get("head_gathered"),
+      "pack_buckets": args.pack_buckets,
+      "packed_capacities": [None if p is None else p.capacity for p in packings],
   }
 
 
@@ -279,6 +291,9 @@ def main(argv=None) -> int:
   p.add_argument("--head_overflow", default="error", choices=["error", "fallback"],
                  help="JAX: 'error' (the trainer's choice for an exact masker bound) compiles no "
                       "every-position fallback; 'fallback' adds the lax.cond (ablation)")
+  p.add_argument("--pack_buckets", type=int, default=8,
+                 help="JAX: token packing as the trainer's train.pack_buckets (default 8); 0 "
+                      "runs the padded batch (ablation)")
   common.add_protocol_flags(p, timeout=1800)
   args = common.parse_protocol_args(p, argv)
   overrides = parse_overrides(args.override)
@@ -303,6 +318,7 @@ def main(argv=None) -> int:
         worker_args += ["--full_rows"] * args.full_rows
         worker_args += ["--no_prune_last_block"] * args.no_prune_last_block
         worker_args += ["--head_overflow", args.head_overflow]
+        worker_args += ["--pack_buckets", str(args.pack_buckets)]
         for o in args.override:
           worker_args += ["--override", o]
         res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout,

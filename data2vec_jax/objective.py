@@ -52,6 +52,12 @@ work drops by ~(1 - K/T) of its q/out/FFN share (`flops.train_flops_per_token`):
 data2vec step's matmuls at T=128, ~5% of base's. The reference computes every position. The
 student's dropout streams differ from the unpruned path (the trunk and the last block take split
 keys), not their distribution.
+
+Token packing (`loss_fn(..., packing=PackingSpec)`, `packing.py`): the student encoder runs on
+the real tokens only, packed per group of rows into static slots, and so does the teacher when
+its targets are per position (instance and batch norm average over the pads, so the teacher then
+runs padded). Same loss and gradients (torch-parity tests); the pads' share of the per-token
+FLOPs is saved. The reference computes every pad.
 """
 
 from __future__ import annotations
