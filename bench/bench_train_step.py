@@ -291,8 +291,8 @@ def main(argv=None) -> int:
   p.add_argument("--head_overflow", default="error", choices=["error", "fallback"],
                  help="JAX: 'error' (the trainer's choice for an exact masker bound) compiles no "
                       "every-position fallback; 'fallback' adds the lax.cond (ablation)")
-  p.add_argument("--pack_buckets", type=int, default=8,
-                 help="JAX: token packing as the trainer's train.pack_buckets (default 8); 0 "
+  p.add_argument("--pack_buckets", type=int, default=16,
+                 help="JAX: token packing as the trainer's train.pack_buckets (default 16); 0 "
                       "runs the padded batch (ablation)")
   common.add_protocol_flags(p, timeout=1800)
   args = common.parse_protocol_args(p, argv)

@@ -114,7 +114,7 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       # Token packing: each step runs the encoders on the real tokens only (packing.py), in one
       # of `pack_buckets` static capacities per sequence length (each compiles once); batches
       # without pads run unpacked. Same loss; saves the pads' share of the FLOPs.
-      pack_tokens=True, pack_buckets=8,
+      pack_tokens=True, pack_buckets=16,
       nan_guard=True, collapse_check_after=5_000, min_target_var=0.1, min_pred_var=0.01,
       peak_flops_per_device=0.0))  # 0: look up from the device kind (H100, TPU v4, ...)
 
