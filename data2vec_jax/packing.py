@@ -120,53 +120,38 @@ def _gather(x: jax.Array, index: jax.Array, fill_value=0) -> jax.Array:
 
 
 @jax.custom_vjp
-def _pack_grouped(x: jax.Array, slot_position: jax.Array, position_slot: jax.Array) -> jax.Array:
-  return _gather(x, slot_position)
+def _gather_transposed_by(x: jax.Array, index: jax.Array, inverse: jax.Array) -> jax.Array:
+  """`_gather(x, index)` whose VJP is `_gather(g, inverse)`.
+
+  Exact for the two packing maps: `index` and `inverse` are then partial inverses (every real
+  position is read by exactly one slot and vice versa; pads and left-over slots by none, and
+  they get the fill's zero cotangent), so the transpose of one gather is the other -- no scatter.
+  """
+  return _gather(x, index)
 
 
-def _pack_fwd(x, slot_position, position_slot):
-  return _pack_grouped(x, slot_position, position_slot), (slot_position, position_slot)
+def _gather_fwd(x, index, inverse):
+  return _gather(x, index), inverse
 
 
-def _pack_bwd(residual, g):
-  slot_position, position_slot = residual
-  # Every real position is read by exactly one slot, pads by none: the transpose is an unpack.
-  return _gather(g, position_slot), None, None
+def _gather_bwd(inverse, g):
+  return _gather(g, inverse), None, None
 
 
-_pack_grouped.defvjp(_pack_fwd, _pack_bwd)
-
-
-@jax.custom_vjp
-def _unpack_grouped(y: jax.Array, slot_position: jax.Array,
-                    position_slot: jax.Array) -> jax.Array:
-  return _gather(y, position_slot)
-
-
-def _unpack_fwd(y, slot_position, position_slot):
-  return _unpack_grouped(y, slot_position, position_slot), (slot_position, position_slot)
-
-
-def _unpack_bwd(residual, g):
-  slot_position, position_slot = residual
-  # Left-over slots are read by no position: their cotangent is 0, which the fill gives.
-  return _gather(g, slot_position), None, None
-
-
-_unpack_grouped.defvjp(_unpack_fwd, _unpack_bwd)
+_gather_transposed_by.defvjp(_gather_fwd, _gather_bwd)
 
 
 def pack(x: jax.Array, layout: TokenLayout) -> jax.Array:
   """x: [B, T, ...] float -> [G, C, ...]: the real tokens in order, zeros in left-over slots."""
   _check_unpacked(x, layout)
   grouped = x.reshape((layout.groups, -1) + x.shape[2:])
-  return _pack_grouped(grouped, layout.slot_position, layout.position_slot)
+  return _gather_transposed_by(grouped, layout.slot_position, layout.position_slot)
 
 
 def unpack(y: jax.Array, layout: TokenLayout) -> jax.Array:
   """y: [G, C, ...] float -> [B, T, ...], zeros at pads."""
   _check_packed(y, layout)
-  x = _unpack_grouped(y, layout.slot_position, layout.position_slot)
+  x = _gather_transposed_by(y, layout.position_slot, layout.slot_position)
   return x.reshape((layout.rows, layout.length) + y.shape[2:])
 
 
