@@ -192,13 +192,12 @@ class SelfAttention(nn.Module):
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     qkv_proj = Projection((cfg.hidden_size, 3, cfg.num_heads, cfg.head_dim),
                           ("embed", None, "heads", "kv"), dtype, param_dtype, name="qkv")
-    rows = (lambda y: y) if layout is None else (lambda y: packing.unpack(y, layout))
     if query_index is None:
-      qkv = rows(qkv_proj(x))
+      qkv = packing.rows(qkv_proj(x), layout)
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, Dh]
     else:
       # Slices of the one fused kernel, so the parameters (and conversion) are unchanged.
-      kv = rows(qkv_proj(x, first_output=slice(1, 3)))
+      kv = packing.rows(qkv_proj(x, first_output=slice(1, 3)), layout)
       k, v = kv[:, :, 0], kv[:, :, 1]
       q = qkv_proj(gather_positions(x, query_index, layout), first_output=slice(0, 1))[:, :, 0]
     q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))

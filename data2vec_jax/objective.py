@@ -325,8 +325,6 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
   attend = batch["source"] != config.pad_id
   layout = None if packing is None else packing_lib.make_layout(attend, packing)
   overflows = [] if layout is None else [layout.overflow]
-  # [B, T, D] features at every position, from the (maybe packed) encoder's output.
-  every = (lambda y: y) if layout is None else (lambda y: packing_lib.unpack(y, layout))
 
   if prune:
     trunk_rng, last_rng = (None, None) if deterministic else jax.random.split(dropout_rng)
@@ -338,14 +336,16 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
       """[B, K, D] last-block output at index [B, K], or [B, T, D] for index None."""
       out = apply_last_block(config, params["encoder"], trunk, attend, index,
                              deterministic=deterministic, dropout_rng=last_rng, layout=layout)[0]
-      return every(out) if index is None else out
+      return packing_lib.rows(out, layout) if index is None else out
   else:
     features = model.apply(variables, batch["source"], deterministic=deterministic,
                            rngs=rngs(dropout_rng), layout=layout,
                            method=PretrainingModel.encode).last_hidden_state  # [B, T, D] | [G, C, D]
 
     def student_features(index):
-      return every(features) if index is None else gather_positions(features, index, layout)
+      if index is None:
+        return packing_lib.rows(features, layout)
+      return gather_positions(features, index, layout)
 
   positions = loss_positions(batch, config=config, objective=objective)
   num_masked = jnp.sum(positions.astype(jnp.float32))

@@ -11,7 +11,7 @@ Groups: G groups of B/G consecutive rows each. Use one group per data-parallel s
 is split over devices in that order), so packing never moves a token between devices.
 
 Capacity: C is static (one compile per value), and chosen on the host from the batch
-(`capacity_for`, rounded up to a multiple so that only a few values occur). A group with more
+(`spec_for_batch`, rounded up to a multiple so that only a few values occur). A group with more
 real tokens than C cannot be packed: `make_layout` flags it (`TokenLayout.overflow`) and the loss
 then turns NaN (`objective.loss_fn`): never a loss over a subset of the tokens.
 
@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
-
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -155,6 +153,11 @@ def unpack(y: jax.Array, layout: TokenLayout) -> jax.Array:
   return x.reshape((layout.rows, layout.length) + y.shape[2:])
 
 
+def rows(y: jax.Array, layout: TokenLayout | None) -> jax.Array:
+  """[B, T, ...] view of an encoder array: `unpack(y)` when packed, y itself when `layout` is None."""
+  return y if layout is None else unpack(y, layout)
+
+
 def pack_ids(ids: jax.Array, layout: TokenLayout, fill_value: int) -> jax.Array:
   """ids: [B, T] int -> [G, C] int, `fill_value` (the pad id) in left-over slots. No gradient."""
   _check_unpacked(ids, layout)
@@ -206,19 +209,24 @@ def group_token_counts(keep: np.ndarray, groups: int, micro_batches: int = 1) ->
   return micro.reshape(micro_batches, groups, -1).sum(axis=2)
 
 
-def capacity_for(keep: np.ndarray, groups: int, micro_batches: int = 1,
-                 buckets: int = 8) -> int:
-  """The static capacity C for this host batch: its fullest group's real-token count, rounded up
+def spec_for_batch(keep: np.ndarray, *, groups: int, local_groups: int, micro_batches: int,
+                   buckets: int) -> PackingSpec | None:
+  """The static packing of a host batch, or None when it would save nothing.
+
+  keep: [B_local, T] bool real tokens of this process's rows. groups: packing groups of each
+  global micro-batch (one per data shard); local_groups: those this process holds. The capacity
+  is the fullest group (over the micro-batches, split as the train step splits them) rounded up
   to a multiple of N / `buckets` (N = positions per group), so at most `buckets` values (and
-  compiles) occur per sequence length. On multi-host runs every host must pass the same C:
-  combine the per-host values with `agree_across_hosts`.
+  compiles) occur per sequence length; it is agreed over all processes (`agree_across_hosts`).
+  A batch whose fullest group needs every position runs unpacked (None).
   """
   if buckets < 1:
     raise ValueError(f"buckets must be >= 1, got {buckets}")
-  per_group = keep.shape[0] // (micro_batches * groups) * keep.shape[1]
-  most = int(group_token_counts(keep, groups, micro_batches).max(initial=0))
+  per_group = keep.shape[0] // (micro_batches * local_groups) * keep.shape[1]
+  most = int(group_token_counts(keep, local_groups, micro_batches).max(initial=0))
   step = max(1, math.ceil(per_group / buckets))
-  return int(min(per_group, max(step, math.ceil(most / step) * step)))
+  capacity = agree_across_hosts(max(step, math.ceil(most / step) * step))
+  return None if capacity >= per_group else PackingSpec(groups, capacity)
 
 
 def agree_across_hosts(capacity: int) -> int:
@@ -227,9 +235,3 @@ def agree_across_hosts(capacity: int) -> int:
     return capacity
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return int(np.max(multihost_utils.process_allgather(np.asarray(capacity, np.int32))))
-
-
-def fill_fraction(keep: np.ndarray, spec: PackingSpec, micro_batches: int = 1) -> float:
-  """Share of the packed slots that hold real tokens (1 - wasted slots), for logs."""
-  counts: Sequence[int] = group_token_counts(keep, spec.groups, micro_batches).ravel()
-  return float(np.sum(counts)) / (len(counts) * spec.capacity)

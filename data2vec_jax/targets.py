@@ -164,12 +164,12 @@ def teacher_targets_fn(teacher_encoder_params: Any, teacher_tokens: jax.Array, *
     raise ValueError("the teacher's last block can only be pruned for per-position targets "
                      "(no instance or batch norm)")
   _check_packable(objective, layout)
-  every = (lambda y: y) if layout is None else (lambda y: packing.unpack(y, layout))
   teacher_encoder_params = jax.lax.stop_gradient(teacher_encoder_params)
   if not prune_last_block:
     y = teacher_targets(teacher_encoder_params, teacher_tokens, config=config,
                         objective=objective, layout=layout)
-    return lambda index: every(y) if index is None else gather_positions(y, index, layout)
+    return lambda index: (packing.rows(y, layout) if index is None
+                          else gather_positions(y, index, layout))
 
   k = objective.average_top_k_layers
   if not 1 <= k <= config.num_layers:  # make_targets could not tell: it sees K layers only
@@ -190,6 +190,6 @@ def teacher_targets_fn(teacher_encoder_params: Any, teacher_tokens: jax.Array, *
              else jax.vmap(lambda f: gather_positions(f, index, layout))(lower))
     features = jnp.concatenate([below, last[None]], axis=0)  # [K, B, N, D] (or [K, G, C, D])
     y = make_targets(features, objective)
-    return jax.lax.stop_gradient(every(y) if index is None else y)
+    return jax.lax.stop_gradient(packing.rows(y, layout) if index is None else y)
 
   return targets

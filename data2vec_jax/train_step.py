@@ -81,7 +81,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], packing: PackingS
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update. batch: {'source','target': int32 [B,T], 'selected': bool [B,T]} (global B).
 
-  packing: run each micro-batch packed (`packing.py`; `packing.capacity_for` picks the capacity
+  packing: run each micro-batch packed (`packing.py`; `packing.spec_for_batch` picks the capacity
   from the host batch, one group per data shard). Static: each value compiles once.
 
   Returns the new state and float32 scalar metrics (loss is the mean over loss positions, as

@@ -198,20 +198,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return summary
 
 
-def packing_for_batch(host_batch: dict[str, np.ndarray], *, pad_id: int, groups: int,
-                      local_groups: int, micro_batches: int,
-                      buckets: int) -> packing_lib.PackingSpec | None:
-  """The static packing of this host batch (`packing.py`), or None when it would save nothing.
-
-  groups: packing groups of each global micro-batch (one per data shard); local_groups: those
-  this process holds. The capacity is this batch's fullest group rounded up to one of `buckets`
-  sizes, agreed over all processes; a batch with a full group runs unpacked.
-  """
-  keep = (host_batch["source"] != pad_id) | (host_batch["target"] != pad_id)
-  capacity = packing_lib.agree_across_hosts(
-      packing_lib.capacity_for(keep, local_groups, micro_batches, buckets))
-  positions = keep.shape[0] // (micro_batches * local_groups) * keep.shape[1]
-  return None if capacity >= positions else packing_lib.PackingSpec(groups, capacity)
+def real_tokens(host_batch: dict[str, np.ndarray], pad_id: int) -> np.ndarray:
+  """[B, T] bool positions a packed step must keep: real tokens of the student's or the
+  teacher's input."""
+  return (host_batch["source"] != pad_id) | (host_batch["target"] != pad_id)
 
 
 def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_chief):
@@ -235,7 +225,7 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
   steps_timed, time_timed = 0, 0.0
   stop_reason = "completed"
   groups = sharding_lib.data_parallel_size(mesh)
-  if groups % jax.process_count():
+  if train_cfg.pack_tokens and groups % jax.process_count():
     raise ValueError(f"token packing needs the {groups} data shards spread evenly over "
                      f"{jax.process_count()} processes; set train.pack_tokens=False")
   shapes_seen: dict[Any, int] = {}  # packing (None: unpacked) -> steps run with it
@@ -246,8 +236,8 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
         check_head_positions(host_batch, config=recipe.model, objective=recipe.objective)
       packing = None
       if train_cfg.pack_tokens:
-        packing = packing_for_batch(
-            host_batch, pad_id=recipe.model.pad_id, groups=groups,
+        packing = packing_lib.spec_for_batch(
+            real_tokens(host_batch, recipe.model.pad_id), groups=groups,
             local_groups=groups // jax.process_count(), micro_batches=recipe.micro_batches,
             buckets=train_cfg.pack_buckets)
       if packing not in shapes_seen and is_chief and step > first_step:

@@ -86,20 +86,26 @@ def test_bad_shapes_and_specs_are_refused():
     packing.pack(jnp.zeros((3, 5, 2)), layout)
 
 
-def test_capacity_for_follows_the_train_steps_micro_batch_split():
+def test_spec_for_batch_follows_the_train_steps_micro_batch_split():
   # Rows 0, 2 form micro-batch 0 and rows 1, 3 micro-batch 1 (interleaved, train_step.py).
   keep = _keep([8, 1, 8, 1], 8)
   np.testing.assert_array_equal(packing.group_token_counts(keep, 1, 2), [[16], [2]])
   np.testing.assert_array_equal(packing.group_token_counts(keep, 2, 1), [[9, 9]])
-  # 16 real tokens in 16 positions per group; buckets of 16/8 = 2 tokens.
-  assert packing.capacity_for(keep, groups=1, micro_batches=2, buckets=8) == 16
-  assert packing.capacity_for(_keep([5, 0, 4, 0], 8), 1, 2, buckets=8) == 10  # 9 -> 10
-  assert packing.capacity_for(_keep([5, 0, 4, 0], 8), 1, 2, buckets=1) == 16
-  assert packing.capacity_for(_keep([0, 0], 8), 1, 1, buckets=4) == 4  # one bucket, never 0
+  spec = lambda keep, groups, micro, buckets: packing.spec_for_batch(
+      keep, groups=groups, local_groups=groups, micro_batches=micro, buckets=buckets)
+  # Micro-batch 0 fills all 16 positions of its group: nothing to save, run unpacked.
+  assert spec(keep, 1, 2, 8) is None
+  # 9 real tokens, buckets of 16/8 = 2 tokens -> 10; one bucket of 16 -> unpacked.
+  assert spec(_keep([5, 0, 4, 0], 8), 1, 2, 8) == packing.PackingSpec(1, 10)
+  assert spec(_keep([5, 0, 4, 0], 8), 1, 2, 1) is None
+  assert spec(_keep([0, 0], 8), 1, 1, 4) == packing.PackingSpec(1, 4)  # one bucket, never 0
+  # Two processes of one group each: the global spec names both groups.
+  assert packing.spec_for_batch(_keep([3, 2], 8), groups=2, local_groups=1, micro_batches=1,
+                                buckets=8) == packing.PackingSpec(2, 6)
   with pytest.raises(ValueError, match="do not split into 3 micro-batches"):
     packing.group_token_counts(keep, 1, 3)
-  spec = packing.PackingSpec(2, 10)
-  assert packing.fill_fraction(keep, spec) == pytest.approx(18 / 20)
+  with pytest.raises(ValueError, match="buckets must be >= 1"):
+    spec(keep, 1, 1, 0)
   assert packing.agree_across_hosts(7) == 7
 
 

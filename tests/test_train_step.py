@@ -16,7 +16,8 @@ from data2vec_jax.ema import EMAConfig
 from data2vec_jax.model_config import tiny_config
 from data2vec_jax.objective import ObjectiveConfig
 from data2vec_jax.optim import OptimizerConfig, make_optimizer
-from data2vec_jax.trainer import packing_for_batch
+from data2vec_jax import packing as packing_lib
+from data2vec_jax.trainer import real_tokens
 
 MASK_ID = 999
 
@@ -51,7 +52,7 @@ def make_recipe(micro_batches: int = 1, dropout: float = 0.1, kind: str = "data2
 
 def run_steps(recipe, mesh_shape, batches, seed=0, pack_buckets=0):
   """Runs len(batches) steps on a mesh of the first prod(mesh_shape) devices; pack_buckets > 0
-  packs each batch as the trainer does (`trainer.packing_for_batch`)."""
+  packs each batch as the trainer does (`packing.spec_for_batch`)."""
   devices = jax.devices()[: int(np.prod(mesh_shape))]
   mesh = sharding_lib.make_mesh(*mesh_shape, devices=devices)
   tx = make_optimizer(recipe.optimizer)
@@ -66,9 +67,9 @@ def run_steps(recipe, mesh_shape, batches, seed=0, pack_buckets=0):
       packing = None
       if pack_buckets:
         groups = sharding_lib.data_parallel_size(mesh)
-        packing = packing_for_batch(batch, pad_id=recipe.model.pad_id, groups=groups,
-                                    local_groups=groups, micro_batches=recipe.micro_batches,
-                                    buckets=pack_buckets)
+        packing = packing_lib.spec_for_batch(
+            real_tokens(batch, recipe.model.pad_id), groups=groups, local_groups=groups,
+            micro_batches=recipe.micro_batches, buckets=pack_buckets)
         assert packing is not None  # the test batches leave pads in every group
       state, metrics = step(state, global_batch, packing)
       all_metrics.append(jax.device_get(metrics))
@@ -155,17 +156,19 @@ def test_packed_sharded_step_matches_padded_single_device(mesh_shape, micro_batc
   assert max_abs_diff(packed.ema_params, ref.ema_params) <= 1e-5
 
 
-def test_packing_for_batch_buckets_and_skips_full_batches():
+def test_trainer_packs_on_the_real_tokens_of_student_and_teacher_input():
   batch = make_batch(8, 16, seed=4)
   keep = batch["target"] != 1
-  spec = packing_for_batch(batch, pad_id=1, groups=2, local_groups=2, micro_batches=1,
-                           buckets=4)
+  spec = packing_lib.spec_for_batch(real_tokens(batch, 1), groups=2, local_groups=2,
+                                    micro_batches=1, buckets=4)
   most = max(keep[:4].sum(), keep[4:].sum())
   assert spec.groups == 2 and spec.capacity % 16 == 0 and most <= spec.capacity < most + 16
-  full = {k: v.copy() for k, v in batch.items()}
-  full["target"][:] = 5
-  assert packing_for_batch(full, pad_id=1, groups=2, local_groups=2, micro_batches=1,
-                           buckets=4) is None
+  # A <mask> where the target has a pad still needs a slot (union of both inputs).
+  odd = {k: v.copy() for k, v in batch.items()}
+  odd["source"][:] = MASK_ID
+  assert real_tokens(odd, 1).all()
+  assert packing_lib.spec_for_batch(real_tokens(odd, 1), groups=2, local_groups=2,
+                                    micro_batches=1, buckets=4) is None
 
 
 def test_first_step_teacher_is_initial_student_and_ema_follows_update():
