@@ -8,14 +8,18 @@ checkpoint and exits. See README.md for the configs and the outputs written to t
 
 On Linux/glibc the script first re-executes itself with malloc settings that keep XLA:CPU's
 per-step scratch memory mapped (`data2vec_jax/host_malloc.py`; D2V_MALLOC=default opts out).
+It then adds the project's GPU XLA flags to XLA_FLAGS (`data2vec_jax/xla_flags.py`; flags you
+set yourself win; D2V_XLA_FLAGS=none opts out).
 """
 
-from data2vec_jax import host_malloc
+from data2vec_jax import host_malloc, xla_flags
 
 if __name__ == "__main__":
   host_malloc.maybe_reexec()  # before jax starts: see data2vec_jax/host_malloc.py
+  xla_flags.apply_gpu_flags()  # before jax starts a backend: XLA reads XLA_FLAGS only then
 
 import logging  # noqa: E402
+import os  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -35,6 +39,7 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.info("glibc malloc settings for XLA:CPU scratch memory: %s",
                "on" if host_malloc.is_tuned() else "off (D2V_MALLOC=default or not glibc)")
+  logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", "") or "(none)")
   train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

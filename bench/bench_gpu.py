@@ -21,7 +21,8 @@ from `flops.peak_flops_per_device`; HFU adds the FLOPs the remat policy recomput
 more student forward; dots_no_batch: the attention score/value matmuls 4*L*s*d; dots: none of the
 matmuls). Peak device memory from `device.memory_stats()`.
 
-XLA flags: `bench.common.GPU_XLA_FLAGS` are added to XLA_FLAGS (`--xla_flags none` to compare).
+XLA flags: `data2vec_jax.xla_flags.GPU_FLAGS` (the ones `train.py` applies) are added to XLA_FLAGS
+(`--xla_flags none` to compare against XLA's defaults).
 
 No GPU: prints "no GPU: ..." and exits 2 (GPU detection runs in a subprocess with a timeout, so
 it cannot hang). `--allow-cpu --tiny` runs the same code path on CPU with a tiny model (smoke test).
@@ -245,7 +246,8 @@ def main(argv=None) -> int:
     desc = f"CPU smoke run ({desc})"
   if args.xla_flags == "recommended":
     # On CPU the GPU flags are parsed too (and must be valid), so the smoke run checks them.
-    env = common.xla_flags_env(common.GPU_XLA_FLAGS, env)
+    from data2vec_jax import xla_flags  # no jax import
+    env = xla_flags.with_flags(xla_flags.GPU_FLAGS, env)
   print(f"device: {desc}", file=sys.stderr)
 
   explicit = csv(args.batch, int)

@@ -33,28 +33,8 @@ REPO_ROOT = os.path.dirname(BENCH_DIR)
 RESULTS_PATH = os.path.join(BENCH_DIR, "results.jsonl")
 WORKER_PREFIX = "BENCH_RESULT "
 
-# Recommended XLA flags for single-host GPU training (H100/H200). Each one is accepted by the
-# XLA of jax 0.10.2: an unknown flag aborts the process at backend start, and XLA parses the GPU
-# flags on CPU too, so `bench_gpu.py --allow-cpu --tiny` checks them. NOT yet measured on a GPU
-# (no GPU in the session that wrote them): run `bench_gpu.py --xla_flags none` to compare.
-#  - latency hiding scheduler: overlaps FSDP/data-parallel collectives with compute (a no-op on
-#    one GPU; it is what multi-GPU runs want, so single-GPU numbers are taken in the same setting);
-#  - triton gemm off: plain bf16 dense layers of these shapes (d=768, f=3072) go to cuBLAS(Lt),
-#    which removes GEMM autotuning variance between runs.
-GPU_XLA_FLAGS: tuple[str, ...] = (
-    "--xla_gpu_enable_latency_hiding_scheduler=true",
-    "--xla_gpu_enable_triton_gemm=false",
-)
 # Memory: let XLA take 95% of the GPU (default 75%) so the batch-size sweep finds the real limit.
 GPU_ENV: dict[str, str] = {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.95"}
-
-
-def xla_flags_env(flags: Sequence[str], base: dict[str, str] | None = None) -> dict[str, str]:
-  """A copy of `base` (default os.environ) with `flags` appended to XLA_FLAGS."""
-  env = dict(os.environ if base is None else base)
-  existing = env.get("XLA_FLAGS", "").split()
-  env["XLA_FLAGS"] = " ".join(existing + [f for f in flags if f not in existing])
-  return env
 
 
 def load_avg() -> list[float]:

@@ -120,6 +120,11 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.distributed = False  # True on multi-host: calls jax.distributed.initialize()
+  # Where the processes meet. Unset (""/-1): JAX detects them (Cloud TPU, SLURM, Open MPI,
+  # Kubernetes, JAX_COORDINATOR_ADDRESS). Set all three to launch processes by hand, e.g. on one
+  # machine: coordinator_address="localhost:12345", num_processes=2, process_id=0 / 1.
+  c.cluster = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=-1,
+                                             process_id=-1))
 
   if recipe in ("paper", "roberta"):
     c.masking.update(mask_prob=0.15, mask_multiple_length=1, leave_unmasked_prob=0.1,

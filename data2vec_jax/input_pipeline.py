@@ -43,22 +43,42 @@ class TrainingData:
 
 
 def prepare_python_docs(data_dir: str, vocab_size: int) -> tuple[str, str]:
-  """Writes the offline corpus and trains its sentencepiece model once; returns (text, model)."""
+  """Writes the offline corpus and trains its sentencepiece model once; returns (text, model).
+
+  Each file is written under a temporary name and renamed into place, so a run killed half-way
+  never leaves a truncated corpus or model for the next run to pick up.
+  """
   from data2vec_jax.data.offline_corpus import write_offline_corpus
   from data2vec_jax.data.tokenizer import train_sentencepiece
 
   text_path = os.path.join(data_dir, "python_docs.txt")
   model_path = os.path.join(data_dir, f"spm{vocab_size}.model")
+  suffix = f".tmp{os.getpid()}"
   if not os.path.exists(text_path):
-    stats = write_offline_corpus(text_path)
+    stats = write_offline_corpus(text_path + suffix)
+    os.replace(text_path + suffix, text_path)
     logging.info("offline corpus: %s", stats)
   if not os.path.exists(model_path):
     with open(text_path, encoding="utf-8") as f:
       sentences = [line.strip() for line in f if line.strip()]
     logging.info("training a %d-piece sentencepiece vocabulary on %d sentences", vocab_size,
                  len(sentences))
-    train_sentencepiece(sentences, model_path, vocab_size=vocab_size)
+    train_sentencepiece(sentences, model_path + suffix, vocab_size=vocab_size)
+    os.replace(model_path + suffix, model_path)
   return text_path, model_path
+
+
+def _prepare_python_docs_once(data_dir: str, vocab_size: int, process_index: int,
+                              process_count: int) -> tuple[str, str]:
+  """Process 0 prepares first and the others wait, so that on a shared workdir every process
+  reads the same files (two concurrent sentencepiece trainings need not agree)."""
+  if process_count == 1:
+    return prepare_python_docs(data_dir, vocab_size)
+  from jax.experimental import multihost_utils
+  if process_index == 0:
+    prepare_python_docs(data_dir, vocab_size)
+  multihost_utils.sync_global_devices("data2vec_jax: python_docs prepared")
+  return prepare_python_docs(data_dir, vocab_size)  # no-op where the files are already there
 
 
 def build(config: ml_collections.ConfigDict, workdir: str, *, process_index: int = 0,
@@ -66,8 +86,9 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, process_index: int
   data_cfg = dict(config.data)
   source_cfg = {k: v for k, v in data_cfg.items() if k not in _PIPELINE_KEYS | _LOCAL_KEYS}
   if data_cfg["source"] == "python_docs":
-    text_path, model_path = prepare_python_docs(os.path.join(workdir, "data"),
-                                                int(data_cfg["sentencepiece_vocab_size"]))
+    text_path, model_path = _prepare_python_docs_once(
+        os.path.join(workdir, "data"), int(data_cfg["sentencepiece_vocab_size"]), process_index,
+        process_count)
     source_cfg.update(source="text", path=text_path, tokenizer="sentencepiece",
                       sentencepiece_model=model_path)
   # Empty strings in the config mean "not set".

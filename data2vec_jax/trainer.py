@@ -138,11 +138,27 @@ def _check_health(step: int, metrics: dict[str, float], train_cfg) -> None:
             f"EMA decay (paper §6).")
 
 
+def initialize_distributed(cluster: Any) -> None:
+  """`jax.distributed.initialize` with the config's explicit cluster, or JAX's auto-detection.
+
+  `cluster`: coordinator_address ("" = detect), num_processes and process_id (-1 = detect).
+  """
+  cluster = dict(cluster)
+  kwargs = {
+      "coordinator_address": cluster.get("coordinator_address") or None,
+      "num_processes": None if cluster.get("num_processes", -1) < 0 else cluster["num_processes"],
+      "process_id": None if cluster.get("process_id", -1) < 0 else cluster["process_id"],
+  }
+  logging.info("jax.distributed.initialize(%s)",
+               ", ".join(f"{k}={v}" for k, v in kwargs.items() if v is not None) or "auto-detect")
+  jax.distributed.initialize(**kwargs)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) pretraining in `workdir`; returns a summary of the run."""
   t_start = time.time()
   if config.get("distributed", False):
-    jax.distributed.initialize()
+    initialize_distributed(config.get("cluster", {}))
   process_index, process_count = jax.process_index(), jax.process_count()
   is_chief = process_index == 0
   os.makedirs(workdir, exist_ok=True)
@@ -287,8 +303,11 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
              "packing_steps": {("unpacked" if p is None else str(p.capacity)): n
                                for p, n in sorted(shapes_seen.items(),
                                                   key=lambda kv: kv[0].capacity if kv[0] else 1e9)}}
-  if stop_reason == "completed" and train_cfg.export_model and is_chief:
-    summary["model_dir"] = export_model_dir(state, recipe, os.path.join(workdir, "model"))
+  if stop_reason == "completed" and train_cfg.export_model:
+    # Every process joins (gathering parameters that span processes is a collective).
+    model_dir = export_model_dir(state, recipe, os.path.join(workdir, "model"))
+    if is_chief:
+      summary["model_dir"] = model_dir
   if is_chief and train_cfg.plot:
     from data2vec_jax.plots import plot_training_curves
     summary["plot"] = plot_training_curves(os.path.join(workdir, "metrics.jsonl"),
@@ -296,18 +315,35 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
   return summary
 
 
+def to_host(tree: Any) -> Any:
+  """Global arrays -> numpy, whole. Several processes: a collective (all must call it), since
+  a sharded array's other shards live on other hosts."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def export_model_dir(state: train_state_lib.TrainState, recipe: train_state_lib.Recipe,
                      path: str, *, use_ema: bool = False) -> str:
-  """Writes a data2vec-jax model directory (student, or the EMA teacher) for `load_pretrained`."""
+  """Writes a data2vec-jax model directory (student, or the EMA teacher) for `load_pretrained`.
+
+  On several processes every one must call it (the parameters are gathered with a collective);
+  process 0 writes.
+  """
   from data2vec_jax.pretrained import save_pretrained
-  params = jax.device_get(state.params)
+  params = to_host(state.params)
+  ema_params = to_host(state.ema_params) if use_ema else None
+  step = int(to_host(state.step))
+  if jax.process_index() != 0:
+    return path
   encoder = params["encoder"]
   if use_ema:  # the teacher: EMA blocks (+ the student's embeddings when only blocks are EMA'd)
-    encoder = ema_lib.teacher_params(jax.device_get(state.ema_params), encoder, recipe.ema)
+    encoder = ema_lib.teacher_params(ema_params, encoder, recipe.ema)
   # Head names shared with the converters: fairseq's regression head / the (HF) LM head.
   head_name = "regression_head" if recipe.objective.kind == "data2vec" else "lm_head"
   save_pretrained(path, recipe.model, encoder, head_params={head_name: params["head"]},
-                  metadata={"step": int(jax.device_get(state.step)),
+                  metadata={"step": step,
                             "objective": recipe.objective.kind, "weights": "ema" if use_ema
                             else "student"})
   return path
