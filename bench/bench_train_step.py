@@ -79,8 +79,7 @@ def jax_worker(args, overrides: dict) -> dict:
   from data2vec_jax.model_config import EncoderConfig
   from data2vec_jax.objective import ObjectiveConfig, check_head_positions
   from data2vec_jax.optim import OptimizerConfig, make_optimizer
-  from data2vec_jax import packing as packing_lib
-  from data2vec_jax.trainer import real_tokens
+  from data2vec_jax.trainer import packing_for_batch, real_tokens
 
   rss_base = common.current_rss_mib()
   cfg = EncoderConfig(**model_kwargs(args.config, overrides))
@@ -106,8 +105,8 @@ def jax_worker(args, overrides: dict) -> dict:
   for b in host_batches:
     check_head_positions(b, config=cfg, objective=recipe.objective)
   # As the trainer packs each batch (one group: one device).
-  packings = [packing_lib.spec_for_batch(real_tokens(b, cfg.pad_id), groups=1, local_groups=1,
-                                         micro_batches=1, buckets=args.pack_buckets)
+  packings = [packing_for_batch(b, real_tokens(b, cfg.pad_id).sum(axis=1), pad_id=cfg.pad_id,
+                                groups=1, micro_batches=1, buckets=args.pack_buckets)
               if args.pack_buckets else None for b in host_batches]
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
     step, state, batches = common.jax_train_setup(recipe, tx, mesh, host_batches)

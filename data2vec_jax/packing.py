@@ -194,44 +194,44 @@ def _check_packed(y: jax.Array, layout: TokenLayout) -> None:
 # Host side: choosing the capacity of a batch
 
 
-def group_token_counts(keep: np.ndarray, groups: int, micro_batches: int = 1) -> np.ndarray:
+def group_token_counts(row_tokens: np.ndarray, groups: int, micro_batches: int = 1) -> np.ndarray:
   """Real tokens per packing group of each micro-batch, as the train step splits the batch.
 
-  keep: [B, T] bool host batch. Micro-batch j holds rows j, k+j, 2k+j, ... (the train step's
-  interleaved split); each is cut into `groups` runs of consecutive rows. Returns int
-  [micro_batches, groups].
+  row_tokens: [B] int real tokens of each row of the global batch. Micro-batch j holds rows j,
+  k+j, 2k+j, ... (the train step's interleaved split); each is cut into `groups` runs of
+  consecutive rows. Returns int [micro_batches, groups].
   """
-  rows = keep.shape[0]
+  row_tokens = np.asarray(row_tokens)
+  if row_tokens.ndim != 1:
+    raise ValueError(f"row_tokens must be [B] (real tokens per row), got shape {row_tokens.shape}")
+  rows = row_tokens.shape[0]
   if rows % (micro_batches * groups):
     raise ValueError(f"{rows} rows do not split into {micro_batches} micro-batches of "
                      f"{groups} packing groups")
-  micro = np.stack([keep[j::micro_batches] for j in range(micro_batches)])  # [k, B/k, T]
+  micro = np.stack([row_tokens[j::micro_batches] for j in range(micro_batches)])  # [k, B/k]
   return micro.reshape(micro_batches, groups, -1).sum(axis=2)
 
 
-def spec_for_batch(keep: np.ndarray, *, groups: int, local_groups: int, micro_batches: int,
+def spec_for_batch(row_tokens: np.ndarray, *, seq_len: int, groups: int, micro_batches: int,
                    buckets: int) -> PackingSpec | None:
-  """The static packing of a host batch, or None when it would save nothing.
+  """The static packing of a global batch, or None when it would save nothing.
 
-  keep: [B_local, T] bool real tokens of this process's rows. groups: packing groups of each
-  global micro-batch (one per data shard); local_groups: those this process holds. The capacity
-  is the fullest group (over the micro-batches, split as the train step splits them) rounded up
-  to a multiple of N / `buckets` (N = positions per group), so at most `buckets` values (and
-  compiles) occur per sequence length; it is agreed over all processes (`agree_across_hosts`).
-  A batch whose fullest group needs every position runs unpacked (None).
+  row_tokens: [B] int real tokens of every row of the *global* batch (every process passes the
+  same vector, so all choose the same capacity without talking to each other; the input
+  pipeline computes it from its sizes array). seq_len: T, positions per row. groups: packing
+  groups of each micro-batch (one per data shard). The capacity is the fullest group (over the
+  micro-batches, split as the train step splits them) rounded up to a multiple of N / `buckets`
+  (N = positions per group), so at most `buckets` values (and compiles) occur per sequence
+  length. A batch whose fullest group needs every position runs unpacked (None).
   """
   if buckets < 1:
     raise ValueError(f"buckets must be >= 1, got {buckets}")
-  per_group = keep.shape[0] // (micro_batches * local_groups) * keep.shape[1]
-  most = int(group_token_counts(keep, local_groups, micro_batches).max(initial=0))
+  counts = group_token_counts(row_tokens, groups, micro_batches)
+  per_group = len(row_tokens) // (micro_batches * groups) * seq_len
+  most = int(counts.max(initial=0))
+  if most > per_group:
+    raise ValueError(f"a packing group holds {most} real tokens but has only {per_group} "
+                     f"positions: row_tokens do not describe [B, {seq_len}] rows")
   step = max(1, math.ceil(per_group / buckets))
-  capacity = agree_across_hosts(max(step, math.ceil(most / step) * step))
+  capacity = max(step, math.ceil(most / step) * step)
   return None if capacity >= per_group else PackingSpec(groups, capacity)
-
-
-def agree_across_hosts(capacity: int) -> int:
-  """The largest of every process's capacity (identity on one process)."""
-  if jax.process_count() == 1:
-    return capacity
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return int(np.max(multihost_utils.process_allgather(np.asarray(capacity, np.int32))))

@@ -39,6 +39,7 @@ from data2vec_jax.objective import (ObjectiveConfig, check_head_positions, prune
                                     prunes_teacher_last_block)
 from data2vec_jax.optim import OptimizerConfig, make_optimizer
 from data2vec_jax import input_pipeline
+from data2vec_jax.data.pipeline import GLOBAL_ROW_TOKENS
 
 
 RECIPE_FILE = "recipe.json"  # the resolved step math, for exporting from a checkpoint later
@@ -220,6 +221,27 @@ def real_tokens(host_batch: dict[str, np.ndarray], pad_id: int) -> np.ndarray:
   return (host_batch["source"] != pad_id) | (host_batch["target"] != pad_id)
 
 
+def packing_for_batch(host_batch: dict[str, np.ndarray], global_row_tokens: np.ndarray, *,
+                      pad_id: int, groups: int, micro_batches: int,
+                      buckets: int) -> packing_lib.PackingSpec | None:
+  """The packed capacity of a step, chosen from the global batch's tokens per row.
+
+  Every process passes the pipeline's same `global_row_tokens` [GB], so all choose the same
+  static shape without communicating (a per-step collective would stall the host until the
+  previous step finished). This process's rows are checked against their slice of it: a
+  capacity below a group's real tokens would turn the loss NaN, so a mismatch is an error here.
+  """
+  local = real_tokens(host_batch, pad_id).sum(axis=1)
+  lo = jax.process_index() * len(local)
+  if not np.array_equal(local, global_row_tokens[lo:lo + len(local)]):
+    raise ValueError(
+        f"the real tokens per row of this process's batch ({local.tolist()}) disagree with the "
+        f"input pipeline's '{GLOBAL_ROW_TOKENS}' for rows {lo}..{lo + len(local) - 1} "
+        f"({global_row_tokens[lo:lo + len(local)].tolist()})")
+  return packing_lib.spec_for_batch(global_row_tokens, seq_len=host_batch["source"].shape[1],
+                                    groups=groups, micro_batches=micro_batches, buckets=buckets)
+
+
 def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_chief):
   train_cfg = config.train
   total = int(train_cfg.num_steps)
@@ -241,21 +263,18 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
   steps_timed, time_timed = 0, 0.0
   stop_reason = "completed"
   groups = sharding_lib.data_parallel_size(mesh)
-  if train_cfg.pack_tokens and groups % jax.process_count():
-    raise ValueError(f"token packing needs the {groups} data shards spread evenly over "
-                     f"{jax.process_count()} processes; set train.pack_tokens=False")
   shapes_seen: dict[Any, int] = {}  # packing (None: unpacked) -> steps run with it
   with _PreemptionFlag() as preempted:
     while step < total:
       host_batch = next(data.iterator)
+      global_row_tokens = host_batch.pop(GLOBAL_ROW_TOKENS)  # host-side only
       if recipe.objective.head_overflow == "error":
         check_head_positions(host_batch, config=recipe.model, objective=recipe.objective)
       packing = None
       if train_cfg.pack_tokens:
-        packing = packing_lib.spec_for_batch(
-            real_tokens(host_batch, recipe.model.pad_id), groups=groups,
-            local_groups=groups // jax.process_count(), micro_batches=recipe.micro_batches,
-            buckets=train_cfg.pack_buckets)
+        packing = packing_for_batch(host_batch, global_row_tokens, pad_id=recipe.model.pad_id,
+                                    groups=groups, micro_batches=recipe.micro_batches,
+                                    buckets=train_cfg.pack_buckets)
       if packing not in shapes_seen and is_chief and step > first_step:
         # A new static shape compiles once: say why the step pauses.
         logging.info("step %d: new packed shape %s, compiling", step + 1, packing)

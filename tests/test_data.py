@@ -155,7 +155,7 @@ def take(it, n):
 def assert_batches_equal(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b):
-    assert x.keys() == y.keys() == {"source", "target", "selected"}
+    assert x.keys() == y.keys() == {"source", "target", "selected", "global_row_tokens"}
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
 
@@ -222,6 +222,12 @@ def test_process_shards_disjoint_and_cover(pc):
     for k in ("source", "target", "selected"):
       assert all(s[b][k].shape[0] == 16 // pc for s in shards)
       np.testing.assert_array_equal(np.concatenate([s[b][k] for s in shards]), full[b][k])
+    # Every process carries the same per-row token counts of the whole global batch: the real
+    # (non-pad) tokens of all processes' rows, in order.
+    for s in shards:
+      np.testing.assert_array_equal(s[b]["global_row_tokens"], full[b]["global_row_tokens"])
+    np.testing.assert_array_equal(full[b]["global_row_tokens"],
+                                  (full[b]["target"] != PAD).sum(axis=1))
   it = make_it(ds, gb=16)
   rows = [set(it.global_batch_indices(0, 0)[p * 16 // pc:(p + 1) * 16 // pc].tolist()) for p in range(pc)]
   assert set.union(*rows) == set(it.global_batch_indices(0, 0).tolist())
@@ -319,6 +325,10 @@ def test_keep_remainder_pads_rows():
   real = max(0, min(gb // 2, n - (nb - 1) * gb - gb // 2))
   assert last["source"].shape == (gb // 2, 32)
   assert (last["target"][real:] == PAD).all() and not last["selected"][real:].any()
+  # The missing rows of the partial global batch count no tokens.
+  n_last = n - (nb - 1) * gb
+  assert (last["global_row_tokens"][n_last:] == 0).all()
+  assert (last["global_row_tokens"][:n_last] > 0).all()
   assert it.get_state()["epoch"] == 1
 
 

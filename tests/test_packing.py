@@ -88,25 +88,27 @@ def test_bad_shapes_and_specs_are_refused():
 
 def test_spec_for_batch_follows_the_train_steps_micro_batch_split():
   # Rows 0, 2 form micro-batch 0 and rows 1, 3 micro-batch 1 (interleaved, train_step.py).
-  keep = _keep([8, 1, 8, 1], 8)
-  np.testing.assert_array_equal(packing.group_token_counts(keep, 1, 2), [[16], [2]])
-  np.testing.assert_array_equal(packing.group_token_counts(keep, 2, 1), [[9, 9]])
-  spec = lambda keep, groups, micro, buckets: packing.spec_for_batch(
-      keep, groups=groups, local_groups=groups, micro_batches=micro, buckets=buckets)
+  rows = np.array([8, 1, 8, 1])
+  np.testing.assert_array_equal(packing.group_token_counts(rows, 1, 2), [[16], [2]])
+  np.testing.assert_array_equal(packing.group_token_counts(rows, 2, 1), [[9, 9]])
+  spec = lambda rows, groups, micro, buckets: packing.spec_for_batch(
+      np.asarray(rows), seq_len=8, groups=groups, micro_batches=micro, buckets=buckets)
   # Micro-batch 0 fills all 16 positions of its group: nothing to save, run unpacked.
-  assert spec(keep, 1, 2, 8) is None
+  assert spec(rows, 1, 2, 8) is None
   # 9 real tokens, buckets of 16/8 = 2 tokens -> 10; one bucket of 16 -> unpacked.
-  assert spec(_keep([5, 0, 4, 0], 8), 1, 2, 8) == packing.PackingSpec(1, 10)
-  assert spec(_keep([5, 0, 4, 0], 8), 1, 2, 1) is None
-  assert spec(_keep([0, 0], 8), 1, 1, 4) == packing.PackingSpec(1, 4)  # one bucket, never 0
-  # Two processes of one group each: the global spec names both groups.
-  assert packing.spec_for_batch(_keep([3, 2], 8), groups=2, local_groups=1, micro_batches=1,
-                                buckets=8) == packing.PackingSpec(2, 6)
+  assert spec([5, 0, 4, 0], 1, 2, 8) == packing.PackingSpec(1, 10)
+  assert spec([5, 0, 4, 0], 1, 2, 1) is None
+  assert spec([0, 0], 1, 1, 4) == packing.PackingSpec(1, 4)  # one bucket, never 0
+  # Two groups (e.g. one per process): the fullest one sets the capacity of both.
+  assert spec([3, 2], 2, 1, 4) == packing.PackingSpec(2, 4)  # buckets of 8/4 = 2 tokens
   with pytest.raises(ValueError, match="do not split into 3 micro-batches"):
-    packing.group_token_counts(keep, 1, 3)
+    packing.group_token_counts(rows, 1, 3)
   with pytest.raises(ValueError, match="buckets must be >= 1"):
-    spec(keep, 1, 1, 0)
-  assert packing.agree_across_hosts(7) == 7
+    spec(rows, 1, 1, 0)
+  with pytest.raises(ValueError, match="holds 9 real tokens but has only 8 positions"):
+    spec([9, 0], 2, 1, 4)
+  with pytest.raises(ValueError, match=r"must be \[B\]"):
+    packing.group_token_counts(_keep([1, 2], 4), 1, 1)
 
 
 def test_packed_encoder_equals_padded_encoder_at_real_tokens():

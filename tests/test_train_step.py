@@ -16,8 +16,7 @@ from data2vec_jax.ema import EMAConfig
 from data2vec_jax.model_config import tiny_config
 from data2vec_jax.objective import ObjectiveConfig
 from data2vec_jax.optim import OptimizerConfig, make_optimizer
-from data2vec_jax import packing as packing_lib
-from data2vec_jax.trainer import real_tokens
+from data2vec_jax.trainer import packing_for_batch, real_tokens
 
 MASK_ID = 999
 
@@ -52,7 +51,7 @@ def make_recipe(micro_batches: int = 1, dropout: float = 0.1, kind: str = "data2
 
 def run_steps(recipe, mesh_shape, batches, seed=0, pack_buckets=0):
   """Runs len(batches) steps on a mesh of the first prod(mesh_shape) devices; pack_buckets > 0
-  packs each batch as the trainer does (`packing.spec_for_batch`)."""
+  packs each batch as the trainer does (`trainer.packing_for_batch`)."""
   devices = jax.devices()[: int(np.prod(mesh_shape))]
   mesh = sharding_lib.make_mesh(*mesh_shape, devices=devices)
   tx = make_optimizer(recipe.optimizer)
@@ -67,9 +66,10 @@ def run_steps(recipe, mesh_shape, batches, seed=0, pack_buckets=0):
       packing = None
       if pack_buckets:
         groups = sharding_lib.data_parallel_size(mesh)
-        packing = packing_lib.spec_for_batch(
-            real_tokens(batch, recipe.model.pad_id), groups=groups, local_groups=groups,
-            micro_batches=recipe.micro_batches, buckets=pack_buckets)
+        packing = packing_for_batch(
+            batch, real_tokens(batch, recipe.model.pad_id).sum(axis=1),
+            pad_id=recipe.model.pad_id, groups=groups, micro_batches=recipe.micro_batches,
+            buckets=pack_buckets)
         assert packing is not None  # the test batches leave pads in every group
       state, metrics = step(state, global_batch, packing)
       all_metrics.append(jax.device_get(metrics))
@@ -156,19 +156,27 @@ def test_packed_sharded_step_matches_padded_single_device(mesh_shape, micro_batc
   assert max_abs_diff(packed.ema_params, ref.ema_params) <= 1e-5
 
 
-def test_trainer_packs_on_the_real_tokens_of_student_and_teacher_input():
-  batch = make_batch(8, 16, seed=4)
-  keep = batch["target"] != 1
-  spec = packing_lib.spec_for_batch(real_tokens(batch, 1), groups=2, local_groups=2,
-                                    micro_batches=1, buckets=4)
-  most = max(keep[:4].sum(), keep[4:].sum())
-  assert spec.groups == 2 and spec.capacity % 16 == 0 and most <= spec.capacity < most + 16
-  # A <mask> where the target has a pad still needs a slot (union of both inputs).
+def test_trainer_packs_from_the_global_rows_without_communication():
+  """The capacity comes from the pipeline's token counts of the whole global batch, so a
+  process whose own rows are short still picks the capacity its peers' full rows need."""
+  batch = make_batch(8, 16, seed=4)  # this process's 8 rows (process 0 of 2)
+  local = real_tokens(batch, 1).sum(axis=1)
+  other = np.full(8, 16)  # the other process's rows: no pads at all
+  spec = packing_for_batch(batch, np.concatenate([local, other]), pad_id=1, groups=2,
+                           micro_batches=1, buckets=4)
+  assert spec is None  # the other group is full: every process runs unpacked, together
+  other = np.full(8, 9)
+  spec = packing_for_batch(batch, np.concatenate([local, other]), pad_id=1, groups=2,
+                           micro_batches=1, buckets=4)
+  most = max(local.sum(), 72)
+  assert spec.groups == 2 and spec.capacity % 32 == 0 and most <= spec.capacity < most + 32
+  # Real tokens of this process's rows that disagree with the pipeline's counts: an error
+  # naming the key, not a capacity that might be too small (which would make the loss NaN).
   odd = {k: v.copy() for k, v in batch.items()}
-  odd["source"][:] = MASK_ID
-  assert real_tokens(odd, 1).all()
-  assert packing_lib.spec_for_batch(real_tokens(odd, 1), groups=2, local_groups=2,
-                                    micro_batches=1, buckets=4) is None
+  odd["source"][:] = MASK_ID  # a <mask> where the target has a pad still needs a slot
+  with pytest.raises(ValueError, match="disagree with the input pipeline's 'global_row_tokens'"):
+    packing_for_batch(odd, np.concatenate([local, other]), pad_id=1, groups=2,
+                      micro_batches=1, buckets=4)
 
 
 def test_first_step_teacher_is_initial_student_and_ema_follows_update():

@@ -40,6 +40,8 @@ Batch = dict[str, np.ndarray]
 MaskFn = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 _STATE_VERSION = 1
+# Batch key of the global batch's real tokens per row (host-side only; see BatchIterator).
+GLOBAL_ROW_TOKENS = "global_row_tokens"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +82,11 @@ class BatchIterator:
     'source'   int32 [B, T]  masked input (mask_fn's output), pad_id after the sequence;
     'target'   int32 [B, T]  original tokens, pad_id after the sequence;
     'selected' bool  [B, T]  positions the loss is taken on (mask_fn's output), False at pads.
+    'global_row_tokens' int32 [GB]  real tokens of every row of the *global* batch (all
+               processes' rows, 0 for the missing rows of a partial batch), from the sizes
+               array: the same on every process, so host-side choices that must agree across
+               processes (the packed capacity, `packing.spec_for_batch`) need no communication.
+               Not a device input: the trainer takes it out before the batch goes to devices.
 
   Args:
     blocks: the sequences.
@@ -195,16 +202,22 @@ class BatchIterator:
     source = np.full((B, T), self.pad_id, dtype=np.int32)
     target = np.full((B, T), self.pad_id, dtype=np.int32)
     selected = np.zeros((B, T), dtype=bool)
+    row_tokens = np.zeros(self.config.global_batch_size, dtype=np.int32)
+    row_tokens[:len(idx)] = self.blocks.sizes[idx]
     for r, i in enumerate(local):
       tokens = self.blocks[int(i)]
       n = len(tokens)
+      if n != row_tokens[lo + r]:
+        raise ValueError(f"block {int(i)} has {n} tokens but the sizes array says "
+                         f"{row_tokens[lo + r]}: the dataset's index is inconsistent")
       src, sel = self.mask_fn(tokens, epoch=epoch, index=int(i))
       if src.shape != (n,) or sel.shape != (n,):
         raise ValueError(f"mask_fn returned shapes {src.shape}, {sel.shape} for a sequence of {n}")
       source[r, :n] = src
       target[r, :n] = tokens
       selected[r, :n] = sel
-    return {"source": source, "target": target, "selected": selected}
+    return {"source": source, "target": target, "selected": selected,
+            GLOBAL_ROW_TOKENS: row_tokens}
 
   def __iter__(self) -> "BatchIterator":
     return self
