@@ -263,6 +263,11 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
   steps_timed, time_timed = 0, 0.0
   stop_reason = "completed"
   groups = sharding_lib.data_parallel_size(mesh)
+  if train_cfg.pack_tokens and groups % jax.process_count():
+    # Each process must hold whole packing groups: then the fullest group of the pipeline's
+    # row order is the fullest on the devices too, whatever order the mesh gives the processes.
+    raise ValueError(f"token packing needs the {groups} data shards spread evenly over "
+                     f"{jax.process_count()} processes; set train.pack_tokens=False")
   shapes_seen: dict[Any, int] = {}  # packing (None: unpacked) -> steps run with it
   with _PreemptionFlag() as preempted:
     while step < total:
