@@ -10,6 +10,10 @@ On Linux/glibc the script first re-executes itself with malloc settings that kee
 per-step scratch memory mapped (`data2vec_jax/host_malloc.py`; D2V_MALLOC=default opts out).
 It then adds the project's GPU XLA flags to XLA_FLAGS (`data2vec_jax/xla_flags.py`; flags you
 set yourself win; D2V_XLA_FLAGS=none opts out).
+
+Every failure ends the output with one line `train.py: error: ...`. Expected failures (a bad
+config, unusable data, a checkpoint of another model, a diverged run) print only that line;
+D2V_TRACEBACK=1 adds their tracebacks. Exit codes: 1 error, 2 bad flags, 130 Ctrl-C.
 """
 
 from data2vec_jax import host_malloc, xla_flags
@@ -20,16 +24,45 @@ if __name__ == "__main__":
 
 import logging  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
-
-from data2vec_jax.trainer import train_and_evaluate  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def fail(message: str, code: int = 1) -> None:
+  """Ends the run with `message` as the last line of its output (no traceback after it)."""
+  sys.stdout.flush()
+  print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad `--config...` override reported in one line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(f"{e} (python train.py --helpfull lists the flags)", 2)
+  except (AttributeError, KeyError) as e:  # an override of a field the config does not have
+    # ml_collections' message quotes the missing key (escaped several times over): find the
+    # override it belongs to.
+    paths = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    words = re.findall(r"\w+", str(e))
+    field = next((p for w in words for p in paths if w in p.split(".")), str(e))
+    suggestion = re.search(r'Did you mean "(\w+)"', str(e))
+    fail(f"unknown config field {field!r}"
+         + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
+         + "; print the config's fields with: python -c \"from configs import pretrain; "
+         "print(pretrain.get_config())\"", 2)
+  except (TypeError, ValueError) as e:  # e.g. a string where the field holds a number
+    fail(f"bad --config override: {e}", 2)
 
 
 def main(argv):
@@ -40,8 +73,22 @@ def main(argv):
   logging.info("glibc malloc settings for XLA:CPU scratch memory: %s",
                "on" if host_malloc.is_tuned() else "off (D2V_MALLOC=default or not glibc)")
   logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", "") or "(none)")
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  from data2vec_jax.checkpoint import TrainingCheckpointError
+  from data2vec_jax.health import TrainingError
+  from data2vec_jax.trainer import ConfigError, InputDataError, train_and_evaluate
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ConfigError, InputDataError, TrainingCheckpointError, TrainingError) as e:
+    if os.environ.get("D2V_TRACEBACK"):
+      traceback.print_exc()
+    fail(str(e))  # the messages say what went wrong and what to do; a traceback adds nothing
+  except KeyboardInterrupt:
+    fail("interrupted (Ctrl-C); re-run the same command to resume from the newest checkpoint",
+         130)
+  except Exception as e:  # noqa: BLE001 - unexpected: the traceback, then the one-line summary
+    traceback.print_exc()
+    fail(f"{type(e).__name__}: {e}".splitlines()[0])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

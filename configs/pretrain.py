@@ -115,7 +115,12 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       # of `pack_buckets` static capacities per sequence length (each compiles once); batches
       # without pads run unpacked. Same loss; saves the pads' share of the FLOPs.
       pack_tokens=True, pack_buckets=16,
-      nan_guard=True, collapse_check_after=5_000, min_target_var=0.1, min_pred_var=0.01,
+      # Health guards (data2vec_jax/health.py), checked on every step before each save: stop
+      # on a NaN/Inf loss or grad norm, or one over explode_factor x its running median over
+      # explode_window steps (0 = NaN/Inf only); and on a collapse: a target/prediction
+      # variance under its floor and under collapse_fraction of the run's peak.
+      nan_guard=True, explode_factor=100.0, explode_window=100,
+      collapse_check_after=5_000, min_target_var=0.1, min_pred_var=0.01, collapse_fraction=0.1,
       peak_flops_per_device=0.0))  # 0: look up from the device kind (H100, TPU v4, ...)
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -8,20 +8,104 @@ A checkpoint step directory holds two items:
 Saves are asynchronous (training continues while the previous step is written); a checkpoint
 becomes visible only once complete (orbax writes to a temporary directory and renames), so a
 process killed mid-save resumes from the previous one.
+
+Resuming tells two failures apart:
+  * a checkpoint of another model or optimizer (the stored tree or shapes differ from the
+    state this config builds): `CheckpointMismatchError`, with the per-key differences; nothing
+    is moved, the user fixes the config or the workdir;
+  * a corrupt checkpoint (metadata, array files or iterator state unreadable): reported with
+    the reason, set aside under `<workdir>/set_aside_checkpoints/` (never deleted) and the next
+    older step is tried (`restore_newest_intact`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+import shutil
+import sys
+import time
+from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+SET_ASIDE_DIR = "set_aside_checkpoints"  # sibling of the checkpoint directory
 
-class CheckpointError(RuntimeError):
-  """A checkpoint exists but cannot be restored into the requested state (wrong model/config)."""
+
+class TrainingCheckpointError(RuntimeError):
+  """A training checkpoint cannot be used: none exists, none is intact, or it does not fit.
+
+  (Weights files given to the converters raise `convert.torch_io.CheckpointError` instead.)
+  """
+
+
+class CheckpointMismatchError(TrainingCheckpointError):
+  """A checkpoint is intact but holds another model/optimizer state than the config builds."""
+
+
+class CorruptCheckpointError(TrainingCheckpointError):
+  """A checkpoint's files cannot be read (truncated, garbage, missing metadata)."""
+
+
+def _path_key(path: tuple[Any, ...]) -> str:
+  """'params/encoder/layers/0/fc1/kernel' for a key path, whatever the container types.
+
+  A freshly read orbax metadata tree holds dicts and lists where the live state holds
+  dataclasses and named tuples, so paths are compared by their entry names only.
+  """
+  parts = []
+  for entry in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+    else:
+      parts.append(str(entry))
+  return "/".join(parts)
+
+
+def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
+  return {_path_key(p): tuple(x.shape) for p, x in leaves if getattr(x, "shape", None) is not None}
+
+
+def _preview(items: list[str], limit: int = 5) -> str:
+  shown = ", ".join(items[:limit])
+  return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def structure_differences(stored: Any, expected: Any) -> list[str]:
+  """The differences between a stored tree's leaf shapes and the expected ones (empty: none)."""
+  found, wanted = _leaf_shapes(stored), _leaf_shapes(expected)
+  missing = sorted(set(wanted) - set(found))
+  unexpected = sorted(set(found) - set(wanted))
+  mismatched = [f"{k} {found[k]} in the checkpoint vs {wanted[k]} in the model"
+                for k in sorted(set(wanted) & set(found)) if found[k] != wanted[k]]
+  out = []
+  if mismatched:
+    out.append(f"shape mismatches: {_preview(mismatched)}")
+  if missing:
+    out.append(f"missing from the checkpoint: {_preview(missing)}")
+  if unexpected:
+    out.append(f"not in the model: {_preview(unexpected)}")
+  return out
+
+
+def _all_processes_agree(ok: bool) -> bool:
+  """True when `ok` holds on every process (a collective with several processes)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.array([ok], np.int32))))
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 class Checkpointer:
@@ -33,80 +117,164 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
         enable_async_checkpointing=async_save, create=True)
+    # Handlers registered up front: without them a fresh process cannot read a step's metadata
+    # before the first restore, and the readable structure check below would never run.
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "data"))
+                                          item_names=("state", "data"), item_handlers=handlers)
+    self._closed = False
+    self._previous_unraisablehook = None
+
+  def _quiet_orphaned_reads(self) -> None:
+    """Drops the "Event loop is closed" reports of reads orphaned by a failed restore.
+
+    When one array of a corrupt step fails, orbax closes its event loop while TensorStore still
+    completes the step's other reads; each then reports an unraisable RuntimeError (hundreds of
+    tracebacks that bury the one-line diagnosis). Only that exact error is dropped, from the
+    first restore until `close()`; everything else reaches the previous hook.
+    """
+    if self._previous_unraisablehook is not None:
+      return
+    previous = self._previous_unraisablehook = sys.unraisablehook
+
+    def hook(report):
+      value = report.exc_value
+      if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+        previous(report)
+
+    sys.unraisablehook = hook
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    return sorted(self._manager.all_steps())
 
   def should_save(self, step: int) -> bool:
-    return self._manager.should_save(step)
+    """True when `save(step, ...)` would write (interval reached, or a preemption sync point)."""
+    return step not in self._manager.all_steps() and self._manager.should_save(step)
 
   def reached_preemption(self, step: int) -> bool:
     """True on every host once any host has received a preemption notice (multi-host safe)."""
     return self._manager.reached_preemption(step)
 
   def save(self, step: int, state: Any, data_state: dict, *, force: bool = False) -> bool:
-    """Starts an async save of `state` (a pytree of jax.Arrays) and `data_state` (JSON)."""
+    """Starts an async save of `state` (a pytree of jax.Arrays) and `data_state` (JSON).
+
+    Returns whether a save started. A step that is already saved (or being saved) is not
+    saved again, also with `force`: a preemption notice right after a scheduled save keeps it.
+    """
+    if step in self._manager.all_steps():
+      return False
     return self._manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                       data=ocp.args.JsonSave(data_state)), force=force)
 
   def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict]:
-    """Restores into the shapes, dtypes and shardings of `abstract_state` (ShapeDtypeStructs).
+    """Restores one step into the shapes, dtypes and shardings of `abstract_state`.
 
-    Raises `CheckpointError` naming the mismatch when the stored tree does not fit (for example a
-    checkpoint of a different model size in the same workdir).
+    Raises `CheckpointMismatchError` (with the per-key differences) when the stored tree does
+    not fit, `CorruptCheckpointError` when its files cannot be read.
     """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise CheckpointError(f"no checkpoint in {self.directory}")
-    self._check_structure(step, abstract_state)
+      raise TrainingCheckpointError(f"no checkpoint in {self.directory}")
+    where = os.path.join(self.directory, str(step))
+    self._quiet_orphaned_reads()  # they arrive during and shortly after a failed read
+    try:
+      metadata = self._manager.item_metadata(step)
+      stored = metadata["state"]
+    except Exception as e:  # noqa: BLE001 - any unreadable metadata is corruption
+      raise CorruptCheckpointError(f"{where}: metadata unreadable ({_reason(e)})") from e
+    if stored is None:
+      raise CorruptCheckpointError(f"{where}: the state's metadata is missing")
+    differences = structure_differences(getattr(stored, "tree", stored), abstract_state)
+    if differences:
+      raise CheckpointMismatchError(
+          f"{where} holds another model/optimizer state than this config builds ("
+          f"{'; '.join(differences)}): resume with the config it was trained with, or train "
+          f"in a new --workdir")
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                         data=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointError(
-          f"checkpoint {self.directory}/{step} does not match the current model/optimizer "
-          f"state: {e}") from e
-    return restored["state"], dict(restored["data"] or {})
+    except Exception as e:  # noqa: BLE001 - the tree matched, so a failed read is corruption
+      raise CorruptCheckpointError(f"{where}: {_reason(e)}") from e
+    data_state = restored["data"]
+    if not isinstance(data_state, dict):
+      raise CorruptCheckpointError(
+          f"{where}: the data iterator state is {type(data_state).__name__}, not a JSON object")
+    return restored["state"], data_state
 
-  def _check_structure(self, step: int, abstract_state: Any) -> None:
-    """Compares stored shapes with the expected ones before restoring, for a readable error."""
-    try:
-      stored = self._manager.item_metadata(step)["state"]
-    except Exception:  # noqa: BLE001 - metadata is an optimisation for the error message only
-      return
-    if stored is None:
-      return
-    expected = {jax.tree_util.keystr(p): tuple(x.shape)
-                for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
-    found = {}
-    for p, x in jax.tree_util.tree_flatten_with_path(stored)[0]:
-      shape = getattr(x, "shape", None)
-      if shape is not None:
-        found[jax.tree_util.keystr(p)] = tuple(shape)
-    if not found:
-      return
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    mismatched = [f"{k}: checkpoint {found[k]} vs model {expected[k]}"
-                  for k in sorted(set(expected) & set(found)) if found[k] != expected[k]]
-    if missing or unexpected or mismatched:
-      raise CheckpointError(
-          f"checkpoint {self.directory}/{step} does not match the current state:\n"
-          f"  missing from checkpoint: {missing[:10]}{' ...' if len(missing) > 10 else ''}\n"
-          f"  unexpected in checkpoint: {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}\n"
-          f"  shape mismatches: {mismatched[:10]}")
+  def restore_newest_intact(
+      self, abstract_state: Any, *, validate: Callable[[Any, dict], None] | None = None
+  ) -> tuple[int, Any, dict] | None:
+    """(step, state, data_state) of the newest intact checkpoint; None when there is none.
+
+    A corrupt step is logged with its reason, set aside (`set_aside`) and the next older one is
+    tried. `validate(state, data_state)` may raise `CorruptCheckpointError` for checks only the
+    caller can make (e.g. an iterator state the pipeline cannot read). A mismatch with the
+    config (`CheckpointMismatchError`) is raised at once: falling back would not help. With
+    several processes every one must call this; they agree on each step before moving on.
+    Raises `TrainingCheckpointError` when checkpoints existed but none was intact.
+    """
+    set_aside: list[str] = []
+    for step in reversed(self.all_steps()):
+      error = None
+      try:
+        state, data_state = self.restore(step, abstract_state)
+        if validate is not None:
+          validate(state, data_state)
+      except CorruptCheckpointError as e:
+        error = e
+      if _all_processes_agree(error is None):
+        return step, state, data_state
+      reason = str(error) if error is not None else "unreadable on another process"
+      logging.error("checkpoint step %d is corrupt: %s", step, reason)
+      set_aside.append(self.set_aside(step, "corrupt"))
+    if set_aside:
+      raise TrainingCheckpointError(
+          f"no intact checkpoint in {self.directory}: the corrupt ones were moved to "
+          f"{', '.join(set_aside)}; run again to start from step 0, or move an older copy back")
+    return None
+
+  def set_aside(self, step: int, why: str) -> str:
+    """Moves step `step` out of the checkpoint directory (kept, not deleted); returns where.
+
+    Orbax then no longer lists it, so the run resumes from an older step. Process 0 moves;
+    every process must call this (several processes synchronise around the move).
+    """
+    self._manager.wait_until_finished()
+    destination = os.path.join(os.path.dirname(self.directory), SET_ASIDE_DIR,
+                               f"{why}_step{step}_{time.strftime('%Y%m%d-%H%M%S')}")
+    _sync(f"data2vec_jax: set aside {step}")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(destination), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), destination)
+    _sync(f"data2vec_jax: set aside {step} done")
+    self._manager.reload()
+    return destination
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the in-flight save (so no `*.orbax-checkpoint-tmp` is left) and closes."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self._manager.wait_until_finished()
+    finally:
+      self._manager.close()
+      if self._previous_unraisablehook is not None:
+        sys.unraisablehook = self._previous_unraisablehook
     logging.info("checkpointer closed (%s)", self.directory)
+
+
+def _reason(error: BaseException) -> str:
+  """The first line of an orbax/TensorStore error, short enough for a one-line report."""
+  text = str(error).strip().splitlines()
+  first = text[0] if text else ""
+  first = first if len(first) <= 300 else first[:300] + "..."
+  return f"{type(error).__name__}: {first}"

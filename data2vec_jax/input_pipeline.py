@@ -18,11 +18,33 @@ from typing import Any
 import ml_collections
 
 from data2vec_jax.data.dictionary import VocabInfo
-from data2vec_jax.data.pipeline import PipelineConfig, build_block_dataset, make_iterator
+from data2vec_jax.data.pipeline import (_DATA_KEYS, PipelineConfig, build_block_dataset,
+                                        make_iterator)
 from data2vec_jax.masking import MaskingConfig, mask_tokens
 
 _PIPELINE_KEYS = {f.name for f in dataclasses.fields(PipelineConfig)}
 _LOCAL_KEYS = {"prefetch", "sentencepiece_vocab_size"}
+SOURCES = ("fairseq_bin", "text", "tfds", "python_docs")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Validates the `data` and `masking` sections without reading any data (ValueError)."""
+  data_cfg = dict(config.data)
+  unknown = sorted(set(data_cfg) - _DATA_KEYS - _PIPELINE_KEYS - _LOCAL_KEYS)
+  if unknown:
+    raise ValueError(f"unknown data config keys {unknown}")
+  source = data_cfg.get("source")
+  if source not in SOURCES:
+    raise ValueError(f"unknown data.source {source!r}; expected one of {SOURCES}")
+  if source in ("fairseq_bin", "text") and not data_cfg.get("path"):
+    raise ValueError(f"data.path must be set for data.source={source!r} (the "
+                     f"{'binarized prefix' if source == 'fairseq_bin' else 'text file(s)'})")
+  if source == "tfds" and not data_cfg.get("tfds_name"):
+    raise ValueError("data.tfds_name must be set for data.source='tfds'")
+  if int(data_cfg.get("prefetch", 2)) < 0:
+    raise ValueError(f"data.prefetch must be >= 0, got {data_cfg['prefetch']}")
+  PipelineConfig.from_dict({k: v for k, v in data_cfg.items() if k in _PIPELINE_KEYS})
+  MaskingConfig.from_dict(dict(config.masking))
 
 
 @dataclasses.dataclass

@@ -2,6 +2,10 @@
 
 Only process 0 writes; other processes get a writer that does nothing, so the loop needs no
 `if process_index == 0` branches.
+
+A resumed run replays the steps after its checkpoint. So that the logs read as one uninterrupted
+run, the writer drops the JSONL rows after the resumed step (the file is rewritten atomically)
+and asks TensorBoard to purge those steps' events (`purge_step`).
 """
 
 from __future__ import annotations
@@ -17,18 +21,28 @@ from typing import Mapping
 class MetricWriter:
   """Appends `{'step': n, **metrics}` lines to `<workdir>/metrics.jsonl` and TensorBoard scalars."""
 
-  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
+               resume_step: int = 0):
+    """`resume_step`: the step the run starts from (its checkpoint); rows after it are dropped.
+
+    `history` holds the earlier rows that were kept (for seeding the health guards).
+    """
     self.enabled = enabled
+    self.history: list[dict] = []
+    self.last_step = resume_step  # the newest step with a row
     self._jsonl = None
     self._tb = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    path = os.path.join(workdir, "metrics.jsonl")
+    self.history = _keep_rows_up_to(path, resume_step)
+    self._jsonl = open(path, "a", buffering=1)
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                 purge_step=resume_step + 1)
       except ImportError:  # optional dependency: JSONL is always written
         logging.warning("tensorboardX not installed; writing metrics.jsonl only")
 
@@ -37,6 +51,7 @@ class MetricWriter:
       return
     clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in metrics.items()}
     self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+    self.last_step = max(self.last_step, step)
     if self._tb is not None:
       for key, value in metrics.items():
         self._tb.add_scalar(key, float(value), step)
@@ -46,6 +61,34 @@ class MetricWriter:
       self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
+
+
+def _keep_rows_up_to(path: str, step: int) -> list[dict]:
+  """Rewrites `path` keeping the rows of steps <= `step` (and dropping unreadable lines, e.g. a
+  line cut short by a kill); returns the kept rows."""
+  if not os.path.exists(path):
+    return []
+  kept, lines, dropped = [], [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+        keep = isinstance(row, dict) and int(row["step"]) <= step
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(row)
+        lines.append(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if dropped:
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w") as f:
+      f.writelines(lines)
+    os.replace(temporary, path)
+    logging.info("metrics.jsonl: dropped %d rows after step %d (replayed by this run)", dropped,
+                 step)
+  return kept
 
 
 def format_progress(step: int, total: int, metrics: Mapping[str, float], eta_s: float | None) -> str:

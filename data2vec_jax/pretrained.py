@@ -10,7 +10,8 @@ A **data2vec-jax model directory** holds:
 
 `load_pretrained` also accepts a Hugging Face model directory or a fairseq `.pt` file and
 dispatches on what is there; every load checks every key and shape against the config and lists
-all missing/unexpected keys and mismatched shapes in one error.
+all missing/unexpected keys and mismatched shapes in one error, and refuses a tensor holding
+NaN/Inf (naming the file and the tensor).
 
 `encode` runs the encoder deterministically and returns float32 features, with padding as
 fairseq defines it (see `encode`).

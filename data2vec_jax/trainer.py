@@ -27,6 +27,7 @@ import numpy as np
 from data2vec_jax import checkpoint as checkpoint_lib
 from data2vec_jax import ema as ema_lib
 from data2vec_jax import flops as flops_lib
+from data2vec_jax import health as health_lib
 from data2vec_jax import packing as packing_lib
 from data2vec_jax import sharding as sharding_lib
 from data2vec_jax import train_state as train_state_lib
@@ -61,8 +62,12 @@ def recipe_from_dict(values: dict[str, Any]) -> tuple[train_state_lib.Recipe, in
   return recipe, int(values["seq_len"])
 
 
-class TrainingError(RuntimeError):
-  """Training stopped because the run became unhealthy (NaN/Inf loss, representation collapse)."""
+class ConfigError(ValueError):
+  """The config is invalid; raised before any data, vocabulary or checkpoint is touched."""
+
+
+class InputDataError(ValueError):
+  """The configured data cannot be read or used (missing or malformed files, empty corpus)."""
 
 
 def recipe_from_config(config: ml_collections.ConfigDict, vocab_size: int,
@@ -123,22 +128,6 @@ def _host_batch_to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, j
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def _check_health(step: int, metrics: dict[str, float], train_cfg) -> None:
-  loss = metrics.get("loss", 0.0)
-  if train_cfg.nan_guard and not np.isfinite(loss):
-    raise TrainingError(
-        f"loss became {loss} at step {step}; stopping (the last good checkpoint is kept). "
-        f"Common causes: learning rate too high, too short a warmup, bf16 overflow.")
-  if step >= train_cfg.collapse_check_after:
-    for key, minimum in (("target_var", train_cfg.min_target_var),
-                         ("pred_var", train_cfg.min_pred_var)):
-      if key in metrics and minimum > 0 and metrics[key] < minimum:
-        raise TrainingError(
-            f"representation collapse at step {step}: {key}={metrics[key]:.4g} < {minimum} "
-            f"(data2vec 2.0's guard). Lower the learning rate, lengthen the warmup or raise the "
-            f"EMA decay (paper §6).")
-
-
 def initialize_distributed(cluster: Any) -> None:
   """`jax.distributed.initialize` with the config's explicit cluster, or JAX's auto-detection.
 
@@ -155,64 +144,156 @@ def initialize_distributed(cluster: Any) -> None:
   jax.distributed.initialize(**kwargs)
 
 
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the whole config before any corpus, vocabulary or checkpoint is touched.
+
+  Raises `ConfigError` (one line) for unknown fields, out-of-range values, an unknown data
+  source, or a batch the mesh cannot split.
+  """
+  try:
+    input_pipeline.check_config(config)
+    # The real vocabulary is known only after the data is built; a placeholder of the same
+    # kind validates everything else in the recipe now.
+    vocab_size = int(config.model.get("vocab_size", -1) or -1)
+    placeholder = vocab_size if vocab_size > 0 else 1000
+    recipe = recipe_from_config(config, placeholder, placeholder - 1)
+    make_optimizer(recipe.optimizer)
+    health_lib.HealthConfig.from_train_config(config.train)
+    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+                 "micro_batches", "pack_buckets"):
+      if int(config.train[name]) < 1:
+        raise ValueError(f"train.{name} must be >= 1, got {config.train[name]}")
+    mesh = sharding_lib.make_mesh(**dict(config.mesh))
+    shards = sharding_lib.data_parallel_size(mesh) * recipe.micro_batches
+    if config.data.global_batch_size % shards:
+      raise ValueError(
+          f"data.global_batch_size={config.data.global_batch_size} must be divisible by "
+          f"data x fsdp = {sharding_lib.data_parallel_size(mesh)} times "
+          f"train.micro_batches={recipe.micro_batches}")
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    raise ConfigError(f"invalid config: {e}") from e
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) pretraining in `workdir`; returns a summary of the run."""
+  """Runs (or resumes) pretraining in `workdir`; returns a summary of the run.
+
+  Every exit, also by an error, waits for the checkpoint being written and closes the input
+  pipeline, so no half-written checkpoint is left and the error is the last thing reported.
+  """
   t_start = time.time()
   if config.get("distributed", False):
     initialize_distributed(config.get("cluster", {}))
+  validate_config(config)
   process_index, process_count = jax.process_index(), jax.process_count()
   is_chief = process_index == 0
   os.makedirs(workdir, exist_ok=True)
   train_cfg = config.train
 
-  data = input_pipeline.build(config, workdir, process_index=process_index,
-                              process_count=process_count)
-  recipe = recipe_from_config(config, data.vocab_size, data.mask_id)
-  tx = make_optimizer(recipe.optimizer)
-  mesh = sharding_lib.make_mesh(**dict(config.mesh))
-  if config.data.global_batch_size % (sharding_lib.data_parallel_size(mesh) *
-                                      recipe.micro_batches):
-    raise ValueError(
-        f"data.global_batch_size={config.data.global_batch_size} must be divisible by "
-        f"data x fsdp = {sharding_lib.data_parallel_size(mesh)} times "
-        f"train.micro_batches={recipe.micro_batches}")
-  if is_chief:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
-                 process_count)
-
-  seq_len = data.seq_len
-  if is_chief:
-    with open(os.path.join(workdir, RECIPE_FILE), "w") as f:
-      json.dump(recipe_to_dict(recipe, seq_len), f, indent=2)
-  abstract_state, shardings = train_state_lib.state_shardings(recipe, tx, mesh, seq_len)
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints,
-      save_interval_steps=train_cfg.checkpoint_every, async_save=train_cfg.async_checkpoint)
-  rules = sharding_lib.LOGICAL_AXIS_RULES
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    latest = checkpointer.latest_step()
-    if latest is not None:
-      state, data_state = checkpointer.restore(latest, abstract_state)
-      data.iterator.set_state(data_state)
-      logging.info("resumed from %s at step %d", checkpointer.directory, latest)
-    else:
-      state = train_state_lib.create_train_state(
-          recipe, tx, jax.random.PRNGKey(train_cfg.seed), mesh, seq_len)
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    logging.info("parameters: %s (encoder %s)", f"{n_params:,}",
-                 f"{sum(x.size for x in jax.tree_util.tree_leaves(state.params['encoder'])):,}")
-    step_fn = train_step_lib.make_train_step(recipe, tx, mesh, shardings)
-    summary = _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_chief)
-  checkpointer.close()
-  if hasattr(data.iterator, "close"):
-    data.iterator.close()  # stops the prefetch thread
+  try:
+    data = input_pipeline.build(config, workdir, process_index=process_index,
+                                process_count=process_count)
+  except (ValueError, FileNotFoundError, UnicodeError) as e:
+    raise InputDataError(f"data: {e}") from e
+  try:
+    recipe = recipe_from_config(config, data.vocab_size, data.mask_id)
+    tx = make_optimizer(recipe.optimizer)
+    mesh = sharding_lib.make_mesh(**dict(config.mesh))
+    if is_chief:
+      logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
+                   process_count)
+    seq_len = data.seq_len
+    abstract_state, shardings = train_state_lib.state_shardings(recipe, tx, mesh, seq_len)
+    checkpointer = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints,
+        save_interval_steps=train_cfg.checkpoint_every, async_save=train_cfg.async_checkpoint)
+    try:
+      with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+        state = _restore_or_create(checkpointer, abstract_state, data, recipe, tx, mesh, train_cfg)
+        if is_chief:  # only now: a failed resume must not overwrite the run's own files
+          _write_run_files(workdir, config, recipe, seq_len)
+        step_fn = train_step_lib.make_train_step(recipe, tx, mesh, shardings)
+        summary = _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh,
+                        is_chief)
+    except health_lib.TrainingError as e:
+      raise _stopped_unhealthy(e, checkpointer, config) from e
+    finally:
+      checkpointer.close()
+  finally:
+    if hasattr(data.iterator, "close"):
+      data.iterator.close()  # stops the prefetch thread
   summary["wall_time_s"] = time.time() - t_start
   if is_chief:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
   return summary
+
+
+def _write_run_files(workdir: str, config: ml_collections.ConfigDict,
+                     recipe: train_state_lib.Recipe, seq_len: int) -> None:
+  """config.json (as given) and recipe.json (the resolved step math, read by `export`)."""
+  for name, text in (("config.json", config.to_json_best_effort(indent=2)),
+                     (RECIPE_FILE, json.dumps(recipe_to_dict(recipe, seq_len), indent=2))):
+    path = os.path.join(workdir, name)
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def _restore_or_create(checkpointer: checkpoint_lib.Checkpointer, abstract_state: Any,
+                       data: input_pipeline.TrainingData, recipe: train_state_lib.Recipe, tx,
+                       mesh, train_cfg) -> train_state_lib.TrainState:
+  """The newest intact checkpoint's state (the pipeline positioned after it), or a new state.
+
+  A corrupt newest step is set aside and an older one is used; a checkpoint of another model
+  or of other data is an error (`CheckpointMismatchError`)."""
+  current = data.iterator.get_state().get("fingerprint")
+
+  def position_pipeline(state, data_state) -> None:
+    saved = data_state.get("fingerprint")
+    if isinstance(saved, str) and saved != current:
+      raise checkpoint_lib.CheckpointMismatchError(
+          f"{checkpointer.directory}: its checkpoints were taken on other data or another "
+          f"pipeline config (data fingerprint {saved} vs {current} now): use the data and "
+          f"config it was trained with, or train in a new --workdir")
+    try:
+      data.iterator.set_state(data_state)
+    except (ValueError, KeyError, TypeError) as e:
+      raise checkpoint_lib.CorruptCheckpointError(
+          f"step {int(jax.device_get(state.step))}: unusable data iterator state ({e})") from e
+
+  restored = checkpointer.restore_newest_intact(abstract_state, validate=position_pipeline)
+  if restored is None:
+    return train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(train_cfg.seed),
+                                              mesh, data.seq_len)
+  step, state, _ = restored
+  logging.info("resumed from %s at step %d", checkpointer.directory, step)
+  return state
+
+
+def _stopped_unhealthy(error: health_lib.TrainingError, checkpointer: checkpoint_lib.Checkpointer,
+                       config: ml_collections.ConfigDict) -> health_lib.TrainingError:
+  """The error to report for an unhealthy run; diverged checkpoints are set aside first.
+
+  A diverged step's metrics come from the parameters after the step before it, so every
+  checkpoint from `anomaly_step - 1` on holds diverged weights: they are moved out of the way
+  (kept) so that re-running resumes from the last healthy one.
+  """
+  checkpointer.wait_until_finished()
+  moved = []
+  if error.diverged:
+    moved = [checkpointer.set_aside(s, "diverged") for s in checkpointer.all_steps()
+             if s >= error.anomaly_step - 1]
+  good = checkpointer.latest_step()
+  parts = [f"{error}; stopped"]
+  parts.append(f"newest checkpoint before the anomaly: step {good}" if good is not None
+               else "no checkpoint was written before the anomaly")
+  if moved:
+    parts.append(f"diverged checkpoints set aside in {os.path.dirname(moved[0])}")
+  if error.diverged:
+    parts.append("common causes: learning rate too high, too short a warmup, bf16 overflow "
+                 f"(optimizer.lr={config.optimizer.lr}, optimizer.warmup_steps="
+                 f"{config.optimizer.warmup_steps})")
+  return health_lib.TrainingError("; ".join(parts), error.anomaly_step, diverged=error.diverged)
 
 
 def real_tokens(host_batch: dict[str, np.ndarray], pad_id: int) -> np.ndarray:
@@ -245,7 +326,12 @@ def packing_for_batch(host_batch: dict[str, np.ndarray], global_row_tokens: np.n
 def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_chief):
   train_cfg = config.train
   total = int(train_cfg.num_steps)
-  writer = MetricWriter(workdir, enabled=is_chief, tensorboard=train_cfg.tensorboard)
+  step = int(jax.device_get(state.step))
+  first_step = step
+  writer = MetricWriter(workdir, enabled=is_chief, tensorboard=train_cfg.tensorboard,
+                        resume_step=step)
+  monitor = health_lib.HealthMonitor(health_lib.HealthConfig.from_train_config(train_cfg),
+                                     history=writer.history)
   batch_sharding = sharding_lib.batch_sharding(mesh)
   # Per real token, at the window's measured masked fraction (the head, and the pruned last
   # block, run only at the loss positions).
@@ -255,11 +341,10 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
       pruned_last_block=prunes_last_block(recipe.objective, data.seq_len),
       pruned_teacher_last_block=prunes_teacher_last_block(recipe.objective, data.seq_len))
   peak = train_cfg.peak_flops_per_device or flops_lib.peak_flops_per_device()
-  step = int(jax.device_get(state.step))
-  first_step = step
-  pending: list[dict[str, jax.Array]] = []
+  pending: list[dict[str, jax.Array]] = []  # this window's metrics still on the devices
+  window: list[dict[str, float]] = []       # this window's metrics on the host, checked
   last_metrics: dict[str, float] = {}
-  t_window, tokens_window, t_loop = time.time(), 0.0, time.time()
+  t_window = time.time()
   steps_timed, time_timed = 0, 0.0
   stop_reason = "completed"
   groups = sharding_lib.data_parallel_size(mesh)
@@ -269,58 +354,78 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
     raise ValueError(f"token packing needs the {groups} data shards spread evenly over "
                      f"{jax.process_count()} processes; set train.pack_tokens=False")
   shapes_seen: dict[Any, int] = {}  # packing (None: unpacked) -> steps run with it
-  with _PreemptionFlag() as preempted:
-    while step < total:
-      host_batch = next(data.iterator)
-      global_row_tokens = host_batch.pop(GLOBAL_ROW_TOKENS)  # host-side only
-      if recipe.objective.head_overflow == "error":
-        check_head_positions(host_batch, config=recipe.model, objective=recipe.objective)
-      packing = None
-      if train_cfg.pack_tokens:
-        packing = packing_for_batch(host_batch, global_row_tokens, pad_id=recipe.model.pad_id,
-                                    groups=groups, micro_batches=recipe.micro_batches,
-                                    buckets=train_cfg.pack_buckets)
-      if packing not in shapes_seen and is_chief and step > first_step:
-        # A new static shape compiles once: say why the step pauses.
-        logging.info("step %d: new packed shape %s, compiling", step + 1, packing)
-      shapes_seen[packing] = shapes_seen.get(packing, 0) + 1
-      batch = _host_batch_to_global(host_batch, batch_sharding)
-      state, metrics = step_fn(state, batch, packing)
-      step += 1
-      pending.append(metrics)
-      is_last = step == total
-      if step % train_cfg.log_every == 0 or is_last or step == first_step + 1:
-        host = jax.device_get(pending)  # one transfer per log window, not per step
-        pending = []
-        now = time.time()
-        tokens = float(sum(m["num_tokens"] for m in host))
-        elapsed = now - t_window
-        last_metrics = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
-        last_metrics["loss"] = float(host[-1]["loss"])
-        if step > first_step + 1:  # the first step includes compilation
-          last_metrics["tokens_per_s"] = tokens / max(elapsed, 1e-9)
-          steps_timed += len(host)
-          time_timed += elapsed
-          if peak:
-            flops = flops_per_token(masked_fraction=last_metrics["masked_fraction"])
-            last_metrics["mfu"] = (last_metrics["tokens_per_s"] * flops /
-                                   (peak * jax.device_count()))
-        else:
-          last_metrics["first_step_s"] = elapsed
-        eta = (total - step) * time_timed / steps_timed if steps_timed else None
-        writer.write(step, last_metrics)
-        if is_chief:
-          logging.info(format_progress(step, total, last_metrics, eta))
-        _check_health(step, last_metrics, train_cfg)
-        t_window = time.time()
-      checkpointer.save(step, state, data.iterator.get_state(), force=is_last)
-      if preempted.event.is_set() or checkpointer.reached_preemption(step):
-        checkpointer.save(step, state, data.iterator.get_state(), force=True)
-        stop_reason = "preempted"
-        logging.warning("preemption notice: saved step %d, exiting", step)
-        break
-  checkpointer.wait_until_finished()
-  writer.close()
+  try:
+    with _PreemptionFlag() as preempted:
+      while step < total:
+        host_batch = next(data.iterator)
+        global_row_tokens = host_batch.pop(GLOBAL_ROW_TOKENS)  # host-side only
+        if recipe.objective.head_overflow == "error":
+          check_head_positions(host_batch, config=recipe.model, objective=recipe.objective)
+        packing = None
+        if train_cfg.pack_tokens:
+          packing = packing_for_batch(host_batch, global_row_tokens, pad_id=recipe.model.pad_id,
+                                      groups=groups, micro_batches=recipe.micro_batches,
+                                      buckets=train_cfg.pack_buckets)
+        if packing not in shapes_seen and is_chief and step > first_step:
+          # A new static shape compiles once: say why the step pauses.
+          logging.info("step %d: new packed shape %s, compiling", step + 1, packing)
+        shapes_seen[packing] = shapes_seen.get(packing, 0) + 1
+        batch = _host_batch_to_global(host_batch, batch_sharding)
+        state, metrics = step_fn(state, batch, packing)
+        step += 1
+        pending.append(metrics)
+        is_last = step == total
+        stopping = preempted.event.is_set() or checkpointer.reached_preemption(step)
+        saving = is_last or stopping or checkpointer.should_save(step)
+        logging_now = step % train_cfg.log_every == 0 or is_last or step == first_step + 1
+        if saving or logging_now:
+          # Every step's metrics pass the divergence guard before a checkpoint of its state
+          # is written (one transfer per log window or save, not per step).
+          host = jax.device_get(pending)
+          pending = []
+          for offset, step_metrics in enumerate(host):
+            window.append({k: float(v) for k, v in step_metrics.items()})
+            monitor.check_step(step - len(host) + 1 + offset, window[-1])
+        if logging_now:
+          now = time.time()
+          tokens = float(sum(m["num_tokens"] for m in window))
+          elapsed = now - t_window
+          last_metrics = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
+          last_metrics["loss"] = window[-1]["loss"]
+          if step > first_step + 1:  # the first step includes compilation
+            last_metrics["tokens_per_s"] = tokens / max(elapsed, 1e-9)
+            steps_timed += len(window)
+            time_timed += elapsed
+            if peak:
+              flops = flops_per_token(masked_fraction=last_metrics["masked_fraction"])
+              last_metrics["mfu"] = (last_metrics["tokens_per_s"] * flops /
+                                     (peak * jax.device_count()))
+          else:
+            last_metrics["first_step_s"] = elapsed
+          window = []
+          eta = (total - step) * time_timed / steps_timed if steps_timed else None
+          writer.write(step, last_metrics)
+          if is_chief:
+            logging.info(format_progress(step, total, last_metrics, eta))
+          monitor.check_window(step, last_metrics)
+          t_window = time.time()
+        if saving:
+          # A step already saved is not saved again (a notice right after a scheduled save).
+          checkpointer.save(step, state, data.iterator.get_state(), force=is_last or stopping)
+        if stopping:
+          stop_reason = "preempted"
+          logging.warning("preemption notice: saved step %d, exiting", step)
+          break
+    checkpointer.wait_until_finished()
+  except health_lib.TrainingError as e:
+    # The unhealthy step's own metrics go to the logs too, so the curve shows the anomaly.
+    bad = next((m for i, m in enumerate(window)
+                if step - len(window) + 1 + i == e.anomaly_step), None)
+    if bad is not None and e.anomaly_step > writer.last_step:
+      writer.write(e.anomaly_step, bad)
+    raise
+  finally:
+    writer.close()
   summary = {"final_step": step, "stop_reason": stop_reason, "last_metrics": last_metrics,
              "steps_per_s": steps_timed / time_timed if time_timed else None,
              # Steps per packed capacity ("unpacked": batches with a full group, or packing off).

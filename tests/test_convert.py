@@ -20,12 +20,14 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from data2vec_jax.convert import CheckpointError, load_fairseq, load_hf_dir, save_hf_dir
+from data2vec_jax.convert.hf import hf_config_from
 from data2vec_jax.convert.layout import flatten
 from data2vec_jax.convert.parity import (diff_report, padded_batch, reference_features,
                                          reference_model)
 from data2vec_jax.model_config import tiny_config
 from data2vec_jax.pretrained import encode, load_checkpoint, save_pretrained
 
+NON_FINITE = "NaN/Inf values; the checkpoint is corrupt or diverged, load an earlier one"
 CONFIG = tiny_config(vocab_size=120, hidden_size=48, num_heads=3, intermediate_size=100,
                      num_layers=2, max_positions=20)
 
@@ -403,9 +405,10 @@ def test_malicious_pickles_are_refused(tmp_path, base_model, monkeypatch):
   checkpoint, _ = _fairseq_checkpoint(base_model, ema=False)
   checkpoint["extra_state"] = _Evil(marker)
   torch.save(checkpoint, tmp_path / "evil.pt")
-  with pytest.raises(CheckpointError, match=r"refused to unpickle.*system"):
+  with pytest.raises(CheckpointError, match=r"refused to unpickle.*system") as err:
     load_fairseq(tmp_path / "evil.pt")
   assert not marker.exists()
+  _assert_no_unsafe_advice(str(err.value))
 
   # Second stage (file also holds omegaconf objects): the restricted unpickler refuses too.
   module_dir = tmp_path / "fake_modules"
@@ -508,3 +511,98 @@ def test_folded_token_type_keeps_masked_lm_logits(tmp_path):
     a = model(ids_t, attention_mask=mask_t).logits
     b = exported.eval()(ids_t, attention_mask=mask_t).logits
   assert (a - b)[mask_t.bool()].abs().max() <= 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: non-finite weights, and files that are not PyTorch checkpoints at all.
+
+
+def _assert_no_unsafe_advice(message):
+  """torch's errors advise re-running with weights_only=False: never relayed, never suggested."""
+  assert "weights_only" not in message and "retry" not in message.lower(), message
+  assert "re-run" not in message.lower(), message
+
+
+@pytest.mark.parametrize("weights_file", ["model.safetensors", "pytorch_model.bin"])
+def test_non_finite_hf_weights_are_refused_naming_the_tensor(tmp_path, weights_file):
+  src = _edit_hf_dir(tmp_path)
+  state = {k: v.copy() for k, v in load_file(f"{src}/model.safetensors").items()}
+  path = os.path.join(src, weights_file)
+
+  def write(state):
+    if weights_file == "model.safetensors":
+      save_file(state, path, metadata={"format": "pt"})
+    else:
+      (tmp_path / "edit" / "model.safetensors").unlink(missing_ok=True)
+      torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+
+  write(state)
+  assert load_hf_dir(src).metadata["source_file"] == weights_file  # clean: loads
+  key = "encoder.layer.0.intermediate.dense.weight"
+  state[key][0, 0], state[key][3, 1] = np.nan, -np.inf
+  write(state)
+  with pytest.raises(CheckpointError) as err:
+    load_hf_dir(src)
+  assert str(err.value) == f"{path}: tensor '{key}' has 2 {NON_FINITE}"
+
+
+def test_non_finite_fairseq_weights_are_refused_naming_the_tensor(tmp_path, base_model):
+  checkpoint, _ = _fairseq_checkpoint(base_model)
+  torch.save(checkpoint, tmp_path / "clean.pt")
+  load_fairseq(tmp_path / "clean.pt", use_ema=True)  # clean: loads
+
+  # The EMA teacher is read only with use_ema, so only then does its Inf matter.
+  checkpoint["model"]["encoder._ema"]["layers.1.fc2.bias"][5] = float("inf")
+  torch.save(checkpoint, tmp_path / "ema.pt")
+  load_fairseq(tmp_path / "ema.pt")
+  with pytest.raises(CheckpointError) as err:
+    load_fairseq(tmp_path / "ema.pt", use_ema=True)
+  assert str(err.value) == (f"{tmp_path / 'ema.pt'}: tensor 'encoder._ema[layers.1.fc2.bias]' "
+                            f"has 1 {NON_FINITE}")
+
+  key = "encoder.sentence_encoder.layers.0.fc1.weight"
+  checkpoint["model"][key][0, :3] = float("nan")
+  torch.save(checkpoint, tmp_path / "nan.pt")
+  with pytest.raises(CheckpointError) as err:
+    load_checkpoint(tmp_path / "nan.pt")
+  assert str(err.value) == f"{tmp_path / 'nan.pt'}: tensor '{key}' has 3 {NON_FINITE}"
+
+
+def _write_non_checkpoint(tmp_path, kind):
+  """A file named like a checkpoint that is not one: random bytes, empty, text, truncated."""
+  path = tmp_path / f"{kind}.pt"
+  if kind == "random":
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+  elif kind == "empty":
+    path.write_bytes(b"")
+  elif kind == "text":
+    path.write_text("model weights are in the other folder\n")
+  elif kind == "plain pickle":
+    path.write_bytes(pickle.dumps({"model": {}}))
+  else:  # a real torch.save file, cut in half
+    torch.save({"model": {"w": torch.randn(64, 64)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+  return path
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("random", "neither a zip archive nor a pickle"),
+    ("empty", "empty file"),
+    ("text", "neither a zip archive nor a pickle"),
+    ("plain pickle", "a pickle not written by torch.save"),
+    ("truncated", "truncated or corrupt zip archive"),
+])
+def test_files_that_are_not_pytorch_checkpoints_say_so(tmp_path, kind, reason):
+  path = _write_non_checkpoint(tmp_path, kind)
+  with pytest.raises(CheckpointError) as err:
+    load_fairseq(path)
+  assert str(err.value) == f"{path}: not a PyTorch checkpoint ({reason})"
+  _assert_no_unsafe_advice(str(err.value))
+
+  hf_dir = tmp_path / "hf"  # the same refusal for an HF directory's pytorch_model.bin
+  hf_dir.mkdir()
+  (hf_dir / "config.json").write_text(json.dumps(hf_config_from(CONFIG, "Data2VecTextModel")))
+  os.replace(path, hf_dir / "pytorch_model.bin")
+  with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: not a PyTorch checkpoint \("):
+    load_hf_dir(hf_dir)

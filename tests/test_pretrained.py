@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -70,6 +72,27 @@ def test_load_lists_every_key_problem(tmp_path, params):
   assert "missing keys ['layers/fc2/bias']" in message
   assert "unexpected keys ['layers/extra']" in message
   assert "layers/fc1/kernel: got (2, 32, 41), expected (2, 32, 40)" in message
+
+
+@pytest.mark.parametrize("file, key, dtype", [
+    ("params.safetensors", "layers/fc1/kernel", np.float32),
+    ("params.safetensors", "layers/fc1/kernel", jnp.bfloat16),  # kept as stored
+    ("heads.safetensors", "regression_head/dense_0/bias", np.float32),
+])
+def test_load_refuses_non_finite_weights_naming_file_and_tensor(tmp_path, params, file, key,
+                                                                dtype):
+  params = jax.tree.map(lambda x: x.astype(dtype), params)
+  heads = {"regression_head": {"dense_0": {"kernel": np.ones((32, 4), dtype),
+                                            "bias": np.zeros(4, dtype)}}}
+  save_pretrained(tmp_path, CONFIG, params, head_params=heads)
+  load_pretrained(tmp_path)  # clean: loads
+  flat = {k: v.copy() for k, v in load_file(tmp_path / file).items()}
+  flat[key].flat[[0, 2, 3]] = [np.nan, np.inf, -np.inf]
+  save_file(flat, tmp_path / file)
+  with pytest.raises(CheckpointError) as err:
+    load_pretrained(tmp_path)
+  assert str(err.value) == (f"{tmp_path / file}: tensor '{key}' has 3 NaN/Inf values; the "
+                            "checkpoint is corrupt or diverged, load an earlier one")
 
 
 def test_load_refuses_unknown_formats_and_versions(tmp_path, params):

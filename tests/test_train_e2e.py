@@ -1,10 +1,13 @@
-"""train.py end to end (subprocesses, as users run it): train, resume, export; and exact resume
-after the process is killed mid-run."""
+"""train.py end to end (subprocesses, as users run it): train, resume, export; exact resume after
+the process is killed mid-run (and its newest checkpoint corrupted); SIGTERM; and the failure
+paths a user meets: a resume with another model, a diverging run, a bad config."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,14 +42,22 @@ def env() -> dict[str, str]:
   return e
 
 
-def losses(workdir: str) -> dict[int, float]:
-  """step -> loss; for steps logged twice (re-run after a resume) the later line wins."""
-  out = {}
+def metric_rows(workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      out[row["step"]] = row["loss"]
-  return out
+    return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+def losses(workdir: str) -> dict[int, float]:
+  """step -> loss (the later line wins, should a step be logged twice)."""
+  return {row["step"]: row["loss"] for row in metric_rows(workdir)}
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def last_line(text: str) -> str:
+  return text.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
@@ -68,6 +79,19 @@ def test_train_resume_export(tmp_path):
   packed = json.load(open(os.path.join(workdir, "summary.json")))["packing_steps"]
   assert sum(packed.values()) == 4
   assert any(key != "unpacked" and int(key) < 8 * 64 for key in packed), packed
+  # Resuming with another model fails in one line naming the mismatched tensors, and leaves the
+  # workdir's own config.json / recipe.json (which `export` reads) as they were.
+  own_files = {name: open(os.path.join(workdir, name)).read()
+               for name in ("config.json", "recipe.json")}
+  wrong = subprocess.run(train_cmd(workdir, 6, "--config.model.hidden_size=64"), env=env(),
+                         capture_output=True, text=True, timeout=600)
+  assert wrong.returncode == 1
+  assert last_line(wrong.stderr).startswith("train.py: error: "), wrong.stderr[-3000:]
+  assert "shape mismatches: " in last_line(wrong.stderr)
+  assert re.search(r"32\) in the checkpoint vs \([\d, ]*64\) in the model", wrong.stderr)
+  assert "Traceback" not in wrong.stderr
+  assert own_files == {name: open(os.path.join(workdir, name)).read() for name in own_files}
+  assert checkpoint_steps(workdir)[-1] == 4
   # Same command with more steps resumes from the step-4 checkpoint instead of restarting.
   second = subprocess.run(train_cmd(workdir, 6), env=env(), capture_output=True, text=True,
                           timeout=600)
@@ -126,28 +150,45 @@ def test_kill_and_resume_reproduces_uninterrupted_losses(tmp_path):
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 300
   while time.time() < deadline:
-    if os.path.exists(metrics) and len(losses(workdir)) >= 5:
+    if (os.path.exists(metrics) and len(losses(workdir)) >= 5
+        and len(checkpoint_steps(workdir)) >= 2):
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)  # no chance to save: resume must use an earlier checkpoint
   proc.wait()
   killed_at = max(losses(workdir))
   assert killed_at < steps, "the run finished before it could be killed"
+  saved = checkpoint_steps(workdir)
+  assert len(saved) >= 2, saved
+  # The newest checkpoint is also corrupt (an array file cut short, as by a full disk): the run
+  # reports it, sets it aside and resumes from the one before.
+  arrays = sorted(p for p in glob.glob(os.path.join(workdir, "checkpoints", str(saved[-1]),
+                                                    "state", "**", "d", "*"), recursive=True)
+                  if os.path.isfile(p))
+  for path in arrays:
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
 
   resumed = subprocess.run(train_cmd(workdir, steps), env=env(), capture_output=True, text=True,
                            timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "resumed from" in resumed.stderr
+  assert f"checkpoint step {saved[-1]} is corrupt" in resumed.stderr
+  assert f"at step {saved[-2]}" in resumed.stderr and "Traceback" not in resumed.stderr
+  assert glob.glob(os.path.join(workdir, "set_aside_checkpoints", f"corrupt_step{saved[-1]}_*"))
   after = losses(workdir)
   assert sorted(after) == list(range(1, steps + 1))
   for step in range(1, steps + 1):
     assert after[step] == reference[step], (step, after[step], reference[step])
+  # The replayed steps replaced their first rows: the log reads as one uninterrupted run.
+  assert [row["step"] for row in metric_rows(workdir)] == list(range(1, steps + 1))
 
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits(tmp_path):
+  # Every step is checkpointed, so the notice always arrives on a step that was just saved:
+  # the preemption save must not save it again (orbax's StepAlreadyExistsError).
   workdir = str(tmp_path / "preempted")
-  proc = subprocess.Popen(train_cmd(workdir, 200, "--config.train.checkpoint_every=1000"),
+  proc = subprocess.Popen(train_cmd(workdir, 200, "--config.train.checkpoint_every=1"),
                           env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 300
@@ -159,6 +200,48 @@ def test_sigterm_saves_and_exits(tmp_path):
   assert "preemption notice" in stderr
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["stop_reason"] == "preempted"
-  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  saved = checkpoint_steps(workdir)
   assert saved and saved[-1] == summary["final_step"] < 200
+  assert not glob.glob(os.path.join(workdir, "checkpoints", "*tmp*"))
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_before_nan_and_sets_its_checkpoints_aside(tmp_path):
+  # lr 1e6: the loss explodes (finite, ~1e20) a step before it turns NaN.
+  workdir = str(tmp_path / "diverged")
+  run = subprocess.run(train_cmd(workdir, 12, "--config.optimizer.lr=1e6",
+                                 "--config.train.checkpoint_every=1"),
+                       env=env(), capture_output=True, text=True, timeout=600)
+  assert run.returncode == 1
+  line = last_line(run.stderr)
+  assert line.startswith("train.py: error: loss exploded at step "), run.stderr[-3000:]
+  assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) < 30
+  anomaly = int(line.split("at step ")[1].split(":")[0])
+  # The anomalous step's finite loss is in the log; no NaN loss was reached.
+  rows = {row["step"]: row for row in metric_rows(workdir)}
+  assert max(rows) == anomaly and isinstance(rows[anomaly]["loss"], float)
+  assert all(isinstance(r["loss"], float) for r in rows.values())
+  # The checkpoint that produced the anomaly (step anomaly - 1) and later ones are set aside;
+  # the message names the newest one left, which a re-run resumes from.
+  kept = checkpoint_steps(workdir)
+  assert kept and kept[-1] < anomaly - 1
+  assert f"newest checkpoint before the anomaly: step {kept[-1]}" in line
+  assert glob.glob(os.path.join(workdir, "set_aside_checkpoints", f"diverged_step{anomaly - 1}_*"))
+  assert not glob.glob(os.path.join(workdir, "**", "*orbax-checkpoint-tmp*"), recursive=True)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.train.nmu_steps=3", "unknown config field 'train.nmu_steps' (did you mean "
+                                   "'num_steps'?)"),
+    ("--config.data.global_batch_size=-8", "invalid config: global_batch_size must be >= 1"),
+    ("--config.data.source=wiki", "invalid config: unknown data.source 'wiki'"),
+])
+def test_a_bad_config_is_one_line_before_anything_is_built(tmp_path, override, message):
+  workdir = str(tmp_path / "run")
+  run = subprocess.run(train_cmd(workdir, 4, override), env=env(), capture_output=True,
+                       text=True, timeout=300)
+  assert run.returncode in (1, 2)
+  assert last_line(run.stderr).startswith(f"train.py: error: {message}"), run.stderr[-2000:]
+  assert "Traceback" not in run.stderr
+  assert not os.path.exists(workdir)  # no corpus or vocabulary was built first
 

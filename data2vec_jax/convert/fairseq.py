@@ -322,7 +322,16 @@ def convert_fairseq_checkpoint(checkpoint: Mapping[str, Any], *,
 
 
 def load_fairseq(path: str | os.PathLike[str], *, use_ema: bool = False) -> Converted:
-  """Reads and converts a fairseq `.pt` (see the module docstring)."""
-  converted = convert_fairseq_checkpoint(load_torch_pickle(path), use_ema=use_ema)
-  converted.metadata["source_file"] = os.path.basename(os.fspath(path))
+  """Reads and converts a fairseq `.pt` (see the module docstring).
+
+  Raises:
+    CheckpointError: as `load_torch_pickle` and `convert_fairseq_checkpoint`, naming the file.
+  """
+  path = os.fspath(path)
+  checkpoint = load_torch_pickle(path)
+  try:
+    converted = convert_fairseq_checkpoint(checkpoint, use_ema=use_ema)
+  except CheckpointError as e:  # e.g. a tensor with NaN/Inf: say which file holds it
+    raise CheckpointError(f"{path}: {e}") from None
+  converted.metadata["source_file"] = os.path.basename(path)
   return converted

@@ -13,6 +13,13 @@ files are pickles, so they are read in two stages:
    captured omegaconf containers into plain dicts and lists. Every other global is refused with
    an error that names it.
 
+Before either stage, the container is checked without unpickling anything: a file that is neither
+a zip archive holding `data.pkl` (torch >= 1.6) nor a pickle opening with torch's legacy magic
+number is refused as "not a PyTorch checkpoint". torch's own advice in its errors (re-run with
+`weights_only=False`) is never relayed: for an untrusted file it is advice to run its code.
+
+Every tensor any loader returns passes through `to_numpy`, which refuses NaN/Inf values.
+
 Every failure is raised as `CheckpointError` with the path and the reason, never as a raw pickle
 or zip traceback.
 
@@ -27,6 +34,7 @@ import json
 import os
 import pickle
 import re
+import zipfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -158,6 +166,13 @@ def plain_data(obj: Any) -> Any:
 
 
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+# Lines of torch.load's errors that are boilerplate, not the reason: "Weights only load failed",
+# "Please file an issue ...", "Check the documentation ...", and the advice to re-run with
+# weights_only=False (for an untrusted file that is advice to run its code, so never relayed).
+_TORCH_BOILERPLATE = re.compile(r"weights.only|please file an issue|check the documentation|"
+                                r"trusted source", re.IGNORECASE)
+# The first thing a legacy (pre-zip, torch < 1.6) `torch.save` file holds: a pickled int.
+_LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 
 
 def _refused_global(message: str) -> str | None:
@@ -169,6 +184,69 @@ def _refused_global(message: str) -> str | None:
   return None
 
 
+def _torch_reason(error: BaseException) -> str:
+  """`type: reason` of a torch.load error, without torch's boilerplate and weights_only advice."""
+  import torch  # pylint: disable=import-outside-toplevel
+  text = str(error).replace(getattr(torch.serialization, "UNSAFE_MESSAGE", "\0"), "")
+  for line in text.splitlines():
+    if line.strip() and not _TORCH_BOILERPLATE.search(line):
+      return f"{type(error).__name__}: {line.strip()}"
+  return type(error).__name__
+
+
+class _GlobalRefused(pickle.UnpicklingError):
+  """`_NoGlobalsUnpickler` met a global: the file is a pickle, of something other than data."""
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+  """Reads plain data only (ints, strings, containers): every global is refused, so nothing runs."""
+
+  def find_class(self, module: str, name: str) -> Any:
+    raise _GlobalRefused(f"{module}.{name}")
+
+
+def _not_a_checkpoint(path: str) -> str | None:
+  """Why `path` is not a `torch.save` file at all (a short reason), or None if it may be one.
+
+  Only the container is examined, as torch itself tells its formats apart: a file opening with
+  a zip signature must be a readable archive holding `<dir>/data.pkl` (and not a TorchScript
+  archive); any other file must be a pickle whose first object is the legacy magic number (read
+  with `_NoGlobalsUnpickler`). The pre-0.4 tar format of torch is not read.
+  """
+  with open(path, "rb") as f:
+    head = f.read(4)
+    if not head:
+      return "empty file"
+    f.seek(0)
+    if head == b"PK\x03\x04":  # torch's own test for its zip format
+      try:
+        with zipfile.ZipFile(f) as archive:
+          names = archive.namelist()
+      except (zipfile.BadZipFile, EOFError, OSError):  # e.g. the central directory was cut off
+        return "truncated or corrupt zip archive"
+      parts = [name.split("/") for name in names]
+      if any(len(p) == 2 and p[1] == "constants.pkl" for p in parts):
+        return "a TorchScript archive, not a torch.save file"
+      if not any(len(p) == 2 and p[1] == "data.pkl" for p in parts):
+        return "a zip archive without data.pkl"
+      return None
+    try:
+      first = _NoGlobalsUnpickler(f).load()
+    except _GlobalRefused:
+      return "a pickle not written by torch.save"
+    except Exception:  # pylint: disable=broad-except  # garbage makes pickle raise anything
+      return "neither a zip archive nor a pickle"
+    if not (isinstance(first, int) and first == _LEGACY_MAGIC_NUMBER):
+      return "a pickle not written by torch.save"
+  return None
+
+
+def _unreadable(path: str, error: BaseException) -> CheckpointError:
+  """The error for a file that looks like a checkpoint but cannot be read (cut, damaged)."""
+  return CheckpointError(f"{path}: cannot read as a PyTorch checkpoint (truncated or corrupt?): "
+                         f"{_torch_reason(error)}")
+
+
 def load_torch_pickle(path: str | os.PathLike[str]) -> Any:
   """Reads a `torch.save` file without executing code from it (see the module docstring).
 
@@ -176,25 +254,28 @@ def load_torch_pickle(path: str | os.PathLike[str]) -> Any:
   objects as `InertObject`s (pass them through `plain_data`).
 
   Raises:
-    CheckpointError: missing, truncated or corrupt file, or a refused global (named).
+    CheckpointError: missing file, not a PyTorch checkpoint at all, truncated or corrupt, or a
+      refused global (named).
   """
   import torch  # pylint: disable=import-outside-toplevel
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: no such file")
+  reason = _not_a_checkpoint(path)
+  if reason is not None:
+    raise CheckpointError(f"{path}: not a PyTorch checkpoint ({reason})")
   try:
     with torch.serialization.safe_globals([argparse.Namespace]):
       return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     refused = _refused_global(str(e))
-    if refused is None or refused.split(".")[0] not in _INERT_MODULE_PREFIXES:
-      raise CheckpointError(
-          f"{path}: refused to unpickle: the file needs global {refused or '?'}, which is not "
-          f"on the allow-list (weights-only load: {str(e).splitlines()[0]})") from None
-  except Exception as e:  # zip/storage errors on truncated or non-torch files
-    raise CheckpointError(
-        f"{path}: cannot read as a PyTorch checkpoint (truncated or corrupt?): "
-        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if refused is None:
+      raise _unreadable(path, e) from None
+    if refused.split(".")[0] not in _INERT_MODULE_PREFIXES:
+      raise CheckpointError(f"{path}: refused to unpickle: the file needs global {refused}, "
+                            "which is not on the allow-list") from None
+  except Exception as e:  # zip/storage errors on truncated or corrupt files
+    raise _unreadable(path, e) from None
   # Stage 2: the file holds omegaconf/fairseq objects; read it with inert stand-ins.
   try:
     return torch.load(path, map_location="cpu", weights_only=False,
@@ -202,24 +283,49 @@ def load_torch_pickle(path: str | os.PathLike[str]) -> Any:
   except pickle.UnpicklingError as e:
     raise CheckpointError(f"{path}: refused to unpickle: {e}") from None
   except Exception as e:
-    raise CheckpointError(
-        f"{path}: cannot read as a PyTorch checkpoint (truncated or corrupt?): "
-        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    raise _unreadable(path, e) from None
 
 
-def to_numpy(tensor: Any, name: str) -> np.ndarray:
-  """A torch tensor (or array) as a numpy array; float16/bfloat16 are upcast exactly to float32."""
+def to_numpy(tensor: Any, name: str, *, upcast: bool = True) -> np.ndarray:
+  """A loaded tensor as a numpy array: the one door every loader's tensors pass through.
+
+  Args:
+    tensor: a torch tensor or numpy array.
+    name: its checkpoint key, for errors.
+    upcast: turn float16/bfloat16 into float32 (exact); torch half tensors always are (numpy
+      has no bfloat16 of its own).
+  Raises:
+    CheckpointError: not a tensor, or NaN/Inf values (which would silently make every feature
+      non-finite). The message names the tensor; file-level callers add the path.
+  """
   if isinstance(tensor, np.ndarray):
-    return _upcast(tensor)
-  import torch  # pylint: disable=import-outside-toplevel
-  if isinstance(tensor, torch.Tensor):
+    array = tensor
+  else:
+    import torch  # pylint: disable=import-outside-toplevel
+    if not isinstance(tensor, torch.Tensor):
+      raise CheckpointError(f"{name}: expected a tensor, got {type(tensor).__name__}")
     tensor = tensor.detach().cpu()
     if tensor.dtype in (torch.float16, torch.bfloat16):
       tensor = tensor.float()
     array = tensor.numpy()
-  else:
-    raise CheckpointError(f"{name}: expected a tensor, got {type(tensor).__name__}")
-  return _upcast(array)
+  if upcast:
+    array = _upcast(array)
+  # ml_dtypes floats (bfloat16, float8_*) have dtype kind 'V', so their name decides.
+  if array.dtype.kind in "fc" or array.dtype.name.startswith(("bfloat", "float")):
+    non_finite = array.size - int(np.count_nonzero(np.isfinite(array)))
+    if non_finite:
+      raise CheckpointError(f"tensor {name!r} has {non_finite} NaN/Inf values; the checkpoint is "
+                            "corrupt or diverged, load an earlier one")
+  return array
+
+
+def arrays_from(path: str, tensors: Mapping[str, Any], *,
+                upcast: bool = True) -> dict[str, np.ndarray]:
+  """`to_numpy` of every tensor read from `path`; its errors name the file as well."""
+  try:
+    return {name: to_numpy(tensor, name, upcast=upcast) for name, tensor in tensors.items()}
+  except CheckpointError as e:
+    raise CheckpointError(f"{path}: {e}") from None
 
 
 def load_safetensors(path: str | os.PathLike[str], *,
@@ -235,16 +341,13 @@ def load_safetensors(path: str | os.PathLike[str], *,
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: no such file")
   try:
-    out = {}
     with safe_open(path, framework="numpy") as f:
-      for key in f.keys():
-        array = f.get_tensor(key)
-        out[key] = _upcast(array) if upcast else array
-    return out
+      raw = {key: f.get_tensor(key) for key in f.keys()}
   except Exception as e:
     raise CheckpointError(
         f"{path}: cannot read as safetensors (truncated or corrupt?): {type(e).__name__}: {e}"
     ) from None
+  return arrays_from(path, raw, upcast=upcast)
 
 
 def _upcast(array: np.ndarray) -> np.ndarray:
@@ -294,4 +397,4 @@ def _bin_state_dict(path: str) -> dict[str, np.ndarray]:
   state = load_torch_pickle(path)
   if not isinstance(state, Mapping):
     raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-  return {k: to_numpy(v, k) for k, v in state.items()}
+  return arrays_from(path, state)

@@ -354,7 +354,8 @@ def build_block_dataset(data_cfg: Any, *, tokens_per_sample: int, break_mode: st
     vocab_json, merges_txt, dict_txt (optional), sentencepiece_model.
     sentence_split (False): split TFDS paragraphs into sentences; max_documents (None): cap.
   For 'fairseq_bin' the vocabulary comes from `dict_txt` (default `<dir of path>/dict.txt`) plus
-  the appended `<mask>`, or from the tokenizer files if no dict.txt exists.
+  the appended `<mask>`, or from the tokenizer files if no dict.txt exists; the data is checked
+  against the `prepare_stats.json` next to it, when there is one (`sources.check_prepare_stats`).
   'text' and 'tfds' are tokenized into memory; binarize large corpora with
   `python -m data2vec_jax.data.prepare` and use 'fairseq_bin' (memory-mapped).
   """
@@ -380,6 +381,7 @@ def build_block_dataset(data_cfg: Any, *, tokens_per_sample: int, break_mode: st
     if not prefix:
       raise ValueError("data.path must be set to the binarized prefix for source='fairseq_bin'")
     ds = sources.MMapIndexedDataset(prefix)
+    sources.check_prepare_stats(ds)  # a partial .bin/.idx would train on a fraction of the corpus
     dict_txt = get("dict_txt") or os.path.join(os.path.dirname(os.path.abspath(prefix)), "dict.txt")
     if os.path.isfile(dict_txt):
       vocab = Dictionary.load(dict_txt).vocab_info()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import logging
 import os
 import re
@@ -32,6 +33,18 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 Document = list[str]  # one sentence (or paragraph) per item
+
+# Written by `python -m data2vec_jax.data.prepare` next to its `.bin/.idx` outputs; read back by
+# `check_prepare_stats` when the data is loaded.
+PREPARE_STATS_FILE = "prepare_stats.json"
+
+
+class DataError(ValueError):
+  """A problem with the user's corpus, files or data settings that the user can fix.
+
+  The message is one line naming the problem and the fix, so command-line tools print it as is
+  instead of a traceback. A ValueError, so callers that catch ValueError keep working.
+  """
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,8 +68,35 @@ def expand_paths(path: str | Sequence[str]) -> list[str]:
           raise FileNotFoundError(f"text corpus file not found: {m}")
         out.append(m)
   if not out:
-    raise ValueError(f"no text files given (path={path!r})")
+    raise DataError(f"no text files given (path={path!r}); name at least one file, glob or comma list")
   return out
+
+
+# A lone carriage return ends a line too (old Mac files), as in the universal-newline text mode
+# the corpus used to be read with: decoding from bytes must not merge such lines.
+_LONE_CR = re.compile(r"\r(?!\n)")
+
+
+def _text_lines(fname: str) -> Iterator[str]:
+  """The lines of a UTF-8 text file, decoded one at a time so an error can name its exact place."""
+  offset = 0  # byte offset of the current line in the file
+  with open(fname, "rb") as f:
+    for lineno, raw in enumerate(f, start=1):
+      # A NUL never occurs in text; without this check a UTF-16 file (ASCII + NULs is valid
+      # UTF-8) or a binary file would be tokenized into garbage without any error.
+      nul = raw.find(b"\0")
+      if nul >= 0:
+        raise DataError(f"{fname}: line {lineno} has a NUL byte at byte offset {offset + nul}: a binary "
+                        f"or UTF-16 file is not a text corpus; convert it to UTF-8 text (e.g. "
+                        f"`iconv -f UTF-16 -t UTF-8`)")
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise DataError(f"{fname}: line {lineno} is not valid UTF-8 ({e.reason}: "
+                        f"{raw[e.start:e.end]!r} at byte offset {offset + e.start}); re-encode the "
+                        f"file as UTF-8 (e.g. `iconv -f latin1 -t UTF-8`)") from None
+      yield from _LONE_CR.split(text) if "\r" in text else (text,)
+      offset += len(raw)
 
 
 def read_text_documents(path: str | Sequence[str]) -> Iterator[Document]:
@@ -64,17 +104,18 @@ def read_text_documents(path: str | Sequence[str]) -> Iterator[Document]:
 
   Lines are stripped of surrounding whitespace; runs of blank lines count as one boundary, and
   each file ends a document (files never share a document). Streams: one document in memory.
+  Files must be UTF-8 text: a `DataError` names the file, line and byte offset of invalid
+  UTF-8 or of a NUL byte (a binary or UTF-16 file).
   """
   for fname in expand_paths(path):
     doc: Document = []
-    with open(fname, encoding="utf-8") as f:
-      for line in f:
-        line = line.strip()
-        if line:
-          doc.append(line)
-        elif doc:
-          yield doc
-          doc = []
+    for line in _text_lines(fname):
+      line = line.strip()
+      if line:
+        doc.append(line)
+      elif doc:
+        yield doc
+        doc = []
     if doc:
       yield doc
 
@@ -195,7 +236,7 @@ def tokenize_documents(documents: Iterable[Document], encode_lines: Callable[[li
       chunks.append(eos)
       sizes.append(len(ids) + 1)
   if not sizes:
-    raise ValueError("the corpus is empty: no non-blank lines were found")
+    raise DataError("the corpus is empty: no non-blank lines were found; check data.path and the files")
   return TokenSource(tokens=np.concatenate(chunks).astype(np.int32), sizes=np.asarray(sizes))
 
 
@@ -342,6 +383,39 @@ class MMapIndexedDataset:
       raise ValueError(f"{self.prefix}: items are not stored contiguously in .bin; "
                        f"re-binarize it with `python -m data2vec_jax.data.prepare`")
     return TokenSource(tokens=self._bin, sizes=sizes)
+
+
+def check_prepare_stats(ds: MMapIndexedDataset) -> None:
+  """Check `ds` against the `prepare_stats.json` written next to it, when that file describes it.
+
+  A partial `.bin/.idx` (an interrupted copy, or outputs of two preparations mixed in one folder)
+  is otherwise a valid dataset: training would run on a fraction of the corpus without any error.
+  The split is found by the basename of its recorded "prefix" or by its split name; a folder
+  without stats (data binarized by fairseq-preprocess) or stats not naming this split pass.
+  """
+  stats_path = os.path.join(os.path.dirname(os.path.abspath(ds.prefix)), PREPARE_STATS_FILE)
+  if not os.path.isfile(stats_path):
+    return
+  try:
+    with open(stats_path, encoding="utf-8") as f:
+      splits = json.load(f)["splits"]
+    name = os.path.basename(ds.prefix)
+    recorded = next((s for split, s in splits.items()
+                     if split == name or os.path.basename(s.get("prefix", "")) == name), None)
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise DataError(f"{stats_path} is not a readable prepare_stats.json ({e!r}); re-run "
+                    f"`python -m data2vec_jax.data.prepare` or delete it") from None
+  if recorded is None:
+    return
+  found = {"lines": len(ds.sizes), "tokens": int(ds.sizes.astype(np.int64).sum()),
+           "bin_bytes": os.path.getsize(data_file_path(ds.prefix))}
+  # Stats written before "bin_bytes" was recorded are checked on lines and tokens only.
+  keys = [k for k in found if k in recorded]
+  if any(found[k] != recorded[k] for k in keys):
+    show = lambda d: ", ".join(f"{d[k]} {k.replace('_', ' ')}" for k in keys)  # noqa: E731
+    raise DataError(f"{ds.prefix}: the dataset has {show(found)} but {stats_path} records "
+                    f"{show(recorded)} (a partial or mixed preparation); re-run "
+                    f"`python -m data2vec_jax.data.prepare` into {os.path.dirname(stats_path)}")
 
 
 def write_token_source(source: TokenSource, prefix: str, dtype: np.dtype | type = np.uint16) -> None:

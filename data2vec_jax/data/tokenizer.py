@@ -18,13 +18,21 @@ which is how every fairseq sentence line is stored.
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import logging
 import os
 from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from data2vec_jax.data.dictionary import BOS, EOS, MASK, PAD, SPECIAL_SYMBOLS, UNK, Dictionary, VocabInfo
+from data2vec_jax.data.sources import DataError
+
+log = logging.getLogger(__name__)
+
+# sentencepiece's default `max_sentence_length` (UTF-8 bytes): it skips longer training sentences.
+SPM_MAX_SENTENCE_BYTES = 4192
 
 
 class Tokenizer(Protocol):
@@ -50,7 +58,7 @@ def encode_line(tokenizer: Tokenizer, text: str) -> np.ndarray:
 
 def _require_file(path: str | os.PathLike | None, what: str) -> str:
   if not path:
-    raise ValueError(f"{what} path is not set")
+    raise DataError(f"{what} path is not set; give the file")
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{what} not found: {path}")
@@ -88,13 +96,13 @@ class BPETokenizer:
     else:
       missing = [s for i, s in enumerate(SPECIAL_SYMBOLS) if vocab.get(s) != i]
       if missing:
-        raise ValueError(
+        raise DataError(
             f"{vocab_json}: expected fairseq special ids <s>=0 <pad>=1 </s>=2 <unk>=3 in a "
             f"RoBERTa-style vocab.json, but {missing} differ; for original GPT-2 files pass "
             f"the fairseq dict.txt as dict_txt")
       ids = sorted(vocab.values())
       if ids != list(range(len(ids))):
-        raise ValueError(f"{vocab_json}: ids are not contiguous 0..{len(ids) - 1}")
+        raise DataError(f"{vocab_json}: ids are not contiguous 0..{len(ids) - 1}")
       # fairseq appends <mask> after the dictionary; HF RoBERTa vocab.json already contains it.
       mask_id = vocab.get(MASK, len(vocab))
       self.vocab = VocabInfo(vocab_size=max(len(vocab), mask_id + 1), pad_id=1, bos_id=0,
@@ -103,8 +111,8 @@ class BPETokenizer:
           [s for s, _ in sorted(vocab.items(), key=lambda kv: kv[1])[len(SPECIAL_SYMBOLS):]
            if s != MASK])
       if self.dictionary.mask_index != mask_id:
-        raise ValueError(f"{vocab_json}: <mask> must be the last id to match fairseq "
-                         f"(found {mask_id}, vocabulary has {len(vocab)} entries)")
+        raise DataError(f"{vocab_json}: <mask> must be the last id to match fairseq "
+                        f"(found {mask_id}, vocabulary has {len(vocab)} entries)")
 
   def _map(self, ids: Sequence[int]) -> np.ndarray:
     arr = np.asarray(ids, dtype=np.int32)
@@ -136,8 +144,8 @@ class SentencePieceTokenizer:
     ids = {s: self._sp.piece_to_id(s) for s in (*SPECIAL_SYMBOLS, MASK)}
     expected = {BOS: 0, PAD: 1, EOS: 2, UNK: 3, MASK: self._sp.get_piece_size() - 1}
     if ids != expected:
-      raise ValueError(f"{model_file}: special ids {ids} differ from the fairseq layout {expected}; "
-                       f"train it with data2vec_jax.data.tokenizer.train_sentencepiece")
+      raise DataError(f"{model_file}: special ids {ids} differ from the fairseq layout {expected}; "
+                      f"train it with data2vec_jax.data.tokenizer.train_sentencepiece")
     self.vocab = VocabInfo(vocab_size=self._sp.get_piece_size(), pad_id=1, bos_id=0, eos_id=2,
                            unk_id=3, mask_id=ids[MASK])
 
@@ -172,38 +180,77 @@ def train_sentencepiece(sentences: Iterable[str], model_path: str | os.PathLike,
     sentences: one sentence per item (no newlines needed); consumed once, at most `max_sentences`.
     model_path: output `.model` file.
     vocab_size: total number of ids, `<mask>` included (the embedding-table size).
+
+  Sentences longer than sentencepiece's limit (`SPM_MAX_SENTENCE_BYTES`) are left out of training,
+  as sentencepiece does, but counted: how many is logged, and a `DataError` is raised before
+  sentencepiece runs when no sentence is left.
   """
   import sentencepiece as spm
   from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
   if vocab_size < 8:
-    raise ValueError(f"vocab_size={vocab_size} is too small")
+    raise DataError(f"vocab_size={vocab_size} is too small; use at least 8 (4 specials, <mask>, pieces)")
   if model_type not in ("unigram", "bpe", "char", "word"):
-    raise ValueError(f"unknown sentencepiece model_type {model_type!r}")
+    raise DataError(f"unknown sentencepiece model_type {model_type!r}; use unigram, bpe, char or word")
 
-  def _limited() -> Iterator[str]:
-    for i, s in enumerate(sentences):
-      if i >= max_sentences:
-        break
-      s = s.strip()
-      if s:
+  read = too_long = 0
+  feed_error: list[BaseException] = []
+
+  def _usable() -> Iterator[str]:
+    # sentencepiece silently skips sentences over its byte limit, then dies with an opaque
+    # `!sentences_.empty()` when none is left, so they are counted and left out here.
+    nonlocal read, too_long
+    try:
+      for i, s in enumerate(sentences):
+        if i >= max_sentences:
+          break
+        s = s.strip()
+        if not s:
+          continue
+        read += 1
+        if len(s.encode("utf-8")) > SPM_MAX_SENTENCE_BYTES:
+          too_long += 1
+          continue
         yield s
+    except (Exception, KeyboardInterrupt) as e:
+      # sentencepiece turns an error of its input iterator into RuntimeError("INTERNAL: ..."),
+      # losing its type (a DataError naming a bad line); it is re-raised as it was below.
+      feed_error.append(e)
+      raise
 
+  usable = _usable()
+  first = next(usable, None)  # the corpus is checked before sentencepiece sees it
+  if first is None:
+    raise DataError(f"no usable sentence to train sentencepiece on: {read} non-blank line(s) read, "
+                    f"{too_long} skipped as longer than sentencepiece's max_sentence_length of "
+                    f"{SPM_MAX_SENTENCE_BYTES} bytes; give a UTF-8 corpus with one sentence per line "
+                    f"(split longer lines)")
   buf = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=_limited(), model_writer=buf, vocab_size=vocab_size - 1,
-        model_type=model_type, character_coverage=character_coverage, byte_fallback=byte_fallback,
-        bos_id=0, pad_id=1, eos_id=2, unk_id=3,
+        sentence_iterator=itertools.chain([first], usable), model_writer=buf,
+        vocab_size=vocab_size - 1, model_type=model_type, character_coverage=character_coverage,
+        byte_fallback=byte_fallback, bos_id=0, pad_id=1, eos_id=2, unk_id=3,
         bos_piece=BOS, pad_piece=PAD, eos_piece=EOS, unk_piece=UNK,
-        input_sentence_size=max_sentences, shuffle_input_sentence=True,
+        # sentencepiece rejects sizes 1..100; 0 (no sampling) is the same, as we cap the count.
+        input_sentence_size=max_sentences if max_sentences > 100 else 0, shuffle_input_sentence=True,
         seed_sentencepiece_size=seed_sentencepiece_size, num_threads=num_threads,
         hard_vocab_limit=True, minloglevel=2)
   except RuntimeError as e:
-    if "Vocabulary size too high" in str(e):
-      raise ValueError(f"the corpus is too small for a {model_type} vocabulary of {vocab_size} "
-                       f"(sentencepiece: {e}); use a smaller vocab_size or model_type='bpe'") from e
+    if feed_error:
+      raise feed_error[0] from None
+    msg = str(e).strip()
+    if "Vocabulary size too high" in msg:
+      raise DataError(f"the corpus is too small for a {model_type} vocabulary of {vocab_size} "
+                      f"(sentencepiece: {msg}); use a smaller vocab_size or model_type='bpe'") from e
+    if "smaller than required_chars" in msg:
+      raise DataError(f"vocab_size={vocab_size} cannot hold the corpus's characters (sentencepiece: "
+                      f"{msg}); use a larger vocab_size or a lower character_coverage") from e
     raise
+  if too_long:
+    log.warning("sentencepiece was trained without %d of %d sentences longer than %d bytes "
+                "(max_sentence_length); split long lines to learn from them", too_long, read,
+                SPM_MAX_SENTENCE_BYTES)
   proto = spm_pb2.ModelProto()
   proto.ParseFromString(buf.getvalue())
   piece = proto.pieces.add()
