@@ -37,6 +37,20 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and export
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# Speed knobs that moved into the `execution` section (data2vec_jax/execution.py).
+MOVED_FIELDS = {
+    "objective.head_positions_per_row": "execution.head_positions ('auto' | 'all' | an int K; "
+                                        "was -1 / 0 / K)",
+    "objective.prune_last_block": "execution.prune_last_block",
+    "objective.head_overflow": "execution.head_overflow",
+    "train.pack_tokens": "execution.pack_tokens", "train.pack_buckets": "execution.pack_buckets",
+    "train.micro_batches": "execution.micro_batches",
+    "model.scan_unroll": "execution.scan_unroll ('all' | an int)",
+    "model.remat_policy": "execution.remat_policy",
+    "model.attention_impl": "execution.attention_impl",
+}
+
+
 def fail(message: str, code: int = 1) -> None:
   """Ends the run with `message` as the last line of its output (no traceback after it)."""
   sys.stdout.flush()
@@ -56,6 +70,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     paths = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
     words = re.findall(r"\w+", str(e))
     field = next((p for w in words for p in paths if w in p.split(".")), str(e))
+    if field in MOVED_FIELDS:
+      fail(f"config field {field!r} moved: use --config.{MOVED_FIELDS[field]}", 2)
     suggestion = re.search(r'Did you mean "(\w+)"', str(e))
     fail(f"unknown config field {field!r}"
          + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")

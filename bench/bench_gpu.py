@@ -98,8 +98,8 @@ def worker(args) -> dict:
   from data2vec_jax import train_state as train_state_lib
   from data2vec_jax.ema import EMAConfig
   from data2vec_jax.masking import MaskingConfig, max_selected_per_row
-  from data2vec_jax.objective import (ObjectiveConfig, check_head_positions, prunes_last_block,
-                                      prunes_teacher_last_block)
+  from data2vec_jax.execution import ExecutionPlan
+  from data2vec_jax.objective import ObjectiveConfig
   from data2vec_jax.optim import OptimizerConfig, make_optimizer
 
   device = jax.devices()[0]
@@ -108,30 +108,31 @@ def worker(args) -> dict:
       model=cfg,
       objective=ObjectiveConfig(
           average_top_k_layers=min(10, cfg.num_layers),
-          mask_id=common.mask_id_for(cfg.vocab_size),
-          head_positions_per_row=max_selected_per_row(
-              MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq),
-          prune_last_block=not args.no_prune_last_block,
-          # As the trainer's 'auto' does for an exact masker bound: no fallback branch compiled;
-          # the batches are checked on the host below.
-          head_overflow=args.head_overflow),
+          mask_id=common.mask_id_for(cfg.vocab_size)),
       ema=EMAConfig(),
-      optimizer=OptimizerConfig(lr=2e-4, schedule="constant", warmup_steps=0),
-      micro_batches=1)
+      optimizer=OptimizerConfig(lr=2e-4, schedule="constant", warmup_steps=0))
+  # The head on the gathered loss positions, as the trainer's 'auto' sizes it; with 'error' (the
+  # trainer's 'auto' for an exact masker bound) no fallback branch is compiled and the batches
+  # are checked on the host below.
+  plan = ExecutionPlan.for_objective(
+      recipe.objective, args.seq,
+      head_positions_per_row=max_selected_per_row(
+          MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq),
+      prune_last_block=not args.no_prune_last_block, head_overflow=args.head_overflow)
   tx = make_optimizer(recipe.optimizer)
   mesh = sharding_lib.make_mesh(1, 1, 1, devices=[device])
   host = [common.make_batch(args.batch_value, args.seq, cfg.vocab_size, seed=s,
                             full_rows=not args.pad) for s in range(2)]
   for b in host:
-    check_head_positions(b, config=cfg, objective=recipe.objective)
+    plan.check_host_batch(b, config=cfg, objective=recipe.objective)
   tokens = [common.real_tokens(b) for b in host]
   masked = [int((b["source"] == common.mask_id_for(cfg.vocab_size)).sum()) for b in host]
   info = {
       "batch": args.batch_value, "seq": args.seq, "dtype": cfg.dtype,
       "remat": cfg.remat_policy, "attention_dropout": cfg.attention_dropout,
       "attention_impl": cfg.attention_impl,
-      "prune_last_block": recipe.objective.prune_last_block,
-      "head_overflow": recipe.objective.head_overflow,
+      "prune_last_block": plan.prune_student_last_block,
+      "head_overflow": plan.head_overflow,
       "resolved_attention": {
           "student": model_lib._resolve_attention_impl(cfg, cfg.attention_dropout > 0),
           "teacher": model_lib._resolve_attention_impl(cfg, False)},
@@ -140,7 +141,7 @@ def worker(args) -> dict:
   }
   try:
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
-      step, state, batches = common.jax_train_setup(recipe, tx, mesh, host)
+      step, state, batches = common.jax_train_setup(recipe, plan, tx, mesh, host)
       holder = {"state": state, "i": 0}
 
       def one():
@@ -163,12 +164,9 @@ def worker(args) -> dict:
   med = float(np.median(times))
   tok = float(np.mean(tokens))
   masked_fraction = float(np.sum(masked) / np.sum(tokens))
-  pruned = prunes_last_block(recipe.objective, args.seq)
-  flops_tok = flops.train_flops_per_token(
-      cfg, args.seq, kind="data2vec", head_layers=2, masked_fraction=masked_fraction,
-      pruned_last_block=pruned,
-      pruned_teacher_last_block=prunes_teacher_last_block(recipe.objective, args.seq))
-  hw_flops_tok = flops_tok + recomputed_flops_per_token(cfg, args.seq, pruned)
+  flops_tok = plan.flops_per_token(cfg, recipe.objective, masked_fraction=masked_fraction)
+  hw_flops_tok = flops_tok + recomputed_flops_per_token(cfg, args.seq,
+                                                        plan.prune_student_last_block)
   peak = flops.peak_flops_per_device(device)
   tps = tok / med
   stats = {}

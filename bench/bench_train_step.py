@@ -5,7 +5,7 @@ mode) + top-K layer-normalised FFN targets + regression head + smooth-L1 (beta 4
 of masked tokens + clip-by-global-norm 5 + AdamW(0.9, 0.98, eps 1e-6, wd 0.01) + EMA update of the
 teacher's transformer layers (embeddings copied from the student).
 
-- JAX: `train_step.make_train_step(recipe, tx, mesh, shardings)` on a 1-device mesh, exactly the
+- JAX: `train_step.make_train_step(recipe, plan, tx, mesh, shardings)` on a 1-device mesh, exactly the
   step the trainer runs (jitted, state donated), with the trainer's token packing (`packing.py`:
   the encoders run on the real tokens only, at one of `--pack_buckets` static capacities;
   `--pack_buckets 0` runs padded, the ablation). The PyTorch step runs padded, as
@@ -77,39 +77,39 @@ def jax_worker(args, overrides: dict) -> dict:
   from data2vec_jax.ema import EMAConfig
   from data2vec_jax.masking import MaskingConfig, max_selected_per_row
   from data2vec_jax.model_config import EncoderConfig
-  from data2vec_jax.objective import ObjectiveConfig, check_head_positions
+  from data2vec_jax.execution import ExecutionPlan, real_tokens
+  from data2vec_jax.objective import ObjectiveConfig
   from data2vec_jax.optim import OptimizerConfig, make_optimizer
-  from data2vec_jax.trainer import packing_for_batch, real_tokens
 
   rss_base = common.current_rss_mib()
   cfg = EncoderConfig(**model_kwargs(args.config, overrides))
   recipe = train_state_lib.Recipe(
       model=cfg,
-      # The head on the gathered loss positions, as the trainer's 'auto' sizes it (the PyTorch
-      # step indexes x[masked] likewise).
       objective=ObjectiveConfig(
           average_top_k_layers=min(K_MAX, cfg.num_layers), loss_beta=LOSS_BETA,
-          mask_id=common.mask_id_for(cfg.vocab_size),
-          head_positions_per_row=max_selected_per_row(
-              MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq),
-          prune_last_block=not args.no_prune_last_block,
-          # As the trainer's 'auto' does for an exact masker bound: no fallback branch compiled;
-          # the batches are checked on the host below.
-          head_overflow=args.head_overflow),
+          mask_id=common.mask_id_for(cfg.vocab_size)),
       ema=EMAConfig(ema_decay=EMA_DECAY, ema_end_decay=0.9999, ema_anneal_end_step=300000),
       optimizer=OptimizerConfig(lr=LR, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01,
                                 clip_norm=CLIP, schedule="constant", warmup_steps=0))
+  # The head on the gathered loss positions, as the trainer's 'auto' sizes it (the PyTorch step
+  # indexes x[masked] likewise); with 'error' (the trainer's 'auto' for an exact masker bound)
+  # no fallback branch is compiled and the batches are checked on the host below.
+  plan = ExecutionPlan.for_objective(
+      recipe.objective, args.seq,
+      head_positions_per_row=max_selected_per_row(
+          MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq),
+      prune_last_block=not args.no_prune_last_block, head_overflow=args.head_overflow,
+      pack_tokens=args.pack_buckets > 0, pack_buckets=max(args.pack_buckets, 1))
   tx = make_optimizer(recipe.optimizer)
   mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   host_batches = batches_for(args, cfg.vocab_size)
   for b in host_batches:
-    check_head_positions(b, config=cfg, objective=recipe.objective)
+    plan.check_host_batch(b, config=cfg, objective=recipe.objective)
   # As the trainer packs each batch (one group: one device).
-  packings = [packing_for_batch(b, real_tokens(b, cfg.pad_id).sum(axis=1), pad_id=cfg.pad_id,
-                                groups=1, micro_batches=1, buckets=args.pack_buckets)
-              if args.pack_buckets else None for b in host_batches]
+  packings = [plan.packing_for_batch(b, real_tokens(b, cfg.pad_id).sum(axis=1),
+                                     pad_id=cfg.pad_id, groups=1) for b in host_batches]
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
-    step, state, batches = common.jax_train_setup(recipe, tx, mesh, host_batches)
+    step, state, batches = common.jax_train_setup(recipe, plan, tx, mesh, host_batches)
     jax.block_until_ready((state, batches))
     holder = {"state": state, "i": 0, "loss": []}
 
@@ -132,9 +132,9 @@ def jax_worker(args, overrides: dict) -> dict:
                       for i in range(args.steps)],
       "losses": holder["loss"], "rss_base_mib": rss_base, "peak_rss_mib": common.peak_rss_mib(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "head_positions_per_row": recipe.objective.head_positions_per_row,
-      "prune_last_block": recipe.objective.prune_last_block,
-      "head_overflow": recipe.objective.head_overflow,
+      "head_positions_per_row": plan.head_positions_per_row,
+      "prune_last_block": plan.prune_student_last_block,
+      "head_overflow": plan.head_overflow,
       "head_gathered_last_step": holder.get("head_gathered"),
       "pack_buckets": args.pack_buckets,
       "packed_capacities": [None if p is None else p.capacity for p in packings],
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
                  help="JAX: 'error' (the trainer's choice for an exact masker bound) compiles no "
                       "every-position fallback; 'fallback' adds the lax.cond (ablation)")
   p.add_argument("--pack_buckets", type=int, default=16,
-                 help="JAX: token packing as the trainer's train.pack_buckets (default 16); 0 "
+                 help="JAX: token packing as the trainer's execution.pack_buckets (default 16); 0 "
                       "runs the padded batch (ablation)")
   common.add_protocol_flags(p, timeout=1800)
   args = common.parse_protocol_args(p, argv)

@@ -305,7 +305,8 @@ def parse_protocol_args(parser: Any, argv: Sequence[str] | None) -> Any:
   return args
 
 
-def jax_train_setup(recipe: Any, tx: Any, mesh: Any, host_batches: Sequence[dict]) -> tuple:
+def jax_train_setup(recipe: Any, plan: Any, tx: Any, mesh: Any,
+                    host_batches: Sequence[dict]) -> tuple:
   """(jitted train step, initial state, device batches) on `mesh`: exactly the trainer's step.
 
   Call inside `with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES)`.
@@ -318,7 +319,7 @@ def jax_train_setup(recipe: Any, tx: Any, mesh: Any, host_batches: Sequence[dict
 
   _, shardings = train_state_lib.state_shardings(recipe, tx, mesh)
   state = train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(0), mesh)
-  step = train_step_lib.make_train_step(recipe, tx, mesh, shardings)
+  step = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
   batches = [{k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in b.items()}
              for b in host_batches]
   return step, state, batches

@@ -59,10 +59,7 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       vocab_size=-1,            # -1: from the tokenizer (50265 for the released BPE + <mask>)
       max_positions=514, pad_id=1, layer_norm_eps=1e-5,
       dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
-      dtype="float32", param_dtype="float32", attention_impl="auto", remat_policy="none",
-      # Fully unrolled blocks: 14% faster CPU train step for base than one scanned block, for a
-      # 38 s instead of 16 s compile (bench/README.md). 1 = scan one block (fastest compile).
-      scan_unroll=MODEL_SIZES[model]["num_layers"],
+      dtype="float32", param_dtype="float32",
       **MODEL_SIZES[model]))
 
   c.objective = ml_collections.ConfigDict(dict(
@@ -71,16 +68,7 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       layer_norm_target_layer=True, instance_norm_target_layer=False,
       batch_norm_target_layer=False, layer_norm_targets=False, instance_norm_targets=False,
       target_type="ffn", head_layers=2, loss_beta=4.0, loss_scale=1.0,
-      teacher_input="unmasked", mask_id=-1,
-      # -1 = auto: run the head on each row's loss positions only, gathered into as many slots as
-      # the masking can select (trainer.recipe_from_config); 0 = on every position.
-      head_positions_per_row=-1,
-      # With gathered heads, the student's (and, with per-position targets, the teacher's) last
-      # block also runs only at the loss positions: same loss, fewer FLOPs (objective.py).
-      prune_last_block=True,
-      # 'auto': when K is the masker's exact bound, compile no every-position fallback for rows
-      # beyond it (the trainer checks each batch on the host instead); else 'fallback'.
-      head_overflow="auto"))
+      teacher_input="unmasked", mask_id=-1))
   c.objective.average_top_k_layers = min(c.objective.average_top_k_layers,
                                          MODEL_SIZES[model]["num_layers"])
 
@@ -108,13 +96,9 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       seed=1, pad_to="max", pad_multiple=64, shuffle=True, prefetch=2))
 
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=1_000_000, micro_batches=1, seed=1,
+      num_steps=1_000_000, seed=1,
       log_every=100, checkpoint_every=5_000, keep_checkpoints=3, async_checkpoint=True,
       export_model=True, plot=True, tensorboard=True,
-      # Token packing: each step runs the encoders on the real tokens only (packing.py), in one
-      # of `pack_buckets` static capacities per sequence length (each compiles once); batches
-      # without pads run unpacked. Same loss; saves the pads' share of the FLOPs.
-      pack_tokens=True, pack_buckets=16,
       # Health guards (data2vec_jax/health.py), checked on every step before each save: stop
       # on a NaN/Inf loss or grad norm, or one over explode_factor x its running median over
       # explode_window steps (0 = NaN/Inf only); and on a collapse: a target/prediction
@@ -122,6 +106,30 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       nan_guard=True, explode_factor=100.0, explode_window=100,
       collapse_check_after=5_000, min_target_var=0.1, min_pred_var=0.01, collapse_fraction=0.1,
       peak_flops_per_device=0.0))  # 0: look up from the device kind (H100, TPU v4, ...)
+
+  # How the step runs: speed only, the loss is the same (data2vec_jax/execution.py; tests prove
+  # each technique equal to the plain path; measurements in bench/README.md).
+  c.execution = ml_collections.ConfigDict(dict(
+      # Head and loss on each row's loss positions only, gathered into K slots: 'auto' = the
+      # masker's per-row bound, 'all' = every position (no gathering), or an int K.
+      head_positions="auto",
+      # With gathered heads the student's (and, with per-position targets, the teacher's) last
+      # block also runs only at those slots.
+      prune_last_block=True,
+      # A row beyond K: 'fallback' (exact, a lax.cond), 'error' (no fallback compiled; every host
+      # batch checked first), 'auto' = 'error' exactly when K is the masker's guaranteed bound.
+      head_overflow="auto",
+      # Token packing: the encoders run on the real tokens only (packing.py), in one of
+      # `pack_buckets` static capacities per sequence length (each compiles once); batches
+      # without pads run unpacked.
+      pack_tokens=True, pack_buckets=16,
+      micro_batches=1,  # gradient accumulation: same update as one large batch
+      # 'all': fully unrolled blocks, 14% faster CPU train step for base than one scanned block,
+      # for a 38 s instead of 16 s compile (bench/README.md). 1 = scan one block.
+      scan_unroll="all",
+      remat_policy="none", attention_impl="auto"),
+      # Not type safe: head_positions and scan_unroll take a name or an int.
+      type_safe=False)
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.distributed = False  # True on multi-host: calls jax.distributed.initialize()

@@ -47,7 +47,7 @@ def head_forward_flops_per_token(cfg: EncoderConfig, head_layers: int, kind: str
 def last_block_query_flops_per_token(cfg: EncoderConfig, seq_len: int) -> float:
   """Forward FLOPs of one block that scale with its *queried* positions: the q and output
   projections, the FFN and the attention scores/values (4 s d). Only k and v (4 d^2) remain
-  when a position is not queried (`ObjectiveConfig.prune_last_block`)."""
+  when a position is not queried (`ExecutionPlan.prune_student_last_block`)."""
   d, f = cfg.hidden_size, cfg.intermediate_size
   return 2.0 * (2 * d * d + 2 * d * f) + 4.0 * seq_len * d
 
@@ -59,7 +59,7 @@ def train_flops_per_token(cfg: EncoderConfig, seq_len: int, *, kind: str = "data
   """Model FLOPs of one update per real token (no rematerialisation counted).
 
   pruned_last_block / pruned_teacher_last_block: the student's / the teacher's last block runs
-  only at the loss positions (`objective.prunes_last_block`, `prunes_teacher_last_block`), so
+  only at the loss positions (`ExecutionPlan.prune_student_last_block` / `prune_teacher_last_block`), so
   its query-side FLOPs count at `masked_fraction`, like the head's: the figure never credits work
   the step skips (DESIGN.md §5's formula is the default, both False).
   """

@@ -91,7 +91,7 @@ def max_selected_per_row(config: MaskingConfig, seq_len: int, multiple: int = 8)
   so the bound is exact with `mask_stdev == 0`; with random span lengths it assumes spans of at
   most L + 3 * mask_stdev (a row beyond that is still handled exactly by the objective's
   every-position fallback). Rounded up to `multiple`, capped at seq_len. Used to size the
-  gathered head positions (`ObjectiveConfig.head_positions_per_row`).
+  gathered head positions (`execution.head_positions`).
   """
   span = config.mask_multiple_length + (math.ceil(3 * config.mask_stdev) if config.mask_stdev else 0)
   spans = int(config.mask_prob * seq_len / float(config.mask_multiple_length)) + 1

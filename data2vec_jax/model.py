@@ -4,7 +4,8 @@
 Pure-functional: `Encoder(config).apply({'params': p}, input_ids, deterministic=...)`. The EMA
 teacher is this same module applied to another parameter tree. When a loss reads the output at a
 few positions only, `Encoder(..., skip_last_block=True)` followed by `apply_last_block(...,
-query_index)` computes the last block there only (same values; `objective.prune_last_block`).
+query_index)` computes the last block there only (same values; the execution plan's pruned last
+block, `execution.py`).
 
 Parameter tree (leading `L` axis: the blocks are run with `nn.scan`, so one block is compiled):
 
@@ -292,7 +293,7 @@ class Encoder(nn.Module):
     skip_last_block: run only the first L-1 blocks (apply only, not init): `last_hidden_state`
       is then the input of the last block, `block_outputs`/`ffn_outputs` have L-1 entries, and
       `apply_last_block` finishes the stack -- at chosen positions only, if that is all a loss
-      needs (`ObjectiveConfig.prune_last_block`).
+      needs (`ExecutionPlan.prune_student_last_block`).
     """
     cfg = self.config
     if self.feature not in FEATURE_KINDS:

@@ -23,41 +23,12 @@ the selected tokens attend only to each other at compacted positions (the encode
 `make_positions` does the compaction, as in fairseq).
 
 Everything has static shapes (positions are weights, never boolean indexing), so it jit-compiles.
-Head positions (`head_positions_per_row`): 0 runs the head on every position and lets the loss
-weights select (simple; wasted head FLOPs: ~3% of a data2vec step, far more for the MLM head's
-[B, T, V] logits). K > 0 gathers, per row, the loss positions into K slots (in order, then
-filler slots with weight 0) and runs the head and the loss there only -- what fairseq's
-`x[masked_indices]` does, in static shapes. A batch with a row of more than K loss positions is
-never silently truncated. `head_overflow` says what happens instead:
-- 'fallback' (the default): a `lax.cond` runs the every-position path for that batch (exact
-  either way; metric 'head_gathered' is 1 when the gathered path ran). The price is a second
-  compiled copy of the head (and, when pruned, of the last blocks) behind the cond: on CPU
-  +44-57% compile time for the small config and +12-15% for base, +0.6 GiB peak memory for base
-  (bench/README.md); on GPU, XLA reads a cond's predicate back to the host.
-- 'error': no fallback is compiled. For callers that *guarantee* at most K loss positions per
-  row: the trainer, when K is the masker's exact bound (`masking.max_selected_per_row` with fixed
-  span lengths), checks every host batch with `check_head_positions` before it is dispatched and
-  stops with a clear error. Should a batch beyond K still reach the step, its loss and gradients
-  are NaN (`head_gathered` 0): loud, never a loss over a subset of the positions.
-The trainer's 'auto' (-1) derives K from the masking config, and its head_overflow 'auto' picks
-'error' exactly when that K is a guaranteed bound (`trainer.py`).
 
-Pruned last block (`prune_last_block`, on by default, active with gathered heads): the student's
-last block is only ever read at the loss positions, so on the gathered path it runs there only --
-keys and values over all T positions, but queries, attention output, LayerNorms and FFN over the
-K slots (`model.apply_last_block`). The teacher's last block likewise, when the targets are per
-position (layer norms only, the yaml's choice; instance and batch norm need every position):
-`targets.teacher_targets_fn`. Same values and gradients (float rounding aside); the last-block
-work drops by ~(1 - K/T) of its q/out/FFN share (`flops.train_flops_per_token`): ~17% of a 4-layer
-data2vec step's matmuls at T=128, ~5% of base's. The reference computes every position. The
-student's dropout streams differ from the unpruned path (the trunk and the last block take split
-keys), not their distribution.
-
-Token packing (`loss_fn(..., packing=PackingSpec)`, `packing.py`): the student encoder runs on
-the real tokens only, packed per group of rows into static slots, and so does the teacher when
-its targets are per position (instance and batch norm average over the pads, so the teacher then
-runs padded). Same loss and gradients (torch-parity tests); the pads' share of the per-token
-FLOPs is saved. The reference computes every pad.
+`loss_fn` here is the paper's math read plainly: the student and the teacher run on every
+position of the padded rows, the head on every position, the loss weights select. The
+torch-parity tests pin it down. The training step runs the same loss faster, with the head on
+gathered positions, pruned last blocks and packed tokens (`fast_loss.py`, decided by the
+`execution.ExecutionPlan`), and tests/test_execution.py proves it equal to this one.
 """
 
 from __future__ import annotations
@@ -69,20 +40,17 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from data2vec_jax import packing as packing_lib
 from data2vec_jax import strict_config
 from data2vec_jax.heads import MaskedLMHead, RegressionHead
-from data2vec_jax.model import (Encoder, EncoderOutput, apply_last_block, gather_positions,
-                                take_positions)
+from data2vec_jax.model import Encoder, EncoderOutput
 from data2vec_jax.model_config import EncoderConfig
-from data2vec_jax.targets import TARGET_TYPES, targets_are_per_position, teacher_targets_fn
+from data2vec_jax.targets import TARGET_TYPES, teacher_targets
 
 KINDS = ("data2vec", "mlm")
 TEACHER_INPUTS = ("unmasked", "masked_only")
 LOSS_POSITIONS = ("mask_token", "selected")
-HEAD_OVERFLOWS = ("fallback", "error")
 VAR_EPS = 1e-6  # data2vec 2.0 compute_var
 
 
@@ -105,14 +73,6 @@ class ObjectiveConfig:
     teacher_input: 'unmasked' (paper) or 'masked_only' (published fairseq code), see module doc.
     loss_positions: 'mask_token' (reference: source == <mask>) or 'selected'; data2vec only.
     mask_id: id of <mask> (50264 in the released dictionary).
-    head_positions_per_row: 0 = head and loss on every position; K > 0 = on at most K gathered
-      loss positions per row (module docstring; same loss, fewer head FLOPs).
-    prune_last_block: with gathered heads, also run the student's last block at the gathered
-      positions only, and the teacher's too when the targets are per position (layer norms
-      only); module docstring. Same loss, fewer FLOPs. Ignored when K == 0.
-    head_overflow: with gathered heads, a batch whose row has more than K loss positions runs
-      the every-position path ('fallback', exact) or is refused ('error': NaN loss; for callers
-      that guarantee the bound and check batches with `check_head_positions`); module docstring.
   """
 
   kind: str = "data2vec"
@@ -129,14 +89,10 @@ class ObjectiveConfig:
   teacher_input: str = "unmasked"
   loss_positions: str = "mask_token"
   mask_id: int = 50264
-  head_positions_per_row: int = 0
-  prune_last_block: bool = True
-  head_overflow: str = "fallback"
 
   def __post_init__(self):
     for name, allowed in (("kind", KINDS), ("target_type", TARGET_TYPES),
-                          ("teacher_input", TEACHER_INPUTS), ("loss_positions", LOSS_POSITIONS),
-                          ("head_overflow", HEAD_OVERFLOWS)):
+                          ("teacher_input", TEACHER_INPUTS), ("loss_positions", LOSS_POSITIONS)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
     if self.average_top_k_layers < 1:
@@ -145,9 +101,6 @@ class ObjectiveConfig:
       raise ValueError(f"head_layers must be >= 1, got {self.head_layers}")
     if self.loss_beta < 0:
       raise ValueError(f"loss_beta must be >= 0, got {self.loss_beta}")
-    if self.head_positions_per_row < 0:
-      raise ValueError(f"head_positions_per_row must be >= 0 (0 = every position), got "
-                       f"{self.head_positions_per_row}")
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ObjectiveConfig":
@@ -201,28 +154,6 @@ class PretrainingModel(nn.Module):
     return out, self.predict(out.last_hidden_state)
 
 
-def gathers_head_positions(objective: ObjectiveConfig, seq_len: int) -> bool:
-  """Whether the head runs on K < seq_len gathered slots per row (when every row fits K)."""
-  return 0 < objective.head_positions_per_row < seq_len
-
-
-def prunes_last_block(objective: ObjectiveConfig, seq_len: int) -> bool:
-  """Whether the student's last block runs on the gathered slots only (when every row fits)."""
-  return objective.prune_last_block and gathers_head_positions(objective, seq_len)
-
-
-def prunes_teacher_last_block(objective: ObjectiveConfig, seq_len: int) -> bool:
-  """Whether the teacher's last block runs on the gathered slots only (per-position targets)."""
-  return (objective.kind == "data2vec" and prunes_last_block(objective, seq_len)
-          and targets_are_per_position(objective))
-
-
-def packs_teacher(objective: ObjectiveConfig) -> bool:
-  """Whether a packed step packs the teacher too: only when its targets read no pad
-  (per-position targets; instance and batch norm average over the pads)."""
-  return objective.kind == "data2vec" and targets_are_per_position(objective)
-
-
 def regression_loss(pred: jax.Array, target: jax.Array, beta: float) -> jax.Array:
   """Element-wise `F.smooth_l1_loss(reduction='none', beta=beta)`, `F.mse_loss` when beta == 0."""
   d = pred.astype(jnp.float32) - target.astype(jnp.float32)
@@ -255,29 +186,6 @@ def loss_positions(batch: Mapping[str, Any], *, config: EncoderConfig,
   return batch["source"] == objective.mask_id
 
 
-def check_head_positions(batch: Mapping[str, np.ndarray], *, config: EncoderConfig,
-                         objective: ObjectiveConfig) -> None:
-  """Raises ValueError if a row of this host batch has more loss positions than the head's K.
-
-  For `head_overflow='error'`, where the step compiles no fallback for such a batch. batch:
-  numpy 'source' / 'target' [B, T] int, 'selected' [B, T] bool. No-op when K == 0 (every
-  position) or K >= T (nothing to overflow).
-  """
-  k = objective.head_positions_per_row
-  seq_len = batch["source"].shape[1]
-  if not gathers_head_positions(objective, seq_len):
-    return
-  counts = np.sum(np.asarray(loss_positions(batch, config=config, objective=objective)), axis=1)
-  over = np.flatnonzero(counts > k)
-  if over.size:
-    row = int(over[0])
-    raise ValueError(
-        f"batch row {row} has {int(counts[row])} loss positions ({over.size} rows over the "
-        f"limit), more than objective.head_positions_per_row={k}, and head_overflow='error' "
-        f"compiles no fallback for that. Raise head_positions_per_row to the masker's bound "
-        f"(masking.max_selected_per_row), or set head_overflow='fallback'.")
-
-
 def teacher_tokens(batch: Mapping[str, jax.Array], *, config: EncoderConfig,
                    objective: ObjectiveConfig) -> jax.Array:
   """[B, T] int32 teacher input: the original tokens, or fairseq's `target_tokens`."""
@@ -287,11 +195,9 @@ def teacher_tokens(batch: Mapping[str, jax.Array], *, config: EncoderConfig,
 
 
 def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Array],
-            dropout_rng: jax.Array | None, *, config: EncoderConfig,
-            objective: ObjectiveConfig,
-            packing: packing_lib.PackingSpec | None = None
+            dropout_rng: jax.Array | None, *, config: EncoderConfig, objective: ObjectiveConfig
             ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Summed loss of one (micro-)batch and its metrics.
+  """Summed loss of one (micro-)batch and its metrics: the reference path (every position).
 
   Args:
     params: {'encoder': ..., 'head': ...} student parameters (unboxed).
@@ -300,9 +206,6 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
     batch: 'source' [B, T] int32 masked input; 'target' [B, T] int32 original tokens (pads =
       pad_id); 'selected' [B, T] bool positions chosen by the masker.
     dropout_rng: key for the student's dropout; None runs the student deterministically.
-    packing: run the student (and the teacher, for per-position targets and the unmasked
-      teacher input) on the real tokens only (`packing.py`): same loss, fewer FLOPs. A group of
-      more real tokens than the capacity makes the loss and the gradients NaN.
 
   Returns:
     loss_sum: float32 scalar, SUM over loss positions (and feature dims) of the per-element loss,
@@ -312,107 +215,33 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
       positions; under gradient accumulation the train step averages them over micro-batches,
       which is not the variance of the whole batch). mlm: 'accuracy' (fraction of loss positions
       whose argmax is the target, in this micro-batch; also averaged over micro-batches).
-      'head_gathered': 1 if the head ran on gathered positions, 0 if on every position.
   """
-  deterministic = dropout_rng is None
   model = PretrainingModel(config, objective)
   variables = {"params": params}
-  k = objective.head_positions_per_row
-  seq_len = batch["source"].shape[1]
-  gather = gathers_head_positions(objective, seq_len)
-  prune = prunes_last_block(objective, seq_len)
-  rngs = lambda key: {} if deterministic else {"dropout": key}
-  attend = batch["source"] != config.pad_id
-  layout = None if packing is None else packing_lib.make_layout(attend, packing)
-  overflows = [] if layout is None else [layout.overflow]
-
-  if prune:
-    trunk_rng, last_rng = (None, None) if deterministic else jax.random.split(dropout_rng)
-    trunk = model.apply(variables, batch["source"], deterministic=deterministic,
-                        skip_last_block=True, rngs=rngs(trunk_rng), layout=layout,
-                        method=PretrainingModel.encode).last_hidden_state  # [B, T, D] | [G, C, D]
-
-    def student_features(index):
-      """[B, K, D] last-block output at index [B, K], or [B, T, D] for index None."""
-      out = apply_last_block(config, params["encoder"], trunk, attend, index,
-                             deterministic=deterministic, dropout_rng=last_rng, layout=layout)[0]
-      return packing_lib.rows(out, layout) if index is None else out
-  else:
-    features = model.apply(variables, batch["source"], deterministic=deterministic,
-                           rngs=rngs(dropout_rng), layout=layout,
-                           method=PretrainingModel.encode).last_hidden_state  # [B, T, D] | [G, C, D]
-
-    def student_features(index):
-      if index is None:
-        return packing_lib.rows(features, layout)
-      return gather_positions(features, index, layout)
-
-  positions = loss_positions(batch, config=config, objective=objective)
-  num_masked = jnp.sum(positions.astype(jnp.float32))
-
-  targets_at = lambda index: None  # the MLM head's targets are the tokens
+  rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
+  features = model.apply(variables, batch["source"], deterministic=dropout_rng is None,
+                         rngs=rngs, method=PretrainingModel.encode).last_hidden_state  # [B, T, D]
+  head_out = model.apply(variables, features, method=PretrainingModel.predict)
+  y = None  # the MLM head's targets are the tokens
   if objective.kind == "data2vec":
     if teacher_encoder_params is None:
       raise ValueError("the data2vec objective needs teacher_encoder_params")
-    t_tokens = teacher_tokens(batch, config=config, objective=objective)
-    teacher_layout = None
-    if layout is not None and packs_teacher(objective):
-      # Its own layout (same capacity): its input's real tokens are the student's, or fewer.
-      teacher_layout = packing_lib.make_layout(t_tokens != config.pad_id, packing)
-      overflows.append(teacher_layout.overflow)
-    targets_at = teacher_targets_fn(
-        teacher_encoder_params, t_tokens, config=config, objective=objective,
-        prune_last_block=prunes_teacher_last_block(objective, seq_len), layout=teacher_layout)
-
-  def head_and_loss(features, y, targets, positions):
-    """The head and the loss on [B, N] positions (N = T, or K gathered slots)."""
-    head_out = model.apply(variables, features, method=PretrainingModel.predict)
-    return _scored(head_out, y, targets, positions, objective)
-
-  def every_position(targets, positions):
-    return head_and_loss(student_features(None), targets_at(None), targets, positions)
-
-  operands = (batch["target"], positions)
-  if not gather:
-    loss_sum, aux = every_position(*operands)
-    gathered = jnp.float32(k > 0)
-  else:
-    fits = jnp.max(jnp.sum(positions, axis=1)) <= k
-    index = _first_positions(positions, k)  # [B, K]
-
-    def gathered_branch(targets, positions):
-      return head_and_loss(student_features(index), targets_at(index),
-                           take_positions(targets, index), take_positions(positions, index))
-
-    if objective.head_overflow == "fallback":
-      loss_sum, aux = jax.lax.cond(fits, gathered_branch, every_position, *operands)
-    else:
-      # No fallback compiled: a row beyond K makes the loss and every gradient NaN (the factor
-      # multiplies, so the NaN reaches the gradients too) rather than scoring only K positions.
-      loss_sum, aux = gathered_branch(*operands)
-      loss_sum = loss_sum * jnp.where(fits, jnp.float32(1), jnp.float32(jnp.nan))
-    gathered = fits.astype(jnp.float32)
-  if overflows:
-    # Tokens beyond a group's capacity were not packed: loud, like a row beyond K above.
-    overflow = jnp.any(jnp.stack(overflows))
-    loss_sum = loss_sum * jnp.where(overflow, jnp.float32(jnp.nan), jnp.float32(1))
-  aux = {"num_masked": num_masked, "loss_sum": loss_sum, **aux, "head_gathered": gathered}
-  return loss_sum, aux
+    y = teacher_targets(teacher_encoder_params, teacher_tokens(batch, config=config,
+                                                               objective=objective),
+                        config=config, objective=objective)  # [B, T, D]
+  positions = loss_positions(batch, config=config, objective=objective)
+  loss_sum, aux = scored(head_out, y, batch["target"], positions, objective)
+  num_masked = jnp.sum(positions.astype(jnp.float32))
+  return loss_sum, {"num_masked": num_masked, "loss_sum": loss_sum, **aux}
 
 
-def _first_positions(positions: jax.Array, k: int) -> jax.Array:
-  """[B, T] bool -> [B, K] int32: each row's True positions in order, then its False ones."""
-  length = positions.shape[1]
-  t = jnp.arange(length, dtype=jnp.int32)
-  # top_k takes the largest scores: True positions score above every False one, and within
-  # each group an earlier position scores higher.
-  score = jnp.where(positions, 2 * length - t, length - t)
-  return jax.lax.top_k(score, k)[1].astype(jnp.int32)
-
-
-def _scored(head_out: jax.Array, y: jax.Array | None, targets: jax.Array, positions: jax.Array,
+def scored(head_out: jax.Array, y: jax.Array | None, targets: jax.Array, positions: jax.Array,
             objective: ObjectiveConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Summed loss and metrics of head outputs [B, N, D|V] at [B, N] bool loss positions."""
+  """Summed loss and metrics of head outputs [B, N, D|V] at [B, N] bool loss positions.
+
+  y: [B, N, D] float32 regression targets (data2vec) or None (mlm); targets: [B, N] int tokens.
+  N is T on the reference path, or the K gathered slots of the fast path.
+  """
   weights = positions.astype(jnp.float32)
   count = jnp.maximum(jnp.sum(weights), 1.0)
   if objective.kind == "mlm":

@@ -28,13 +28,17 @@ from data2vec_jax.optim import OptimizerConfig
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """Everything that defines the math of one training step (hashable: a static jit argument)."""
+  """Everything that defines the math of one training step (hashable: a static jit argument).
+
+  How the step is executed (gathered heads, packing, micro-batches) is the separate
+  `execution.ExecutionPlan`; `model` carries the encoder's own execution knobs (kernel, remat,
+  unrolling), which change no value.
+  """
 
   model: EncoderConfig
   objective: ObjectiveConfig
   ema: EMAConfig
   optimizer: OptimizerConfig
-  micro_batches: int = 1
 
   @property
   def uses_teacher(self) -> bool:

@@ -22,8 +22,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from data2vec_jax import ema as ema_lib
+from data2vec_jax import fast_loss
 from data2vec_jax import sharding as sharding_lib
-from data2vec_jax.objective import loss_fn
+from data2vec_jax.execution import ExecutionPlan
 from data2vec_jax.packing import PackingSpec
 from data2vec_jax.optim import apply_gradients, learning_rate_schedule
 from data2vec_jax.train_state import Recipe, TrainState
@@ -46,17 +47,16 @@ def _split_micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.A
   return jax.tree_util.tree_map(split, batch)
 
 
-def _grads_and_aux(recipe: Recipe, params: Any, teacher: Any, batch: dict[str, jax.Array],
-                   dropout_rng: jax.Array, packing: PackingSpec | None
-                   ) -> tuple[Any, dict[str, jax.Array]]:
-  """Summed (un-normalised) gradients and aux over `recipe.micro_batches` micro-batches."""
+def _grads_and_aux(recipe: Recipe, plan: ExecutionPlan, params: Any, teacher: Any,
+                   batch: dict[str, jax.Array], dropout_rng: jax.Array,
+                   packing: PackingSpec | None) -> tuple[Any, dict[str, jax.Array]]:
+  """Summed (un-normalised) gradients and aux over `plan.micro_batches` micro-batches."""
   def one(params, micro_batch, rng):
-    loss_sum, aux = loss_fn(params, teacher, micro_batch, rng, config=recipe.model,
-                            objective=recipe.objective, packing=packing)
-    return loss_sum, aux
+    return fast_loss.loss_fn(params, teacher, micro_batch, rng, config=recipe.model,
+                             objective=recipe.objective, plan=plan, packing=packing)
 
   grad_fn = jax.grad(one, has_aux=True)
-  k = recipe.micro_batches
+  k = plan.micro_batches
   if k == 1:
     return grad_fn(params, batch, dropout_rng)
 
@@ -77,12 +77,13 @@ def _grads_and_aux(recipe: Recipe, params: Any, teacher: Any, batch: dict[str, j
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], packing: PackingSpec | None = None,
-               *, recipe: Recipe, tx: optax.GradientTransformation
+               *, recipe: Recipe, plan: ExecutionPlan, tx: optax.GradientTransformation
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update. batch: {'source','target': int32 [B,T], 'selected': bool [B,T]} (global B).
 
-  packing: run each micro-batch packed (`packing.py`; `packing.spec_for_batch` picks the capacity
-  from the host batch, one group per data shard). Static: each value compiles once.
+  plan: how the loss runs (`execution.ExecutionPlan`: gathered heads, pruning, micro-batches).
+  packing: run each micro-batch packed (`packing.py`; `ExecutionPlan.packing_for_batch` picks the
+  capacity from the host batch, one group per data shard). Static: each value compiles once.
 
   Returns the new state and float32 scalar metrics (loss is the mean over loss positions, as
   fairseq logs it; grad_norm is before clipping).
@@ -91,7 +92,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], packing: PackingS
   teacher = None
   if recipe.uses_teacher:
     teacher = ema_lib.teacher_params(state.ema_params, state.params["encoder"], recipe.ema)
-  grads, aux = _grads_and_aux(recipe, state.params, teacher, batch, dropout_rng, packing)
+  grads, aux = _grads_and_aux(recipe, plan, state.params, teacher, batch, dropout_rng, packing)
 
   # fairseq: optimizer.multiply_grads(world_size / sample_size) with sample_size summed over
   # all micro-batches and workers -> the gradient of sum(loss) / (#loss positions, global).
@@ -118,8 +119,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], packing: PackingS
   return new_state, metrics
 
 
-def make_train_step(recipe: Recipe, tx: optax.GradientTransformation, mesh: Mesh,
-                    state_shardings: TrainState) -> Callable:
+def make_train_step(recipe: Recipe, plan: ExecutionPlan, tx: optax.GradientTransformation,
+                    mesh: Mesh, state_shardings: TrainState) -> Callable:
   """The jitted, state-donating step `step(state, batch, packing=None)` with explicit in/out
   shardings on `mesh`; `packing` (a `PackingSpec` or None) is static.
 
@@ -127,7 +128,7 @@ def make_train_step(recipe: Recipe, tx: optax.GradientTransformation, mesh: Mesh
   model's activation constraints resolve.
   """
   batch_sharding = sharding_lib.batch_sharding(mesh)
-  step_fn = functools.partial(train_step, recipe=recipe, tx=tx)
+  step_fn = functools.partial(train_step, recipe=recipe, plan=plan, tx=tx)
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
                  out_shardings=(state_shardings, NamedSharding(mesh, P())),
                  static_argnames=("packing",), donate_argnums=(0,))

@@ -9,7 +9,6 @@ continues from the newest checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -20,45 +19,52 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from data2vec_jax import checkpoint as checkpoint_lib
 from data2vec_jax import ema as ema_lib
+from data2vec_jax import execution as execution_lib
 from data2vec_jax import flops as flops_lib
 from data2vec_jax import health as health_lib
-from data2vec_jax import packing as packing_lib
 from data2vec_jax import sharding as sharding_lib
 from data2vec_jax import train_state as train_state_lib
 from data2vec_jax import train_step as train_step_lib
 from data2vec_jax.ema import EMAConfig
-from data2vec_jax.masking import MaskingConfig, max_selected_per_row, selection_bound_is_exact
+from data2vec_jax.masking import MaskingConfig
 from data2vec_jax.metric_logging import MetricWriter, format_progress
 from data2vec_jax.model_config import EncoderConfig
-from data2vec_jax.objective import (ObjectiveConfig, check_head_positions, prunes_last_block,
-                                    prunes_teacher_last_block)
+from data2vec_jax.objective import ObjectiveConfig
 from data2vec_jax.optim import OptimizerConfig, make_optimizer
 from data2vec_jax import input_pipeline
 from data2vec_jax.data.pipeline import GLOBAL_ROW_TOKENS
 
 
 RECIPE_FILE = "recipe.json"  # the resolved step math, for exporting from a checkpoint later
+# Speed fields that recipe files written before the `execution` section kept in 'objective'.
+_OLD_OBJECTIVE_SPEED_KEYS = ("head_positions_per_row", "prune_last_block", "head_overflow")
 
 
-def recipe_to_dict(recipe: train_state_lib.Recipe, seq_len: int) -> dict[str, Any]:
-  return {"model": recipe.model.to_dict(), "objective": dataclasses.asdict(recipe.objective),
-          "ema": dataclasses.asdict(recipe.ema), "optimizer": dataclasses.asdict(recipe.optimizer),
-          "micro_batches": recipe.micro_batches, "seq_len": seq_len}
+def recipe_to_dict(recipe: train_state_lib.Recipe, seq_len: int,
+                   plan: execution_lib.ExecutionPlan | None = None) -> dict[str, Any]:
+  """recipe.json: the step's math (and, for the record, the execution plan it ran with)."""
+  values = {"model": recipe.model.to_dict(), "objective": dataclasses.asdict(recipe.objective),
+            "ema": dataclasses.asdict(recipe.ema),
+            "optimizer": dataclasses.asdict(recipe.optimizer), "seq_len": seq_len}
+  if plan is not None:
+    values["execution"] = dataclasses.asdict(plan)
+  return values
 
 
 def recipe_from_dict(values: dict[str, Any]) -> tuple[train_state_lib.Recipe, int]:
+  """Reads `recipe_to_dict`'s output (also that of runs from before the execution section)."""
   optimizer = {k: tuple(v) if isinstance(v, list) else v for k, v in values["optimizer"].items()}
+  objective = {k: v for k, v in values["objective"].items()
+               if k not in _OLD_OBJECTIVE_SPEED_KEYS}
   recipe = train_state_lib.Recipe(
       model=EncoderConfig.from_dict(values["model"]),
-      objective=ObjectiveConfig.from_dict(values["objective"]),
-      ema=EMAConfig.from_dict(values["ema"]), optimizer=OptimizerConfig.from_dict(optimizer),
-      micro_batches=int(values["micro_batches"]))
+      objective=ObjectiveConfig.from_dict(objective),
+      ema=EMAConfig.from_dict(values["ema"]), optimizer=OptimizerConfig.from_dict(optimizer))
   return recipe, int(values["seq_len"])
 
 
@@ -72,7 +78,10 @@ class InputDataError(ValueError):
 
 def recipe_from_config(config: ml_collections.ConfigDict, vocab_size: int,
                        mask_id: int) -> train_state_lib.Recipe:
-  """Turns the config sections into validated, hashable dataclasses (unknown keys rejected)."""
+  """Turns the config sections into validated, hashable dataclasses (unknown keys rejected).
+
+  The encoder's execution knobs (kernel, remat, unrolling) come from the `execution` section.
+  """
   model = dict(config.model)
   if model.get("vocab_size", -1) in (-1, None):
     model["vocab_size"] = vocab_size
@@ -82,29 +91,21 @@ def recipe_from_config(config: ml_collections.ConfigDict, vocab_size: int,
   objective = dict(config.objective)
   if objective.get("mask_id", -1) in (-1, None):
     objective["mask_id"] = mask_id
-  masking = MaskingConfig.from_dict(dict(config.masking))
-  seq_len = int(config.data.tokens_per_sample)
-  bound = max_selected_per_row(masking, seq_len)
-  if objective.get("head_positions_per_row") == -1:  # 'auto': the masker's per-row bound
-    objective["head_positions_per_row"] = bound
-  # No fallback branch is compiled only where the masker can never exceed K ('auto'), or where
-  # the config asks for it and that holds; each batch is still checked on the host (_loop).
-  guaranteed = (selection_bound_is_exact(masking)
-                and objective.get("head_positions_per_row", 0) >= bound)
-  if objective.get("head_overflow") == "auto":
-    objective["head_overflow"] = "error" if guaranteed else "fallback"
-  elif objective.get("head_overflow") == "error" and not guaranteed:
-    raise ValueError(
-        f"objective.head_overflow='error' needs head_positions_per_row >= the masker's exact "
-        f"bound ({bound} for {seq_len}-token rows, and mask_stdev == 0); got "
-        f"head_positions_per_row={objective.get('head_positions_per_row')}, mask_stdev="
-        f"{masking.mask_stdev}. Use head_overflow='fallback' (or 'auto').")
+  execution = execution_lib.ExecutionConfig.from_dict(dict(config.execution))
   return train_state_lib.Recipe(
-      model=EncoderConfig.from_dict(model),
+      model=execution.encoder_config(EncoderConfig.from_dict(model)),
       objective=ObjectiveConfig.from_dict(objective),
       ema=EMAConfig.from_dict(dict(config.ema)),
-      optimizer=OptimizerConfig.from_dict(dict(config.optimizer)),
-      micro_batches=int(config.train.micro_batches))
+      optimizer=OptimizerConfig.from_dict(dict(config.optimizer)))
+
+
+def plan_from_config(config: ml_collections.ConfigDict,
+                     recipe: train_state_lib.Recipe) -> execution_lib.ExecutionPlan:
+  """The run's `ExecutionPlan`: the `execution` section resolved for its objective, masking and
+  sequence length."""
+  return execution_lib.make_plan(
+      execution_lib.ExecutionConfig.from_dict(dict(config.execution)), recipe.objective,
+      MaskingConfig.from_dict(dict(config.masking)), int(config.data.tokens_per_sample))
 
 
 class _PreemptionFlag:
@@ -157,19 +158,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     vocab_size = int(config.model.get("vocab_size", -1) or -1)
     placeholder = vocab_size if vocab_size > 0 else 1000
     recipe = recipe_from_config(config, placeholder, placeholder - 1)
+    plan = plan_from_config(config, recipe)
     make_optimizer(recipe.optimizer)
     health_lib.HealthConfig.from_train_config(config.train)
-    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints",
-                 "micro_batches", "pack_buckets"):
+    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
       if int(config.train[name]) < 1:
         raise ValueError(f"train.{name} must be >= 1, got {config.train[name]}")
     mesh = sharding_lib.make_mesh(**dict(config.mesh))
-    shards = sharding_lib.data_parallel_size(mesh) * recipe.micro_batches
+    shards = sharding_lib.data_parallel_size(mesh) * plan.micro_batches
     if config.data.global_batch_size % shards:
       raise ValueError(
           f"data.global_batch_size={config.data.global_batch_size} must be divisible by "
           f"data x fsdp = {sharding_lib.data_parallel_size(mesh)} times "
-          f"train.micro_batches={recipe.micro_batches}")
+          f"execution.micro_batches={plan.micro_batches}")
   except (ValueError, TypeError, KeyError, AttributeError) as e:
     raise ConfigError(f"invalid config: {e}") from e
 
@@ -196,6 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise InputDataError(f"data: {e}") from e
   try:
     recipe = recipe_from_config(config, data.vocab_size, data.mask_id)
+    plan = plan_from_config(config, recipe)
     tx = make_optimizer(recipe.optimizer)
     mesh = sharding_lib.make_mesh(**dict(config.mesh))
     if is_chief:
@@ -210,9 +212,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
         state = _restore_or_create(checkpointer, abstract_state, data, recipe, tx, mesh, train_cfg)
         if is_chief:  # only now: a failed resume must not overwrite the run's own files
-          _write_run_files(workdir, config, recipe, seq_len)
-        step_fn = train_step_lib.make_train_step(recipe, tx, mesh, shardings)
-        summary = _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh,
+          _write_run_files(workdir, config, recipe, plan)
+        step_fn = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
+        summary = _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mesh,
                         is_chief)
     except health_lib.TrainingError as e:
       raise _stopped_unhealthy(e, checkpointer, config) from e
@@ -229,10 +231,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _write_run_files(workdir: str, config: ml_collections.ConfigDict,
-                     recipe: train_state_lib.Recipe, seq_len: int) -> None:
+                     recipe: train_state_lib.Recipe, plan: execution_lib.ExecutionPlan) -> None:
   """config.json (as given) and recipe.json (the resolved step math, read by `export`)."""
+  recipe_text = json.dumps(recipe_to_dict(recipe, plan.seq_len, plan), indent=2)
   for name, text in (("config.json", config.to_json_best_effort(indent=2)),
-                     (RECIPE_FILE, json.dumps(recipe_to_dict(recipe, seq_len), indent=2))):
+                     (RECIPE_FILE, recipe_text)):
     path = os.path.join(workdir, name)
     with open(path + ".tmp", "w") as f:
       f.write(text)
@@ -296,34 +299,7 @@ def _stopped_unhealthy(error: health_lib.TrainingError, checkpointer: checkpoint
   return health_lib.TrainingError("; ".join(parts), error.anomaly_step, diverged=error.diverged)
 
 
-def real_tokens(host_batch: dict[str, np.ndarray], pad_id: int) -> np.ndarray:
-  """[B, T] bool positions a packed step must keep: real tokens of the student's or the
-  teacher's input."""
-  return (host_batch["source"] != pad_id) | (host_batch["target"] != pad_id)
-
-
-def packing_for_batch(host_batch: dict[str, np.ndarray], global_row_tokens: np.ndarray, *,
-                      pad_id: int, groups: int, micro_batches: int,
-                      buckets: int) -> packing_lib.PackingSpec | None:
-  """The packed capacity of a step, chosen from the global batch's tokens per row.
-
-  Every process passes the pipeline's same `global_row_tokens` [GB], so all choose the same
-  static shape without communicating (a per-step collective would stall the host until the
-  previous step finished). This process's rows are checked against their slice of it: a
-  capacity below a group's real tokens would turn the loss NaN, so a mismatch is an error here.
-  """
-  local = real_tokens(host_batch, pad_id).sum(axis=1)
-  lo = jax.process_index() * len(local)
-  if not np.array_equal(local, global_row_tokens[lo:lo + len(local)]):
-    raise ValueError(
-        f"the real tokens per row of this process's batch ({local.tolist()}) disagree with the "
-        f"input pipeline's '{GLOBAL_ROW_TOKENS}' for rows {lo}..{lo + len(local) - 1} "
-        f"({global_row_tokens[lo:lo + len(local)].tolist()})")
-  return packing_lib.spec_for_batch(global_row_tokens, seq_len=host_batch["source"].shape[1],
-                                    groups=groups, micro_batches=micro_batches, buckets=buckets)
-
-
-def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_chief):
+def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mesh, is_chief):
   train_cfg = config.train
   total = int(train_cfg.num_steps)
   step = int(jax.device_get(state.step))
@@ -333,13 +309,6 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
   monitor = health_lib.HealthMonitor(health_lib.HealthConfig.from_train_config(train_cfg),
                                      history=writer.history)
   batch_sharding = sharding_lib.batch_sharding(mesh)
-  # Per real token, at the window's measured masked fraction (the head, and the pruned last
-  # block, run only at the loss positions).
-  flops_per_token = functools.partial(
-      flops_lib.train_flops_per_token, recipe.model, data.seq_len, kind=recipe.objective.kind,
-      head_layers=recipe.objective.head_layers,
-      pruned_last_block=prunes_last_block(recipe.objective, data.seq_len),
-      pruned_teacher_last_block=prunes_teacher_last_block(recipe.objective, data.seq_len))
   peak = train_cfg.peak_flops_per_device or flops_lib.peak_flops_per_device()
   pending: list[dict[str, jax.Array]] = []  # this window's metrics still on the devices
   window: list[dict[str, float]] = []       # this window's metrics on the host, checked
@@ -348,24 +317,21 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
   steps_timed, time_timed = 0, 0.0
   stop_reason = "completed"
   groups = sharding_lib.data_parallel_size(mesh)
-  if train_cfg.pack_tokens and groups % jax.process_count():
+  if plan.pack_tokens and groups % jax.process_count():
     # Each process must hold whole packing groups: then the fullest group of the pipeline's
     # row order is the fullest on the devices too, whatever order the mesh gives the processes.
     raise ValueError(f"token packing needs the {groups} data shards spread evenly over "
-                     f"{jax.process_count()} processes; set train.pack_tokens=False")
+                     f"{jax.process_count()} processes; set execution.pack_tokens=False")
   shapes_seen: dict[Any, int] = {}  # packing (None: unpacked) -> steps run with it
   try:
     with _PreemptionFlag() as preempted:
       while step < total:
         host_batch = next(data.iterator)
         global_row_tokens = host_batch.pop(GLOBAL_ROW_TOKENS)  # host-side only
-        if recipe.objective.head_overflow == "error":
-          check_head_positions(host_batch, config=recipe.model, objective=recipe.objective)
-        packing = None
-        if train_cfg.pack_tokens:
-          packing = packing_for_batch(host_batch, global_row_tokens, pad_id=recipe.model.pad_id,
-                                      groups=groups, micro_batches=recipe.micro_batches,
-                                      buckets=train_cfg.pack_buckets)
+        plan.check_host_batch(host_batch, config=recipe.model, objective=recipe.objective)
+        packing = plan.packing_for_batch(host_batch, global_row_tokens,
+                                         pad_id=recipe.model.pad_id, groups=groups,
+                                         process_index=jax.process_index())
         if packing not in shapes_seen and is_chief and step > first_step:
           # A new static shape compiles once: say why the step pauses.
           logging.info("step %d: new packed shape %s, compiling", step + 1, packing)
@@ -397,7 +363,10 @@ def _loop(config, workdir, recipe, state, step_fn, data, checkpointer, mesh, is_
             steps_timed += len(window)
             time_timed += elapsed
             if peak:
-              flops = flops_per_token(masked_fraction=last_metrics["masked_fraction"])
+              # At the window's measured masked fraction: the head, and a pruned last block,
+              # run only at the loss positions.
+              flops = plan.flops_per_token(recipe.model, recipe.objective,
+                                           masked_fraction=last_metrics["masked_fraction"])
               last_metrics["mfu"] = (last_metrics["tokens_per_s"] * flops /
                                      (peak * jax.device_count()))
           else:

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from data2vec_jax.masking import MaskingConfig
-from data2vec_jax.trainer import recipe_from_config
+from data2vec_jax.trainer import plan_from_config, recipe_from_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_MODULES = sorted(
@@ -38,10 +38,13 @@ def test_release_recipe_is_the_fairseq_yaml():
   assert (r.model.num_layers, r.model.hidden_size, r.model.num_heads) == (12, 768, 12)
   assert r.model.vocab_size == 50265 and r.objective.mask_id == 50264
   assert (r.objective.average_top_k_layers, r.objective.loss_beta, r.objective.head_layers) == (10, 4.0, 2)
+  plan = plan_from_config(c, r)
   # auto head positions: the masker's bound for 512-token rows, (floor(0.35*512/4)+1)*4 -> 184
-  assert r.objective.head_positions_per_row == 184
+  assert plan.head_positions_per_row == 184
   # ... an exact bound (fixed spans), so the step compiles no every-position fallback.
-  assert r.objective.head_overflow == "error"
+  assert plan.head_overflow == "error"
+  assert plan.prune_student_last_block and plan.prune_teacher_last_block and plan.pack_tokens
+  assert r.model.scan_unroll == 12  # execution.scan_unroll='all'
   assert r.objective.layer_norm_target_layer and not r.objective.instance_norm_target_layer
   assert (r.ema.ema_decay, r.ema.ema_end_decay, r.ema.ema_anneal_end_step) == (0.999, 0.9999, 300000)
   assert (c.masking.mask_prob, c.masking.mask_multiple_length) == (0.35, 4)
@@ -94,22 +97,22 @@ def test_unknown_config_key_is_refused():
 
 
 def test_head_overflow_auto_keeps_the_fallback_unless_k_is_a_guaranteed_bound():
-  def resolved(**objective_and_masking):
+  def resolved(**execution_and_masking):
     c = load("configs.pretrain", "model=tiny")
     with c.unlocked():
-      for key, value in objective_and_masking.items():
+      for key, value in execution_and_masking.items():
         section, name = key.split("__")
         c[section][name] = value
-    return recipe_from_config(c, vocab_size=1000, mask_id=999).objective
+    return plan_from_config(c, recipe_from_config(c, vocab_size=1000, mask_id=999))
 
   assert resolved().head_overflow == "error"
   # Random span lengths: the bound is an estimate, so rows beyond it must stay exact.
   assert resolved(masking__mask_stdev=1.0).head_overflow == "fallback"
   # A K below the masker's bound can overflow; a K above it cannot.
-  assert resolved(objective__head_positions_per_row=8).head_overflow == "fallback"
-  assert resolved(objective__head_positions_per_row=200).head_overflow == "error"
+  assert resolved(execution__head_positions=8).head_overflow == "fallback"
+  assert resolved(execution__head_positions=200).head_overflow == "error"
   # Asking for 'error' where overflow is possible is refused up front, with the numbers.
-  for bad in ({"masking__mask_stdev": 1.0}, {"objective__head_positions_per_row": 8}):
+  for bad in ({"masking__mask_stdev": 1.0}, {"execution__head_positions": 8}):
     with pytest.raises(ValueError, match=r"head_overflow='error' needs .*bound \(\d+ for 512-token rows"):
-      resolved(objective__head_overflow="error", **bad)
-  assert resolved(objective__head_overflow="fallback").head_overflow == "fallback"
+      resolved(execution__head_overflow="error", **bad)
+  assert resolved(execution__head_overflow="fallback").head_overflow == "fallback"

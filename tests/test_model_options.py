@@ -16,6 +16,20 @@ from data2vec_jax.model import Encoder, apply_last_block, init_params, take_posi
 from data2vec_jax.model_config import EncoderConfig, tiny_config
 
 IDS = jnp.array([[0, 5, 6, 7, 8, 2, 1, 1], [0, 9, 10, 11, 12, 13, 14, 2]], jnp.int32)
+EPS = float(np.finfo(np.float32).eps)
+# The tiny encoder's widest reduction: the FFN's 128-term dot products.
+WIDEST = tiny_config().intermediate_size
+
+
+def assert_equal_up_to_rounding(got, want, n=WIDEST, err_msg=""):
+  """The same math run through other kernels or shapes (remat, unrolling, pruning, another
+  CPU's XLA) differs only by float32 rounding: an n-term dot product is within n * eps *
+  sum_i |x_i w_i| of the exact value (the standard bound). Here the compared array's largest
+  magnitude stands in for that sum: one absolute bound per array, right for values near zero
+  too (where a relative one is not), and ~1e-5 of the array's scale: far below any real bug."""
+  want = np.asarray(want, np.float64)
+  np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0,
+                             atol=n * EPS * np.abs(want).max(), err_msg=err_msg)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +52,10 @@ def loss_and_grads(cfg, params, deterministic=True):
 def test_execution_options_give_the_same_gradients(params, option):
   base_loss, base_grads = loss_and_grads(tiny_config(), params, deterministic=False)
   loss, grads = loss_and_grads(tiny_config(**option), params, deterministic=False)
-  assert float(loss) == pytest.approx(float(base_loss), rel=1e-6)
+  # A sum of squares: positive, so a relative bound is right for it.
+  assert float(loss) == pytest.approx(float(base_loss), rel=WIDEST * EPS)
   for g, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(base_grads)):
-    np.testing.assert_allclose(g, b, rtol=1e-5, atol=1e-6)
+    assert_equal_up_to_rounding(g, b)
 
 
 @pytest.mark.parametrize("x_shape,k_shape,c", [
@@ -66,13 +81,23 @@ def test_canonical_weight_grad_matches_einsum(x_shape, k_shape, c, dtype):
   out = lhs[:len(x_shape) - c] + rhs[c:]
   ref_y, ref_pullback = jax.vjp(lambda a, b: jnp.einsum(f"{lhs},{rhs}->{out}", a, b), x, kernel)
   ref = (ref_y,) + ref_pullback(dy)
-  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  # Both sides are float32-accumulated n-term dot products summed in some order, each then
+  # rounded once to `dtype`: within 2 * n * eps32 * sum_i |x_i w_i| of each other (the standard
+  # bound, per element: sum_i |x_i w_i| is the same contraction of |x|, |kernel|, |dy|), plus
+  # two roundings to `dtype` of at most half its eps relative each.
+  f32 = lambda a: jnp.abs(a).astype(jnp.float32)
+  abs_y, abs_pullback = jax.vjp(lambda a, b: jnp.einsum(f"{lhs},{rhs}->{out}", a, b),
+                                f32(x), f32(kernel))
+  scales = (abs_y,) + abs_pullback(f32(dy))
+  size = lambda shape: int(np.prod(shape))
+  terms = (size(x_shape[len(x_shape) - c:]), size(k_shape[c:]), size(x_shape[:len(x_shape) - c]))
   for canonical in (True, False):
     got = jax.jit(vjp, static_argnums=0)(canonical)
-    for g, r in zip(got, ref):
+    for g, r, scale, n in zip(got, ref, scales, terms):
       assert g.shape == r.shape and g.dtype == r.dtype
-      np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32),
-                                 rtol=tol, atol=tol)
+      r = np.asarray(r, np.float64)
+      bound = float(jnp.finfo(dtype).eps) * np.abs(r) + 2 * n * EPS * np.asarray(scale)
+      assert np.all(np.abs(np.asarray(g, np.float64) - r) <= bound), (canonical, n)
 
 
 # Row 0 queries two real tokens and a pad; row 1 the first, a middle and the last token.
@@ -93,8 +118,7 @@ def test_last_block_at_chosen_positions_equals_the_full_encoder(num_layers, atte
     trunk = Encoder(cfg, feature=feature).apply({"params": p}, IDS, skip_last_block=True)
     _, last_feature = apply_last_block(cfg, p, trunk.last_hidden_state, attend, QUERY,
                                        feature=feature)
-    np.testing.assert_allclose(last_feature, take_positions(whole.ffn_outputs[-1], QUERY),
-                               rtol=1e-5, atol=1e-5)
+    assert_equal_up_to_rounding(last_feature, take_positions(whole.ffn_outputs[-1], QUERY))
 
   def full(p):
     return take_positions(Encoder(cfg).apply({"params": p}, IDS).last_hidden_state, QUERY)
@@ -106,15 +130,15 @@ def test_last_block_at_chosen_positions_equals_the_full_encoder(num_layers, atte
 
   want, got = jax.jit(full)(p), jax.jit(pruned)(p)
   assert got.shape == (2, 3, cfg.hidden_size)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert_equal_up_to_rounding(got, want)
   # Without query_index the last block covers every position.
   everywhere = jax.jit(lambda p: pruned(p, None))(p)
-  np.testing.assert_allclose(take_positions(everywhere, QUERY), want, rtol=1e-5, atol=1e-5)
+  assert_equal_up_to_rounding(take_positions(everywhere, QUERY), want)
 
   weights = jax.random.normal(jax.random.PRNGKey(4), want.shape)
   grad = lambda f: jax.jit(jax.grad(lambda p: jnp.sum(f(p) * weights)))(p)
   for g, b in zip(jax.tree_util.tree_leaves(grad(pruned)), jax.tree_util.tree_leaves(grad(full))):
-    np.testing.assert_allclose(g, b, rtol=1e-4, atol=1e-6)
+    assert_equal_up_to_rounding(g, b)
 
 
 def test_projection_computes_a_slice_of_its_first_output_axis():
@@ -154,8 +178,8 @@ def test_xla_and_reference_attention_agree(params):
   outs = [Encoder(tiny_config(attention_impl=impl)).apply({"params": params}, IDS)
           for impl in ("xla", "reference")]
   nonpad = np.asarray(IDS != 1)
-  diff = np.abs(np.asarray(outs[0].last_hidden_state) - np.asarray(outs[1].last_hidden_state))
-  assert diff[nonpad].max() < 1e-5
+  assert_equal_up_to_rounding(np.asarray(outs[0].last_hidden_state)[nonpad],
+                              np.asarray(outs[1].last_hidden_state)[nonpad])
 
 
 def test_bf16_compute_keeps_float32_params(params):

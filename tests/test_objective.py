@@ -23,7 +23,9 @@ from transformers import Data2VecTextConfig, Data2VecTextModel
 
 from data2vec_jax.masking import MaskingConfig, mask_tokens
 from data2vec_jax.model_config import tiny_config
-from data2vec_jax.objective import ObjectiveConfig, PretrainingModel, loss_fn
+from data2vec_jax import fast_loss
+from data2vec_jax.execution import ExecutionPlan
+from data2vec_jax.objective import ObjectiveConfig, PretrainingModel
 from data2vec_jax.packing import PackingSpec
 from data2vec_jax.targets import teacher_targets, teacher_targets_fn
 
@@ -237,10 +239,24 @@ STUDENT = _hf_model(1)
 TEACHER = _hf_model(2)
 
 
-def _case(obj: ObjectiveConfig, with_dropout: bool = False, packing: PackingSpec | None = None):
-  """Runs both sides; returns a dict of measured relative differences. `packing` packs our
-  loss_fn's encoders (the reference always runs padded)."""
+def plan_for(obj: ObjectiveConfig, **plan) -> ExecutionPlan:
+  """An execution plan for BATCH's rows; no arguments: the reference path (every position)."""
+  return ExecutionPlan.for_objective(obj, BATCH["source"].shape[1], **plan)
+
+
+def loss_fn(params, teacher, batch, rng, *, objective, plan=None, packing=None):
+  """The step's loss (`fast_loss`); with the default plan and no packing, the reference path."""
+  return fast_loss.loss_fn(params, teacher, batch, rng, config=CFG, objective=objective,
+                           plan=plan or plan_for(objective), packing=packing)
+
+
+def _case(obj: ObjectiveConfig, plan: dict | None = None, with_dropout: bool = False,
+          packing: PackingSpec | None = None):
+  """Runs both sides; returns a dict of measured relative differences. `plan` (keyword arguments
+  of `ExecutionPlan.for_objective`) and `packing` choose how our loss runs (gathered heads,
+  pruned last blocks, packed encoders); the reference always runs every position, padded."""
   obj = dataclasses.replace(obj, mask_id=MASK)
+  plan = plan_for(obj, **(plan or {}))
   head = _torch_head(obj.head_layers, seed=3)
   src, tgt, sel = (torch.tensor(BATCH[k]) for k in ("source", "target", "selected"))
   teacher_in = tgt if obj.teacher_input == "unmasked" else torch.where(sel, tgt, PAD)
@@ -259,12 +275,12 @@ def _case(obj: ObjectiveConfig, with_dropout: bool = False, packing: PackingSpec
 
   def everything(p, t, b, t_in, key):
     (loss, aux), (grads, teacher_grads) = jax.value_and_grad(
-        lambda p, t: loss_fn(p, t, b, None, config=CFG, objective=obj, packing=packing),
+        lambda p, t: loss_fn(p, t, b, None, objective=obj, plan=plan, packing=packing),
         argnums=(0, 1), has_aux=True)(p, t)
     y = teacher_targets(t, t_in, config=CFG, objective=obj)
     _, pred = PretrainingModel(CFG, obj).apply({"params": p}, b["source"])
     # Student dropout (train mode): keyed, so reproducible per key and different across keys.
-    dropout = [loss_fn(p, t, b, k, config=CFG, objective=obj, packing=packing)[0]
+    dropout = [loss_fn(p, t, b, k, objective=obj, plan=plan, packing=packing)[0]
                for k in (key, key, jax.random.fold_in(key, 1))] if with_dropout else []
     return loss, aux, grads, teacher_grads, y, pred, dropout
 
@@ -279,7 +295,7 @@ def _case(obj: ObjectiveConfig, with_dropout: bool = False, packing: PackingSpec
     assert a == b and a != c and a != float(loss)
 
   lm = loss_mask.numpy()
-  k = obj.head_positions_per_row
+  k = plan.head_positions_per_row
   assert float(aux["head_gathered"]) == float(0 < k and lm.sum(1).max() <= k)
   out = {
       "targets": assert_close(y, t_y.numpy(), "targets"),
@@ -325,27 +341,29 @@ CASES = {
 # of the fullest row so the batch must fall back to the every-position path -- same numbers.
 _MOST_MASKED = int((BATCH["source"] == MASK).sum(1).max())
 _MOST_SELECTED = int(BATCH["selected"].sum(1).max())
+CASES = {name: (obj, {}) for name, obj in CASES.items()}  # the reference path: every position
 CASES.update({
-    "default_gathered_heads": ObjectiveConfig(average_top_k_layers=2,
-                                              head_positions_per_row=_MOST_MASKED),
-    "gathered_heads_overflow_falls_back": ObjectiveConfig(
-        average_top_k_layers=2, head_positions_per_row=_MOST_MASKED - 1),
+    "default_gathered_heads": (ObjectiveConfig(average_top_k_layers=2),
+                               dict(head_positions_per_row=_MOST_MASKED)),
+    "gathered_heads_overflow_falls_back": (ObjectiveConfig(average_top_k_layers=2),
+                                           dict(head_positions_per_row=_MOST_MASKED - 1)),
     # What the trainer compiles for an exact masker bound: no fallback branch at all.
-    "gathered_heads_no_fallback": ObjectiveConfig(
-        average_top_k_layers=2, head_positions_per_row=_MOST_MASKED, head_overflow="error"),
+    "gathered_heads_no_fallback": (ObjectiveConfig(average_top_k_layers=2),
+                                   dict(head_positions_per_row=_MOST_MASKED,
+                                        head_overflow="error")),
     # Per-position targets (layer norms only) with the other target types: the teacher's last
     # block also runs on the gathered slots (K=1: no lower block enters the average).
-    "gathered_end_of_block_k1_head1": ObjectiveConfig(
-        average_top_k_layers=1, target_type="end_of_block", head_layers=1,
-        head_positions_per_row=_MOST_MASKED),
-    "gathered_ffn_residual_k3_layer_norm_targets": ObjectiveConfig(
-        average_top_k_layers=3, target_type="ffn_residual", layer_norm_targets=True,
-        head_positions_per_row=_MOST_MASKED + 1),
+    "gathered_end_of_block_k1_head1": (ObjectiveConfig(
+        average_top_k_layers=1, target_type="end_of_block", head_layers=1),
+        dict(head_positions_per_row=_MOST_MASKED)),
+    "gathered_ffn_residual_k3_layer_norm_targets": (ObjectiveConfig(
+        average_top_k_layers=3, target_type="ffn_residual", layer_norm_targets=True),
+        dict(head_positions_per_row=_MOST_MASKED + 1)),
     # The gathered cases above also run the student's last block on the gathered slots only
     # (prune_last_block, the default); this one keeps the full last block.
-    "selected_gathered_heads_mse_head3_unpruned": ObjectiveConfig(
-        loss_positions="selected", loss_beta=0.0, head_layers=3, average_top_k_layers=3,
-        head_positions_per_row=_MOST_SELECTED + 2, prune_last_block=False),
+    "selected_gathered_heads_mse_head3_unpruned": (ObjectiveConfig(
+        loss_positions="selected", loss_beta=0.0, head_layers=3, average_top_k_layers=3),
+        dict(head_positions_per_row=_MOST_SELECTED + 2, prune_last_block=False)),
 })
 _WITH_DROPOUT = ("default", "default_gathered_heads")
 # Compile fast: these programs are tiny, and XLA's optimisation passes dominate the test time.
@@ -354,7 +372,8 @@ _JIT_OPTIONS = {"xla_backend_optimization_level": 0}
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_data2vec_matches_torch(name):
-  diffs = _case(CASES[name], with_dropout=name in _WITH_DROPOUT)
+  obj, plan = CASES[name]
+  diffs = _case(obj, plan, with_dropout=name in _WITH_DROPOUT)
   print(name, {k: f"{v:.2e}" for k, v in diffs.items()})
 
 
@@ -363,39 +382,39 @@ def test_data2vec_matches_torch(name):
 _REAL = int((BATCH["target"] != PAD).sum())
 PACKED_CASES = {
     # What the trainer runs: gathered heads, pruned last blocks, student and teacher packed.
-    "default_gathered_heads": (dataclasses.replace(
-        CASES["gathered_heads_no_fallback"]), PackingSpec(1, _REAL)),
+    "default_gathered_heads": (*CASES["gathered_heads_no_fallback"], PackingSpec(1, _REAL)),
     # Every-position head and an unpruned student; the teacher packs its few selected tokens.
     "masked_only_teacher_selected_k3": (ObjectiveConfig(
-        teacher_input="masked_only", loss_positions="selected", average_top_k_layers=3),
+        teacher_input="masked_only", loss_positions="selected", average_top_k_layers=3), {},
         PackingSpec(1, _REAL + 5)),
     # Instance norm over time reads the pads: the teacher stays padded, the student packs; the
     # gathered path overflows and falls back to every position.
     "instance_norm_teacher_padded_fallback": (ObjectiveConfig(
-        layer_norm_target_layer=False, instance_norm_target_layer=True, average_top_k_layers=2,
-        head_positions_per_row=_MOST_MASKED - 1), PackingSpec(1, _REAL)),
+        layer_norm_target_layer=False, instance_norm_target_layer=True, average_top_k_layers=2),
+        dict(head_positions_per_row=_MOST_MASKED - 1), PackingSpec(1, _REAL)),
     # One group per row, unpruned, gathered 'selected' positions.
-    "one_group_per_row_unpruned": (CASES["selected_gathered_heads_mse_head3_unpruned"],
+    "one_group_per_row_unpruned": (*CASES["selected_gathered_heads_mse_head3_unpruned"],
                                    PackingSpec(3, 14)),
 }
 
 
 @pytest.mark.parametrize("name", list(PACKED_CASES))
 def test_packed_data2vec_matches_torch(name):
-  obj, spec = PACKED_CASES[name]
-  diffs = _case(obj, with_dropout=name == "default_gathered_heads", packing=spec)
+  obj, plan, spec = PACKED_CASES[name]
+  diffs = _case(obj, plan, with_dropout=name == "default_gathered_heads", packing=spec)
   print(name, spec, {k: f"{v:.2e}" for k, v in diffs.items()})
 
 
 def test_packing_capacity_overflow_poisons_loss_and_grads():
   import flax.linen as nn
-  obj = dataclasses.replace(CASES["gathered_heads_no_fallback"], mask_id=MASK)
-  fn, params = _loss_and_grads(obj, packing=PackingSpec(1, _REAL - 1))
+  obj, plan = CASES["gathered_heads_no_fallback"]
+  obj = dataclasses.replace(obj, mask_id=MASK)
+  fn, params = _loss_and_grads(obj, plan, packing=PackingSpec(1, _REAL - 1))
   (loss, aux), grads = jax.jit(fn, compiler_options=_JIT_OPTIONS)(nn.meta.unbox(params))
   # One real token has no slot: a NaN loss and NaN gradients, never the loss of the others.
   assert np.isnan(float(loss)) and float(aux["head_gathered"]) == 1
   assert all(np.any(np.isnan(np.asarray(g))) for g in jax.tree_util.tree_leaves(grads))
-  (loss, _), _ = jax.jit(_loss_and_grads(obj, packing=PackingSpec(1, _REAL))[0],
+  (loss, _), _ = jax.jit(_loss_and_grads(obj, plan, packing=PackingSpec(1, _REAL))[0],
                          compiler_options=_JIT_OPTIONS)(nn.meta.unbox(params))
   assert np.isfinite(float(loss))
 
@@ -412,9 +431,9 @@ def test_mlm_matches_torch(head_positions):
        "fit_no_fallback_packed": most}[head_positions]
   packing = (PackingSpec(1, int((BATCH["target"] != PAD).sum()))
              if head_positions.endswith("packed") else None)
-  obj = ObjectiveConfig(kind="mlm", mask_id=MASK, head_positions_per_row=k,
-                        head_overflow="error" if "no_fallback" in head_positions else
-                        "fallback")
+  obj = ObjectiveConfig(kind="mlm", mask_id=MASK)
+  plan = plan_for(obj, head_positions_per_row=k,
+                  head_overflow="error" if "no_fallback" in head_positions else "fallback")
   torch.manual_seed(5)
   dense, ln = torch.nn.Linear(D, D), torch.nn.LayerNorm(D, eps=1e-5)
   out_bias = torch.nn.Parameter(0.3 * torch.randn(V))
@@ -445,7 +464,7 @@ def test_mlm_matches_torch(head_positions):
   batch = {k: jnp.asarray(v) for k, v in BATCH.items()}
   with jax.default_matmul_precision("highest"):
     (loss, aux), grads = jax.jit(jax.value_and_grad(
-        lambda p, b: loss_fn(p, None, b, None, config=CFG, objective=obj, packing=packing),
+        lambda p, b: loss_fn(p, None, b, None, objective=obj, plan=plan, packing=packing),
         has_aux=True),
         compiler_options=_JIT_OPTIONS)(params, batch)
   assert_close(loss, t_loss.item(), "mlm loss")
@@ -489,10 +508,12 @@ def test_config_from_dict_rejects_unknown_and_bad_values():
   with pytest.raises(ValueError, match="unknown"):
     ObjectiveConfig.from_dict({"loss_betta": 0.0})
   for bad in ({"teacher_input": "masked"}, {"target_type": "attn"}, {"kind": "bert"},
-              {"average_top_k_layers": 0}, {"loss_positions": "all"},
-              {"head_positions_per_row": -1}, {"head_overflow": "truncate"}):
+              {"average_top_k_layers": 0}, {"loss_positions": "all"}):
     with pytest.raises(ValueError):
       ObjectiveConfig(**bad)
+  for bad in ({"head_positions_per_row": -1}, {"head_overflow": "truncate"}):
+    with pytest.raises(ValueError):
+      plan_for(ObjectiveConfig(), **bad)
   for prune in (False, True):  # the pruned teacher sees only K layers, so it checks itself
     with pytest.raises(ValueError, match="average_top_k_layers"):
       teacher_targets_fn(hf_to_encoder_tree(_state(TEACHER)), jnp.asarray(BATCH["target"]),
@@ -500,27 +521,28 @@ def test_config_from_dict_rejects_unknown_and_bad_values():
                          prune_last_block=prune)
 
 
-def _loss_and_grads(obj: ObjectiveConfig, packing: PackingSpec | None = None):
+def _loss_and_grads(obj: ObjectiveConfig, plan: dict, packing: PackingSpec | None = None):
   params = {"encoder": hf_to_encoder_tree(_state(STUDENT)),
             "head": PretrainingModel(CFG, obj).init(
                 jax.random.key(0), jnp.asarray(BATCH["source"]))["params"]["head"]}
   teacher = hf_to_encoder_tree(_state(TEACHER))
   batch = {k: jnp.asarray(v) for k, v in BATCH.items()}
-  fn = jax.value_and_grad(lambda p: loss_fn(p, teacher, batch, None, config=CFG, objective=obj,
+  plan = plan_for(obj, **plan)
+  fn = jax.value_and_grad(lambda p: loss_fn(p, teacher, batch, None, objective=obj, plan=plan,
                                             packing=packing), has_aux=True)
   return fn, params
 
 
 def test_head_overflow_error_compiles_no_fallback_and_poisons_a_row_beyond_k():
   import flax.linen as nn
-  fits = ObjectiveConfig(average_top_k_layers=2, head_positions_per_row=_MOST_MASKED,
-                         head_overflow="error", mask_id=MASK)
-  for obj, has_cond in ((fits, False), (dataclasses.replace(fits, head_overflow="fallback"), True)):
-    fn, params = _loss_and_grads(obj)
+  obj = ObjectiveConfig(average_top_k_layers=2, mask_id=MASK)
+  fits = dict(head_positions_per_row=_MOST_MASKED, head_overflow="error")
+  for plan, has_cond in ((fits, False), ({**fits, "head_overflow": "fallback"}, True)):
+    fn, params = _loss_and_grads(obj, plan)
     assert ("cond[" in str(jax.make_jaxpr(fn)(nn.meta.unbox(params)))) == has_cond
   # One row more than K: no fallback exists, so the loss and every gradient are NaN (never a
   # finite loss over a subset of the positions), and the step says it did not gather.
-  fn, params = _loss_and_grads(dataclasses.replace(fits, head_positions_per_row=_MOST_MASKED - 1))
+  fn, params = _loss_and_grads(obj, {**fits, "head_positions_per_row": _MOST_MASKED - 1})
   (loss, aux), grads = jax.jit(fn, compiler_options=_JIT_OPTIONS)(nn.meta.unbox(params))
   assert np.isnan(float(loss)) and float(aux["head_gathered"]) == 0
   # Every parameter's gradient is hit (unused embedding rows keep a zero gradient), and the global
@@ -528,25 +550,23 @@ def test_head_overflow_error_compiles_no_fallback_and_poisons_a_row_beyond_k():
   assert all(np.any(np.isnan(np.asarray(g))) for g in jax.tree_util.tree_leaves(grads))
 
 
-def test_check_head_positions_refuses_a_batch_beyond_k_on_the_host():
-  from data2vec_jax.objective import check_head_positions
+def test_check_host_batch_refuses_a_batch_beyond_k_on_the_host():
   counts = (BATCH["source"] == MASK).sum(1)
-  obj = ObjectiveConfig(head_positions_per_row=_MOST_MASKED, head_overflow="error",
-                        mask_id=MASK)
-  check_head_positions(BATCH, config=CFG, objective=obj)  # fits: no error
-  check_head_positions(BATCH, config=CFG, objective=dataclasses.replace(
-      obj, head_positions_per_row=0))  # every position: nothing to overflow
+  obj = ObjectiveConfig(mask_id=MASK)
+  check = lambda obj, **plan: plan_for(obj, **plan).check_host_batch(BATCH, config=CFG,
+                                                                     objective=obj)
+  check(obj, head_positions_per_row=_MOST_MASKED, head_overflow="error")  # fits: no error
+  check(obj, head_positions_per_row=0, head_overflow="error")  # every position: no overflow
+  check(obj, head_positions_per_row=_MOST_MASKED - 1)  # the step falls back: nothing to check
   row = int(np.argmax(counts))
   with pytest.raises(ValueError, match=rf"row {row} has {_MOST_MASKED} loss positions.*"
-                                       rf"head_positions_per_row={_MOST_MASKED - 1}"):
-    check_head_positions(BATCH, config=CFG, objective=dataclasses.replace(
-        obj, head_positions_per_row=_MOST_MASKED - 1))
+                                       rf"more than the {_MOST_MASKED - 1} head slots"):
+    check(obj, head_positions_per_row=_MOST_MASKED - 1, head_overflow="error")
   # 'selected' loss positions are counted the same way the step counts them.
-  sel = dataclasses.replace(obj, loss_positions="selected", head_positions_per_row=_MOST_SELECTED)
-  check_head_positions(BATCH, config=CFG, objective=sel)
-  with pytest.raises(ValueError, match="more than objective.head_positions_per_row"):
-    check_head_positions(BATCH, config=CFG, objective=dataclasses.replace(
-        sel, head_positions_per_row=_MOST_SELECTED - 1))
+  sel = dataclasses.replace(obj, loss_positions="selected")
+  check(sel, head_positions_per_row=_MOST_SELECTED, head_overflow="error")
+  with pytest.raises(ValueError, match="more than the .* head slots per row"):
+    check(sel, head_positions_per_row=_MOST_SELECTED - 1, head_overflow="error")
 
 
 def test_pruning_the_teacher_needs_per_position_targets():

@@ -71,10 +71,10 @@ def test_train_resume_export(tmp_path):
   assert "XLA_FLAGS: --xla_gpu_enable_latency_hiding_scheduler=true" in first.stderr
   assert sorted(losses(workdir)) == [1, 2, 3, 4]
   # The demo's span masking has an exact per-row bound: the step compiled no fallback branch,
-  # and the loop checked every batch against it on the host (objective.check_head_positions).
-  objective = json.load(open(os.path.join(workdir, "recipe.json")))["objective"]
-  assert objective["head_overflow"] == "error" and objective["head_positions_per_row"] > 0
-  # Token packing (train.pack_tokens, on by default): the demo's documents leave pads, and the
+  # and the loop checked every batch against it on the host (ExecutionPlan.check_host_batch).
+  plan = json.load(open(os.path.join(workdir, "recipe.json")))["execution"]
+  assert plan["head_overflow"] == "error" and plan["head_positions_per_row"] > 0
+  # Token packing (execution.pack_tokens, on by default): the demo's documents leave pads, and the
   # steps with pads ran packed at a bucketed capacity (< the 8 x 64 positions of the batch).
   packed = json.load(open(os.path.join(workdir, "summary.json")))["packing_steps"]
   assert sum(packed.values()) == 4
@@ -235,6 +235,10 @@ def test_a_diverging_run_stops_before_nan_and_sets_its_checkpoints_aside(tmp_pat
                                    "'num_steps'?)"),
     ("--config.data.global_batch_size=-8", "invalid config: global_batch_size must be >= 1"),
     ("--config.data.source=wiki", "invalid config: unknown data.source 'wiki'"),
+    # Speed knobs moved to the execution section: the old key names the new one.
+    ("--config.objective.head_positions_per_row=0", "config field "
+     "'objective.head_positions_per_row' moved: use --config.execution.head_positions"),
+    ("--config.execution.head_positions=some", "invalid config: execution.head_positions must"),
 ])
 def test_a_bad_config_is_one_line_before_anything_is_built(tmp_path, override, message):
   workdir = str(tmp_path / "run")

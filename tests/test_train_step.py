@@ -13,10 +13,10 @@ from data2vec_jax import sharding as sharding_lib
 from data2vec_jax import train_state as train_state_lib
 from data2vec_jax import train_step as train_step_lib
 from data2vec_jax.ema import EMAConfig
+from data2vec_jax.execution import ExecutionPlan, real_tokens
 from data2vec_jax.model_config import tiny_config
 from data2vec_jax.objective import ObjectiveConfig
 from data2vec_jax.optim import OptimizerConfig, make_optimizer
-from data2vec_jax.trainer import packing_for_batch, real_tokens
 
 MASK_ID = 999
 
@@ -36,41 +36,42 @@ def make_batch(rows: int, length: int, seed: int = 0, vocab: int = 1000) -> dict
   return {"source": source, "target": target, "selected": selected}
 
 
-def make_recipe(micro_batches: int = 1, dropout: float = 0.1, kind: str = "data2vec",
-                teacher_input: str = "unmasked", head_positions: int = 0) -> train_state_lib.Recipe:
+def make_recipe(dropout: float = 0.1, kind: str = "data2vec",
+                teacher_input: str = "unmasked") -> train_state_lib.Recipe:
   model = tiny_config(dropout=dropout, attention_dropout=dropout, intermediate_size=256)
   return train_state_lib.Recipe(
       model=model,
       objective=ObjectiveConfig(kind=kind, average_top_k_layers=2, mask_id=MASK_ID,
-                                teacher_input=teacher_input,
-                                head_positions_per_row=head_positions),
+                                teacher_input=teacher_input),
       ema=EMAConfig(ema_decay=0.9, ema_end_decay=0.99, ema_anneal_end_step=10),
-      optimizer=OptimizerConfig(lr=1e-3, warmup_steps=1, max_steps=100, clip_norm=1.0),
-      micro_batches=micro_batches)
+      optimizer=OptimizerConfig(lr=1e-3, warmup_steps=1, max_steps=100, clip_norm=1.0))
 
 
-def run_steps(recipe, mesh_shape, batches, seed=0, pack_buckets=0):
-  """Runs len(batches) steps on a mesh of the first prod(mesh_shape) devices; pack_buckets > 0
-  packs each batch as the trainer does (`trainer.packing_for_batch`)."""
+def run_steps(recipe, mesh_shape, batches, seed=0, *, micro_batches=1, head_positions=0,
+              pack_buckets=0):
+  """Runs len(batches) steps on a mesh of the first prod(mesh_shape) devices. The plan: the
+  head on `head_positions` gathered slots per row (0: every position; the last blocks pruned
+  with it), `micro_batches`, and with pack_buckets > 0 each batch packed as the trainer packs
+  it (`ExecutionPlan.packing_for_batch`)."""
+  plan = ExecutionPlan.for_objective(
+      recipe.objective, batches[0]["source"].shape[1], head_positions_per_row=head_positions,
+      micro_batches=micro_batches, pack_tokens=pack_buckets > 0, pack_buckets=max(pack_buckets, 1))
   devices = jax.devices()[: int(np.prod(mesh_shape))]
   mesh = sharding_lib.make_mesh(*mesh_shape, devices=devices)
   tx = make_optimizer(recipe.optimizer)
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
     _, shardings = train_state_lib.state_shardings(recipe, tx, mesh)
     state = train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(seed), mesh)
-    step = train_step_lib.make_train_step(recipe, tx, mesh, shardings)
+    step = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
     all_metrics = []
     for batch in batches:
       global_batch = {k: jax.device_put(v, sharding_lib.batch_sharding(mesh))
                       for k, v in batch.items()}
-      packing = None
-      if pack_buckets:
-        groups = sharding_lib.data_parallel_size(mesh)
-        packing = packing_for_batch(
-            batch, real_tokens(batch, recipe.model.pad_id).sum(axis=1),
-            pad_id=recipe.model.pad_id, groups=groups, micro_batches=recipe.micro_batches,
-            buckets=pack_buckets)
-        assert packing is not None  # the test batches leave pads in every group
+      packing = plan.packing_for_batch(
+          batch, real_tokens(batch, recipe.model.pad_id).sum(axis=1),
+          pad_id=recipe.model.pad_id, groups=sharding_lib.data_parallel_size(mesh))
+      # The test batches leave pads in every group.
+      assert (packing is not None) == (pack_buckets > 0)
       state, metrics = step(state, global_batch, packing)
       all_metrics.append(jax.device_get(metrics))
     return jax.device_get(state), all_metrics, state
@@ -91,10 +92,11 @@ def single_device_runs():
 
   def get(head_positions):
     if head_positions not in runs:
-      recipe = make_recipe(head_positions={"gathered": most, "every": 0}[head_positions])
-      state, metrics, _ = run_steps(recipe, (1, 1, 1), batches)
+      k = {"gathered": most, "every": 0}[head_positions]
+      recipe = make_recipe()
+      state, metrics, _ = run_steps(recipe, (1, 1, 1), batches, head_positions=k)
       assert all(m["head_gathered"] == (head_positions == "gathered") for m in metrics)
-      runs[head_positions] = recipe, batches, state, metrics
+      runs[head_positions] = recipe, k, batches, state, metrics
     return runs[head_positions]
   return get
 
@@ -103,8 +105,8 @@ def single_device_runs():
     ((8, 1, 1), "gathered"), ((2, 2, 2), "gathered"), ((1, 2, 4), "gathered"),
     ((1, 8, 1), "gathered"), ((2, 2, 2), "every")])
 def test_sharded_step_matches_single_device(single_device_runs, mesh_shape, head_positions):
-  recipe, batches, ref_state, ref_metrics = single_device_runs(head_positions)
-  state, metrics, device_state = run_steps(recipe, mesh_shape, batches)
+  recipe, k, batches, ref_state, ref_metrics = single_device_runs(head_positions)
+  state, metrics, device_state = run_steps(recipe, mesh_shape, batches, head_positions=k)
   for m, r in zip(metrics, ref_metrics):
     assert abs(m["loss"] - r["loss"]) <= 1e-5 * max(1.0, abs(r["loss"]))
     assert abs(m["grad_norm"] - r["grad_norm"]) <= 1e-5 * max(1.0, abs(r["grad_norm"]))
@@ -126,8 +128,9 @@ def test_sharded_step_matches_single_device(single_device_runs, mesh_shape, head
 @pytest.mark.parametrize("kind", ["data2vec", "mlm"])
 def test_gradient_accumulation_equals_large_batch(kind):
   batch = make_batch(8, 16, seed=3)
-  big, big_metrics, _ = run_steps(make_recipe(1, dropout=0.0, kind=kind), (1, 1, 1), [batch])
-  acc, acc_metrics, _ = run_steps(make_recipe(4, dropout=0.0, kind=kind), (2, 1, 1), [batch])
+  big, big_metrics, _ = run_steps(make_recipe(dropout=0.0, kind=kind), (1, 1, 1), [batch])
+  acc, acc_metrics, _ = run_steps(make_recipe(dropout=0.0, kind=kind), (2, 1, 1), [batch],
+                                  micro_batches=4)
   assert acc_metrics[0]["num_masked"] == big_metrics[0]["num_masked"]
   assert abs(acc_metrics[0]["loss"] - big_metrics[0]["loss"]) <= 1e-5 * abs(big_metrics[0]["loss"])
   assert abs(acc_metrics[0]["grad_norm"] - big_metrics[0]["grad_norm"]) <= 1e-5 * max(
@@ -144,10 +147,10 @@ def test_packed_sharded_step_matches_padded_single_device(mesh_shape, micro_batc
                      for k, v in b.items()}
   batches = [widen(make_batch(8, 16, seed=s)) for s in (4, 5)]
   most = max(int((b["source"] == MASK_ID).sum(1).max()) for b in batches)
-  ref, ref_metrics, _ = run_steps(make_recipe(1, dropout=0.0, head_positions=most), (1, 1, 1),
-                                  batches)
-  packed, metrics, _ = run_steps(make_recipe(micro_batches, dropout=0.0, head_positions=most),
-                                 mesh_shape, batches, pack_buckets=8)
+  ref, ref_metrics, _ = run_steps(make_recipe(dropout=0.0), (1, 1, 1), batches,
+                                  head_positions=most)
+  packed, metrics, _ = run_steps(make_recipe(dropout=0.0), mesh_shape, batches,
+                                 micro_batches=micro_batches, head_positions=most, pack_buckets=8)
   for m, r in zip(metrics, ref_metrics):
     assert m["head_gathered"] == 1
     assert abs(m["loss"] - r["loss"]) <= 1e-5 * max(1.0, abs(r["loss"]))
@@ -162,21 +165,19 @@ def test_trainer_packs_from_the_global_rows_without_communication():
   batch = make_batch(8, 16, seed=4)  # this process's 8 rows (process 0 of 2)
   local = real_tokens(batch, 1).sum(axis=1)
   other = np.full(8, 16)  # the other process's rows: no pads at all
-  spec = packing_for_batch(batch, np.concatenate([local, other]), pad_id=1, groups=2,
-                           micro_batches=1, buckets=4)
+  plan = ExecutionPlan(seq_len=16, pack_tokens=True, pack_buckets=4)
+  spec = plan.packing_for_batch(batch, np.concatenate([local, other]), pad_id=1, groups=2)
   assert spec is None  # the other group is full: every process runs unpacked, together
   other = np.full(8, 9)
-  spec = packing_for_batch(batch, np.concatenate([local, other]), pad_id=1, groups=2,
-                           micro_batches=1, buckets=4)
+  spec = plan.packing_for_batch(batch, np.concatenate([local, other]), pad_id=1, groups=2)
   most = max(local.sum(), 72)
   assert spec.groups == 2 and spec.capacity % 32 == 0 and most <= spec.capacity < most + 32
   # Real tokens of this process's rows that disagree with the pipeline's counts: an error
   # naming the key, not a capacity that might be too small (which would make the loss NaN).
   odd = {k: v.copy() for k, v in batch.items()}
   odd["source"][:] = MASK_ID  # a <mask> where the target has a pad still needs a slot
-  with pytest.raises(ValueError, match="disagree with the input pipeline's 'global_row_tokens'"):
-    packing_for_batch(odd, np.concatenate([local, other]), pad_id=1, groups=2,
-                      micro_batches=1, buckets=4)
+  with pytest.raises(ValueError, match="disagree with the input pipeline's global row tokens"):
+    plan.packing_for_batch(odd, np.concatenate([local, other]), pad_id=1, groups=2)
 
 
 def test_first_step_teacher_is_initial_student_and_ema_follows_update():
@@ -214,4 +215,4 @@ def test_lr_is_zero_at_first_update():
 
 def test_batch_not_divisible_by_micro_batches_is_refused():
   with pytest.raises(ValueError, match="micro-batches"):
-    run_steps(make_recipe(micro_batches=3), (1, 1, 1), [make_batch(4, 16)])
+    run_steps(make_recipe(), (1, 1, 1), [make_batch(4, 16)], micro_batches=3)
