@@ -16,7 +16,7 @@ Rows are full 512-token blocks (fairseq `tokens_per_sample=512`, break mode 'com
 Each (remat, attention dropout, batch) point runs in a fresh subprocess (an OOM cannot poison the
 next point, and the sweep stops at the first OOM of each series). Reported per point: median step
 time, real tokens/s, MFU = model FLOPs/s / peak, with model FLOPs per token from
-`data2vec_jax.flops.train_flops_per_token` (DESIGN.md §5, the measured masked fraction) and peak
+`data2vec_jax.flops.train_flops_per_token` (docs/DESIGN.md §5, the measured masked fraction) and peak
 from `flops.peak_flops_per_device`; HFU adds the FLOPs the remat policy recomputes (full: one
 more student forward; dots_no_batch: the attention score/value matmuls 4*L*s*d; dots: none of the
 matmuls). Peak device memory from `device.memory_stats()`.
@@ -88,7 +88,6 @@ def recomputed_flops_per_token(cfg, seq: int, pruned_last_block: bool) -> float:
 
 
 def worker(args) -> dict:
-  import flax.linen as nn
   import jax
   import numpy as np
 
@@ -140,7 +139,7 @@ def worker(args) -> dict:
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   try:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+    with sharding_lib.activate(mesh):
       step, state, batches = common.jax_train_setup(recipe, plan, tx, mesh, host)
       holder = {"state": state, "i": 0}
 

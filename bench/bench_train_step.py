@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -69,7 +68,6 @@ def batches_for(args, vocab_size: int) -> list:
 
 
 def jax_worker(args, overrides: dict) -> dict:
-  import flax.linen as nn
   import jax
 
   from data2vec_jax import sharding as sharding_lib
@@ -108,7 +106,7 @@ def jax_worker(args, overrides: dict) -> dict:
   # As the trainer packs each batch (one group: one device).
   packings = [plan.packing_for_batch(b, real_tokens(b, cfg.pad_id).sum(axis=1),
                                      pad_id=cfg.pad_id, groups=1) for b in host_batches]
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+  with sharding_lib.activate(mesh):
     step, state, batches = common.jax_train_setup(recipe, plan, tx, mesh, host_batches)
     jax.block_until_ready((state, batches))
     holder = {"state": state, "i": 0, "loss": []}

@@ -309,7 +309,7 @@ def jax_train_setup(recipe: Any, plan: Any, tx: Any, mesh: Any,
                     host_batches: Sequence[dict]) -> tuple:
   """(jitted train step, initial state, device batches) on `mesh`: exactly the trainer's step.
 
-  Call inside `with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES)`.
+  Call inside `with sharding.activate(mesh):`.
   """
   import jax
 

@@ -17,7 +17,7 @@ Usage:
 Every switch keeps fairseq's option name (average_top_k_layers, layer_norm_target_layer,
 loss_beta, ema_decay, ...), so a fairseq yaml maps key by key. Teacher input defaults to the
 paper's (unmasked sentence); `--config.objective.teacher_input=masked_only` reproduces the
-published code (reference §3.3, fairseq issue #4881).
+published code (docs/reference/data2vec_text_reference.md §3.3, fairseq issue #4881).
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       # without pads run unpacked.
       pack_tokens=True, pack_buckets=16,
       micro_batches=1,  # gradient accumulation: same update as one large batch
-      # 'all': fully unrolled blocks, 14% faster CPU train step for base than one scanned block,
-      # for a 38 s instead of 16 s compile (bench/README.md). 1 = scan one block.
+      # 'all': fully unrolled blocks, a faster step for a longer compile than one scanned block
+      # (1; measured in bench/README.md).
       scan_unroll="all",
       remat_policy="none", attention_impl="auto"),
       # Not type safe: head_positions and scan_unroll take a name or an int.

@@ -31,6 +31,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from data2vec_jax import tree_diff
+
 SET_ASIDE_DIR = "set_aside_checkpoints"  # sibling of the checkpoint directory
 
 
@@ -72,26 +74,10 @@ def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   return {_path_key(p): tuple(x.shape) for p, x in leaves if getattr(x, "shape", None) is not None}
 
 
-def _preview(items: list[str], limit: int = 5) -> str:
-  shown = ", ".join(items[:limit])
-  return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
-
-
 def structure_differences(stored: Any, expected: Any) -> list[str]:
-  """The differences between a stored tree's leaf shapes and the expected ones (empty: none)."""
-  found, wanted = _leaf_shapes(stored), _leaf_shapes(expected)
-  missing = sorted(set(wanted) - set(found))
-  unexpected = sorted(set(found) - set(wanted))
-  mismatched = [f"{k} {found[k]} in the checkpoint vs {wanted[k]} in the model"
-                for k in sorted(set(wanted) & set(found)) if found[k] != wanted[k]]
-  out = []
-  if mismatched:
-    out.append(f"shape mismatches: {_preview(mismatched)}")
-  if missing:
-    out.append(f"missing from the checkpoint: {_preview(missing)}")
-  if unexpected:
-    out.append(f"not in the model: {_preview(unexpected)}")
-  return out
+  """How a stored tree's leaf shapes differ from the expected ones ('got' = stored; empty:
+  they agree)."""
+  return tree_diff.shape_problems(_leaf_shapes(stored), _leaf_shapes(expected), limit=5)
 
 
 def _all_processes_agree(ok: bool) -> bool:
@@ -192,7 +178,7 @@ class Checkpointer:
     if differences:
       raise CheckpointMismatchError(
           f"{where} holds another model/optimizer state than this config builds ("
-          f"{'; '.join(differences)}): resume with the config it was trained with, or train "
+          f"{'; '.join(differences)}; got = the checkpoint, expected = this config): resume with the config it was trained with, or train "
           f"in a new --workdir")
     try:
       restored = self._manager.restore(

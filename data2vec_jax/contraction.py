@@ -8,7 +8,7 @@ gradients are the plain einsum's; what differs is how the weight gradient is *sp
 Autodiff of an einsum emits this as a dot whose lhs contracts over its *leading* axes (x^T). XLA:CPU
 sends a dot to its fast matmul library (YNNPACK) only when the lhs contracts over its trailing
 axes and the rhs over its leading ones; otherwise it falls back to a generic Eigen contraction,
-measured 2-3x slower for the FFN weight gradients of the small config (bench/README.md). On CPU
+much slower for the FFN weight gradients (measured in bench/README.md). On CPU
 we therefore materialise x^T explicitly, behind an optimization barrier so XLA's transpose folding
 cannot fold it back into the dot: one cheap copy buys a canonical, library-backed matmul.
 

@@ -1,6 +1,6 @@
 """The EMA teacher of data2vec: decay schedule, update, and the parameters the teacher runs with.
 
-fairseq reference (reference §2): `Data2VecTextEncoder.set_num_updates` + `EMAModule.step`.
+fairseq reference (docs/reference/data2vec_text_reference.md §2): `Data2VecTextEncoder.set_num_updates` + `EMAModule.step`.
 
 Ordering. fairseq calls `set_num_updates(n)` at the *start* of update n (n = completed updates):
 at n = 0 it creates the teacher as a copy of the student θ0 (no EMA step); at n >= 1 it steps the
@@ -12,7 +12,7 @@ step that produces θk (k = the new step count, k >= 1) the train step calls
 
 and the teacher of update k is `teacher_params(ema, θk, cfg)`; the teacher of update 0 is
 `init_ema(θ0)`. Each update therefore sees exactly the teacher fairseq builds for it.
-Not reproduced (reference §2.4 "quirks"): fairseq v1 steps the EMA once per *micro-batch* when
+Not reproduced (docs/reference/data2vec_text_reference.md §2.4 "quirks"): fairseq v1 steps the EMA once per *micro-batch* when
 `update_freq > 1` and repeats a step after an fp16 overflow; here there is one EMA step per
 optimizer update, as data2vec 2.0 guards for.
 
@@ -25,7 +25,7 @@ update rate 1 - τ carries a relative error of up to ~3e-5 at τ = 0.999 and ~3e
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,13 +36,13 @@ _EMBEDDINGS = "embeddings"  # the encoder subtree fairseq's skip_keys cover (tok
 
 
 @dataclasses.dataclass(frozen=True)
-class EMAConfig:
-  """EMA teacher knobs; defaults are the data2vec text yaml (reference §4).
+class EMAConfig(strict_config.StrictConfig):
+  """EMA teacher knobs; defaults are the data2vec text yaml (docs/reference/data2vec_text_reference.md §4).
 
   Attributes:
     ema_decay: τ0, the decay at update 0.
     ema_end_decay: τe, reached at `ema_anneal_end_step` and held after it. The paper's τn is
-      100k; the yaml's is 300k (reference §2.5, AMBIGUOUS) -- the default follows the yaml.
+      100k; the yaml's is 300k (docs/reference/data2vec_text_reference.md §2.5, AMBIGUOUS) -- the default follows the yaml.
     ema_anneal_end_step: τn, number of updates of the linear anneal.
     ema_transformer_layers_only: only the transformer blocks are averaged; the token and position
       embeddings and the embedding LayerNorm are copied from the current student (fairseq
@@ -60,14 +60,6 @@ class EMAConfig:
         raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
     if self.ema_anneal_end_step < 0:
       raise ValueError(f"ema_anneal_end_step must be >= 0, got {self.ema_anneal_end_step}")
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "EMAConfig":
-    """Builds a config from a dict, refusing unknown keys."""
-    return strict_config.from_dict(cls, values)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
 
 def ema_decay(step: jax.Array | int, config: EMAConfig) -> jax.Array:

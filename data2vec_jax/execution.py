@@ -37,7 +37,7 @@ HEAD_OVERFLOWS = ("auto", "fallback", "error")
 
 
 @dataclasses.dataclass(frozen=True)
-class ExecutionConfig:
+class ExecutionConfig(strict_config.StrictConfig):
   """The `execution` config section: speed only, never the value of the loss.
 
   Attributes:
@@ -91,7 +91,7 @@ class ExecutionConfig:
     for name in ("head_positions", "scan_unroll"):
       if isinstance(values.get(name), str) and values[name].isdigit():
         values[name] = int(values[name])
-    return strict_config.from_dict(cls, values)
+    return super().from_dict(values)
 
   def encoder_config(self, model: EncoderConfig) -> EncoderConfig:
     """`model` with this section's encoder knobs (kernel, remat, unrolling) applied."""

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 
-import flax.linen as nn
 import jax
 
 from data2vec_jax import checkpoint as checkpoint_lib
@@ -41,7 +40,7 @@ def export_from_checkpoint(workdir: str, output: str, *, step: int | None = None
   checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                              async_save=False)
   try:
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+    with sharding_lib.activate(mesh):
       abstract, _ = train_state_lib.state_shardings(recipe, tx, mesh, seq_len)
       step = checkpointer.latest_step() if step is None else step
       state, _ = checkpointer.restore(step, abstract)

@@ -1,4 +1,4 @@
-"""FLOP accounting for throughput and MFU figures (DESIGN.md §5).
+"""FLOP accounting for throughput and MFU figures (docs/DESIGN.md §5).
 
 Encoder forward FLOPs per token: 2*N + 4*L*s*d, N = matmul parameters without embeddings. One
 data2vec v1 update ~ student forward+backward (3F) + teacher forward (F) + the regression head on
@@ -61,7 +61,7 @@ def train_flops_per_token(cfg: EncoderConfig, seq_len: int, *, kind: str = "data
   pruned_last_block / pruned_teacher_last_block: the student's / the teacher's last block runs
   only at the loss positions (`ExecutionPlan.prune_student_last_block` / `prune_teacher_last_block`), so
   its query-side FLOPs count at `masked_fraction`, like the head's: the figure never credits work
-  the step skips (DESIGN.md §5's formula is the default, both False).
+  the step skips (docs/DESIGN.md §5's formula is the default, both False).
   """
   forward = encoder_forward_flops_per_token(cfg, seq_len)
   skipped = (1.0 - masked_fraction) * last_block_query_flops_per_token(cfg, seq_len)

@@ -1,6 +1,6 @@
 """Prediction heads on top of the student encoder.
 
-- `RegressionHead`: data2vec's `regression_head` (reference §1.1): `head_layers - 1` blocks of
+- `RegressionHead`: data2vec's `regression_head` (docs/reference/data2vec_text_reference.md §1.1): `head_layers - 1` blocks of
   Linear -> exact GELU (the first D -> 2D, later 2D -> 2D), then Linear(-> D). head_layers=2 (the
   yaml) is Linear(D, 2D) -> GELU -> Linear(2D, D); head_layers=1 is one Linear(D, D).
 - `MaskedLMHead`: the RoBERTa baseline's `RobertaLMHead`: dense(D, D) -> GELU -> LayerNorm ->

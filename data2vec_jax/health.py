@@ -46,7 +46,7 @@ class TrainingError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class HealthConfig:
+class HealthConfig(strict_config.StrictConfig):
   """The guards' settings (fields of the `train` config section)."""
 
   nan_guard: bool = True
@@ -68,7 +68,7 @@ class HealthConfig:
   @classmethod
   def from_train_config(cls, train: Mapping[str, Any]) -> "HealthConfig":
     names = {f.name for f in dataclasses.fields(cls)}
-    return strict_config.from_dict(cls, {k: v for k, v in dict(train).items() if k in names})
+    return cls.from_dict({k: v for k, v in dict(train).items() if k in names})
 
 
 class HealthMonitor:

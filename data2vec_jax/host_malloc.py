@@ -1,12 +1,12 @@
 """glibc malloc settings that stop XLA:CPU from page-faulting its scratch memory in every step.
 
-Why: XLA:CPU allocates each execution's temporary buffer (245 MB for the small config's train
-step, batch 8x128) with malloc, from a worker thread. glibc serves a request that large from a
-fresh `mmap` and gives it back with `munmap` on free, so every step faults the whole buffer in
-again: 60k minor page faults per step measured, and the first writes into that memory (zero
-fills of the embedding gradient, scan buffers) ran at ~1 GB/s. With every thread on the main
-arena, no mmap-served chunks and no trimming, freed memory stays mapped and is reused: zero
-faults per step (bench/README.md has the step times).
+Why: XLA:CPU allocates each execution's temporary buffer (hundreds of MB for a train step) with
+malloc, from a worker thread. glibc serves a request that large from a fresh `mmap` and gives it
+back with `munmap` on free, so every step faults the whole buffer in again, and the first writes
+into that memory (zero fills of the embedding gradient, scan buffers) run at page-fault speed.
+With every thread on the main arena, no mmap-served chunks and no trimming, freed memory stays
+mapped and is reused: no faults per step (bench/README.md has the measured faults and step
+times).
 
 The settings only take effect when the process starts, hence `maybe_reexec`: `train.py` calls it
 first thing, and the benchmarks start their workers (both frameworks) with `tuned_environ()`.

@@ -1,4 +1,4 @@
-"""Host-side token masking, a bit-exact port of fairseq's `MaskTokensDataset` (reference §3.2).
+"""Host-side token masking, a bit-exact port of fairseq's `MaskTokensDataset` (docs/reference/data2vec_text_reference.md §3.2).
 
 One example at a time, in numpy, on the host (the data pipeline calls it per example, so the
 mask of an example is a pure function of (seed, epoch, index), independent of batching, sharding
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
 
 import numpy as np
 
@@ -41,7 +40,7 @@ from data2vec_jax import strict_config
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskingConfig:
+class MaskingConfig(strict_config.StrictConfig):
   """fairseq `MaskedLMConfig` masking knobs; defaults are the data2vec text yaml.
 
   Attributes:
@@ -74,14 +73,6 @@ class MaskingConfig:
         raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
     if self.leave_unmasked_prob + self.random_token_prob > 1.0:
       raise ValueError("leave_unmasked_prob + random_token_prob must be <= 1")
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "MaskingConfig":
-    """Builds a config from a dict, refusing unknown keys (a typo must not silently pass)."""
-    return strict_config.from_dict(cls, values)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
 
 def max_selected_per_row(config: MaskingConfig, seq_len: int, multiple: int = 8) -> int:

@@ -281,6 +281,11 @@ class Encoder(nn.Module):
   config: EncoderConfig
   feature: str = "ffn"
 
+  def token_table(self) -> jax.Array:
+    """[V, D] the token embedding table (param_dtype), for a decoder tied to it (the MLM
+    head's output projection, as lm1b's `attend`). Needs initialised parameters."""
+    return nn.meta.unbox(self.variables["params"]["embeddings"]["token_embedding"]["embedding"])
+
   @nn.compact
   def __call__(self, input_ids: jax.Array, *, deterministic: bool = True,
                skip_last_block: bool = False,

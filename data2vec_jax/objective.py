@@ -1,6 +1,6 @@
 """The data2vec (v1, text) objective and the RoBERTa MLM baseline: model, loss and metrics.
 
-data2vec (fairseq `Data2VecTextEncoder.forward`, reference §1.5):
+data2vec (fairseq `Data2VecTextEncoder.forward`, docs/reference/data2vec_text_reference.md §1.5):
 
   x    = student(source)            last block output, train mode (dropout)
   y    = targets(teacher(teacher_in))   top-K FFN outputs, normalised, averaged (`targets.py`)
@@ -9,14 +9,14 @@ data2vec (fairseq `Data2VecTextEncoder.forward`, reference §1.5):
 with l = PyTorch's smooth-L1 with `beta` (`0.5 d^2 / beta` if |d| < beta else `|d| - beta/2`;
 note `optax.huber_loss` is beta times this) or the squared error when beta == 0. The loss is a
 SUM: fairseq divides the gradient by the number of loss positions of the whole global batch
-(reference §1.6), which only the train step knows.
+(docs/reference/data2vec_text_reference.md §1.6), which only the train step knows.
 
 Loss positions (`loss_positions`): 'mask_token' = `source == <mask>` (the reference's
 `src_tokens.eq(mask_idx)`; with BERT 80/10/10 masking that is only the 80% replaced by <mask>,
 fairseq issue #4229), or 'selected' = every position the masker chose. The MLM baseline always
 uses the selected positions (fairseq `masked_lm` criterion: `target != pad`).
 
-Teacher input (`teacher_input`, reference §3.3, AMBIGUOUS): 'unmasked' (default, the paper) feeds
+Teacher input (`teacher_input`, docs/reference/data2vec_text_reference.md §3.3, AMBIGUOUS): 'unmasked' (default, the paper) feeds
 the original tokens; 'masked_only' reproduces the published fairseq code, whose teacher gets
 `target_tokens` = the original token at the masker's *selected* positions and <pad> elsewhere, so
 the selected tokens attend only to each other at compacted positions (the encoder's
@@ -55,8 +55,8 @@ VAR_EPS = 1e-6  # data2vec 2.0 compute_var
 
 
 @dataclasses.dataclass(frozen=True)
-class ObjectiveConfig:
-  """What is predicted and how it is scored; defaults are the data2vec text yaml (reference §4).
+class ObjectiveConfig(strict_config.StrictConfig):
+  """What is predicted and how it is scored; defaults are the data2vec text yaml (docs/reference/data2vec_text_reference.md §4).
 
   Attributes:
     kind: 'data2vec' (EMA-teacher regression) or 'mlm' (RoBERTa baseline, tied LM head).
@@ -102,14 +102,6 @@ class ObjectiveConfig:
     if self.loss_beta < 0:
       raise ValueError(f"loss_beta must be >= 0, got {self.loss_beta}")
 
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "ObjectiveConfig":
-    """Builds a config from a dict, refusing unknown keys."""
-    return strict_config.from_dict(cls, values)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
 
 class PretrainingModel(nn.Module):
   """Student encoder + head. Params: {'encoder': Encoder tree, 'head': head tree}.
@@ -144,8 +136,7 @@ class PretrainingModel(nn.Module):
     (data2vec) or float32 logits [..., V] (mlm)."""
     if self.objective.kind == "data2vec":
       return self.head(features)
-    table = self.encoder.variables["params"]["embeddings"]["token_embedding"]["embedding"]
-    return self.head(features, nn.meta.unbox(table))
+    return self.head(features, self.encoder.token_table())
 
   def __call__(self, tokens: jax.Array, *,
                deterministic: bool = True) -> tuple[EncoderOutput, jax.Array]:

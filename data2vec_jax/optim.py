@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedules (reference §4): clip-by-global-norm then AdamW.
+"""Optimizer and learning-rate schedules (docs/reference/data2vec_text_reference.md §4): clip-by-global-norm then AdamW.
 
 Schedules are functions of the optax update count, which is 0 at the first update; fairseq calls
 `lr_scheduler.step_update(0)` at build time and `step_update(n)` after update n, so its update
@@ -18,7 +18,7 @@ at the same count:
 - 'constant': linear warmup from 0 over `warmup_steps`, then `lr`.
 
 AdamW: optax's `adamw` (decoupled weight decay `p -= lr * wd * p`, as fairseq's Adam and
-`torch.optim.AdamW`). One documented difference from fairseq's own Adam (reference §4): fairseq
+`torch.optim.AdamW`). One documented difference from fairseq's own Adam (docs/reference/data2vec_text_reference.md §4): fairseq
 adds eps to the *un*-bias-corrected sqrt(v), `m_hat * sqrt(1-b2^t) / (sqrt(v) + eps)`, whereas
 optax and torch add it to sqrt(v_hat): fairseq's effective eps is eps / sqrt(1 - b2^t) (7x larger
 at t = 1, ->1x later). With eps = 1e-6 this only matters for parameters with tiny gradients.
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,8 +55,8 @@ _NO_DECAY_NAMES = ("bias", "scale")  # Dense/LayerNorm biases and LayerNorm scal
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-  """Optimizer and schedule knobs; defaults are the data2vec text yaml (reference §4).
+class OptimizerConfig(strict_config.StrictConfig):
+  """Optimizer and schedule knobs; defaults are the data2vec text yaml (docs/reference/data2vec_text_reference.md §4).
 
   Attributes:
     lr: peak learning rate.
@@ -106,14 +106,6 @@ class OptimizerConfig:
       raise ValueError("cosine needs warmup_steps < max_steps")
     if self.schedule == "tri_stage" and not 0.0 < self.final_lr_scale <= 1.0:
       raise ValueError("final_lr_scale must be in (0, 1] (fairseq takes its log)")
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "OptimizerConfig":
-    """Builds a config from a dict, refusing unknown keys."""
-    return strict_config.from_dict(cls, values)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
 
 def _warmup(count: jax.Array, start: float, end: float, steps: int) -> jax.Array:

@@ -19,7 +19,7 @@ Numerics: a real token's values are exactly the padded encoder's (same operation
 numbers; only matmul blocking may differ in the last bit), gradients likewise. Pads' outputs are
 not computed: outputs unpacked to [B, T] hold zeros there. So packing applies only where nothing
 reads a pad's output: the student always (the loss reads real positions), the teacher only for
-per-position targets (instance and batch norm average over pads, reference §1.5). Dropout draws
+per-position targets (instance and batch norm average over pads, docs/reference/data2vec_text_reference.md §1.5). Dropout draws
 its bits in the packed shape, so the streams differ from the padded path's, not their law.
 
 `pack` and `unpack` are each other's transposes and both are gathers (custom VJPs), so neither

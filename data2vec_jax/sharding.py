@@ -12,9 +12,10 @@ mesh axes `('data', 'fsdp', 'tensor')`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -39,6 +40,14 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("act_heads", "tensor"),
     ("act_kv", None),
 )
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh) -> Iterator[Mesh]:
+  """`mesh` as the current mesh, with the logical axis rules: where the model's parameter
+  creation and activation constraints resolve their logical axis names."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+    yield mesh
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T")
+C = TypeVar("C", bound="StrictConfig")
 
 
 def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
@@ -16,3 +17,15 @@ def from_dict(cls: type[T], values: Mapping[str, Any]) -> T:
   if unknown:
     raise ValueError(f"unknown {cls.__name__} keys: {unknown}; known keys: {sorted(known)}")
   return cls(**values)
+
+
+class StrictConfig:
+  """Mixin for frozen config dataclasses: `from_dict` (unknown keys refused) and `to_dict`."""
+
+  @classmethod
+  def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+    """Builds the config from a mapping (e.g. an ml_collections section), refusing unknown keys."""
+    return from_dict(cls, values)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)

@@ -1,4 +1,4 @@
-"""data2vec regression targets: top-K teacher features, normalised and averaged (reference §1.5).
+"""data2vec regression targets: top-K teacher features, normalised and averaged (docs/reference/data2vec_text_reference.md §1.5).
 
 fairseq `Data2VecTextEncoder.forward` (the `torch.no_grad()` block), term by term:
 

@@ -120,5 +120,5 @@ def create_train_state(recipe: Recipe, tx: optax.GradientTransformation, rng: ja
   _, shardings = state_shardings(recipe, tx, mesh, seq_len)
   init = jax.jit(lambda r: nn.meta.unbox(_init_state_boxed(recipe, tx, r, seq_len)),
                  out_shardings=shardings)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+  with sharding_lib.activate(mesh):
     return init(rng)

@@ -1,6 +1,6 @@
 """One optimizer update of data2vec (or the MLM baseline), jitted over a device mesh.
 
-Order of operations, matching fairseq's (reference §1.6 and §2.4):
+Order of operations, matching fairseq's (docs/reference/data2vec_text_reference.md §1.6 and §2.4):
   1. teacher = EMA blocks (+ the current student's embeddings when `ema_transformer_layers_only`);
   2. for each micro-batch: student forward/backward, summing the *un-normalised* loss and grads;
   3. divide grads by the number of loss positions in the whole global batch (all micro-batches,
@@ -124,7 +124,7 @@ def make_train_step(recipe: Recipe, plan: ExecutionPlan, tx: optax.GradientTrans
   """The jitted, state-donating step `step(state, batch, packing=None)` with explicit in/out
   shardings on `mesh`; `packing` (a `PackingSpec` or None) is static.
 
-  Call it inside `with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES)` so the
+  Call it inside `with sharding.activate(mesh):` so the
   model's activation constraints resolve.
   """
   batch_sharding = sharding_lib.batch_sharding(mesh)

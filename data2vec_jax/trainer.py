@@ -17,7 +17,6 @@ import threading
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -209,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         os.path.join(workdir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints,
         save_interval_steps=train_cfg.checkpoint_every, async_save=train_cfg.async_checkpoint)
     try:
-      with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+      with sharding_lib.activate(mesh):
         state = _restore_or_create(checkpointer, abstract_state, data, recipe, tx, mesh, train_cfg)
         if is_chief:  # only now: a failed resume must not overwrite the run's own files
           _write_run_files(workdir, config, recipe, plan)

@@ -68,9 +68,10 @@ def test_another_model_is_a_mismatch_with_the_keys_named(two_steps):
     ckpt.restore_newest_intact(other)
   message = str(info.value)
   assert "\n" not in message
-  assert "params/w (4, 8) in the checkpoint vs (4, 16) in the model" in message
-  assert "missing from the checkpoint: params/extra" in message
-  assert "not in the model: params/b" in message
+  assert "shape mismatches ['params/w: got (4, 8), expected (4, 16)']" in message
+  assert "missing keys ['params/extra']" in message
+  assert "unexpected keys ['params/b']" in message
+  assert "got = the checkpoint, expected = this config" in message
   assert ckpt.all_steps() == [1, 2]  # a mismatch moves nothing: the config is at fault
   assert not os.path.exists(os.path.join(os.path.dirname(two_steps), SET_ASIDE_DIR))
 

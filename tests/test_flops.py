@@ -68,7 +68,7 @@ INDEX = jnp.tile(jnp.arange(K, dtype=jnp.int32)[None], (B, 1))
 def test_flops_formula_matches_design_doc():
   base = EncoderConfig()
   assert encoder_forward_flops_per_token(base, 512) == pytest.approx(188.7e6, rel=1e-3)
-  # DESIGN.md §5: a data2vec step is ~0.76 GFLOP/token at base, s=512.
+  # docs/DESIGN.md §5: a data2vec step is ~0.76 GFLOP/token at base, s=512.
   assert train_flops_per_token(base, 512) == pytest.approx(0.76e9, rel=0.01)
 
 

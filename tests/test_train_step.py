@@ -3,9 +3,7 @@ equals one step on the larger batch; the teacher and EMA ordering of the step.""
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -59,7 +57,7 @@ def run_steps(recipe, mesh_shape, batches, seed=0, *, micro_batches=1, head_posi
   devices = jax.devices()[: int(np.prod(mesh_shape))]
   mesh = sharding_lib.make_mesh(*mesh_shape, devices=devices)
   tx = make_optimizer(recipe.optimizer)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+  with sharding_lib.activate(mesh):
     _, shardings = train_state_lib.state_shardings(recipe, tx, mesh)
     state = train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(seed), mesh)
     step = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
@@ -101,9 +99,11 @@ def single_device_runs():
   return get
 
 
+# (2, 2, 2) uses every mesh axis at once; (1, 8, 1) shards 8 ways, where some dims (130
+# positions) do not divide and stay replicated (`sharding._fit_spec`). A pure data mesh, or tensor
+# 4 ways instead of 2, takes no code path these do not.
 @pytest.mark.parametrize("mesh_shape,head_positions", [
-    ((8, 1, 1), "gathered"), ((2, 2, 2), "gathered"), ((1, 2, 4), "gathered"),
-    ((1, 8, 1), "gathered"), ((2, 2, 2), "every")])
+    ((2, 2, 2), "gathered"), ((1, 8, 1), "gathered"), ((2, 2, 2), "every")])
 def test_sharded_step_matches_single_device(single_device_runs, mesh_shape, head_positions):
   recipe, k, batches, ref_state, ref_metrics = single_device_runs(head_positions)
   state, metrics, device_state = run_steps(recipe, mesh_shape, batches, head_positions=k)
@@ -135,7 +135,14 @@ def test_gradient_accumulation_equals_large_batch(kind):
   assert abs(acc_metrics[0]["loss"] - big_metrics[0]["loss"]) <= 1e-5 * abs(big_metrics[0]["loss"])
   assert abs(acc_metrics[0]["grad_norm"] - big_metrics[0]["grad_norm"]) <= 1e-5 * max(
       1.0, big_metrics[0]["grad_norm"])
-  assert max_abs_diff(acc.params, big.params) <= 1e-6
+  # The first update runs at lr 0 (the params cannot differ), so the accumulated gradient is
+  # checked where it lands: Adam's moments. Leaf by leaf within 1e-5 of the leaf's largest entry
+  # (float32 sums over 4 micro-batches in another order; a dropped or double-counted
+  # micro-batch changes them by ~25%).
+  assert max_abs_diff(acc.params, big.params) == 0.0
+  for a, b in zip(jax.tree_util.tree_leaves(acc.opt_state), jax.tree_util.tree_leaves(big.opt_state)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.max(np.abs(a - b), initial=0.0) <= 1e-5 * np.max(np.abs(b), initial=0.0)
 
 
 @pytest.mark.parametrize("mesh_shape,micro_batches", [((2, 1, 1), 2), ((1, 2, 2), 1)])
@@ -186,7 +193,7 @@ def test_first_step_teacher_is_initial_student_and_ema_follows_update():
   recipe = make_recipe(dropout=0.0)
   tx = make_optimizer(recipe.optimizer)
   mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding_lib.LOGICAL_AXIS_RULES):
+  with sharding_lib.activate(mesh):
     state0 = jax.device_get(
         train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(0), mesh))
   # The teacher starts equal to the student.

@@ -1,5 +1,5 @@
 """Ablation: what the EMA teacher encodes (paper §3 + footnote 4 vs the published fairseq code,
-reference §3.3; fairseq issue #4881).
+docs/reference/data2vec_text_reference.md §3.3; fairseq issue #4881).
 
   python train.py --config configs/ablations/teacher_input.py:input=masked_only --workdir ...
 input = unmasked (paper, default) | masked_only (published code: pads except the masked tokens)

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from data2vec_jax import tree_diff
 from data2vec_jax.model_config import EncoderConfig
 
 PyTree = Any
@@ -84,19 +85,8 @@ def param_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
 def tree_problems(flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
                   extra_unexpected: Any = ()) -> list[str]:
   """Missing keys, unexpected keys (plus `extra_unexpected` leftovers) and shape mismatches."""
-  missing = sorted(set(expected) - set(flat))
-  unexpected = sorted((set(flat) - set(expected)) | set(extra_unexpected))
-  mismatched = [f"{k}: got {tuple(np.shape(flat[k]))}, expected {tuple(expected[k])}"
-                for k in sorted(set(flat) & set(expected))
-                if tuple(np.shape(flat[k])) != tuple(expected[k])]
-  problems = []
-  if missing:
-    problems.append(f"missing keys {missing}")
-  if unexpected:
-    problems.append(f"unexpected keys {unexpected}")
-  if mismatched:
-    problems.append(f"shape mismatches {mismatched}")
-  return problems
+  return tree_diff.shape_problems({k: np.shape(v) for k, v in flat.items()}, expected,
+                                  extra_unexpected=extra_unexpected)
 
 
 def check_tree(flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], what: str) -> None:

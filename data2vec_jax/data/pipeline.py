@@ -26,7 +26,7 @@ import json
 import logging
 import queue
 import threading
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -45,7 +45,7 @@ GLOBAL_ROW_TOKENS = "global_row_tokens"
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(strict_config.StrictConfig):
   """Batching settings. `global_batch_size` counts sequences over all processes."""
 
   tokens_per_sample: int = 512
@@ -68,11 +68,6 @@ class PipelineConfig:
       raise ValueError(f"unknown pad_to {self.pad_to!r}; expected 'max' or 'bucket'")
     if self.pad_multiple < 1:
       raise ValueError(f"pad_multiple must be >= 1, got {self.pad_multiple}")
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "PipelineConfig":
-    """Build from a mapping (e.g. an ml_collections ConfigDict); unknown keys are an error."""
-    return strict_config.from_dict(cls, d)
 
 
 class BatchIterator:
