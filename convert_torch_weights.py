@@ -9,7 +9,7 @@
   python convert_torch_weights.py --from auto out/d2v --to hf --output out/hf \
       --hf-architecture Data2VecTextForMaskedLM
 
-All logic lives in `data2vec_jax.convert` and `data2vec_jax.pretrained`; this is argument parsing.
+All logic lives in `data2vec_jax.weights` and `data2vec_jax.weights.pretrained`; this is argument parsing.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import argparse
 import os
 import sys
 
-from data2vec_jax.convert import EXPORT_ARCHITECTURES, CheckpointError, save_hf_dir
-from data2vec_jax.convert.fairseq import load_fairseq
-from data2vec_jax.convert.hf import load_hf_dir
-from data2vec_jax.pretrained import load_checkpoint, save_pretrained
+from data2vec_jax.weights import EXPORT_ARCHITECTURES, CheckpointError, save_hf_dir
+from data2vec_jax.weights.fairseq import load_fairseq
+from data2vec_jax.weights.hf import load_hf_dir
+from data2vec_jax.weights.pretrained import load_checkpoint, save_pretrained
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@ Re-running the same command resumes from the newest checkpoint in --workdir. SIG
 checkpoint and exits. See README.md for the configs and the outputs written to the workdir.
 
 On Linux/glibc the script first re-executes itself with malloc settings that keep XLA:CPU's
-per-step scratch memory mapped (`data2vec_jax/host_malloc.py`; D2V_MALLOC=default opts out).
-It then adds the project's GPU XLA flags to XLA_FLAGS (`data2vec_jax/xla_flags.py`; flags you
+per-step scratch memory mapped (`data2vec_jax/speed/host_malloc.py`; D2V_MALLOC=default opts out).
+It then adds the project's GPU XLA flags to XLA_FLAGS (`data2vec_jax/speed/xla_flags.py`; flags you
 set yourself win; D2V_XLA_FLAGS=none opts out).
 
 Every failure ends the output with one line `train.py: error: ...`. Expected failures (a bad
@@ -16,10 +16,10 @@ config, unusable data, a checkpoint of another model, a diverged run) print only
 D2V_TRACEBACK=1 adds their tracebacks. Exit codes: 1 error, 2 bad flags, 130 Ctrl-C.
 """
 
-from data2vec_jax import host_malloc, xla_flags
+from data2vec_jax.speed import host_malloc, xla_flags
 
 if __name__ == "__main__":
-  host_malloc.maybe_reexec()  # before jax starts: see data2vec_jax/host_malloc.py
+  host_malloc.maybe_reexec()  # before jax starts: see data2vec_jax/speed/host_malloc.py
   xla_flags.apply_gpu_flags()  # before jax starts a backend: XLA reads XLA_FLAGS only then
 
 import logging  # noqa: E402
@@ -37,7 +37,7 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and export
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-# Speed knobs that moved into the `execution` section (data2vec_jax/execution.py).
+# Speed knobs that moved into the `execution` section (data2vec_jax/objective/execution.py).
 MOVED_FIELDS = {
     "objective.head_positions_per_row": "execution.head_positions ('auto' | 'all' | an int K; "
                                         "was -1 / 0 / K)",
@@ -89,9 +89,10 @@ def main(argv):
   logging.info("glibc malloc settings for XLA:CPU scratch memory: %s",
                "on" if host_malloc.is_tuned() else "off (D2V_MALLOC=default or not glibc)")
   logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", "") or "(none)")
-  from data2vec_jax.checkpoint import TrainingCheckpointError
-  from data2vec_jax.health import TrainingError
-  from data2vec_jax.trainer import ConfigError, InputDataError, train_and_evaluate
+  from data2vec_jax.train.checkpoint import TrainingCheckpointError
+  from data2vec_jax.train.health import TrainingError
+  from data2vec_jax.train.loop import InputDataError, train_and_evaluate
+  from data2vec_jax.train.recipe import ConfigError
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ConfigError, InputDataError, TrainingCheckpointError, TrainingError) as e:

@@ -1,6 +1,6 @@
 """Feature extraction: deterministic encoder forward, data2vec-jax vs transformers, same shapes.
 
-- JAX: `jax.jit` of `data2vec_jax.model.Encoder(cfg).apply({'params': p}, ids,
+- JAX: `jax.jit` of `data2vec_jax.model.encoder.Encoder(cfg).apply({'params': p}, ids,
   deterministic=True).last_hidden_state` (attention_impl 'auto' = XLA's
   `dot_product_attention` on CPU; `--attention_impl reference` for the explicit softmax).
 - PyTorch: `transformers.Data2VecTextModel(add_pooling_layer=False).eval()` under
@@ -32,8 +32,8 @@ def model_kwargs(config: str, attention_impl: str = "auto") -> dict:
 def jax_worker(args) -> dict:
   import jax
 
-  from data2vec_jax.model import Encoder, init_params
-  from data2vec_jax.model_config import EncoderConfig
+  from data2vec_jax.model.encoder import Encoder, init_params
+  from data2vec_jax.model.config import EncoderConfig
 
   rss_base = common.current_rss_mib()
   cfg = EncoderConfig(**model_kwargs(args.config, args.attention_impl))

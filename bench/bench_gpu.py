@@ -16,12 +16,12 @@ Rows are full 512-token blocks (fairseq `tokens_per_sample=512`, break mode 'com
 Each (remat, attention dropout, batch) point runs in a fresh subprocess (an OOM cannot poison the
 next point, and the sweep stops at the first OOM of each series). Reported per point: median step
 time, real tokens/s, MFU = model FLOPs/s / peak, with model FLOPs per token from
-`data2vec_jax.flops.train_flops_per_token` (docs/DESIGN.md §5, the measured masked fraction) and peak
+`data2vec_jax.train.flops.train_flops_per_token` (docs/DESIGN.md §5, the measured masked fraction) and peak
 from `flops.peak_flops_per_device`; HFU adds the FLOPs the remat policy recomputes (full: one
 more student forward; dots_no_batch: the attention score/value matmuls 4*L*s*d; dots: none of the
 matmuls). Peak device memory from `device.memory_stats()`.
 
-XLA flags: `data2vec_jax.xla_flags.GPU_FLAGS` (the ones `train.py` applies) are added to XLA_FLAGS
+XLA flags: `data2vec_jax.speed.xla_flags.GPU_FLAGS` (the ones `train.py` applies) are added to XLA_FLAGS
 (`--xla_flags none` to compare against XLA's defaults).
 
 No GPU: prints "no GPU: ..." and exits 2 (GPU detection runs in a subprocess with a timeout, so
@@ -66,7 +66,7 @@ def detect_gpu(timeout: float = 180.0) -> tuple[bool, str]:
 
 
 def model_config(args):
-  from data2vec_jax.model_config import EncoderConfig
+  from data2vec_jax.model.config import EncoderConfig
   shape = common.CONFIGS["tiny" if args.tiny else "base"]
   return EncoderConfig(**shape, max_positions=max(514, args.seq + 2), dropout=0.1,
                        attention_dropout=args.attn_dropout_value, dtype=args.dtype,
@@ -78,7 +78,7 @@ def recomputed_flops_per_token(cfg, seq: int, pruned_last_block: bool) -> float:
   """Matmul FLOPs the remat policy recomputes in the student backward, per token. The remat
   wraps the scanned blocks: with the pruned last block, that block (run outside the scan) is
   not recomputed."""
-  from data2vec_jax import flops
+  from data2vec_jax.train import flops
   rematted = cfg.num_layers - 1 if pruned_last_block else cfg.num_layers
   if cfg.remat_policy == "full":
     return flops.encoder_forward_flops_per_token(cfg, seq) * rematted / cfg.num_layers
@@ -91,15 +91,15 @@ def worker(args) -> dict:
   import jax
   import numpy as np
 
-  from data2vec_jax import flops
-  from data2vec_jax import model as model_lib
-  from data2vec_jax import sharding as sharding_lib
-  from data2vec_jax import train_state as train_state_lib
-  from data2vec_jax.ema import EMAConfig
-  from data2vec_jax.masking import MaskingConfig, max_selected_per_row
-  from data2vec_jax.execution import ExecutionPlan
-  from data2vec_jax.objective import ObjectiveConfig
-  from data2vec_jax.optim import OptimizerConfig, make_optimizer
+  from data2vec_jax.train import flops
+  from data2vec_jax.model import encoder as model_lib
+  from data2vec_jax.train import sharding as sharding_lib
+  from data2vec_jax.train import state as train_state_lib
+  from data2vec_jax.objective.ema import EMAConfig
+  from data2vec_jax.objective.masking import MaskingConfig, max_selected_per_row
+  from data2vec_jax.objective.execution import ExecutionPlan
+  from data2vec_jax.objective.loss import ObjectiveConfig
+  from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
 
   device = jax.devices()[0]
   cfg = model_config(args)
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
     desc = f"CPU smoke run ({desc})"
   if args.xla_flags == "recommended":
     # On CPU the GPU flags are parsed too (and must be valid), so the smoke run checks them.
-    from data2vec_jax import xla_flags  # no jax import
+    from data2vec_jax.speed import xla_flags  # no jax import
     env = xla_flags.with_flags(xla_flags.GPU_FLAGS, env)
   print(f"device: {desc}", file=sys.stderr)
 

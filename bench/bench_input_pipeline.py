@@ -2,7 +2,7 @@
 
 Builds the offline demo corpus (Python reference-manual prose), trains an ~8k sentencepiece
 vocabulary, binarizes it (fairseq .bin/.idx), then times `BatchIterator` (fairseq span masking,
-0.35 x 4, from `data2vec_jax.masking`) in several settings. Prints a table and appends one JSON line
+0.35 x 4, from `data2vec_jax.objective.masking`) in several settings. Prints a table and appends one JSON line
 {command, git_commit, machine, device, results} to bench/results.jsonl.
 
     python bench/bench_input_pipeline.py [--seconds 3] [--global_batch_size 64] [--vocab_size 8000]
@@ -29,9 +29,9 @@ from data2vec_jax.data.pipeline import BatchIterator, PipelineConfig, PrefetchIt
 
 def _mask_fn(vocab, seed: int):
   try:
-    from data2vec_jax.masking import MaskingConfig, mask_tokens
+    from data2vec_jax.objective.masking import MaskingConfig, mask_tokens
     return functools.partial(mask_tokens, config=MaskingConfig(), seed=seed, mask_id=vocab.mask_id,
-                             vocab_size=vocab.vocab_size), "data2vec_jax.masking.mask_tokens (0.35 x 4)"
+                             vocab_size=vocab.vocab_size), "data2vec_jax.objective.masking.mask_tokens (0.35 x 4)"
   except ImportError:  # masking module not present: an equivalent fairseq span mask
     def fn(tokens, *, epoch, index):
       rng = np.random.default_rng(int(hash((seed, epoch, index)) % 1e6))

@@ -6,7 +6,7 @@ of masked tokens + clip-by-global-norm 5 + AdamW(0.9, 0.98, eps 1e-6, wd 0.01) +
 teacher's transformer layers (embeddings copied from the student).
 
 - JAX: `train_step.make_train_step(recipe, plan, tx, mesh, shardings)` on a 1-device mesh, exactly the
-  step the trainer runs (jitted, state donated), with the trainer's token packing (`packing.py`:
+  step the trainer runs (jitted, state donated), with the trainer's token packing (`data2vec_jax/speed/packing.py`:
   the encoders run on the real tokens only, at one of `--pack_buckets` static capacities;
   `--pack_buckets 0` runs padded, the ablation). The PyTorch step runs padded, as
   `transformers` does; both do the same math on the same batch.
@@ -70,14 +70,14 @@ def batches_for(args, vocab_size: int) -> list:
 def jax_worker(args, overrides: dict) -> dict:
   import jax
 
-  from data2vec_jax import sharding as sharding_lib
-  from data2vec_jax import train_state as train_state_lib
-  from data2vec_jax.ema import EMAConfig
-  from data2vec_jax.masking import MaskingConfig, max_selected_per_row
-  from data2vec_jax.model_config import EncoderConfig
-  from data2vec_jax.execution import ExecutionPlan, real_tokens
-  from data2vec_jax.objective import ObjectiveConfig
-  from data2vec_jax.optim import OptimizerConfig, make_optimizer
+  from data2vec_jax.train import sharding as sharding_lib
+  from data2vec_jax.train import state as train_state_lib
+  from data2vec_jax.objective.ema import EMAConfig
+  from data2vec_jax.objective.masking import MaskingConfig, max_selected_per_row
+  from data2vec_jax.model.config import EncoderConfig
+  from data2vec_jax.objective.execution import ExecutionPlan, real_tokens
+  from data2vec_jax.objective.loss import ObjectiveConfig
+  from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
 
   rss_base = common.current_rss_mib()
   cfg = EncoderConfig(**model_kwargs(args.config, overrides))

@@ -182,7 +182,7 @@ def run_worker(script: str, args: Iterable[str], *, timeout: float,
   malloc: 'tuned' starts the worker with `host_malloc.tuned_environ()` (what train.py runs
   under; applied to every framework alike), 'default' with the environment as it is.
   """
-  from data2vec_jax import host_malloc  # no jax import: safe in the driver process
+  from data2vec_jax.speed import host_malloc  # no jax import: safe in the driver process
 
   if malloc not in MALLOC_MODES:
     raise ValueError(f"malloc={malloc!r}; expected one of {MALLOC_MODES}")
@@ -286,7 +286,7 @@ def add_protocol_flags(parser: Any, *, timeout: float) -> None:
            "makes runs far less sensitive to other load")
   parser.add_argument("--malloc", choices=MALLOC_MODES, default="tuned",
                       help="worker malloc settings, both frameworks alike "
-                           "(data2vec_jax/host_malloc.py)")
+                           "(data2vec_jax/speed/host_malloc.py)")
   parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   parser.add_argument("--config", help=argparse.SUPPRESS)
 
@@ -313,9 +313,9 @@ def jax_train_setup(recipe: Any, plan: Any, tx: Any, mesh: Any,
   """
   import jax
 
-  from data2vec_jax import sharding as sharding_lib
-  from data2vec_jax import train_state as train_state_lib
-  from data2vec_jax import train_step as train_step_lib
+  from data2vec_jax.train import sharding as sharding_lib
+  from data2vec_jax.train import state as train_state_lib
+  from data2vec_jax.train import step as train_step_lib
 
   _, shardings = train_state_lib.state_shardings(recipe, tx, mesh)
   state = train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(0), mesh)

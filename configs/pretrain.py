@@ -99,7 +99,7 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       num_steps=1_000_000, seed=1,
       log_every=100, checkpoint_every=5_000, keep_checkpoints=3, async_checkpoint=True,
       export_model=True, plot=True, tensorboard=True,
-      # Health guards (data2vec_jax/health.py), checked on every step before each save: stop
+      # Health guards (data2vec_jax/train/health.py), checked on every step before each save: stop
       # on a NaN/Inf loss or grad norm, or one over explode_factor x its running median over
       # explode_window steps (0 = NaN/Inf only); and on a collapse: a target/prediction
       # variance under its floor and under collapse_fraction of the run's peak.
@@ -107,7 +107,7 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       collapse_check_after=5_000, min_target_var=0.1, min_pred_var=0.01, collapse_fraction=0.1,
       peak_flops_per_device=0.0))  # 0: look up from the device kind (H100, TPU v4, ...)
 
-  # How the step runs: speed only, the loss is the same (data2vec_jax/execution.py; tests prove
+  # How the step runs: speed only, the loss is the same (data2vec_jax/objective/execution.py; tests prove
   # each technique equal to the plain path; measurements in bench/README.md).
   c.execution = ml_collections.ConfigDict(dict(
       # Head and loss on each row's loss positions only, gathered into K slots: 'auto' = the

@@ -1,4 +1,4 @@
-"""Training checkpoints (data2vec_jax/checkpoint.py): resave, mismatch and corruption paths.
+"""Training checkpoints (data2vec_jax/train/checkpoint.py): resave, mismatch and corruption paths.
 
 Every restore uses a new `Checkpointer`, as a resumed run does in a new process: orbax reads a
 step's metadata only through handlers registered before the first restore.
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data2vec_jax.checkpoint import (SET_ASIDE_DIR, CheckpointMismatchError, Checkpointer,
+from data2vec_jax.train.checkpoint import (SET_ASIDE_DIR, CheckpointMismatchError, Checkpointer,
                                      CorruptCheckpointError, TrainingCheckpointError)
 
 STATE = {"params": {"w": jnp.arange(32.0).reshape(4, 8), "b": jnp.zeros((8,))},

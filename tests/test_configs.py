@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from data2vec_jax.masking import MaskingConfig
-from data2vec_jax.trainer import plan_from_config, recipe_from_config
+from data2vec_jax.objective.masking import MaskingConfig
+from data2vec_jax.train.recipe import plan_from_config, recipe_from_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_MODULES = sorted(

@@ -19,13 +19,13 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from data2vec_jax.convert import CheckpointError, load_fairseq, load_hf_dir, save_hf_dir
-from data2vec_jax.convert.hf import hf_config_from
-from data2vec_jax.convert.layout import flatten
-from data2vec_jax.convert.parity import (diff_report, padded_batch, reference_features,
+from data2vec_jax.weights import CheckpointError, load_fairseq, load_hf_dir, save_hf_dir
+from data2vec_jax.weights.hf import hf_config_from
+from data2vec_jax.weights.layout import flatten
+from data2vec_jax.weights.parity import (diff_report, padded_batch, reference_features,
                                          reference_model)
-from data2vec_jax.model_config import tiny_config
-from data2vec_jax.pretrained import encode, load_checkpoint, save_pretrained
+from data2vec_jax.model.config import tiny_config
+from data2vec_jax.weights.pretrained import encode, load_checkpoint, save_pretrained
 
 NON_FINITE = "NaN/Inf values; the checkpoint is corrupt or diverged, load an earlier one"
 CONFIG = tiny_config(vocab_size=120, hidden_size=48, num_heads=3, intermediate_size=100,
@@ -379,8 +379,8 @@ def test_fairseq_omegaconf_cfg_is_read_without_omegaconf(tmp_path, base_model, m
 
 
 def load_fairseq_params_from(model):
-  from data2vec_jax.convert.layout import params_from_reference
-  from data2vec_jax.convert.torch_io import to_numpy
+  from data2vec_jax.weights.layout import params_from_reference
+  from data2vec_jax.weights.torch_io import to_numpy
   cfg = load_hf_config_from(model)
   return params_from_reference(
       {k: to_numpy(v, k) for k, v in model.state_dict().items()
@@ -388,7 +388,7 @@ def load_fairseq_params_from(model):
 
 
 def load_hf_config_from(model):
-  from data2vec_jax.convert.hf import config_from_hf
+  from data2vec_jax.weights.hf import config_from_hf
   return config_from_hf(model.config.to_dict())
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from data2vec_jax.ema import EMAConfig, ema_decay, ema_update, init_ema, teacher_params
-from data2vec_jax.model import Encoder
-from data2vec_jax.model_config import tiny_config
+from data2vec_jax.objective.ema import EMAConfig, ema_decay, ema_update, init_ema, teacher_params
+from data2vec_jax.model.encoder import Encoder
+from data2vec_jax.model.config import tiny_config
 
 
 def fairseq_decay(n: int, start=0.999, end=0.9999, total=300000) -> float:

@@ -1,4 +1,4 @@
-"""The execution plan (data2vec_jax/execution.py): how its speed decisions are made, and that the
+"""The execution plan (data2vec_jax/objective/execution.py): how its speed decisions are made, and that the
 fast path it drives (fast_loss) equals the reference path (objective.loss_fn) on the trainer's
 default settings. Each technique is also checked against PyTorch in tests/test_objective.py."""
 
@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 
 from configs import pretrain
-from data2vec_jax import fast_loss, flops
-from data2vec_jax import objective as objective_lib
-from data2vec_jax.execution import ExecutionConfig, ExecutionPlan, make_plan, real_tokens
-from data2vec_jax.masking import MaskingConfig, mask_tokens, max_selected_per_row
-from data2vec_jax.objective import ObjectiveConfig, PretrainingModel
-from data2vec_jax.trainer import plan_from_config, recipe_from_config, recipe_from_dict
+from data2vec_jax.objective import fast_loss
+from data2vec_jax.train import flops
+from data2vec_jax.objective import loss as objective_lib
+from data2vec_jax.objective.execution import ExecutionConfig, ExecutionPlan, make_plan, real_tokens
+from data2vec_jax.objective.masking import MaskingConfig, mask_tokens, max_selected_per_row
+from data2vec_jax.objective.loss import ObjectiveConfig, PretrainingModel
+from data2vec_jax.train.recipe import (plan_from_config, recipe_from_config, recipe_from_dict,
+                                       recipe_to_dict)
 
 VOCAB, MASK = 1000, 999
 
@@ -167,7 +169,6 @@ def test_flops_per_token_counts_what_the_plan_runs():
 def test_recipe_files_from_before_the_execution_section_still_load():
   # recipe.json of a run from before the execution section: speed keys inside 'objective'.
   _, recipe, plan = default_run()
-  from data2vec_jax.trainer import recipe_to_dict
   values = json.loads(json.dumps(recipe_to_dict(recipe, plan.seq_len, plan)))
   assert values["execution"]["head_positions_per_row"] == plan.head_positions_per_row
   old = dict(values, micro_batches=1)

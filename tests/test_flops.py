@@ -1,4 +1,4 @@
-"""The FLOP formulas (data2vec_jax/flops.py) against matmul FLOPs counted in the traced programs.
+"""The FLOP formulas (data2vec_jax/train/flops.py) against matmul FLOPs counted in the traced programs.
 
 `dot_flops` walks a jaxpr (and every sub-jaxpr: jit, custom_vjp, remat) and adds 2 * |out| *
 |contracted| for each dot_general, so the formulas are checked against what the model actually
@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from data2vec_jax.flops import (encoder_forward_flops_per_token, last_block_query_flops_per_token,
+from data2vec_jax.train.flops import (encoder_forward_flops_per_token, last_block_query_flops_per_token,
                                 train_flops_per_token)
-from data2vec_jax.model import Encoder, apply_last_block, init_params, take_positions
-from data2vec_jax.model_config import EncoderConfig, tiny_config
-from data2vec_jax.objective import ObjectiveConfig
-from data2vec_jax.targets import teacher_targets_fn
+from data2vec_jax.model.encoder import Encoder, apply_last_block, init_params, take_positions
+from data2vec_jax.model.config import EncoderConfig, tiny_config
+from data2vec_jax.objective.loss import ObjectiveConfig
+from data2vec_jax.objective.targets import teacher_targets_fn
 
 CFG = tiny_config(num_layers=3, hidden_size=32, num_heads=4, intermediate_size=80, vocab_size=50,
                   max_positions=40)

@@ -1,4 +1,4 @@
-"""The training-health guards (data2vec_jax/health.py): divergence and collapse, in-process."""
+"""The training-health guards (data2vec_jax/train/health.py): divergence and collapse, in-process."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from data2vec_jax.health import HealthConfig, HealthMonitor, TrainingError
+from data2vec_jax.train.health import HealthConfig, HealthMonitor, TrainingError
 
 
 def monitor(history=(), **overrides) -> HealthMonitor:

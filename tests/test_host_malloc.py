@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from data2vec_jax import host_malloc
+from data2vec_jax.speed import host_malloc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +37,7 @@ def _run(code: str, **env_overrides) -> subprocess.CompletedProcess:
 
 
 _FAULTS = """
-    from data2vec_jax import host_malloc
+    from data2vec_jax.speed import host_malloc
     host_malloc.maybe_reexec()
     import os, resource
     import jax, jax.numpy as jnp
@@ -66,6 +66,6 @@ def test_reexec_removes_per_call_page_faults():
 
 
 def test_bad_opt_out_value_is_refused():
-  proc = _run("from data2vec_jax import host_malloc; host_malloc.maybe_reexec()",
+  proc = _run("from data2vec_jax.speed import host_malloc; host_malloc.maybe_reexec()",
               D2V_MALLOC="yes")
   assert proc.returncode != 0 and "D2V_MALLOC='yes'" in proc.stderr

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from data2vec_jax.masking import MaskingConfig, mask_tokens, max_selected_per_row
+from data2vec_jax.objective.masking import MaskingConfig, mask_tokens, max_selected_per_row
 
 V, MASK, PAD = 50265, 50264, 1
 
@@ -150,7 +150,7 @@ def test_deterministic_per_seed_epoch_index_and_across_processes():
                 dict(seed=1, epoch=2, index=8)):
     assert not np.array_equal(run(**other)[1], a[1])
   # hash() of an int tuple does not depend on PYTHONHASHSEED: a fresh process agrees.
-  code = ("import numpy as np; from data2vec_jax.masking import *; "
+  code = ("import numpy as np; from data2vec_jax.objective.masking import *; "
           "item = np.arange(4, 204); "
           "s, m = mask_tokens(item, config=MaskingConfig(), seed=1, epoch=2, index=7, "
           "mask_id=50264, vocab_size=50265); print(''.join('1' if x else '0' for x in m))")

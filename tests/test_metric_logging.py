@@ -6,7 +6,7 @@ import glob
 import json
 import struct
 
-from data2vec_jax.metric_logging import MetricWriter
+from data2vec_jax.train.metrics import MetricWriter
 
 
 def rows(workdir) -> list[dict]:

@@ -11,9 +11,9 @@ import pytest
 
 import flax.linen as nn
 
-from data2vec_jax.contraction import Projection, contract
-from data2vec_jax.model import Encoder, apply_last_block, init_params, take_positions
-from data2vec_jax.model_config import EncoderConfig, tiny_config
+from data2vec_jax.speed.contraction import Projection, contract
+from data2vec_jax.model.encoder import Encoder, apply_last_block, init_params, take_positions
+from data2vec_jax.model.config import EncoderConfig, tiny_config
 
 IDS = jnp.array([[0, 5, 6, 7, 8, 2, 1, 1], [0, 9, 10, 11, 12, 13, 14, 2]], jnp.int32)
 EPS = float(np.finfo(np.float32).eps)
@@ -215,7 +215,7 @@ def test_too_long_input_is_refused(params):
 
 
 def test_auto_attention_picks_cudnn_only_for_full_bf16_attention_on_gpu(monkeypatch):
-  from data2vec_jax import model as model_lib
+  from data2vec_jax.model import encoder as model_lib
   bf16 = tiny_config(dtype="bfloat16")
   resolve = model_lib._resolve_attention_impl
   assert resolve(bf16, dropout_active=False) == "xla"  # this CPU

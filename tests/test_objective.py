@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from transformers import Data2VecTextConfig, Data2VecTextModel
 
-from data2vec_jax.masking import MaskingConfig, mask_tokens
-from data2vec_jax.model_config import tiny_config
-from data2vec_jax import fast_loss
-from data2vec_jax.execution import ExecutionPlan
-from data2vec_jax.objective import ObjectiveConfig, PretrainingModel
-from data2vec_jax.packing import PackingSpec
-from data2vec_jax.targets import teacher_targets, teacher_targets_fn
+from data2vec_jax.objective.masking import MaskingConfig, mask_tokens
+from data2vec_jax.model.config import tiny_config
+from data2vec_jax.objective import fast_loss
+from data2vec_jax.objective.execution import ExecutionPlan
+from data2vec_jax.objective.loss import ObjectiveConfig, PretrainingModel
+from data2vec_jax.speed.packing import PackingSpec
+from data2vec_jax.objective.targets import teacher_targets, teacher_targets_fn
 
 V, D, L, H, FF, PAD, MASK = 100, 32, 3, 4, 64, 1, 99
 CFG = tiny_config(vocab_size=V, hidden_size=D, num_layers=L, num_heads=H, intermediate_size=FF,
@@ -481,7 +481,7 @@ def test_mlm_matches_torch(head_positions):
 
 def test_init_params_boxed_with_logical_axes():
   import flax.linen as nn
-  from data2vec_jax.heads import RegressionHead
+  from data2vec_jax.model.heads import RegressionHead
   is_box = lambda x: isinstance(x, nn.Partitioned)
   for kind in ("data2vec", "mlm"):
     model = PretrainingModel(CFG, ObjectiveConfig(kind=kind, mask_id=MASK))

@@ -8,11 +8,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 
-from data2vec_jax.optim import (OptimizerConfig, apply_gradients, gradient_scale,
+from data2vec_jax.train.optimizer import (OptimizerConfig, apply_gradients, gradient_scale,
                                 learning_rate_schedule, make_optimizer,
                                 weight_decay_mask)
 

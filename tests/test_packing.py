@@ -1,4 +1,4 @@
-"""Token packing (`packing.py`): layouts, the pack/unpack pair and its gradients, host capacity.
+"""Token packing (`data2vec_jax/speed/packing.py`): layouts, the pack/unpack pair and its gradients, host capacity.
 
 The numerical claim that a packed step equals the reference (loss, metrics, every gradient) is
 tested against PyTorch in test_objective.py (`test_packed_data2vec_matches_torch`, MLM
@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data2vec_jax import packing
-from data2vec_jax.model import Encoder, init_params, take_positions
-from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.speed import packing
+from data2vec_jax.model.encoder import Encoder, init_params, take_positions
+from data2vec_jax.model.config import EncoderConfig
 
 PAD = 1
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data2vec_jax.convert.hf import convert_hf_state_dict
-from data2vec_jax.convert.parity import (compare_with_reference, diff_report, padded_batch,
+from data2vec_jax.weights.hf import convert_hf_state_dict
+from data2vec_jax.weights.parity import (compare_with_reference, diff_report, padded_batch,
                                          reference_features, reference_model)
-from data2vec_jax.convert.torch_io import to_numpy
-from data2vec_jax.model_config import tiny_config
-from data2vec_jax.pretrained import encode
+from data2vec_jax.weights.torch_io import to_numpy
+from data2vec_jax.model.config import tiny_config
+from data2vec_jax.weights.pretrained import encode
 
 TOLERANCE = 1e-5  # float32
 

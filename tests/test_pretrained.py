@@ -12,12 +12,12 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from data2vec_jax import encode, load_pretrained, save_pretrained
-from data2vec_jax.convert import CheckpointError
-from data2vec_jax.convert.layout import flatten, param_shapes, unflatten
-from data2vec_jax.convert.parity import (diff_report, padded_batch, reference_features,
+from data2vec_jax.weights import CheckpointError
+from data2vec_jax.weights.layout import flatten, param_shapes, unflatten
+from data2vec_jax.weights.parity import (diff_report, padded_batch, reference_features,
                                          reference_model)
-from data2vec_jax.model_config import tiny_config
-from data2vec_jax.pretrained import _encode, load_checkpoint
+from data2vec_jax.model.config import tiny_config
+from data2vec_jax.weights.pretrained import _encode, load_checkpoint
 
 CONFIG = tiny_config(vocab_size=90, hidden_size=32, num_heads=2, intermediate_size=40,
                      num_layers=2, max_positions=24)

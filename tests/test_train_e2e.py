@@ -70,7 +70,7 @@ def test_train_resume_export(tmp_path):
                          timeout=600)
   assert first.returncode == 0, first.stderr[-3000:]
   assert "step 4/4" in first.stderr
-  # train.py put the GPU XLA flags (data2vec_jax/xla_flags.py) into XLA_FLAGS before JAX started.
+  # train.py put the GPU XLA flags (data2vec_jax/speed/xla_flags.py) into XLA_FLAGS before JAX started.
   assert "XLA_FLAGS: --xla_gpu_enable_latency_hiding_scheduler=true" in first.stderr
   assert sorted(losses(workdir)) == [1, 2, 3, 4]
   # The demo's span masking has an exact per-row bound: the step compiled no fallback branch,
@@ -111,7 +111,7 @@ def test_train_resume_export(tmp_path):
   assert np.all(np.isfinite(out.last_hidden_state))
   # Any checkpoint can be exported on demand, also the EMA teacher.
   teacher_dir = str(tmp_path / "teacher")
-  exp = subprocess.run([sys.executable, "-m", "data2vec_jax.export", "--workdir", workdir,
+  exp = subprocess.run([sys.executable, "-m", "data2vec_jax.weights.export", "--workdir", workdir,
                         "--output", teacher_dir, "--step", "4", "--ema"],
                        env=env(), capture_output=True, text=True, timeout=300)
   assert exp.returncode == 0, exp.stderr[-3000:]

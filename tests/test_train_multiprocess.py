@@ -94,7 +94,7 @@ def test_two_processes_train_and_resume_like_one_process_with_two_devices(tmp_pa
   # One process (one device) reads the two-process checkpoint and exports it: bit for bit what
   # the two processes gathered and wrote.
   exported = str(tmp_path / "exported")
-  exp = subprocess.run([sys.executable, "-m", "data2vec_jax.export", "--workdir", multi_dir,
+  exp = subprocess.run([sys.executable, "-m", "data2vec_jax.weights.export", "--workdir", multi_dir,
                         "--output", exported, "--step", "6"],
                        env=env(), capture_output=True, text=True, timeout=300)
   assert exp.returncode == 0, exp.stderr[-3000:]

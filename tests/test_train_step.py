@@ -7,14 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-from data2vec_jax import sharding as sharding_lib
-from data2vec_jax import train_state as train_state_lib
-from data2vec_jax import train_step as train_step_lib
-from data2vec_jax.ema import EMAConfig
-from data2vec_jax.execution import ExecutionPlan, real_tokens
-from data2vec_jax.model_config import tiny_config
-from data2vec_jax.objective import ObjectiveConfig
-from data2vec_jax.optim import OptimizerConfig, make_optimizer
+from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.train import state as train_state_lib
+from data2vec_jax.train import step as train_step_lib
+from data2vec_jax.objective.ema import EMAConfig
+from data2vec_jax.objective.execution import ExecutionPlan, real_tokens
+from data2vec_jax.model.config import tiny_config
+from data2vec_jax.objective.loss import ObjectiveConfig
+from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
 
 MASK_ID = 999
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from data2vec_jax import xla_flags
+from data2vec_jax.speed import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -24,7 +24,7 @@ order (reference: `fairseq/data/mask_tokens_dataset.py`, `__getitem_cached__`, H
 fairseq's *target* dataset (`return_masked_tokens=True`) re-runs the same draws and returns the
 original token at every selected position (steps 1-3, before step 4), so `selected` here is the
 set of positions fairseq's `target_tokens` holds (and what the MLM loss covers), while the
-data2vec loss covers only `source == <mask>` (the 80% of BERT masking; see `objective.py`).
+data2vec loss covers only `source == <mask>` (the 80% of BERT masking; see `data2vec_jax/objective/loss.py`).
 
 Not ported: `mask_whole_words`, `freq_weighted_replacement` (both off in every data2vec recipe).
 """

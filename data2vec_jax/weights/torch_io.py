@@ -126,7 +126,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 class _RestrictedPickleModule:
   """What `torch.load(pickle_module=...)` needs: `Unpickler` and `load`."""
 
-  __name__ = "data2vec_jax.convert.torch_io.restricted_pickle"
+  __name__ = "data2vec_jax.weights.torch_io.restricted_pickle"
   Unpickler = RestrictedUnpickler
 
   @staticmethod

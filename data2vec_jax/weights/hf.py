@@ -37,10 +37,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from data2vec_jax.convert import layout
-from data2vec_jax.convert.layout import Converted
-from data2vec_jax.convert.torch_io import CheckpointError, load_hf_state_dict
-from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.weights import layout
+from data2vec_jax.weights.layout import Converted
+from data2vec_jax.weights.torch_io import CheckpointError, load_hf_state_dict
+from data2vec_jax.model.config import EncoderConfig
 
 # architecture -> (model_type, key prefix of the encoder inside the model).
 SUPPORTED_ARCHITECTURES = {

@@ -5,7 +5,7 @@ Pure-functional: `Encoder(config).apply({'params': p}, input_ids, deterministic=
 teacher is this same module applied to another parameter tree. When a loss reads the output at a
 few positions only, `Encoder(..., skip_last_block=True)` followed by `apply_last_block(...,
 query_index)` computes the last block there only (same values; the execution plan's pruned last
-block, `execution.py`).
+block, `data2vec_jax/objective/execution.py`).
 
 Parameter tree (leading `L` axis: the blocks are run with `nn.scan`, so one block is compiled):
 
@@ -34,9 +34,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from data2vec_jax import packing
-from data2vec_jax.contraction import INIT_STD, Projection
-from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.speed import packing
+from data2vec_jax.speed.contraction import INIT_STD, Projection
+from data2vec_jax.model.config import EncoderConfig
 
 # Ordered so that `feature` names read like the paper's Table 5 ablation.
 FEATURE_KINDS = ("ffn", "ffn_residual")
@@ -67,7 +67,7 @@ def _embedding_init(pad_id: int | None):
 class EncoderOutput:
   """What the encoder returns; every array is in the compute dtype.
 
-  With `layout` (a packed run, `packing.py`) every [B, T] pair of axes below is [G, C] instead
+  With `layout` (a packed run, `data2vec_jax/speed/packing.py`) every [B, T] pair of axes below is [G, C] instead
   (real tokens only); `unpacked()` gives the [B, T] view, zeros at pads.
 
   Attributes:

@@ -1,7 +1,7 @@
 """From the `data` / `masking` config sections to a resumable iterator of host batches.
 
 Thin glue over `data2vec_jax.data` (sources, tokenizers, blocks, batching) and
-`data2vec_jax.masking`. The extra source 'python_docs' is the offline demo corpus: English prose
+`data2vec_jax.objective.masking`. The extra source 'python_docs' is the offline demo corpus: English prose
 from the Python reference manual (`pydoc_data`, shipped with CPython), written to
 `<workdir>/data/` together with a sentencepiece vocabulary trained on it, so the demo needs no
 network and no files beyond Python itself.
@@ -20,7 +20,7 @@ import ml_collections
 from data2vec_jax.data.dictionary import VocabInfo
 from data2vec_jax.data.pipeline import (_DATA_KEYS, PipelineConfig, build_block_dataset,
                                         make_iterator)
-from data2vec_jax.masking import MaskingConfig, mask_tokens
+from data2vec_jax.objective.masking import MaskingConfig, mask_tokens
 
 _PIPELINE_KEYS = {f.name for f in dataclasses.fields(PipelineConfig)}
 _LOCAL_KEYS = {"prefetch", "sentencepiece_vocab_size"}

@@ -39,11 +39,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from data2vec_jax.convert import layout
-from data2vec_jax.convert.layout import Converted
-from data2vec_jax.convert.torch_io import (CheckpointError, load_torch_pickle, plain_data,
+from data2vec_jax.weights import layout
+from data2vec_jax.weights.layout import Converted
+from data2vec_jax.weights.torch_io import (CheckpointError, load_torch_pickle, plain_data,
                                            to_numpy)
-from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.model.config import EncoderConfig
 
 ENCODER_PREFIX = "encoder.sentence_encoder."
 EMA_KEY = "encoder._ema"

@@ -18,12 +18,12 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from data2vec_jax import sharding as sharding_lib
-from data2vec_jax import ema as ema_lib
-from data2vec_jax.ema import EMAConfig
-from data2vec_jax.model_config import EncoderConfig
-from data2vec_jax.objective import ObjectiveConfig, PretrainingModel
-from data2vec_jax.optim import OptimizerConfig
+from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.objective import ema as ema_lib
+from data2vec_jax.objective.ema import EMAConfig
+from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.objective.loss import ObjectiveConfig, PretrainingModel
+from data2vec_jax.train.optimizer import OptimizerConfig
 
 
 @dataclasses.dataclass(frozen=True)

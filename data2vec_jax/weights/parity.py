@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from data2vec_jax.convert.hf import convert_hf_state_dict, hf_config_from
-from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.weights.hf import convert_hf_state_dict, hf_config_from
+from data2vec_jax.model.config import EncoderConfig
 
 
 def reference_model(config: EncoderConfig, *, seed: int = 0, std: float = 0.05,
@@ -152,8 +152,8 @@ def diff_report(ours: Any, reference: dict[str, Any], attention_mask: np.ndarray
 def compare_with_reference(model: Any, input_ids: np.ndarray,
                            attention_mask: np.ndarray) -> ParityReport:
   """Converts `model`'s weights with the library's HF importer, runs both, reports differences."""
-  from data2vec_jax.convert.torch_io import to_numpy  # pylint: disable=import-outside-toplevel
-  from data2vec_jax.pretrained import encode  # pylint: disable=import-outside-toplevel
+  from data2vec_jax.weights.torch_io import to_numpy  # pylint: disable=import-outside-toplevel
+  from data2vec_jax.weights.pretrained import encode  # pylint: disable=import-outside-toplevel
   state = {k: to_numpy(v, k) for k, v in model.state_dict().items()}
   hf = model.config.to_dict()
   hf.setdefault("architectures", [type(model).__name__])

@@ -9,7 +9,7 @@ tests/test_execution.py proves each against that reference) for less work:
   gathered into K static slots (fairseq's `x[masked_indices]` in static shapes);
 * pruned last blocks: with gathered heads, the student's last block (and the teacher's, when
   the targets are per position) runs only at those slots;
-* token packing (`packing.py`): the encoders run on the real tokens only, in one of a few
+* token packing (`data2vec_jax/speed/packing.py`): the encoders run on the real tokens only, in one of a few
   static capacities per sequence length;
 * micro-batches, rematerialisation, scan unrolling and the attention kernel.
 
@@ -25,13 +25,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from data2vec_jax import flops as flops_lib
-from data2vec_jax import packing as packing_lib
+from data2vec_jax.train import flops as flops_lib
+from data2vec_jax.speed import packing as packing_lib
 from data2vec_jax import strict_config
-from data2vec_jax.masking import MaskingConfig, max_selected_per_row, selection_bound_is_exact
-from data2vec_jax.model_config import EncoderConfig
-from data2vec_jax.objective import ObjectiveConfig, loss_positions
-from data2vec_jax.targets import targets_are_per_position
+from data2vec_jax.objective.masking import MaskingConfig, max_selected_per_row, selection_bound_is_exact
+from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.objective.loss import ObjectiveConfig, loss_positions
+from data2vec_jax.objective.targets import targets_are_per_position
 
 HEAD_OVERFLOWS = ("auto", "fallback", "error")
 
@@ -49,7 +49,7 @@ class ExecutionConfig(strict_config.StrictConfig):
       behind a `lax.cond` ('fallback', exact) or is refused ('error': no fallback compiled, each
       host batch checked before dispatch; NaN loss should one still arrive). 'auto': 'error'
       exactly when K is the masker's guaranteed bound, else 'fallback'.
-    pack_tokens: run the encoders on the real tokens only (`packing.py`).
+    pack_tokens: run the encoders on the real tokens only (`data2vec_jax/speed/packing.py`).
     pack_buckets: static packed capacities per sequence length (each compiles once).
     micro_batches: gradient accumulation steps per update (same update as one large batch).
     scan_unroll: blocks per iteration of the scan over the blocks: 'all' (fully unrolled:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import jax
 
-from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.model.config import EncoderConfig
 
 # Dense bf16 peak per chip/GPU, FLOP/s. Keys are substrings of `jax.Device.device_kind`.
 PEAK_BF16_FLOPS = {

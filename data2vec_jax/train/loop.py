@@ -8,7 +8,6 @@ continues from the newest checkpoint.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -21,90 +20,24 @@ import jax
 import ml_collections
 import numpy as np
 
-from data2vec_jax import checkpoint as checkpoint_lib
-from data2vec_jax import ema as ema_lib
-from data2vec_jax import execution as execution_lib
-from data2vec_jax import flops as flops_lib
-from data2vec_jax import health as health_lib
-from data2vec_jax import sharding as sharding_lib
-from data2vec_jax import train_state as train_state_lib
-from data2vec_jax import train_step as train_step_lib
-from data2vec_jax.ema import EMAConfig
-from data2vec_jax.masking import MaskingConfig
-from data2vec_jax.metric_logging import MetricWriter, format_progress
-from data2vec_jax.model_config import EncoderConfig
-from data2vec_jax.objective import ObjectiveConfig
-from data2vec_jax.optim import OptimizerConfig, make_optimizer
-from data2vec_jax import input_pipeline
+from data2vec_jax.data import training_input
 from data2vec_jax.data.pipeline import GLOBAL_ROW_TOKENS
-
-
-RECIPE_FILE = "recipe.json"  # the resolved step math, for exporting from a checkpoint later
-# Speed fields that recipe files written before the `execution` section kept in 'objective'.
-_OLD_OBJECTIVE_SPEED_KEYS = ("head_positions_per_row", "prune_last_block", "head_overflow")
-
-
-def recipe_to_dict(recipe: train_state_lib.Recipe, seq_len: int,
-                   plan: execution_lib.ExecutionPlan | None = None) -> dict[str, Any]:
-  """recipe.json: the step's math (and, for the record, the execution plan it ran with)."""
-  values = {"model": recipe.model.to_dict(), "objective": dataclasses.asdict(recipe.objective),
-            "ema": dataclasses.asdict(recipe.ema),
-            "optimizer": dataclasses.asdict(recipe.optimizer), "seq_len": seq_len}
-  if plan is not None:
-    values["execution"] = dataclasses.asdict(plan)
-  return values
-
-
-def recipe_from_dict(values: dict[str, Any]) -> tuple[train_state_lib.Recipe, int]:
-  """Reads `recipe_to_dict`'s output (also that of runs from before the execution section)."""
-  optimizer = {k: tuple(v) if isinstance(v, list) else v for k, v in values["optimizer"].items()}
-  objective = {k: v for k, v in values["objective"].items()
-               if k not in _OLD_OBJECTIVE_SPEED_KEYS}
-  recipe = train_state_lib.Recipe(
-      model=EncoderConfig.from_dict(values["model"]),
-      objective=ObjectiveConfig.from_dict(objective),
-      ema=EMAConfig.from_dict(values["ema"]), optimizer=OptimizerConfig.from_dict(optimizer))
-  return recipe, int(values["seq_len"])
-
-
-class ConfigError(ValueError):
-  """The config is invalid; raised before any data, vocabulary or checkpoint is touched."""
+from data2vec_jax.objective import execution as execution_lib
+from data2vec_jax.train import checkpoint as checkpoint_lib
+from data2vec_jax.train import flops as flops_lib
+from data2vec_jax.train import health as health_lib
+from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.train import state as train_state_lib
+from data2vec_jax.train import step as train_step_lib
+from data2vec_jax.train.metrics import MetricWriter, format_progress
+from data2vec_jax.train.optimizer import make_optimizer
+from data2vec_jax.train.recipe import (RECIPE_FILE, plan_from_config, recipe_from_config,
+                                       recipe_to_dict, validate_config)
+from data2vec_jax.weights.export import export_model_dir
 
 
 class InputDataError(ValueError):
   """The configured data cannot be read or used (missing or malformed files, empty corpus)."""
-
-
-def recipe_from_config(config: ml_collections.ConfigDict, vocab_size: int,
-                       mask_id: int) -> train_state_lib.Recipe:
-  """Turns the config sections into validated, hashable dataclasses (unknown keys rejected).
-
-  The encoder's execution knobs (kernel, remat, unrolling) come from the `execution` section.
-  """
-  model = dict(config.model)
-  if model.get("vocab_size", -1) in (-1, None):
-    model["vocab_size"] = vocab_size
-  elif model["vocab_size"] < vocab_size:
-    raise ValueError(f"config.model.vocab_size={model['vocab_size']} is smaller than the "
-                     f"tokenizer's vocabulary ({vocab_size} ids incl. <mask>)")
-  objective = dict(config.objective)
-  if objective.get("mask_id", -1) in (-1, None):
-    objective["mask_id"] = mask_id
-  execution = execution_lib.ExecutionConfig.from_dict(dict(config.execution))
-  return train_state_lib.Recipe(
-      model=execution.encoder_config(EncoderConfig.from_dict(model)),
-      objective=ObjectiveConfig.from_dict(objective),
-      ema=EMAConfig.from_dict(dict(config.ema)),
-      optimizer=OptimizerConfig.from_dict(dict(config.optimizer)))
-
-
-def plan_from_config(config: ml_collections.ConfigDict,
-                     recipe: train_state_lib.Recipe) -> execution_lib.ExecutionPlan:
-  """The run's `ExecutionPlan`: the `execution` section resolved for its objective, masking and
-  sequence length."""
-  return execution_lib.make_plan(
-      execution_lib.ExecutionConfig.from_dict(dict(config.execution)), recipe.objective,
-      MaskingConfig.from_dict(dict(config.masking)), int(config.data.tokens_per_sample))
 
 
 class _PreemptionFlag:
@@ -144,36 +77,6 @@ def initialize_distributed(cluster: Any) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the whole config before any corpus, vocabulary or checkpoint is touched.
-
-  Raises `ConfigError` (one line) for unknown fields, out-of-range values, an unknown data
-  source, or a batch the mesh cannot split.
-  """
-  try:
-    input_pipeline.check_config(config)
-    # The real vocabulary is known only after the data is built; a placeholder of the same
-    # kind validates everything else in the recipe now.
-    vocab_size = int(config.model.get("vocab_size", -1) or -1)
-    placeholder = vocab_size if vocab_size > 0 else 1000
-    recipe = recipe_from_config(config, placeholder, placeholder - 1)
-    plan = plan_from_config(config, recipe)
-    make_optimizer(recipe.optimizer)
-    health_lib.HealthConfig.from_train_config(config.train)
-    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-      if int(config.train[name]) < 1:
-        raise ValueError(f"train.{name} must be >= 1, got {config.train[name]}")
-    mesh = sharding_lib.make_mesh(**dict(config.mesh))
-    shards = sharding_lib.data_parallel_size(mesh) * plan.micro_batches
-    if config.data.global_batch_size % shards:
-      raise ValueError(
-          f"data.global_batch_size={config.data.global_batch_size} must be divisible by "
-          f"data x fsdp = {sharding_lib.data_parallel_size(mesh)} times "
-          f"execution.micro_batches={plan.micro_batches}")
-  except (ValueError, TypeError, KeyError, AttributeError) as e:
-    raise ConfigError(f"invalid config: {e}") from e
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) pretraining in `workdir`; returns a summary of the run.
 
@@ -190,7 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_cfg = config.train
 
   try:
-    data = input_pipeline.build(config, workdir, process_index=process_index,
+    data = training_input.build(config, workdir, process_index=process_index,
                                 process_count=process_count)
   except (ValueError, FileNotFoundError, UnicodeError) as e:
     raise InputDataError(f"data: {e}") from e
@@ -242,7 +145,7 @@ def _write_run_files(workdir: str, config: ml_collections.ConfigDict,
 
 
 def _restore_or_create(checkpointer: checkpoint_lib.Checkpointer, abstract_state: Any,
-                       data: input_pipeline.TrainingData, recipe: train_state_lib.Recipe, tx,
+                       data: training_input.TrainingData, recipe: train_state_lib.Recipe, tx,
                        mesh, train_cfg) -> train_state_lib.TrainState:
   """The newest intact checkpoint's state (the pipeline positioned after it), or a new state.
 
@@ -406,41 +309,7 @@ def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mes
     if is_chief:
       summary["model_dir"] = model_dir
   if is_chief and train_cfg.plot:
-    from data2vec_jax.plots import plot_training_curves
+    from data2vec_jax.train.plots import plot_training_curves
     summary["plot"] = plot_training_curves(os.path.join(workdir, "metrics.jsonl"),
                                            os.path.join(workdir, "training_curves.png"))
   return summary
-
-
-def to_host(tree: Any) -> Any:
-  """Global arrays -> numpy, whole. Several processes: a collective (all must call it), since
-  a sharded array's other shards live on other hosts."""
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(tree, tiled=True)
-
-
-def export_model_dir(state: train_state_lib.TrainState, recipe: train_state_lib.Recipe,
-                     path: str, *, use_ema: bool = False) -> str:
-  """Writes a data2vec-jax model directory (student, or the EMA teacher) for `load_pretrained`.
-
-  On several processes every one must call it (the parameters are gathered with a collective);
-  process 0 writes.
-  """
-  from data2vec_jax.pretrained import save_pretrained
-  params = to_host(state.params)
-  ema_params = to_host(state.ema_params) if use_ema else None
-  step = int(to_host(state.step))
-  if jax.process_index() != 0:
-    return path
-  encoder = params["encoder"]
-  if use_ema:  # the teacher: EMA blocks (+ the student's embeddings when only blocks are EMA'd)
-    encoder = ema_lib.teacher_params(ema_params, encoder, recipe.ema)
-  # Head names shared with the converters: fairseq's regression head / the (HF) LM head.
-  head_name = "regression_head" if recipe.objective.kind == "data2vec" else "lm_head"
-  save_pretrained(path, recipe.model, encoder, head_params={head_name: params["head"]},
-                  metadata={"step": step,
-                            "objective": recipe.objective.kind, "weights": "ema" if use_ema
-                            else "student"})
-  return path

@@ -1,7 +1,7 @@
 """The training step's loss: `objective.loss_fn`'s value, computed as an `ExecutionPlan` says.
 
 Same loss and gradients as the reference path (float rounding aside; tests/test_execution.py),
-for less work (`execution.py` lists the techniques):
+for less work (`data2vec_jax/objective/execution.py` lists the techniques):
 
 * gathered head positions (plan K > 0): per row, the loss positions are gathered into K slots
   (in order, then filler slots with weight 0) and the head and the loss run there only. A row
@@ -26,13 +26,13 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from data2vec_jax import objective as objective_lib
-from data2vec_jax import packing as packing_lib
-from data2vec_jax.execution import ExecutionPlan
-from data2vec_jax.model import apply_last_block, gather_positions, take_positions
-from data2vec_jax.model_config import EncoderConfig
-from data2vec_jax.objective import ObjectiveConfig, PretrainingModel
-from data2vec_jax.targets import teacher_targets_fn
+from data2vec_jax.objective import loss as objective_lib
+from data2vec_jax.speed import packing as packing_lib
+from data2vec_jax.objective.execution import ExecutionPlan
+from data2vec_jax.model.encoder import apply_last_block, gather_positions, take_positions
+from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.objective.loss import ObjectiveConfig, PretrainingModel
+from data2vec_jax.objective.targets import teacher_targets_fn
 
 
 def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Array],

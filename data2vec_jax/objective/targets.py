@@ -29,9 +29,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from data2vec_jax import packing
-from data2vec_jax.model import Encoder, apply_last_block, gather_positions
-from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.speed import packing
+from data2vec_jax.model.encoder import Encoder, apply_last_block, gather_positions
+from data2vec_jax.model.config import EncoderConfig
 
 NORM_EPS = 1e-5  # PyTorch's default for F.layer_norm / F.instance_norm / F.batch_norm
 TARGET_TYPES = ("ffn", "ffn_residual", "end_of_block")

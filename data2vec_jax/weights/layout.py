@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from data2vec_jax import tree_diff
-from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.model.config import EncoderConfig
 
 PyTree = Any
 SEP = "/"
@@ -77,7 +77,7 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 def param_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   """Flat name -> shape of every encoder parameter, derived from the model itself (no FLOPs)."""
-  from data2vec_jax.model import init_params  # pylint: disable=import-outside-toplevel
+  from data2vec_jax.model.encoder import init_params  # pylint: disable=import-outside-toplevel
   shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
   return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
 

@@ -1,6 +1,6 @@
 """Export a model directory from any training checkpoint, on demand (training may be running).
 
-  python -m data2vec_jax.export --workdir runs/base --output models/step50k [--step 50000] [--ema]
+  python -m data2vec_jax.weights.export --workdir runs/base --output models/step50k [--step 50000] [--ema]
 
 Writes a data2vec-jax model directory (student weights, or the EMA teacher with `--ema`, plus
 the head) that `data2vec_jax.load_pretrained` reads and `convert_torch_weights.py --to hf`
@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any
 
 import jax
 
-from data2vec_jax import checkpoint as checkpoint_lib
-from data2vec_jax import sharding as sharding_lib
-from data2vec_jax import train_state as train_state_lib
-from data2vec_jax.optim import make_optimizer
-from data2vec_jax.trainer import RECIPE_FILE, export_model_dir, recipe_from_dict
+from data2vec_jax.train import checkpoint as checkpoint_lib
+from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.train import state as train_state_lib
+from data2vec_jax.train.optimizer import make_optimizer
+from data2vec_jax.train.recipe import RECIPE_FILE, recipe_from_dict
+from data2vec_jax.objective import ema as ema_lib
+from data2vec_jax.weights.pretrained import save_pretrained
 
 
 def export_from_checkpoint(workdir: str, output: str, *, step: int | None = None,
@@ -48,6 +51,39 @@ def export_from_checkpoint(workdir: str, output: str, *, step: int | None = None
     checkpointer.close()
   export_model_dir(state, recipe, output, use_ema=use_ema)
   return output, int(jax.device_get(state.step))
+
+
+def to_host(tree: Any) -> Any:
+  """Global arrays -> numpy, whole. Several processes: a collective (all must call it), since
+  a sharded array's other shards live on other hosts."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def export_model_dir(state: train_state_lib.TrainState, recipe: train_state_lib.Recipe,
+                     path: str, *, use_ema: bool = False) -> str:
+  """Writes a data2vec-jax model directory (student, or the EMA teacher) for `load_pretrained`.
+
+  On several processes every one must call it (the parameters are gathered with a collective);
+  process 0 writes.
+  """
+  params = to_host(state.params)
+  ema_params = to_host(state.ema_params) if use_ema else None
+  step = int(to_host(state.step))
+  if jax.process_index() != 0:
+    return path
+  encoder = params["encoder"]
+  if use_ema:  # the teacher: EMA blocks (+ the student's embeddings when only blocks are EMA'd)
+    encoder = ema_lib.teacher_params(ema_params, encoder, recipe.ema)
+  # Head names shared with the converters: fairseq's regression head / the (HF) LM head.
+  head_name = "regression_head" if recipe.objective.kind == "data2vec" else "lm_head"
+  save_pretrained(path, recipe.model, encoder, head_params={head_name: params["head"]},
+                  metadata={"step": step,
+                            "objective": recipe.objective.kind, "weights": "ema" if use_ema
+                            else "student"})
+  return path
 
 
 def main(argv: list[str] | None = None) -> None:

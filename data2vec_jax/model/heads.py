@@ -7,7 +7,7 @@
   tied decoder (token embedding transposed) + bias [V].
 
 Both initialise like fairseq's `init_bert_params`: kernels N(0, 0.02), zero biases, LayerNorm
-ones/zeros. Parameters carry logical axis names like `model.py`.
+ones/zeros. Parameters carry logical axis names like `data2vec_jax/model/encoder.py`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from data2vec_jax.contraction import Projection
-from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.speed.contraction import Projection
+from data2vec_jax.model.config import EncoderConfig
 
 
 def _dense(in_features: int, features: int, axes: tuple[str | None, str | None],

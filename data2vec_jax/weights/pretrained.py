@@ -29,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data2vec_jax.convert import layout
-from data2vec_jax.convert.layout import Converted
-from data2vec_jax.convert.torch_io import CheckpointError, load_safetensors
-from data2vec_jax.model import Encoder
-from data2vec_jax.model_config import EncoderConfig
+from data2vec_jax.weights import layout
+from data2vec_jax.weights.layout import Converted
+from data2vec_jax.weights.torch_io import CheckpointError, load_safetensors
+from data2vec_jax.model.encoder import Encoder
+from data2vec_jax.model.config import EncoderConfig
 
 FORMAT = "data2vec-jax"
 FORMAT_VERSION = 1
@@ -118,7 +118,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, use_ema: bool = False,
   """
   path = os.fspath(path)
   if os.path.isfile(path):
-    from data2vec_jax.convert.fairseq import load_fairseq  # pylint: disable=import-outside-toplevel
+    from data2vec_jax.weights.fairseq import load_fairseq  # pylint: disable=import-outside-toplevel
     return load_fairseq(path, use_ema=use_ema)
   if not os.path.isdir(path):
     raise CheckpointError(f"{path}: no such file or directory")
@@ -126,7 +126,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, use_ema: bool = False,
     raise CheckpointError(f"{path}: use_ema applies to fairseq checkpoints only (a directory "
                           "holds a single set of weights)")
   # pylint: disable-next=import-outside-toplevel
-  from data2vec_jax.convert.hf import load_hf_dir, read_hf_config
+  from data2vec_jax.weights.hf import load_hf_dir, read_hf_config
   document = read_hf_config(path)
   if document.get("format") == FORMAT:
     return _load_own_dir(path, document)

@@ -1,7 +1,7 @@
 """Device mesh and the logical -> mesh axis rules.
 
 Parameters carry logical axis names from their initialisers (`nn.with_logical_partitioning` in
-`model.py` / `heads.py`); this table is the one place that decides how those names map onto the
+`data2vec_jax/model/encoder.py` / `data2vec_jax/model/heads.py`); this table is the one place that decides how those names map onto the
 mesh axes `('data', 'fsdp', 'tensor')`:
 
 * `data`   - pure data parallelism: batch split, parameters replicated.

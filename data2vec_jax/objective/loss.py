@@ -3,7 +3,7 @@
 data2vec (fairseq `Data2VecTextEncoder.forward`, docs/reference/data2vec_text_reference.md §1.5):
 
   x    = student(source)            last block output, train mode (dropout)
-  y    = targets(teacher(teacher_in))   top-K FFN outputs, normalised, averaged (`targets.py`)
+  y    = targets(teacher(teacher_in))   top-K FFN outputs, normalised, averaged (`data2vec_jax/objective/targets.py`)
   loss = loss_scale * sum_{t in loss positions} sum_d  l(head(x_t)_d - y_t,d)
 
 with l = PyTorch's smooth-L1 with `beta` (`0.5 d^2 / beta` if |d| < beta else `|d| - beta/2`;
@@ -27,7 +27,7 @@ Everything has static shapes (positions are weights, never boolean indexing), so
 `loss_fn` here is the paper's math read plainly: the student and the teacher run on every
 position of the padded rows, the head on every position, the loss weights select. The
 torch-parity tests pin it down. The training step runs the same loss faster, with the head on
-gathered positions, pruned last blocks and packed tokens (`fast_loss.py`, decided by the
+gathered positions, pruned last blocks and packed tokens (`data2vec_jax/objective/fast_loss.py`, decided by the
 `execution.ExecutionPlan`), and tests/test_execution.py proves it equal to this one.
 """
 
@@ -41,12 +41,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from data2vec_jax import packing as packing_lib
+from data2vec_jax.speed import packing as packing_lib
 from data2vec_jax import strict_config
-from data2vec_jax.heads import MaskedLMHead, RegressionHead
-from data2vec_jax.model import Encoder, EncoderOutput
-from data2vec_jax.model_config import EncoderConfig
-from data2vec_jax.targets import TARGET_TYPES, teacher_targets
+from data2vec_jax.model.heads import MaskedLMHead, RegressionHead
+from data2vec_jax.model.encoder import Encoder, EncoderOutput
+from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.objective.targets import TARGET_TYPES, teacher_targets
 
 KINDS = ("data2vec", "mlm")
 TEACHER_INPUTS = ("unmasked", "masked_only")

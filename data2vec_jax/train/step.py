@@ -21,13 +21,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from data2vec_jax import ema as ema_lib
-from data2vec_jax import fast_loss
-from data2vec_jax import sharding as sharding_lib
-from data2vec_jax.execution import ExecutionPlan
-from data2vec_jax.packing import PackingSpec
-from data2vec_jax.optim import apply_gradients, learning_rate_schedule
-from data2vec_jax.train_state import Recipe, TrainState
+from data2vec_jax.objective import ema as ema_lib
+from data2vec_jax.objective import fast_loss
+from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.objective.execution import ExecutionPlan
+from data2vec_jax.speed.packing import PackingSpec
+from data2vec_jax.train.optimizer import apply_gradients, learning_rate_schedule
+from data2vec_jax.train.state import Recipe, TrainState
 
 # aux entries that are additive over micro-batches; every other aux entry is averaged.
 _SUMMED_AUX = ("num_masked", "loss_sum")
@@ -82,7 +82,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], packing: PackingS
   """One update. batch: {'source','target': int32 [B,T], 'selected': bool [B,T]} (global B).
 
   plan: how the loss runs (`execution.ExecutionPlan`: gathered heads, pruning, micro-batches).
-  packing: run each micro-batch packed (`packing.py`; `ExecutionPlan.packing_for_batch` picks the
+  packing: run each micro-batch packed (`data2vec_jax/speed/packing.py`; `ExecutionPlan.packing_for_batch` picks the
   capacity from the host batch, one group per data shard). Static: each value compiles once.
 
   Returns the new state and float32 scalar metrics (loss is the mean over loss positions, as

@@ -1,0 +1,5 @@
+"""What is learned: masking, the EMA teacher, its targets and the loss.
+
+`loss.loss_fn` is the paper's loss read plainly (every position); `execution` decides how a
+training step runs it faster and `fast_loss` does so, proved equal by the tests.
+"""

@@ -1,0 +1,119 @@
+"""From the config to what a run computes: the `Recipe` (the step's math), the
+`ExecutionPlan` (how it runs), their validation, and the recipe.json a workdir keeps.
+
+`validate_config` checks the whole config before any corpus, vocabulary or checkpoint is touched;
+`recipe_from_config` / `plan_from_config` build the hashable objects the jitted step takes;
+`recipe_to_dict` / `recipe_from_dict` write and read recipe.json, which `weights.export` reads to
+export a model directory from any checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from data2vec_jax.data import training_input
+from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.objective import execution as execution_lib
+from data2vec_jax.objective.ema import EMAConfig
+from data2vec_jax.objective.loss import ObjectiveConfig
+from data2vec_jax.objective.masking import MaskingConfig
+from data2vec_jax.train import health as health_lib
+from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.train import state as train_state_lib
+from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
+
+RECIPE_FILE = "recipe.json"  # the resolved step math, for exporting from a checkpoint later
+# Speed fields that recipe files written before the `execution` section kept in 'objective'.
+_OLD_OBJECTIVE_SPEED_KEYS = ("head_positions_per_row", "prune_last_block", "head_overflow")
+
+
+def recipe_to_dict(recipe: train_state_lib.Recipe, seq_len: int,
+                   plan: execution_lib.ExecutionPlan | None = None) -> dict[str, Any]:
+  """recipe.json: the step's math (and, for the record, the execution plan it ran with)."""
+  values = {"model": recipe.model.to_dict(), "objective": dataclasses.asdict(recipe.objective),
+            "ema": dataclasses.asdict(recipe.ema),
+            "optimizer": dataclasses.asdict(recipe.optimizer), "seq_len": seq_len}
+  if plan is not None:
+    values["execution"] = dataclasses.asdict(plan)
+  return values
+
+
+def recipe_from_dict(values: dict[str, Any]) -> tuple[train_state_lib.Recipe, int]:
+  """Reads `recipe_to_dict`'s output (also that of runs from before the execution section)."""
+  optimizer = {k: tuple(v) if isinstance(v, list) else v for k, v in values["optimizer"].items()}
+  objective = {k: v for k, v in values["objective"].items()
+               if k not in _OLD_OBJECTIVE_SPEED_KEYS}
+  recipe = train_state_lib.Recipe(
+      model=EncoderConfig.from_dict(values["model"]),
+      objective=ObjectiveConfig.from_dict(objective),
+      ema=EMAConfig.from_dict(values["ema"]), optimizer=OptimizerConfig.from_dict(optimizer))
+  return recipe, int(values["seq_len"])
+
+
+class ConfigError(ValueError):
+  """The config is invalid; raised before any data, vocabulary or checkpoint is touched."""
+
+
+def recipe_from_config(config: ml_collections.ConfigDict, vocab_size: int,
+                       mask_id: int) -> train_state_lib.Recipe:
+  """Turns the config sections into validated, hashable dataclasses (unknown keys rejected).
+
+  The encoder's execution knobs (kernel, remat, unrolling) come from the `execution` section.
+  """
+  model = dict(config.model)
+  if model.get("vocab_size", -1) in (-1, None):
+    model["vocab_size"] = vocab_size
+  elif model["vocab_size"] < vocab_size:
+    raise ValueError(f"config.model.vocab_size={model['vocab_size']} is smaller than the "
+                     f"tokenizer's vocabulary ({vocab_size} ids incl. <mask>)")
+  objective = dict(config.objective)
+  if objective.get("mask_id", -1) in (-1, None):
+    objective["mask_id"] = mask_id
+  execution = execution_lib.ExecutionConfig.from_dict(dict(config.execution))
+  return train_state_lib.Recipe(
+      model=execution.encoder_config(EncoderConfig.from_dict(model)),
+      objective=ObjectiveConfig.from_dict(objective),
+      ema=EMAConfig.from_dict(dict(config.ema)),
+      optimizer=OptimizerConfig.from_dict(dict(config.optimizer)))
+
+
+def plan_from_config(config: ml_collections.ConfigDict,
+                     recipe: train_state_lib.Recipe) -> execution_lib.ExecutionPlan:
+  """The run's `ExecutionPlan`: the `execution` section resolved for its objective, masking and
+  sequence length."""
+  return execution_lib.make_plan(
+      execution_lib.ExecutionConfig.from_dict(dict(config.execution)), recipe.objective,
+      MaskingConfig.from_dict(dict(config.masking)), int(config.data.tokens_per_sample))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the whole config before any corpus, vocabulary or checkpoint is touched.
+
+  Raises `ConfigError` (one line) for unknown fields, out-of-range values, an unknown data
+  source, or a batch the mesh cannot split.
+  """
+  try:
+    training_input.check_config(config)
+    # The real vocabulary is known only after the data is built; a placeholder of the same
+    # kind validates everything else in the recipe now.
+    vocab_size = int(config.model.get("vocab_size", -1) or -1)
+    placeholder = vocab_size if vocab_size > 0 else 1000
+    recipe = recipe_from_config(config, placeholder, placeholder - 1)
+    plan = plan_from_config(config, recipe)
+    make_optimizer(recipe.optimizer)
+    health_lib.HealthConfig.from_train_config(config.train)
+    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+      if int(config.train[name]) < 1:
+        raise ValueError(f"train.{name} must be >= 1, got {config.train[name]}")
+    mesh = sharding_lib.make_mesh(**dict(config.mesh))
+    shards = sharding_lib.data_parallel_size(mesh) * plan.micro_batches
+    if config.data.global_batch_size % shards:
+      raise ValueError(
+          f"data.global_batch_size={config.data.global_batch_size} must be divisible by "
+          f"data x fsdp = {sharding_lib.data_parallel_size(mesh)} times "
+          f"execution.micro_batches={plan.micro_batches}")
+  except (ValueError, TypeError, KeyError, AttributeError) as e:
+    raise ConfigError(f"invalid config: {e}") from e
