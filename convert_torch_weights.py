@@ -26,18 +26,33 @@ from data2vec_jax.weights.pretrained import load_checkpoint, save_pretrained
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--from", dest="source_format", choices=("hf", "fairseq", "auto"),
-                      default="auto", help="format of INPUT (auto: decide from what is there)")
+  parser.add_argument(
+    "--from",
+    dest="source_format",
+    choices=("hf", "fairseq", "auto"),
+    default="auto",
+    help="format of INPUT (auto: decide from what is there)",
+  )
   parser.add_argument("input", help="HF model directory, fairseq .pt, or data2vec-jax directory")
   parser.add_argument("--to", choices=("jax", "hf"), required=True)
   parser.add_argument("--output", required=True, help="output directory")
-  parser.add_argument("--ema", action="store_true",
-                      help="fairseq only: take the transformer blocks from the EMA teacher "
-                           "(encoder._ema); embeddings come from the student")
-  parser.add_argument("--hf-architecture", default="Data2VecTextModel",
-                      choices=EXPORT_ARCHITECTURES, help="class to export for --to hf")
-  parser.add_argument("--drop-token-type-rows", action="store_true",
-                      help="HF only: drop non-zero token_type_embeddings rows >= 1")
+  parser.add_argument(
+    "--ema",
+    action="store_true",
+    help="fairseq only: take the transformer blocks from the EMA teacher "
+    "(encoder._ema); embeddings come from the student",
+  )
+  parser.add_argument(
+    "--hf-architecture",
+    default="Data2VecTextModel",
+    choices=EXPORT_ARCHITECTURES,
+    help="class to export for --to hf",
+  )
+  parser.add_argument(
+    "--drop-token-type-rows",
+    action="store_true",
+    help="HF only: drop non-zero token_type_embeddings rows >= 1",
+  )
   args = parser.parse_args(argv)
 
   try:
@@ -50,18 +65,29 @@ def main(argv: list[str] | None = None) -> int:
         raise CheckpointError("--ema applies to fairseq checkpoints only")
       converted = load_hf_dir(args.input, drop_token_type_rows=args.drop_token_type_rows)
     else:
-      converted = load_checkpoint(args.input, use_ema=args.ema,
-                                  drop_token_type_rows=args.drop_token_type_rows)
+      converted = load_checkpoint(
+        args.input, use_ema=args.ema, drop_token_type_rows=args.drop_token_type_rows
+      )
     print(f"read {args.input}")
     print(converted.summary())
     if args.to == "jax":
-      save_pretrained(args.output, converted.config, converted.params,
-                      head_params=converted.heads or None, metadata=converted.metadata)
+      save_pretrained(
+        args.output,
+        converted.config,
+        converted.params,
+        head_params=converted.heads or None,
+        metadata=converted.metadata,
+      )
       print(f"wrote data2vec-jax directory {args.output}")
     else:
-      notes = save_hf_dir(args.output, converted.config, converted.params,
-                          heads=converted.heads, metadata=converted.metadata,
-                          architecture=args.hf_architecture)
+      notes = save_hf_dir(
+        args.output,
+        converted.config,
+        converted.params,
+        heads=converted.heads,
+        metadata=converted.metadata,
+        architecture=args.hf_architecture,
+      )
       for note in notes:
         print(f"note: {note}")
       print(f"wrote Hugging Face {args.hf_architecture} directory {args.output}")

@@ -39,15 +39,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # Speed knobs that moved into the `execution` section (data2vec_jax/objective/execution.py).
 MOVED_FIELDS = {
-    "objective.head_positions_per_row": "execution.head_positions ('auto' | 'all' | an int K; "
-                                        "was -1 / 0 / K)",
-    "objective.prune_last_block": "execution.prune_last_block",
-    "objective.head_overflow": "execution.head_overflow",
-    "train.pack_tokens": "execution.pack_tokens", "train.pack_buckets": "execution.pack_buckets",
-    "train.micro_batches": "execution.micro_batches",
-    "model.scan_unroll": "execution.scan_unroll ('all' | an int)",
-    "model.remat_policy": "execution.remat_policy",
-    "model.attention_impl": "execution.attention_impl",
+  "objective.head_positions_per_row": "execution.head_positions ('auto' | 'all' | an int K; "
+  "was -1 / 0 / K)",
+  "objective.prune_last_block": "execution.prune_last_block",
+  "objective.head_overflow": "execution.head_overflow",
+  "train.pack_tokens": "execution.pack_tokens",
+  "train.pack_buckets": "execution.pack_buckets",
+  "train.micro_batches": "execution.micro_batches",
+  "model.scan_unroll": "execution.scan_unroll ('all' | an int)",
+  "model.remat_policy": "execution.remat_policy",
+  "model.attention_impl": "execution.attention_impl",
 }
 
 
@@ -67,16 +68,19 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError) as e:  # an override of a field the config does not have
     # ml_collections' message quotes the missing key (escaped several times over): find the
     # override it belongs to.
-    paths = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    paths = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
     words = re.findall(r"\w+", str(e))
     field = next((p for w in words for p in paths if w in p.split(".")), str(e))
     if field in MOVED_FIELDS:
       fail(f"config field {field!r} moved: use --config.{MOVED_FIELDS[field]}", 2)
     suggestion = re.search(r'Did you mean "(\w+)"', str(e))
-    fail(f"unknown config field {field!r}"
-         + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
-         + "; print the config's fields with: python -c \"from configs import pretrain; "
-         "print(pretrain.get_config())\"", 2)
+    fail(
+      f"unknown config field {field!r}"
+      + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
+      + "; print the config's fields with: python -c \"from configs import pretrain; "
+      "print(pretrain.get_config())\"",
+      2,
+    )
   except (TypeError, ValueError) as e:  # e.g. a string where the field holds a number
     fail(f"bad --config override: {e}", 2)
 
@@ -86,13 +90,16 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   # Orbax logs every checkpoint phase through absl at INFO; keep the console to our progress.
   logging.getLogger("absl").setLevel(logging.WARNING)
-  logging.info("glibc malloc settings for XLA:CPU scratch memory: %s",
-               "on" if host_malloc.is_tuned() else "off (D2V_MALLOC=default or not glibc)")
+  logging.info(
+    "glibc malloc settings for XLA:CPU scratch memory: %s",
+    "on" if host_malloc.is_tuned() else "off (D2V_MALLOC=default or not glibc)",
+  )
   logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", "") or "(none)")
   from data2vec_jax.train.checkpoint import TrainingCheckpointError
   from data2vec_jax.train.health import TrainingError
   from data2vec_jax.train.loop import InputDataError, train_and_evaluate
   from data2vec_jax.train.recipe import ConfigError
+
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ConfigError, InputDataError, TrainingCheckpointError, TrainingError) as e:
@@ -100,8 +107,7 @@ def main(argv):
       traceback.print_exc()
     fail(str(e))  # the messages say what went wrong and what to do; a traceback adds nothing
   except KeyboardInterrupt:
-    fail("interrupted (Ctrl-C); re-run the same command to resume from the newest checkpoint",
-         130)
+    fail("interrupted (Ctrl-C); re-run the same command to resume from the newest checkpoint", 130)
   except Exception as e:  # noqa: BLE001 - unexpected: the traceback, then the one-line summary
     traceback.print_exc()
     fail(f"{type(e).__name__}: {e}".splitlines()[0])

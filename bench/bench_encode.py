@@ -25,23 +25,31 @@ from bench import common  # noqa: E402
 
 
 def model_kwargs(config: str, attention_impl: str = "auto") -> dict:
-  return dict(common.CONFIGS[config], max_positions=514, pad_id=1, layer_norm_eps=1e-5,
-              attention_impl=attention_impl)
+  return dict(
+    common.CONFIGS[config],
+    max_positions=514,
+    pad_id=1,
+    layer_norm_eps=1e-5,
+    attention_impl=attention_impl,
+  )
 
 
 def jax_worker(args) -> dict:
   import jax
 
-  from data2vec_jax.model.encoder import Encoder, init_params
   from data2vec_jax.model.config import EncoderConfig
+  from data2vec_jax.model.encoder import Encoder, init_params
 
   rss_base = common.current_rss_mib()
   cfg = EncoderConfig(**model_kwargs(args.config, args.attention_impl))
   params = init_params(cfg, jax.random.PRNGKey(0))
-  encode = jax.jit(lambda p, ids: Encoder(cfg).apply(
-      {"params": p}, ids, deterministic=True).last_hidden_state)
-  host = [common.make_batch(args.batch, args.seq, cfg.vocab_size, seed=s,
-                            full_rows=args.full_rows) for s in range(4)]
+  encode = jax.jit(
+    lambda p, ids: Encoder(cfg).apply({"params": p}, ids, deterministic=True).last_hidden_state
+  )
+  host = [
+    common.make_batch(args.batch, args.seq, cfg.vocab_size, seed=s, full_rows=args.full_rows)
+    for s in range(4)
+  ]
   ids = [jax.device_put(b["target"]) for b in host]
   holder = {"i": 0}
 
@@ -52,9 +60,16 @@ def jax_worker(args) -> dict:
 
   warm = common.timed_loop(one, args.warmup)
   times = common.timed_loop(one, args.steps)
-  return {"framework": "jax", "jax": jax.__version__, "first_call_s": warm[0], "times_s": times,
-          "real_tokens": common.real_tokens(host[0]), "rss_base_mib": rss_base,
-          "peak_rss_mib": common.peak_rss_mib(), "attention_impl": args.attention_impl}
+  return {
+    "framework": "jax",
+    "jax": jax.__version__,
+    "first_call_s": warm[0],
+    "times_s": times,
+    "real_tokens": common.real_tokens(host[0]),
+    "rss_base_mib": rss_base,
+    "peak_rss_mib": common.peak_rss_mib(),
+    "attention_impl": args.attention_impl,
+  }
 
 
 def torch_worker(args) -> dict:
@@ -65,16 +80,26 @@ def torch_worker(args) -> dict:
   rss_base = common.current_rss_mib()
   kw = model_kwargs(args.config)
   hf_config = transformers.Data2VecTextConfig(
-      vocab_size=kw["vocab_size"], hidden_size=kw["hidden_size"],
-      num_hidden_layers=kw["num_layers"], num_attention_heads=kw["num_heads"],
-      intermediate_size=kw["intermediate_size"], hidden_act="gelu",
-      max_position_embeddings=kw["max_positions"], type_vocab_size=1,
-      layer_norm_eps=kw["layer_norm_eps"], pad_token_id=kw["pad_id"])
+    vocab_size=kw["vocab_size"],
+    hidden_size=kw["hidden_size"],
+    num_hidden_layers=kw["num_layers"],
+    num_attention_heads=kw["num_heads"],
+    intermediate_size=kw["intermediate_size"],
+    hidden_act="gelu",
+    max_position_embeddings=kw["max_positions"],
+    type_vocab_size=1,
+    layer_norm_eps=kw["layer_norm_eps"],
+    pad_token_id=kw["pad_id"],
+  )
   model = transformers.Data2VecTextModel(hf_config, add_pooling_layer=False).eval()
-  host = [common.make_batch(args.batch, args.seq, kw["vocab_size"], seed=s,
-                            full_rows=args.full_rows) for s in range(4)]
-  batches = [(torch.from_numpy(b["target"]).long(),
-              torch.from_numpy(b["target"] != kw["pad_id"]).long()) for b in host]
+  host = [
+    common.make_batch(args.batch, args.seq, kw["vocab_size"], seed=s, full_rows=args.full_rows)
+    for s in range(4)
+  ]
+  batches = [
+    (torch.from_numpy(b["target"]).long(), torch.from_numpy(b["target"] != kw["pad_id"]).long())
+    for b in host
+  ]
   holder = {"i": 0}
 
   def one():
@@ -85,11 +110,17 @@ def torch_worker(args) -> dict:
 
   warm = common.timed_loop(one, args.warmup)
   times = common.timed_loop(one, args.steps)
-  return {"framework": "torch", "torch": torch.__version__,
-          "attn_implementation": getattr(model.config, "_attn_implementation", None),
-          "threads": torch.get_num_threads(), "first_call_s": warm[0], "times_s": times,
-          "real_tokens": common.real_tokens(host[0]), "rss_base_mib": rss_base,
-          "peak_rss_mib": common.peak_rss_mib()}
+  return {
+    "framework": "torch",
+    "torch": torch.__version__,
+    "attn_implementation": getattr(model.config, "_attn_implementation", None),
+    "threads": torch.get_num_threads(),
+    "first_call_s": warm[0],
+    "times_s": times,
+    "real_tokens": common.real_tokens(host[0]),
+    "rss_base_mib": rss_base,
+    "peak_rss_mib": common.peak_rss_mib(),
+  }
 
 
 def main(argv=None) -> int:
@@ -113,59 +144,108 @@ def main(argv=None) -> int:
     runs = {"jax": [], "torch": []}
     errors = []
     for r in range(args.rounds):
-      for fw in (("jax", "torch") if r % 2 == 0 else ("torch", "jax")):
-        res = common.run_worker(os.path.abspath(__file__), [
-            "--worker", fw, "--config", config, "--batch", str(args.batch), "--seq",
-            str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--threads", str(args.threads), "--attention_impl", args.attention_impl,
-            "--pin_cores", str(args.pin_cores),
-        ] + ["--full_rows"] * args.full_rows, timeout=args.timeout, malloc=args.malloc)
+      for fw in ("jax", "torch") if r % 2 == 0 else ("torch", "jax"):
+        res = common.run_worker(
+          os.path.abspath(__file__),
+          [
+            "--worker",
+            fw,
+            "--config",
+            config,
+            "--batch",
+            str(args.batch),
+            "--seq",
+            str(args.seq),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--threads",
+            str(args.threads),
+            "--attention_impl",
+            args.attention_impl,
+            "--pin_cores",
+            str(args.pin_cores),
+          ]
+          + ["--full_rows"] * args.full_rows,
+          timeout=args.timeout,
+          malloc=args.malloc,
+        )
         if "error" in res:
           errors.append({"framework": fw, "round": r, **res})
-          print(f"[{config}/{fw}] ERROR {res['error']}\n{res.get('stderr_tail', '')}",
-                file=sys.stderr)
+          print(
+            f"[{config}/{fw}] ERROR {res['error']}\n{res.get('stderr_tail', '')}", file=sys.stderr
+          )
         else:
           runs[fw].append(res)
-          print(f"[{config}/{fw} round {r}] median {common.median(res['times_s']):.4f}s",
-                file=sys.stderr)
-    entry = {"config": config, "model": model_kwargs(config, args.attention_impl),
-             "batch": args.batch, "seq": args.seq, "errors": errors}
+          print(
+            f"[{config}/{fw} round {r}] median {common.median(res['times_s']):.4f}s",
+            file=sys.stderr,
+          )
+    entry = {
+      "config": config,
+      "model": model_kwargs(config, args.attention_impl),
+      "batch": args.batch,
+      "seq": args.seq,
+      "errors": errors,
+    }
     # Token counts: the workers cycle over 4 batches; use the mean real-token count of those.
-    host = [common.make_batch(args.batch, args.seq, common.CONFIGS[config]["vocab_size"], seed=s,
-                              full_rows=args.full_rows) for s in range(4)]
+    host = [
+      common.make_batch(
+        args.batch, args.seq, common.CONFIGS[config]["vocab_size"], seed=s, full_rows=args.full_rows
+      )
+      for s in range(4)
+    ]
     tokens = sum(common.real_tokens(b) for b in host) / len(host)
     for fw, rs in runs.items():
       if rs:
         times = [t for x in rs for t in x["times_s"]]
         med = common.median(times)
-        entry[fw] = {"median_s": med, "tokens_per_s": tokens / med,
-                     "round_medians_s": [common.median(x["times_s"]) for x in rs],
-                     "first_call_s": common.median([x["first_call_s"] for x in rs]),
-                     "peak_rss_mib": max(x["peak_rss_mib"] for x in rs),
-                     "worker_info": {k: v for k, v in rs[0].items()
-                                     if k not in ("times_s", "real_tokens")}}
+        entry[fw] = {
+          "median_s": med,
+          "tokens_per_s": tokens / med,
+          "round_medians_s": [common.median(x["times_s"]) for x in rs],
+          "first_call_s": common.median([x["first_call_s"] for x in rs]),
+          "peak_rss_mib": max(x["peak_rss_mib"] for x in rs),
+          "worker_info": {k: v for k, v in rs[0].items() if k not in ("times_s", "real_tokens")},
+        }
     if "jax" in entry and "torch" in entry:
       entry["ratio_jax_over_torch"] = entry["jax"]["tokens_per_s"] / entry["torch"]["tokens_per_s"]
     results.append(entry)
-    rows.append({"config": config, "BxT": f"{args.batch}x{args.seq}",
-                 "jax_s": entry.get("jax", {}).get("median_s"),
-                 "jax_tok/s": entry.get("jax", {}).get("tokens_per_s"),
-                 "torch_s": entry.get("torch", {}).get("median_s"),
-                 "torch_tok/s": entry.get("torch", {}).get("tokens_per_s"),
-                 "jax/torch": entry.get("ratio_jax_over_torch")})
+    rows.append(
+      {
+        "config": config,
+        "BxT": f"{args.batch}x{args.seq}",
+        "jax_s": entry.get("jax", {}).get("median_s"),
+        "jax_tok/s": entry.get("jax", {}).get("tokens_per_s"),
+        "torch_s": entry.get("torch", {}).get("median_s"),
+        "torch_tok/s": entry.get("torch", {}).get("tokens_per_s"),
+        "jax/torch": entry.get("ratio_jax_over_torch"),
+      }
+    )
   print()
   common.print_table(rows, list(rows[0].keys()))
   if not args.no_record:
     common.append_result(
-        "encode", f"host CPU, {common.available_cores()} cores (JAX CPU backend vs PyTorch "
-        f"eager CPU inference_mode, {args.threads} torch threads"
-        + (f", every worker pinned to {args.pin_cores} core(s))" if args.pin_cores else ")"), results,
-        load_avg_before=load_before, note=args.note,
-        protocol={"rounds": args.rounds, "warmup": args.warmup, "steps": args.steps,
-                  "interleaving": "one subprocess per framework per round, order alternating",
-                  "attention_impl": args.attention_impl, "threads": args.threads,
-                  "pin_cores": args.pin_cores, "malloc": args.malloc},
-        versions=common.library_versions("jax", "jaxlib", "flax", "torch", "transformers"))
+      "encode",
+      f"host CPU, {common.available_cores()} cores (JAX CPU backend vs PyTorch "
+      f"eager CPU inference_mode, {args.threads} torch threads"
+      + (f", every worker pinned to {args.pin_cores} core(s))" if args.pin_cores else ")"),
+      results,
+      load_avg_before=load_before,
+      note=args.note,
+      protocol={
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "interleaving": "one subprocess per framework per round, order alternating",
+        "attention_impl": args.attention_impl,
+        "threads": args.threads,
+        "pin_cores": args.pin_cores,
+        "malloc": args.malloc,
+      },
+      versions=common.library_versions("jax", "jaxlib", "flax", "torch", "transformers"),
+    )
   return 0
 
 

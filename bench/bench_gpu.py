@@ -16,7 +16,7 @@ Rows are full 512-token blocks (fairseq `tokens_per_sample=512`, break mode 'com
 Each (remat, attention dropout, batch) point runs in a fresh subprocess (an OOM cannot poison the
 next point, and the sweep stops at the first OOM of each series). Reported per point: median step
 time, real tokens/s, MFU = model FLOPs/s / peak, with model FLOPs per token from
-`data2vec_jax.train.flops.train_flops_per_token` (docs/DESIGN.md §5, the measured masked fraction) and peak
+`data2vec_jax.model.flops.train_flops_per_token` (docs/DESIGN.md §5, the measured masked fraction) and peak
 from `flops.peak_flops_per_device`; HFU adds the FLOPs the remat policy recomputes (full: one
 more student forward; dots_no_batch: the attention score/value matmuls 4*L*s*d; dots: none of the
 matmuls). Peak device memory from `device.memory_stats()`.
@@ -47,14 +47,13 @@ OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
 
 def detect_gpu(timeout: float = 180.0) -> tuple[bool, str]:
   """(has GPU, description or reason). Runs in a subprocess so a broken driver cannot hang us."""
-  code = ("import jax\n"
-          "ds = jax.devices('gpu')\n"
-          "print('GPU_KINDS', len(ds), ds[0].device_kind)\n")
+  code = "import jax\nds = jax.devices('gpu')\nprint('GPU_KINDS', len(ds), ds[0].device_kind)\n"
   env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
   env.pop("JAX_PLATFORMS", None)
   try:
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = subprocess.run(
+      [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
+    )
   except subprocess.TimeoutExpired:
     return False, f"GPU detection timed out after {timeout:.0f}s"
   for line in proc.stdout.splitlines():
@@ -67,18 +66,26 @@ def detect_gpu(timeout: float = 180.0) -> tuple[bool, str]:
 
 def model_config(args):
   from data2vec_jax.model.config import EncoderConfig
+
   shape = common.CONFIGS["tiny" if args.tiny else "base"]
-  return EncoderConfig(**shape, max_positions=max(514, args.seq + 2), dropout=0.1,
-                       attention_dropout=args.attn_dropout_value, dtype=args.dtype,
-                       param_dtype="float32", attention_impl=args.attention_impl,
-                       remat_policy=args.remat_value)
+  return EncoderConfig(
+    **shape,
+    max_positions=max(514, args.seq + 2),
+    dropout=0.1,
+    attention_dropout=args.attn_dropout_value,
+    dtype=args.dtype,
+    param_dtype="float32",
+    attention_impl=args.attention_impl,
+    remat_policy=args.remat_value,
+  )
 
 
 def recomputed_flops_per_token(cfg, seq: int, pruned_last_block: bool) -> float:
   """Matmul FLOPs the remat policy recomputes in the student backward, per token. The remat
   wraps the scanned blocks: with the pruned last block, that block (run outside the scan) is
   not recomputed."""
-  from data2vec_jax.train import flops
+  from data2vec_jax.model import flops
+
   rematted = cfg.num_layers - 1 if pruned_last_block else cfg.num_layers
   if cfg.remat_policy == "full":
     return flops.encoder_forward_flops_per_token(cfg, seq) * rematted / cfg.num_layers
@@ -91,52 +98,64 @@ def worker(args) -> dict:
   import jax
   import numpy as np
 
-  from data2vec_jax.train import flops
   from data2vec_jax.model import encoder as model_lib
-  from data2vec_jax.train import sharding as sharding_lib
-  from data2vec_jax.train import state as train_state_lib
+  from data2vec_jax.model import flops
   from data2vec_jax.objective.ema import EMAConfig
-  from data2vec_jax.objective.masking import MaskingConfig, max_selected_per_row
   from data2vec_jax.objective.execution import ExecutionPlan
   from data2vec_jax.objective.loss import ObjectiveConfig
+  from data2vec_jax.objective.masking import MaskingConfig, max_selected_per_row
+  from data2vec_jax.train import sharding as sharding_lib
+  from data2vec_jax.train import state as train_state_lib
   from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
 
   device = jax.devices()[0]
   cfg = model_config(args)
   recipe = train_state_lib.Recipe(
-      model=cfg,
-      objective=ObjectiveConfig(
-          average_top_k_layers=min(10, cfg.num_layers),
-          mask_id=common.mask_id_for(cfg.vocab_size)),
-      ema=EMAConfig(),
-      optimizer=OptimizerConfig(lr=2e-4, schedule="constant", warmup_steps=0))
+    model=cfg,
+    objective=ObjectiveConfig(
+      average_top_k_layers=min(10, cfg.num_layers), mask_id=common.mask_id_for(cfg.vocab_size)
+    ),
+    ema=EMAConfig(),
+    optimizer=OptimizerConfig(lr=2e-4, schedule="constant", warmup_steps=0),
+  )
   # The head on the gathered loss positions, as the trainer's 'auto' sizes it; with 'error' (the
   # trainer's 'auto' for an exact masker bound) no fallback branch is compiled and the batches
   # are checked on the host below.
   plan = ExecutionPlan.for_objective(
-      recipe.objective, args.seq,
-      head_positions_per_row=max_selected_per_row(
-          MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq),
-      prune_last_block=not args.no_prune_last_block, head_overflow=args.head_overflow)
+    recipe.objective,
+    args.seq,
+    head_positions_per_row=max_selected_per_row(
+      MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq
+    ),
+    prune_last_block=not args.no_prune_last_block,
+    head_overflow=args.head_overflow,
+  )
   tx = make_optimizer(recipe.optimizer)
   mesh = sharding_lib.make_mesh(1, 1, 1, devices=[device])
-  host = [common.make_batch(args.batch_value, args.seq, cfg.vocab_size, seed=s,
-                            full_rows=not args.pad) for s in range(2)]
+  host = [
+    common.make_batch(args.batch_value, args.seq, cfg.vocab_size, seed=s, full_rows=not args.pad)
+    for s in range(2)
+  ]
   for b in host:
     plan.check_host_batch(b, config=cfg, objective=recipe.objective)
   tokens = [common.real_tokens(b) for b in host]
   masked = [int((b["source"] == common.mask_id_for(cfg.vocab_size)).sum()) for b in host]
   info = {
-      "batch": args.batch_value, "seq": args.seq, "dtype": cfg.dtype,
-      "remat": cfg.remat_policy, "attention_dropout": cfg.attention_dropout,
-      "attention_impl": cfg.attention_impl,
-      "prune_last_block": plan.prune_student_last_block,
-      "head_overflow": plan.head_overflow,
-      "resolved_attention": {
-          "student": model_lib._resolve_attention_impl(cfg, cfg.attention_dropout > 0),
-          "teacher": model_lib._resolve_attention_impl(cfg, False)},
-      "device_kind": device.device_kind, "platform": device.platform,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "batch": args.batch_value,
+    "seq": args.seq,
+    "dtype": cfg.dtype,
+    "remat": cfg.remat_policy,
+    "attention_dropout": cfg.attention_dropout,
+    "attention_impl": cfg.attention_impl,
+    "prune_last_block": plan.prune_student_last_block,
+    "head_overflow": plan.head_overflow,
+    "resolved_attention": {
+      "student": model_lib._resolve_attention_impl(cfg, cfg.attention_dropout > 0),
+      "teacher": model_lib._resolve_attention_impl(cfg, False),
+    },
+    "device_kind": device.device_kind,
+    "platform": device.platform,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   try:
     with sharding_lib.activate(mesh):
@@ -157,15 +176,20 @@ def worker(args) -> dict:
       loss = float(one()["loss"])
   except Exception as e:  # noqa: BLE001 - an OOM is a result of the sweep, anything else an error
     msg = f"{type(e).__name__}: {e}"
-    return {**info, "oom": any(m in msg for m in OOM_MARKERS), "error": msg[:2000],
-            "traceback": traceback.format_exc()[-3000:]}
+    return {
+      **info,
+      "oom": any(m in msg for m in OOM_MARKERS),
+      "error": msg[:2000],
+      "traceback": traceback.format_exc()[-3000:],
+    }
   del first
   med = float(np.median(times))
   tok = float(np.mean(tokens))
   masked_fraction = float(np.sum(masked) / np.sum(tokens))
   flops_tok = plan.flops_per_token(cfg, recipe.objective, masked_fraction=masked_fraction)
-  hw_flops_tok = flops_tok + recomputed_flops_per_token(cfg, args.seq,
-                                                        plan.prune_student_last_block)
+  hw_flops_tok = flops_tok + recomputed_flops_per_token(
+    cfg, args.seq, plan.prune_student_last_block
+  )
   peak = flops.peak_flops_per_device(device)
   tps = tok / med
   stats = {}
@@ -174,15 +198,25 @@ def worker(args) -> dict:
   except Exception:  # noqa: BLE001 - CPU devices may not report
     pass
   return {
-      **info, "oom": False, "median_step_s": med, "min_step_s": float(min(times)),
-      "steps": len(times), "first_call_s": first_s, "compile_s": first_s - med,
-      "real_tokens_per_step": tok, "tokens_per_s": tps, "masked_fraction": masked_fraction,
-      "model_flops_per_token": flops_tok, "hardware_flops_per_token": hw_flops_tok,
-      "model_tflops_per_s": flops_tok * tps / 1e12, "peak_flops": peak,
-      "mfu": (flops_tok * tps / peak) if peak else None,
-      "hfu": (hw_flops_tok * tps / peak) if peak else None,
-      "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
-      "bytes_limit": stats.get("bytes_limit"), "loss": loss,
+    **info,
+    "oom": False,
+    "median_step_s": med,
+    "min_step_s": float(min(times)),
+    "steps": len(times),
+    "first_call_s": first_s,
+    "compile_s": first_s - med,
+    "real_tokens_per_step": tok,
+    "tokens_per_s": tps,
+    "masked_fraction": masked_fraction,
+    "model_flops_per_token": flops_tok,
+    "hardware_flops_per_token": hw_flops_tok,
+    "model_tflops_per_s": flops_tok * tps / 1e12,
+    "peak_flops": peak,
+    "mfu": (flops_tok * tps / peak) if peak else None,
+    "hfu": (hw_flops_tok * tps / peak) if peak else None,
+    "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
+    "bytes_limit": stats.get("bytes_limit"),
+    "loss": loss,
   }
 
 
@@ -199,21 +233,36 @@ def main(argv=None) -> int:
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   p.add_argument("--attention_impl", default="auto", choices=["auto", "xla", "cudnn", "reference"])
-  p.add_argument("--remat", default="none",
-                 help="comma list of remat policies: none,full,dots,dots_no_batch")
-  p.add_argument("--attention_dropout", default="0.1",
-                 help="comma list; 0.1 is the recipe (student then uses the explicit-softmax "
-                      "attention), 0.0 lets the student use cuDNN flash attention too")
+  p.add_argument(
+    "--remat", default="none", help="comma list of remat policies: none,full,dots,dots_no_batch"
+  )
+  p.add_argument(
+    "--attention_dropout",
+    default="0.1",
+    help="comma list; 0.1 is the recipe (student then uses the explicit-softmax "
+    "attention), 0.0 lets the student use cuDNN flash attention too",
+  )
   p.add_argument("--pad", action="store_true", help="variable row lengths instead of full rows")
-  p.add_argument("--no_prune_last_block", action="store_true",
-                 help="run the student's last block at every position (ablation)")
-  p.add_argument("--head_overflow", default="error", choices=["error", "fallback"],
-                 help="'error' (the trainer's choice for an exact masker bound) compiles no "
-                      "every-position fallback; 'fallback' adds the lax.cond (ablation)")
+  p.add_argument(
+    "--no_prune_last_block",
+    action="store_true",
+    help="run the student's last block at every position (ablation)",
+  )
+  p.add_argument(
+    "--head_overflow",
+    default="error",
+    choices=["error", "fallback"],
+    help="'error' (the trainer's choice for an exact masker bound) compiles no "
+    "every-position fallback; 'fallback' adds the lax.cond (ablation)",
+  )
   p.add_argument("--xla_flags", default="recommended", choices=["recommended", "none"])
   p.add_argument("--timeout", type=float, default=900, help="seconds per sweep point")
-  p.add_argument("--allow-cpu", dest="allow_cpu", action="store_true",
-                 help="run on CPU when no GPU is present (smoke test of the code path)")
+  p.add_argument(
+    "--allow-cpu",
+    dest="allow_cpu",
+    action="store_true",
+    help="run on CPU when no GPU is present (smoke test of the code path)",
+  )
   p.add_argument("--tiny", action="store_true", help="tiny model (2 x 64): smoke test")
   p.add_argument("--no_record", action="store_true")
   p.add_argument("--note", default="")
@@ -231,8 +280,11 @@ def main(argv=None) -> int:
 
   has_gpu, desc = detect_gpu()
   if not has_gpu and not args.allow_cpu:
-    print(f"no GPU: {desc}. This benchmark needs a CUDA GPU with jax[cuda] installed; "
-          f"use --allow-cpu --tiny for a CPU smoke run of the same code path.", file=sys.stderr)
+    print(
+      f"no GPU: {desc}. This benchmark needs a CUDA GPU with jax[cuda] installed; "
+      f"use --allow-cpu --tiny for a CPU smoke run of the same code path.",
+      file=sys.stderr,
+    )
     return 2
   env = dict(os.environ)
   if has_gpu:
@@ -244,58 +296,110 @@ def main(argv=None) -> int:
   if args.xla_flags == "recommended":
     # On CPU the GPU flags are parsed too (and must be valid), so the smoke run checks them.
     from data2vec_jax.speed import xla_flags  # no jax import
+
     env = xla_flags.with_flags(xla_flags.GPU_FLAGS, env)
   print(f"device: {desc}", file=sys.stderr)
 
   explicit = csv(args.batch, int)
-  sweep = explicit or [b for b in (2 ** i for i in range(3, 20)) if b <= args.max_batch]
+  sweep = explicit or [b for b in (2**i for i in range(3, 20)) if b <= args.max_batch]
   if args.tiny and not explicit:
     sweep = [2, 4]
   results, rows = [], []
   for remat in csv(args.remat):
     for attn_dropout in csv(args.attention_dropout, float):
       for batch in sweep:
-        worker_args = [
-            "--worker", "--batch_value", str(batch), "--remat_value", remat,
-            "--attn_dropout_value", str(attn_dropout), "--seq", str(args.seq),
-            "--steps", str(args.steps), "--warmup", str(args.warmup), "--dtype", args.dtype,
-            "--attention_impl", args.attention_impl] + ["--tiny"] * args.tiny + \
-            ["--pad"] * args.pad + ["--no_prune_last_block"] * args.no_prune_last_block + \
-            ["--head_overflow", args.head_overflow]
-        res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout,
-                                env=env)
+        worker_args = (
+          [
+            "--worker",
+            "--batch_value",
+            str(batch),
+            "--remat_value",
+            remat,
+            "--attn_dropout_value",
+            str(attn_dropout),
+            "--seq",
+            str(args.seq),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--dtype",
+            args.dtype,
+            "--attention_impl",
+            args.attention_impl,
+          ]
+          + ["--tiny"] * args.tiny
+          + ["--pad"] * args.pad
+          + ["--no_prune_last_block"] * args.no_prune_last_block
+          + ["--head_overflow", args.head_overflow]
+        )
+        res = common.run_worker(
+          os.path.abspath(__file__), worker_args, timeout=args.timeout, env=env
+        )
         res.setdefault("batch", batch)
         res.setdefault("remat", remat)
         res.setdefault("attention_dropout", attn_dropout)
         results.append(res)
         if res.get("error"):
           kind = "OOM" if res.get("oom") else "ERROR"
-          print(f"[remat={remat} attn_dropout={attn_dropout} batch={batch}] {kind}: "
-                f"{res['error'][:500]}", file=sys.stderr)
+          print(
+            f"[remat={remat} attn_dropout={attn_dropout} batch={batch}] {kind}: "
+            f"{res['error'][:500]}",
+            file=sys.stderr,
+          )
           if not res.get("oom"):
             print(res.get("traceback") or res.get("stderr_tail", ""), file=sys.stderr)
           break  # larger batches of this series will not fit either
-        rows.append({k: res.get(k) for k in (
-            "remat", "attention_dropout", "batch", "median_step_s", "tokens_per_s", "mfu",
-            "hfu", "compile_s")} | {
-            "peak_GiB": (res["peak_bytes_in_use"] / 2**30) if res.get("peak_bytes_in_use")
+        rows.append(
+          {
+            k: res.get(k)
+            for k in (
+              "remat",
+              "attention_dropout",
+              "batch",
+              "median_step_s",
+              "tokens_per_s",
+              "mfu",
+              "hfu",
+              "compile_s",
+            )
+          }
+          | {
+            "peak_GiB": (res["peak_bytes_in_use"] / 2**30)
+            if res.get("peak_bytes_in_use")
             else None,
-            "attn(student/teacher)": "{student}/{teacher}".format(**res["resolved_attention"])})
-        print(f"[remat={remat} attn_dropout={attn_dropout} batch={batch}] "
-              f"{res['median_step_s']:.4f}s {res['tokens_per_s']:.0f} tok/s "
-              f"MFU {res['mfu'] if res['mfu'] is not None else '-'}", file=sys.stderr)
+            "attn(student/teacher)": "{student}/{teacher}".format(**res["resolved_attention"]),
+          }
+        )
+        print(
+          f"[remat={remat} attn_dropout={attn_dropout} batch={batch}] "
+          f"{res['median_step_s']:.4f}s {res['tokens_per_s']:.0f} tok/s "
+          f"MFU {res['mfu'] if res['mfu'] is not None else '-'}",
+          file=sys.stderr,
+        )
   if rows:
     print()
     common.print_table(rows, list(rows[0].keys()))
   ok = [r for r in results if not r.get("error")]
   if not args.no_record:
     common.append_result(
-        "gpu_train_step", desc, results, note=args.note,
-        protocol={"seq": args.seq, "dtype": args.dtype, "steps": args.steps,
-                  "warmup": args.warmup, "xla_flags": env.get("XLA_FLAGS", ""),
-                  "model": "tiny" if args.tiny else "base", "full_rows": not args.pad},
-        versions=common.library_versions("jax", "jaxlib", "jax-cuda12-plugin",
-                                         "jax-cuda13-plugin", "flax", "optax"))
+      "gpu_train_step",
+      desc,
+      results,
+      note=args.note,
+      protocol={
+        "seq": args.seq,
+        "dtype": args.dtype,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "xla_flags": env.get("XLA_FLAGS", ""),
+        "model": "tiny" if args.tiny else "base",
+        "full_rows": not args.pad,
+      },
+      versions=common.library_versions(
+        "jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax"
+      ),
+    )
   if not ok:
     print("no sweep point succeeded", file=sys.stderr)
     return 1

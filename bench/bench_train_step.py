@@ -51,16 +51,25 @@ EMA_DECAY = 0.999
 
 def model_kwargs(config: str, overrides: dict) -> dict:
   # scan_unroll = num_layers: fully unrolled blocks, as configs/pretrain.py trains (torch ignores it).
-  kw = dict(common.CONFIGS[config], max_positions=514, pad_id=1, layer_norm_eps=1e-5,
-            dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
-            scan_unroll=common.CONFIGS[config]["num_layers"])
+  kw = dict(
+    common.CONFIGS[config],
+    max_positions=514,
+    pad_id=1,
+    layer_norm_eps=1e-5,
+    dropout=0.1,
+    attention_dropout=0.1,
+    activation_dropout=0.0,
+    scan_unroll=common.CONFIGS[config]["num_layers"],
+  )
   kw.update(overrides)
   return kw
 
 
 def batches_for(args, vocab_size: int) -> list:
-  return [common.make_batch(args.batch, args.seq, vocab_size, seed=s, full_rows=args.full_rows)
-          for s in range(4)]
+  return [
+    common.make_batch(args.batch, args.seq, vocab_size, seed=s, full_rows=args.full_rows)
+    for s in range(4)
+  ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,42 +79,60 @@ def batches_for(args, vocab_size: int) -> list:
 def jax_worker(args, overrides: dict) -> dict:
   import jax
 
-  from data2vec_jax.train import sharding as sharding_lib
-  from data2vec_jax.train import state as train_state_lib
-  from data2vec_jax.objective.ema import EMAConfig
-  from data2vec_jax.objective.masking import MaskingConfig, max_selected_per_row
   from data2vec_jax.model.config import EncoderConfig
+  from data2vec_jax.objective.ema import EMAConfig
   from data2vec_jax.objective.execution import ExecutionPlan, real_tokens
   from data2vec_jax.objective.loss import ObjectiveConfig
+  from data2vec_jax.objective.masking import MaskingConfig, max_selected_per_row
+  from data2vec_jax.train import sharding as sharding_lib
+  from data2vec_jax.train import state as train_state_lib
   from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
 
   rss_base = common.current_rss_mib()
   cfg = EncoderConfig(**model_kwargs(args.config, overrides))
   recipe = train_state_lib.Recipe(
-      model=cfg,
-      objective=ObjectiveConfig(
-          average_top_k_layers=min(K_MAX, cfg.num_layers), loss_beta=LOSS_BETA,
-          mask_id=common.mask_id_for(cfg.vocab_size)),
-      ema=EMAConfig(ema_decay=EMA_DECAY, ema_end_decay=0.9999, ema_anneal_end_step=300000),
-      optimizer=OptimizerConfig(lr=LR, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01,
-                                clip_norm=CLIP, schedule="constant", warmup_steps=0))
+    model=cfg,
+    objective=ObjectiveConfig(
+      average_top_k_layers=min(K_MAX, cfg.num_layers),
+      loss_beta=LOSS_BETA,
+      mask_id=common.mask_id_for(cfg.vocab_size),
+    ),
+    ema=EMAConfig(ema_decay=EMA_DECAY, ema_end_decay=0.9999, ema_anneal_end_step=300000),
+    optimizer=OptimizerConfig(
+      lr=LR,
+      b1=0.9,
+      b2=0.98,
+      eps=1e-6,
+      weight_decay=0.01,
+      clip_norm=CLIP,
+      schedule="constant",
+      warmup_steps=0,
+    ),
+  )
   # The head on the gathered loss positions, as the trainer's 'auto' sizes it (the PyTorch step
   # indexes x[masked] likewise); with 'error' (the trainer's 'auto' for an exact masker bound)
   # no fallback branch is compiled and the batches are checked on the host below.
   plan = ExecutionPlan.for_objective(
-      recipe.objective, args.seq,
-      head_positions_per_row=max_selected_per_row(
-          MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq),
-      prune_last_block=not args.no_prune_last_block, head_overflow=args.head_overflow,
-      pack_tokens=args.pack_buckets > 0, pack_buckets=max(args.pack_buckets, 1))
+    recipe.objective,
+    args.seq,
+    head_positions_per_row=max_selected_per_row(
+      MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq
+    ),
+    prune_last_block=not args.no_prune_last_block,
+    head_overflow=args.head_overflow,
+    pack_tokens=args.pack_buckets > 0,
+    pack_buckets=max(args.pack_buckets, 1),
+  )
   tx = make_optimizer(recipe.optimizer)
   mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   host_batches = batches_for(args, cfg.vocab_size)
   for b in host_batches:
     plan.check_host_batch(b, config=cfg, objective=recipe.objective)
   # As the trainer packs each batch (one group: one device).
-  packings = [plan.packing_for_batch(b, real_tokens(b, cfg.pad_id).sum(axis=1),
-                                     pad_id=cfg.pad_id, groups=1) for b in host_batches]
+  packings = [
+    plan.packing_for_batch(b, real_tokens(b, cfg.pad_id).sum(axis=1), pad_id=cfg.pad_id, groups=1)
+    for b in host_batches
+  ]
   with sharding_lib.activate(mesh):
     step, state, batches = common.jax_train_setup(recipe, plan, tx, mesh, host_batches)
     jax.block_until_ready((state, batches))
@@ -124,18 +151,25 @@ def jax_worker(args, overrides: dict) -> dict:
     warm = common.timed_loop(one, n_warm)
     times = common.timed_loop(one, args.steps)
   return {
-      "framework": "jax", "jax": jax.__version__, "backend": jax.default_backend(),
-      "first_call_s": warm[0], "warmup_s": warm, "times_s": times,
-      "real_tokens": [common.real_tokens(host_batches[(n_warm + i) % len(host_batches)])
-                      for i in range(args.steps)],
-      "losses": holder["loss"], "rss_base_mib": rss_base, "peak_rss_mib": common.peak_rss_mib(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "head_positions_per_row": plan.head_positions_per_row,
-      "prune_last_block": plan.prune_student_last_block,
-      "head_overflow": plan.head_overflow,
-      "head_gathered_last_step": holder.get("head_gathered"),
-      "pack_buckets": args.pack_buckets,
-      "packed_capacities": [None if p is None else p.capacity for p in packings],
+    "framework": "jax",
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "first_call_s": warm[0],
+    "warmup_s": warm,
+    "times_s": times,
+    "real_tokens": [
+      common.real_tokens(host_batches[(n_warm + i) % len(host_batches)]) for i in range(args.steps)
+    ],
+    "losses": holder["loss"],
+    "rss_base_mib": rss_base,
+    "peak_rss_mib": common.peak_rss_mib(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "head_positions_per_row": plan.head_positions_per_row,
+    "prune_last_block": plan.prune_student_last_block,
+    "head_overflow": plan.head_overflow,
+    "head_gathered_last_step": holder.get("head_gathered"),
+    "pack_buckets": args.pack_buckets,
+    "packed_capacities": [None if p is None else p.capacity for p in packings],
   }
 
 
@@ -159,12 +193,19 @@ def torch_worker(args, overrides: dict) -> dict:
   rss_base = common.current_rss_mib()
   kw = model_kwargs(args.config, overrides)
   hf_config = transformers.Data2VecTextConfig(
-      vocab_size=kw["vocab_size"], hidden_size=kw["hidden_size"],
-      num_hidden_layers=kw["num_layers"], num_attention_heads=kw["num_heads"],
-      intermediate_size=kw["intermediate_size"], hidden_act="gelu",
-      hidden_dropout_prob=kw["dropout"], attention_probs_dropout_prob=kw["attention_dropout"],
-      max_position_embeddings=kw["max_positions"], type_vocab_size=1,
-      layer_norm_eps=kw["layer_norm_eps"], pad_token_id=kw["pad_id"])
+    vocab_size=kw["vocab_size"],
+    hidden_size=kw["hidden_size"],
+    num_hidden_layers=kw["num_layers"],
+    num_attention_heads=kw["num_heads"],
+    intermediate_size=kw["intermediate_size"],
+    hidden_act="gelu",
+    hidden_dropout_prob=kw["dropout"],
+    attention_probs_dropout_prob=kw["attention_dropout"],
+    max_position_embeddings=kw["max_positions"],
+    type_vocab_size=1,
+    layer_norm_eps=kw["layer_norm_eps"],
+    pad_token_id=kw["pad_id"],
+  )
   d = kw["hidden_size"]
   k = min(K_MAX, kw["num_layers"])
   mask_id = common.mask_id_for(kw["vocab_size"])
@@ -173,8 +214,9 @@ def torch_worker(args, overrides: dict) -> dict:
     def __init__(self):
       super().__init__()
       self.encoder = transformers.Data2VecTextModel(hf_config, add_pooling_layer=False)
-      self.head = torch.nn.Sequential(torch.nn.Linear(d, 2 * d), torch.nn.GELU(),
-                                      torch.nn.Linear(2 * d, d))
+      self.head = torch.nn.Sequential(
+        torch.nn.Linear(d, 2 * d), torch.nn.GELU(), torch.nn.Linear(2 * d, d)
+      )
 
   student = Student()
   teacher = copy.deepcopy(student.encoder)
@@ -183,8 +225,10 @@ def torch_worker(args, overrides: dict) -> dict:
   features: list = []
   for layer in teacher.encoder.layer:
     layer.output.dense.register_forward_hook(lambda m, i, o: features.append(o))
-  pairs = [(name, t, s) for (name, t), (_, s) in zip(teacher.named_parameters(),
-                                                     student.encoder.named_parameters())]
+  pairs = [
+    (name, t, s)
+    for (name, t), (_, s) in zip(teacher.named_parameters(), student.encoder.named_parameters())
+  ]
   ema_layers = [(t, s) for name, t, s in pairs if not name.startswith("embeddings.")]
   ema_embed = [(t, s) for name, t, s in pairs if name.startswith("embeddings.")]
   opt_kwargs = dict(lr=LR, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
@@ -230,13 +274,22 @@ def torch_worker(args, overrides: dict) -> dict:
   warm = common.timed_loop(one, args.warmup)
   times = common.timed_loop(one, args.steps)
   return {
-      "framework": "torch", "torch": torch.__version__, "transformers": transformers.__version__,
-      "attn_implementation": getattr(student.encoder.config, "_attn_implementation", None),
-      "adamw": opt_impl, "threads": torch.get_num_threads(),
-      "first_call_s": warm[0], "warmup_s": warm, "times_s": times,
-      "real_tokens": [common.real_tokens(host_batches[(args.warmup + i) % len(host_batches)])
-                      for i in range(args.steps)],
-      "losses": holder["loss"], "rss_base_mib": rss_base, "peak_rss_mib": common.peak_rss_mib(),
+    "framework": "torch",
+    "torch": torch.__version__,
+    "transformers": transformers.__version__,
+    "attn_implementation": getattr(student.encoder.config, "_attn_implementation", None),
+    "adamw": opt_impl,
+    "threads": torch.get_num_threads(),
+    "first_call_s": warm[0],
+    "warmup_s": warm,
+    "times_s": times,
+    "real_tokens": [
+      common.real_tokens(host_batches[(args.warmup + i) % len(host_batches)])
+      for i in range(args.steps)
+    ],
+    "losses": holder["loss"],
+    "rss_base_mib": rss_base,
+    "peak_rss_mib": common.peak_rss_mib(),
   }
 
 
@@ -249,14 +302,16 @@ def summarize(runs: list[dict]) -> dict:
   tokens = [n for r in runs for n in r["real_tokens"]]
   med = common.median(times)
   out = {
-      "median_step_s": med,
-      "tokens_per_s": common.median(tokens) / med,
-      "round_medians_s": [common.median(r["times_s"]) for r in runs],
-      "min_step_s": min(times), "max_step_s": max(times), "timed_steps": len(times),
-      "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
-      "rss_base_mib": max(r["rss_base_mib"] for r in runs),
-      "first_call_s": common.median([r["first_call_s"] for r in runs]),
-      "final_loss": runs[-1]["losses"][-1],
+    "median_step_s": med,
+    "tokens_per_s": common.median(tokens) / med,
+    "round_medians_s": [common.median(r["times_s"]) for r in runs],
+    "min_step_s": min(times),
+    "max_step_s": max(times),
+    "timed_steps": len(times),
+    "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+    "rss_base_mib": max(r["rss_base_mib"] for r in runs),
+    "first_call_s": common.median([r["first_call_s"] for r in runs]),
+    "final_loss": runs[-1]["losses"][-1],
   }
   return out
 
@@ -281,17 +336,32 @@ def main(argv=None) -> int:
   p.add_argument("--warmup", type=int, default=2, help="untimed steps per worker (>= 1)")
   p.add_argument("--frameworks", default="jax,torch")
   p.add_argument("--full_rows", action="store_true", help="no padding (all rows full)")
-  p.add_argument("--override", action="append", default=[],
-                 help="EncoderConfig field=value applied to both frameworks, e.g. dropout=0")
-  p.add_argument("--no_prune_last_block", action="store_true",
-                 help="JAX: run the student's last block at every position (ablation; the "
-                      "default runs it at the gathered loss positions only, like the head)")
-  p.add_argument("--head_overflow", default="error", choices=["error", "fallback"],
-                 help="JAX: 'error' (the trainer's choice for an exact masker bound) compiles no "
-                      "every-position fallback; 'fallback' adds the lax.cond (ablation)")
-  p.add_argument("--pack_buckets", type=int, default=16,
-                 help="JAX: token packing as the trainer's execution.pack_buckets (default 16); 0 "
-                      "runs the padded batch (ablation)")
+  p.add_argument(
+    "--override",
+    action="append",
+    default=[],
+    help="EncoderConfig field=value applied to both frameworks, e.g. dropout=0",
+  )
+  p.add_argument(
+    "--no_prune_last_block",
+    action="store_true",
+    help="JAX: run the student's last block at every position (ablation; the "
+    "default runs it at the gathered loss positions only, like the head)",
+  )
+  p.add_argument(
+    "--head_overflow",
+    default="error",
+    choices=["error", "fallback"],
+    help="JAX: 'error' (the trainer's choice for an exact masker bound) compiles no "
+    "every-position fallback; 'fallback' adds the lax.cond (ablation)",
+  )
+  p.add_argument(
+    "--pack_buckets",
+    type=int,
+    default=16,
+    help="JAX: token packing as the trainer's execution.pack_buckets (default 16); 0 "
+    "runs the padded batch (ablation)",
+  )
   common.add_protocol_flags(p, timeout=1800)
   args = common.parse_protocol_args(p, argv)
   overrides = parse_overrides(args.override)
@@ -309,34 +379,61 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
       order = frameworks if r % 2 == 0 else frameworks[::-1]
       for fw in order:
-        worker_args = ["--worker", fw, "--config", config, "--batch", str(args.batch),
-                       "--seq", str(args.seq), "--steps", str(args.steps),
-                       "--warmup", str(args.warmup), "--threads", str(args.threads),
-                       "--pin_cores", str(args.pin_cores)]
+        worker_args = [
+          "--worker",
+          fw,
+          "--config",
+          config,
+          "--batch",
+          str(args.batch),
+          "--seq",
+          str(args.seq),
+          "--steps",
+          str(args.steps),
+          "--warmup",
+          str(args.warmup),
+          "--threads",
+          str(args.threads),
+          "--pin_cores",
+          str(args.pin_cores),
+        ]
         worker_args += ["--full_rows"] * args.full_rows
         worker_args += ["--no_prune_last_block"] * args.no_prune_last_block
         worker_args += ["--head_overflow", args.head_overflow]
         worker_args += ["--pack_buckets", str(args.pack_buckets)]
         for o in args.override:
           worker_args += ["--override", o]
-        res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout,
-                                malloc=args.malloc)
+        res = common.run_worker(
+          os.path.abspath(__file__), worker_args, timeout=args.timeout, malloc=args.malloc
+        )
         if "error" in res:
           errors.append({"framework": fw, "round": r, **res})
-          print(f"[{config}/{fw} round {r}] ERROR: {res['error']}\n{res.get('stderr_tail', '')}",
-                file=sys.stderr)
+          print(
+            f"[{config}/{fw} round {r}] ERROR: {res['error']}\n{res.get('stderr_tail', '')}",
+            file=sys.stderr,
+          )
         else:
           runs[fw].append(res)
-          print(f"[{config}/{fw} round {r}] median {common.median(res['times_s']):.4f}s "
-                f"first {res['first_call_s']:.2f}s peak RSS {res['peak_rss_mib']:.0f} MiB",
-                file=sys.stderr)
-    entry = {"config": config, "model": model_kwargs(config, overrides), "batch": args.batch,
-             "seq": args.seq, "errors": errors}
+          print(
+            f"[{config}/{fw} round {r}] median {common.median(res['times_s']):.4f}s "
+            f"first {res['first_call_s']:.2f}s peak RSS {res['peak_rss_mib']:.0f} MiB",
+            file=sys.stderr,
+          )
+    entry = {
+      "config": config,
+      "model": model_kwargs(config, overrides),
+      "batch": args.batch,
+      "seq": args.seq,
+      "errors": errors,
+    }
     for fw in frameworks:
       if runs[fw]:
         entry[fw] = summarize(runs[fw])
-        entry[fw]["worker_info"] = {k: v for k, v in runs[fw][0].items()
-                                    if k not in ("times_s", "warmup_s", "real_tokens", "losses")}
+        entry[fw]["worker_info"] = {
+          k: v
+          for k, v in runs[fw][0].items()
+          if k not in ("times_s", "warmup_s", "real_tokens", "losses")
+        }
     if "jax" in entry:
       entry["jax"]["compile_s"] = entry["jax"]["first_call_s"] - entry["jax"]["median_step_s"]
     if "jax" in entry and "torch" in entry:
@@ -356,16 +453,25 @@ def main(argv=None) -> int:
   common.print_table(rows, list(rows[0].keys()) if rows else [])
   if not args.no_record:
     common.append_result(
-        "train_step", f"host CPU, {common.available_cores()} cores (JAX CPU backend vs PyTorch "
-        f"eager CPU, {args.threads} torch threads"
-        + (f", every worker pinned to {args.pin_cores} core(s))" if args.pin_cores else ")"), results,
-        load_avg_before=load_before, note=args.note,
-        protocol={"rounds": args.rounds, "warmup": args.warmup, "steps": args.steps,
-                  "interleaving": "one subprocess per framework per round, order alternating",
-                  "threads": args.threads, "pin_cores": args.pin_cores, "malloc": args.malloc,
-                  "overrides": overrides},
-        versions=common.library_versions("jax", "jaxlib", "flax", "optax", "torch",
-                                         "transformers"))
+      "train_step",
+      f"host CPU, {common.available_cores()} cores (JAX CPU backend vs PyTorch "
+      f"eager CPU, {args.threads} torch threads"
+      + (f", every worker pinned to {args.pin_cores} core(s))" if args.pin_cores else ")"),
+      results,
+      load_avg_before=load_before,
+      note=args.note,
+      protocol={
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "steps": args.steps,
+        "interleaving": "one subprocess per framework per round, order alternating",
+        "threads": args.threads,
+        "pin_cores": args.pin_cores,
+        "malloc": args.malloc,
+        "overrides": overrides,
+      },
+      versions=common.library_versions("jax", "jaxlib", "flax", "optax", "torch", "transformers"),
+    )
   return 0
 
 

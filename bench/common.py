@@ -46,11 +46,11 @@ def load_avg() -> list[float]:
 
 def machine_info() -> dict[str, Any]:
   info = {
-      "hostname": platform.node(),
-      "platform": platform.platform(),
-      "processor": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(),
-      "python": platform.python_version(),
+    "hostname": platform.node(),
+    "platform": platform.platform(),
+    "processor": platform.processor() or platform.machine(),
+    "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
   }
   try:
     info["cpu_affinity"] = len(os.sched_getaffinity(0))
@@ -84,19 +84,24 @@ def pin_to_cores(n: int) -> None:
 
 def git_commit() -> tuple[str, bool]:
   """(HEAD commit, whether the work tree has uncommitted changes)."""
+
   def git(*args):
-    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=30).stdout.strip()
+    return subprocess.run(
+      ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
+    ).stdout.strip()
+
   try:
     # The results file itself changes with every run; it is not code under measurement.
-    return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--untracked-files=no",
-                                              "--", ".", ":!bench/results.jsonl"))
+    return git("rev-parse", "HEAD"), bool(
+      git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results.jsonl")
+    )
   except (OSError, subprocess.SubprocessError):
     return "unknown", False
 
 
 def library_versions(*names: str) -> dict[str, str]:
   from importlib import metadata
+
   out = {}
   for name in names:
     try:
@@ -110,17 +115,17 @@ def append_result(bench: str, device: str, results: Any, **extra: Any) -> dict[s
   """Appends one JSON line to bench/results.jsonl and returns the record."""
   commit, dirty = git_commit()
   record = {
-      "bench": bench,
-      "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(
-          sys.argv[0], REPO_ROOT)] + sys.argv[1:]),
-      "git_commit": commit,
-      "git_dirty": dirty,
-      "machine": machine_info(),
-      "device": device,
-      "load_avg": load_avg(),
-      "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-      **extra,
-      "results": results,
+    "bench": bench,
+    "command": "python "
+    + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO_ROOT)] + sys.argv[1:]),
+    "git_commit": commit,
+    "git_dirty": dirty,
+    "machine": machine_info(),
+    "device": device,
+    "load_avg": load_avg(),
+    "time_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    **extra,
+    "results": results,
   }
   with open(RESULTS_PATH, "a") as f:
     f.write(json.dumps(record) + "\n")
@@ -132,9 +137,11 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     if isinstance(v, float):
       return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.0f}"
     return "-" if v is None else str(v)
+
   cells = [[fmt(r.get(c)) for c in columns] for r in rows]
-  widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
-            for i, c in enumerate(columns)]
+  widths = [
+    max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)
+  ]
   print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
   for row in cells:
     print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
@@ -175,8 +182,14 @@ def emit(result: dict[str, Any]) -> None:
 MALLOC_MODES = ("tuned", "default")
 
 
-def run_worker(script: str, args: Iterable[str], *, timeout: float,
-               env: dict[str, str] | None = None, malloc: str = "tuned") -> dict[str, Any]:
+def run_worker(
+  script: str,
+  args: Iterable[str],
+  *,
+  timeout: float,
+  env: dict[str, str] | None = None,
+  malloc: str = "tuned",
+) -> dict[str, Any]:
   """Runs `python script args` and returns the JSON it emitted ({'error': ...} on failure).
 
   malloc: 'tuned' starts the worker with `host_malloc.tuned_environ()` (what train.py runs
@@ -192,16 +205,20 @@ def run_worker(script: str, args: Iterable[str], *, timeout: float,
     env = host_malloc.tuned_environ(env)
   env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
   try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=REPO_ROOT)
+    proc = subprocess.run(
+      cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT
+    )
   except subprocess.TimeoutExpired:
     return {"error": f"timeout after {timeout:.0f}s", "cmd": " ".join(cmd)}
   for line in reversed(proc.stdout.splitlines()):
     if line.startswith(WORKER_PREFIX):
-      return json.loads(line[len(WORKER_PREFIX):])
+      return json.loads(line[len(WORKER_PREFIX) :])
   tail = (proc.stderr or proc.stdout)[-3000:]
-  return {"error": f"worker exited {proc.returncode} without a result", "stderr_tail": tail,
-          "cmd": " ".join(cmd)}
+  return {
+    "error": f"worker exited {proc.returncode} without a result",
+    "stderr_tail": tail,
+    "cmd": " ".join(cmd),
+  }
 
 
 def median(xs: Sequence[float]) -> float:
@@ -210,8 +227,12 @@ def median(xs: Sequence[float]) -> float:
 
 def summarize_times(times: Sequence[float]) -> dict[str, float]:
   a = np.asarray(times, np.float64)
-  return {"median_s": float(np.median(a)), "min_s": float(a.min()), "max_s": float(a.max()),
-          "n": int(a.size)}
+  return {
+    "median_s": float(np.median(a)),
+    "min_s": float(a.min()),
+    "max_s": float(a.max()),
+    "n": int(a.size),
+  }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,12 +243,13 @@ MASK_ID_SMALL_VOCAB = 999
 # name -> EncoderConfig overrides. vocab: tiny keeps tiny_config's 1000 rows; small and base use
 # the released dictionary (50265), so embedding gradients and their AdamW update are realistic.
 CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": dict(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4,
-                 intermediate_size=128),
-    "small": dict(vocab_size=50265, hidden_size=256, num_layers=4, num_heads=4,
-                  intermediate_size=1024),
-    "base": dict(vocab_size=50265, hidden_size=768, num_layers=12, num_heads=12,
-                 intermediate_size=3072),
+  "tiny": dict(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
+  "small": dict(
+    vocab_size=50265, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024
+  ),
+  "base": dict(
+    vocab_size=50265, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072
+  ),
 }
 
 
@@ -238,9 +260,16 @@ def mask_id_for(vocab_size: int) -> int:
 MASK_PROB = 0.3  # fraction of a row's inner tokens replaced by <mask> in the CPU benchmarks
 
 
-def make_batch(rows: int, length: int, vocab_size: int, seed: int = 0, *,
-               full_rows: bool = False, mask_prob: float = MASK_PROB, pad_id: int = 1
-               ) -> dict[str, np.ndarray]:
+def make_batch(
+  rows: int,
+  length: int,
+  vocab_size: int,
+  seed: int = 0,
+  *,
+  full_rows: bool = False,
+  mask_prob: float = MASK_PROB,
+  pad_id: int = 1,
+) -> dict[str, np.ndarray]:
   """Right-padded rows (<s> ... </s>, pads = pad_id), lengths uniform in [length/2, length] (or
   all full with `full_rows`); in each row `int(mask_prob * n + U(0,1))` (at least 1) of the n - 2
   inner tokens replaced by <mask> (= the loss positions), fairseq's count rule for token
@@ -273,20 +302,30 @@ def add_protocol_flags(parser: Any, *, timeout: float) -> None:
   import argparse
 
   parser.add_argument("--rounds", type=int, default=2)
-  parser.add_argument("--threads", type=int, default=None,
-                      help="torch intra/inter-op threads (default: available cores; XLA:CPU "
-                           "always sizes its pool to the available cores)")
+  parser.add_argument(
+    "--threads",
+    type=int,
+    default=None,
+    help="torch intra/inter-op threads (default: available cores; XLA:CPU "
+    "always sizes its pool to the available cores)",
+  )
   parser.add_argument("--timeout", type=float, default=timeout)
   parser.add_argument("--no_record", action="store_true", help="do not append to results.jsonl")
   parser.add_argument("--note", default="")
   parser.add_argument(
-      "--pin_cores", type=int, default=0,
-      help="pin every worker to the first N cores (sched_setaffinity, before the framework "
-           "starts: XLA:CPU sizes its pool from the affinity mask) and use N torch threads; "
-           "makes runs far less sensitive to other load")
-  parser.add_argument("--malloc", choices=MALLOC_MODES, default="tuned",
-                      help="worker malloc settings, both frameworks alike "
-                           "(data2vec_jax/speed/host_malloc.py)")
+    "--pin_cores",
+    type=int,
+    default=0,
+    help="pin every worker to the first N cores (sched_setaffinity, before the framework "
+    "starts: XLA:CPU sizes its pool from the affinity mask) and use N torch threads; "
+    "makes runs far less sensitive to other load",
+  )
+  parser.add_argument(
+    "--malloc",
+    choices=MALLOC_MODES,
+    default="tuned",
+    help="worker malloc settings, both frameworks alike (data2vec_jax/speed/host_malloc.py)",
+  )
   parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
   parser.add_argument("--config", help=argparse.SUPPRESS)
 
@@ -305,8 +344,9 @@ def parse_protocol_args(parser: Any, argv: Sequence[str] | None) -> Any:
   return args
 
 
-def jax_train_setup(recipe: Any, plan: Any, tx: Any, mesh: Any,
-                    host_batches: Sequence[dict]) -> tuple:
+def jax_train_setup(
+  recipe: Any, plan: Any, tx: Any, mesh: Any, host_batches: Sequence[dict]
+) -> tuple:
   """(jitted train step, initial state, device batches) on `mesh`: exactly the trainer's step.
 
   Call inside `with sharding.activate(mesh):`.
@@ -314,12 +354,11 @@ def jax_train_setup(recipe: Any, plan: Any, tx: Any, mesh: Any,
   import jax
 
   from data2vec_jax.train import sharding as sharding_lib
-  from data2vec_jax.train import state as train_state_lib
   from data2vec_jax.train import step as train_step_lib
 
-  _, shardings = train_state_lib.state_shardings(recipe, tx, mesh)
-  state = train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(0), mesh)
-  step = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
-  batches = [{k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in b.items()}
-             for b in host_batches]
+  state, step = train_step_lib.new_state_and_step(recipe, plan, tx, mesh, jax.random.PRNGKey(0))
+  batches = [
+    {k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in b.items()}
+    for b in host_batches
+  ]
   return step, state, batches

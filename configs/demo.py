@@ -16,15 +16,34 @@ from configs import pretrain
 def get_config(arg: str | None = None):
   args = pretrain.parse_arg(arg, {"steps": "200"})
   c = pretrain.base_config(model="tiny", recipe="release")
-  c.model.update(num_layers=4, hidden_size=128, num_heads=4, intermediate_size=512,
-                 max_positions=130, dropout=0.1, attention_dropout=0.1)
+  c.model.update(
+    num_layers=4,
+    hidden_size=128,
+    num_heads=4,
+    intermediate_size=512,
+    max_positions=130,
+    dropout=0.1,
+    attention_dropout=0.1,
+  )
   c.objective.average_top_k_layers = 3
-  c.data.update(source="python_docs", sentencepiece_vocab_size=2048, tokens_per_sample=128,
-                global_batch_size=32, prefetch=2)
+  c.data.update(
+    source="python_docs",
+    sentencepiece_vocab_size=2048,
+    tokens_per_sample=128,
+    global_batch_size=32,
+    prefetch=2,
+  )
   steps = int(args["steps"])
   c.optimizer.update(lr=1e-3, warmup_steps=max(steps // 10, 1), max_steps=steps, clip_norm=1.0)
   c.ema.update(ema_decay=0.99, ema_end_decay=0.999, ema_anneal_end_step=steps)
-  c.train.update(num_steps=steps, log_every=10, checkpoint_every=100, keep_checkpoints=2,
-                 collapse_check_after=steps // 2, min_target_var=0.1, min_pred_var=0.01)
+  c.train.update(
+    num_steps=steps,
+    log_every=10,
+    checkpoint_every=100,
+    keep_checkpoints=2,
+    collapse_check_after=steps // 2,
+    min_target_var=0.1,
+    min_pred_var=0.01,
+  )
   c.mesh.update(data=-1, fsdp=1, tensor=1)
   return c

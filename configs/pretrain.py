@@ -25,11 +25,11 @@ from __future__ import annotations
 import ml_collections
 
 MODEL_SIZES = {
-    # layers, width, heads, ffn
-    "tiny": dict(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=256),
-    "small": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
-    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
-    "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
+  # layers, width, heads, ffn
+  "tiny": dict(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=256),
+  "small": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
+  "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+  "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
 }
 RECIPES = ("release", "paper", "roberta")
 
@@ -55,61 +55,132 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
     raise ValueError(f"unknown recipe {recipe!r}; known: {RECIPES}")
   c = ml_collections.ConfigDict()
 
-  c.model = ml_collections.ConfigDict(dict(
-      vocab_size=-1,            # -1: from the tokenizer (50265 for the released BPE + <mask>)
-      max_positions=514, pad_id=1, layer_norm_eps=1e-5,
-      dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
-      dtype="float32", param_dtype="float32",
-      **MODEL_SIZES[model]))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      vocab_size=-1,  # -1: from the tokenizer (50265 for the released BPE + <mask>)
+      max_positions=514,
+      pad_id=1,
+      layer_norm_eps=1e-5,
+      dropout=0.1,
+      attention_dropout=0.1,
+      activation_dropout=0.0,
+      dtype="float32",
+      param_dtype="float32",
+      **MODEL_SIZES[model],
+    )
+  )
 
-  c.objective = ml_collections.ConfigDict(dict(
+  c.objective = ml_collections.ConfigDict(
+    dict(
       kind="data2vec",
       average_top_k_layers=10 if model in ("base", "small", "tiny") else 20,
-      layer_norm_target_layer=True, instance_norm_target_layer=False,
-      batch_norm_target_layer=False, layer_norm_targets=False, instance_norm_targets=False,
-      target_type="ffn", head_layers=2, loss_beta=4.0, loss_scale=1.0,
-      teacher_input="unmasked", mask_id=-1))
-  c.objective.average_top_k_layers = min(c.objective.average_top_k_layers,
-                                         MODEL_SIZES[model]["num_layers"])
+      layer_norm_target_layer=True,
+      instance_norm_target_layer=False,
+      batch_norm_target_layer=False,
+      layer_norm_targets=False,
+      instance_norm_targets=False,
+      target_type="ffn",
+      head_layers=2,
+      loss_beta=4.0,
+      loss_scale=1.0,
+      teacher_input="unmasked",
+      mask_id=-1,
+    )
+  )
+  c.objective.average_top_k_layers = min(
+    c.objective.average_top_k_layers, MODEL_SIZES[model]["num_layers"]
+  )
 
-  c.ema = ml_collections.ConfigDict(dict(
-      ema_decay=0.999, ema_end_decay=0.9999, ema_anneal_end_step=300_000,
-      ema_transformer_layers_only=True))
+  c.ema = ml_collections.ConfigDict(
+    dict(
+      ema_decay=0.999,
+      ema_end_decay=0.9999,
+      ema_anneal_end_step=300_000,
+      ema_transformer_layers_only=True,
+    )
+  )
 
-  c.masking = ml_collections.ConfigDict(dict(
-      mask_prob=0.35, mask_multiple_length=4, mask_stdev=0.0,
-      leave_unmasked_prob=0.0, random_token_prob=0.0))
+  c.masking = ml_collections.ConfigDict(
+    dict(
+      mask_prob=0.35,
+      mask_multiple_length=4,
+      mask_stdev=0.0,
+      leave_unmasked_prob=0.0,
+      random_token_prob=0.0,
+    )
+  )
 
-  c.optimizer = ml_collections.ConfigDict(dict(
-      lr=2e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, decay_bias_and_norm=True,
-      clip_norm=5.0, schedule="cosine", warmup_steps=10_000, max_steps=1_000_000, min_lr=0.0))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      lr=2e-4,
+      b1=0.9,
+      b2=0.98,
+      eps=1e-6,
+      weight_decay=0.01,
+      decay_bias_and_norm=True,
+      clip_norm=5.0,
+      schedule="cosine",
+      warmup_steps=10_000,
+      max_steps=1_000_000,
+      min_lr=0.0,
+    )
+  )
 
-  c.data = ml_collections.ConfigDict(dict(
-      source="fairseq_bin",     # text | tfds | fairseq_bin | python_docs
-      path="",                  # text file(s) (glob) or binarized prefix (no .bin/.idx)
-      tfds_name="", tfds_split="train", tfds_data_dir="", text_feature="text",
-      tokenizer="bpe",          # bpe (vocab.json + merges.txt) | sentencepiece
-      vocab_json="", merges_txt="", dict_txt="", sentencepiece_model="",
+  c.data = ml_collections.ConfigDict(
+    dict(
+      source="fairseq_bin",  # text | tfds | fairseq_bin | python_docs
+      path="",  # text file(s) (glob) or binarized prefix (no .bin/.idx)
+      tfds_name="",
+      tfds_split="train",
+      tfds_data_dir="",
+      text_feature="text",
+      tokenizer="bpe",  # bpe (vocab.json + merges.txt) | sentencepiece
+      vocab_json="",
+      merges_txt="",
+      dict_txt="",
+      sentencepiece_model="",
       sentencepiece_vocab_size=8000,
-      tokens_per_sample=512, break_mode="complete_doc",
-      global_batch_size=256,    # sequences per update over all hosts (paper: 256 x 512)
-      seed=1, pad_to="max", pad_multiple=64, shuffle=True, prefetch=2))
+      tokens_per_sample=512,
+      break_mode="complete_doc",
+      global_batch_size=256,  # sequences per update over all hosts (paper: 256 x 512)
+      seed=1,
+      pad_to="max",
+      pad_multiple=64,
+      shuffle=True,
+      prefetch=2,
+    )
+  )
 
-  c.train = ml_collections.ConfigDict(dict(
-      num_steps=1_000_000, seed=1,
-      log_every=100, checkpoint_every=5_000, keep_checkpoints=3, async_checkpoint=True,
-      export_model=True, plot=True, tensorboard=True,
+  c.train = ml_collections.ConfigDict(
+    dict(
+      num_steps=1_000_000,
+      seed=1,
+      log_every=100,
+      checkpoint_every=5_000,
+      keep_checkpoints=3,
+      async_checkpoint=True,
+      export_model=True,
+      plot=True,
+      tensorboard=True,
       # Health guards (data2vec_jax/train/health.py), checked on every step before each save: stop
       # on a NaN/Inf loss or grad norm, or one over explode_factor x its running median over
       # explode_window steps (0 = NaN/Inf only); and on a collapse: a target/prediction
       # variance under its floor and under collapse_fraction of the run's peak.
-      nan_guard=True, explode_factor=100.0, explode_window=100,
-      collapse_check_after=5_000, min_target_var=0.1, min_pred_var=0.01, collapse_fraction=0.1,
-      peak_flops_per_device=0.0))  # 0: look up from the device kind (H100, TPU v4, ...)
+      nan_guard=True,
+      explode_factor=100.0,
+      explode_window=100,
+      collapse_check_after=5_000,
+      min_target_var=0.1,
+      min_pred_var=0.01,
+      collapse_fraction=0.1,
+      peak_flops_per_device=0.0,
+    )
+  )  # 0: look up from the device kind (H100, TPU v4, ...)
 
   # How the step runs: speed only, the loss is the same (data2vec_jax/objective/execution.py; tests prove
   # each technique equal to the plain path; measurements in bench/README.md).
-  c.execution = ml_collections.ConfigDict(dict(
+  c.execution = ml_collections.ConfigDict(
+    dict(
       # Head and loss on each row's loss positions only, gathered into K slots: 'auto' = the
       # masker's per-row bound, 'all' = every position (no gathering), or an int K.
       head_positions="auto",
@@ -122,26 +193,32 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       # Token packing: the encoders run on the real tokens only (packing.py), in one of
       # `pack_buckets` static capacities per sequence length (each compiles once); batches
       # without pads run unpacked.
-      pack_tokens=True, pack_buckets=16,
+      pack_tokens=True,
+      pack_buckets=16,
       micro_batches=1,  # gradient accumulation: same update as one large batch
       # 'all': fully unrolled blocks, a faster step for a longer compile than one scanned block
       # (1; measured in bench/README.md).
       scan_unroll="all",
-      remat_policy="none", attention_impl="auto"),
-      # Not type safe: head_positions and scan_unroll take a name or an int.
-      type_safe=False)
+      remat_policy="none",
+      attention_impl="auto",
+    ),
+    # Not type safe: head_positions and scan_unroll take a name or an int.
+    type_safe=False,
+  )
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.distributed = False  # True on multi-host: calls jax.distributed.initialize()
   # Where the processes meet. Unset (""/-1): JAX detects them (Cloud TPU, SLURM, Open MPI,
   # Kubernetes, JAX_COORDINATOR_ADDRESS). Set all three to launch processes by hand, e.g. on one
   # machine: coordinator_address="localhost:12345", num_processes=2, process_id=0 / 1.
-  c.cluster = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=-1,
-                                             process_id=-1))
+  c.cluster = ml_collections.ConfigDict(
+    dict(coordinator_address="", num_processes=-1, process_id=-1)
+  )
 
   if recipe in ("paper", "roberta"):
-    c.masking.update(mask_prob=0.15, mask_multiple_length=1, leave_unmasked_prob=0.1,
-                     random_token_prob=0.1)
+    c.masking.update(
+      mask_prob=0.15, mask_multiple_length=1, leave_unmasked_prob=0.1, random_token_prob=0.1
+    )
     c.optimizer.update(schedule="tri_stage")
     c.ema.ema_anneal_end_step = 100_000
   if recipe == "roberta":

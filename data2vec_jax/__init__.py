@@ -8,9 +8,9 @@ from typing import Any
 # Public names -> defining module, imported on first use (PEP 562) so that `import data2vec_jax`
 # stays cheap and submodules can import each other without cycles.
 _LAZY = {
-    "encode": "data2vec_jax.weights.pretrained",
-    "load_pretrained": "data2vec_jax.weights.pretrained",
-    "save_pretrained": "data2vec_jax.weights.pretrained",
+  "encode": "data2vec_jax.weights.pretrained",
+  "load_pretrained": "data2vec_jax.weights.pretrained",
+  "save_pretrained": "data2vec_jax.weights.pretrained",
 }
 
 __all__ = sorted(_LAZY)

@@ -7,8 +7,13 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence
 
 
-def shape_problems(found: Mapping[str, Sequence[int]], expected: Mapping[str, Sequence[int]], *,
-                   extra_unexpected: Iterable[str] = (), limit: int | None = None) -> list[str]:
+def shape_problems(
+  found: Mapping[str, Sequence[int]],
+  expected: Mapping[str, Sequence[int]],
+  *,
+  extra_unexpected: Iterable[str] = (),
+  limit: int | None = None,
+) -> list[str]:
   """['missing keys [...]', 'unexpected keys [...]', 'shape mismatches [...]'], the empty ones
   left out (an empty list: the trees agree).
 
@@ -17,12 +22,17 @@ def shape_problems(found: Mapping[str, Sequence[int]], expected: Mapping[str, Se
   """
   missing = sorted(set(expected) - set(found))
   unexpected = sorted((set(found) - set(expected)) | set(extra_unexpected))
-  mismatched = [f"{k}: got {tuple(found[k])}, expected {tuple(expected[k])}"
-                for k in sorted(set(found) & set(expected))
-                if tuple(found[k]) != tuple(expected[k])]
+  mismatched = [
+    f"{k}: got {tuple(found[k])}, expected {tuple(expected[k])}"
+    for k in sorted(set(found) & set(expected))
+    if tuple(found[k]) != tuple(expected[k])
+  ]
   problems = []
-  for label, names in (("missing keys", missing), ("unexpected keys", unexpected),
-                       ("shape mismatches", mismatched)):
+  for label, names in (
+    ("missing keys", missing),
+    ("unexpected keys", unexpected),
+    ("shape mismatches", mismatched),
+  ):
     if names:
       shown = names if limit is None else names[:limit]
       more = len(names) - len(shown)

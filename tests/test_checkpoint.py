@@ -16,11 +16,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data2vec_jax.train.checkpoint import (SET_ASIDE_DIR, CheckpointMismatchError, Checkpointer,
-                                     CorruptCheckpointError, TrainingCheckpointError)
+from data2vec_jax.train.checkpoint import (
+  SET_ASIDE_DIR,
+  Checkpointer,
+  CheckpointMismatchError,
+  CorruptCheckpointError,
+  TrainingCheckpointError,
+)
 
-STATE = {"params": {"w": jnp.arange(32.0).reshape(4, 8), "b": jnp.zeros((8,))},
-         "step": jnp.array(0, jnp.int32)}
+STATE = {
+  "params": {"w": jnp.arange(32.0).reshape(4, 8), "b": jnp.zeros((8,))},
+  "step": jnp.array(0, jnp.int32),
+}
 
 
 def state_at(step: int) -> dict:
@@ -60,9 +67,13 @@ def test_restore_newest_intact_reads_the_newest_step(two_steps):
 
 
 def test_another_model_is_a_mismatch_with_the_keys_named(two_steps):
-  other = {"params": {"w": jax.ShapeDtypeStruct((4, 16), jnp.float32),
-                      "extra": jax.ShapeDtypeStruct((3,), jnp.float32)},
-           "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  other = {
+    "params": {
+      "w": jax.ShapeDtypeStruct((4, 16), jnp.float32),
+      "extra": jax.ShapeDtypeStruct((3,), jnp.float32),
+    },
+    "step": jax.ShapeDtypeStruct((), jnp.int32),
+  }
   ckpt = Checkpointer(two_steps)
   with pytest.raises(CheckpointMismatchError) as info:
     ckpt.restore_newest_intact(other)
@@ -77,8 +88,11 @@ def test_another_model_is_a_mismatch_with_the_keys_named(two_steps):
 
 
 def _array_files(step_dir: str) -> list[str]:
-  return sorted(p for p in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"),
-                                     recursive=True) if os.path.isfile(p))
+  return sorted(
+    p
+    for p in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
+    if os.path.isfile(p)
+  )
 
 
 def _truncate_arrays(step_dir):
@@ -109,10 +123,19 @@ def _iterator_state_not_an_object(step_dir):
     json.dump([1, 2, 3], f)
 
 
-@pytest.mark.parametrize("corrupt", [_truncate_arrays, _garbage_arrays, _remove_metadata,
-                                     _garbage_iterator_state, _iterator_state_not_an_object])
-def test_a_corrupt_newest_step_is_set_aside_and_the_previous_one_restored(two_steps, corrupt,
-                                                                          caplog):
+@pytest.mark.parametrize(
+  "corrupt",
+  [
+    _truncate_arrays,
+    _garbage_arrays,
+    _remove_metadata,
+    _garbage_iterator_state,
+    _iterator_state_not_an_object,
+  ],
+)
+def test_a_corrupt_newest_step_is_set_aside_and_the_previous_one_restored(
+  two_steps, corrupt, caplog
+):
   corrupt(os.path.join(two_steps, "2"))
   ckpt = Checkpointer(two_steps)
   with caplog.at_level(logging.ERROR):
@@ -132,6 +155,7 @@ def test_a_caller_check_can_declare_a_step_corrupt(two_steps):
   def validate(state, data_state):
     if data_state["batch"] == 2:
       raise CorruptCheckpointError("the pipeline cannot use this position")
+
   step, _, _ = Checkpointer(two_steps).restore_newest_intact(abstract(), validate=validate)
   assert step == 1
 
@@ -139,8 +163,10 @@ def test_a_caller_check_can_declare_a_step_corrupt(two_steps):
 def test_no_intact_checkpoint_is_an_error_that_says_where_they_went(two_steps):
   for step in ("1", "2"):
     _truncate_arrays(os.path.join(two_steps, step))
-  with pytest.raises(TrainingCheckpointError, match="no intact checkpoint .* moved to .*"
-                                                    "corrupt_step2_.*corrupt_step1_"):
+  with pytest.raises(
+    TrainingCheckpointError,
+    match="no intact checkpoint .* moved to .*corrupt_step2_.*corrupt_step1_",
+  ):
     Checkpointer(two_steps).restore_newest_intact(abstract())
   assert Checkpointer(two_steps).restore_newest_intact(abstract()) is None  # now: from step 0
 

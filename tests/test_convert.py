@@ -19,17 +19,22 @@ import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
+from data2vec_jax.model.config import tiny_config
 from data2vec_jax.weights import CheckpointError, load_fairseq, load_hf_dir, save_hf_dir
 from data2vec_jax.weights.hf import hf_config_from
 from data2vec_jax.weights.layout import flatten
-from data2vec_jax.weights.parity import (diff_report, padded_batch, reference_features,
-                                         reference_model)
-from data2vec_jax.model.config import tiny_config
+from data2vec_jax.weights.parity import (
+  diff_report,
+  padded_batch,
+  reference_features,
+  reference_model,
+)
 from data2vec_jax.weights.pretrained import encode, load_checkpoint, save_pretrained
 
 NON_FINITE = "NaN/Inf values; the checkpoint is corrupt or diverged, load an earlier one"
-CONFIG = tiny_config(vocab_size=120, hidden_size=48, num_heads=3, intermediate_size=100,
-                     num_layers=2, max_positions=20)
+CONFIG = tiny_config(
+  vocab_size=120, hidden_size=48, num_heads=3, intermediate_size=100, num_layers=2, max_positions=20
+)
 
 
 def _params_equal(a, b) -> bool:
@@ -53,8 +58,10 @@ def _parity(converted, model, max_diff=1e-5):
 # Hugging Face.
 
 
-@pytest.mark.parametrize("architecture", ["Data2VecTextModel", "Data2VecTextForMaskedLM",
-                                          "Data2VecTextForSequenceClassification"])
+@pytest.mark.parametrize(
+  "architecture",
+  ["Data2VecTextModel", "Data2VecTextForMaskedLM", "Data2VecTextForSequenceClassification"],
+)
 def test_hf_round_trip_is_exact_and_loads_cleanly(tmp_path, architecture):
   model = reference_model(CONFIG, seed=3, architecture=architecture)
   src = _save_hf(model, tmp_path / "src")
@@ -63,19 +70,31 @@ def test_hf_round_trip_is_exact_and_loads_cleanly(tmp_path, architecture):
   _parity(converted, model)
 
   # torch -> jax (through a saved data2vec-jax directory) -> torch.
-  save_pretrained(tmp_path / "jax", converted.config, converted.params,
-                  head_params=converted.heads, metadata=converted.metadata)
+  save_pretrained(
+    tmp_path / "jax",
+    converted.config,
+    converted.params,
+    head_params=converted.heads,
+    metadata=converted.metadata,
+  )
   converted = load_checkpoint(tmp_path / "jax")
   out = tmp_path / "out"
-  save_hf_dir(out, converted.config, converted.params, heads=converted.heads,
-              metadata=converted.metadata, architecture=architecture)
+  save_hf_dir(
+    out,
+    converted.config,
+    converted.params,
+    heads=converted.heads,
+    metadata=converted.metadata,
+    architecture=architecture,
+  )
   original, exported = load_file(f"{src}/model.safetensors"), load_file(f"{out}/model.safetensors")
   assert original.keys() == exported.keys()
   for key in original:
     assert np.array_equal(original[key], exported[key]), key
 
   reloaded, info = getattr(transformers, architecture).from_pretrained(
-      out, output_loading_info=True)
+    out, output_loading_info=True
+  )
   assert not info["missing_keys"] and not info["unexpected_keys"], info
   assert not info["mismatched_keys"], info
   for (k, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
@@ -122,7 +141,8 @@ def test_token_type_row_zero_is_folded_and_other_rows_refused(tmp_path):
   two = transformers.Data2VecTextModel(transformers.Data2VecTextConfig(**hf)).eval()
   state = model.state_dict()
   state["embeddings.token_type_embeddings.weight"] = torch.cat(
-      [state["embeddings.token_type_embeddings.weight"], torch.ones(1, CONFIG.hidden_size)])
+    [state["embeddings.token_type_embeddings.weight"], torch.ones(1, CONFIG.hidden_size)]
+  )
   two.load_state_dict(state)
   src = _save_hf(two, tmp_path / "two")
   with pytest.raises(CheckpointError, match="rows >= 1 are non-zero"):
@@ -145,14 +165,17 @@ def _edit_hf_dir(tmp_path, *, config_changes=None, state_edit=None):
   return src
 
 
-@pytest.mark.parametrize("changes, message", [
+@pytest.mark.parametrize(
+  "changes, message",
+  [
     ({"hidden_act": "relu"}, "unsupported hidden_act 'relu'"),
     ({"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key'"),
     ({"is_decoder": True}, "decoder"),
     ({"architectures": ["Data2VecTextForCausalLM"]}, "unsupported architecture"),
     ({"model_type": "bert", "architectures": ["BertModel"]}, "unsupported model_type 'bert'"),
     ({"layer_norm_eps": None}, r"lacks \['layer_norm_eps'\]"),
-])
+  ],
+)
 def test_unsupported_hf_configs_are_refused(tmp_path, changes, message):
   with pytest.raises(CheckpointError, match=message):
     load_hf_dir(_edit_hf_dir(tmp_path, config_changes=changes))
@@ -163,6 +186,7 @@ def test_hf_key_problems_are_all_listed(tmp_path):
     del state["encoder.layer.0.output.dense.bias"]
     state["encoder.layer.0.extra.weight"] = np.zeros(3, np.float32)
     state["encoder.layer.0.intermediate.dense.weight"] = np.zeros((99, 48), np.float32)
+
   with pytest.raises(CheckpointError) as err:
     load_hf_dir(_edit_hf_dir(tmp_path, state_edit=edit))
   message = str(err.value)
@@ -183,18 +207,29 @@ def test_truncated_safetensors_gives_a_clear_error(tmp_path):
 def test_masked_lm_export_needs_an_lm_head(tmp_path):
   converted = load_hf_dir(_save_hf(reference_model(CONFIG, seed=8), tmp_path / "base"))
   with pytest.raises(CheckpointError, match="no LM head"):
-    save_hf_dir(tmp_path / "out", converted.config, converted.params, heads=converted.heads,
-                architecture="Data2VecTextForMaskedLM")
+    save_hf_dir(
+      tmp_path / "out",
+      converted.config,
+      converted.params,
+      heads=converted.heads,
+      architecture="Data2VecTextForMaskedLM",
+    )
 
 
 def test_export_without_pooler_writes_zero_pooler(tmp_path):
   model = reference_model(CONFIG, seed=9, architecture="Data2VecTextForMaskedLM")
   converted = load_hf_dir(_save_hf(model, tmp_path / "mlm"))
-  notes = save_hf_dir(tmp_path / "base", converted.config, converted.params,
-                      heads=converted.heads, architecture="Data2VecTextModel")
+  notes = save_hf_dir(
+    tmp_path / "base",
+    converted.config,
+    converted.params,
+    heads=converted.heads,
+    architecture="Data2VecTextModel",
+  )
   assert any("zero pooler" in n for n in notes) and any("lm_head" in n for n in notes)
   reloaded, info = transformers.Data2VecTextModel.from_pretrained(
-      tmp_path / "base", output_loading_info=True)
+    tmp_path / "base", output_loading_info=True
+  )
   assert not any(info.values()), info
   cfg = json.loads((tmp_path / "base" / "config.json").read_text())
   assert cfg["type_vocab_size"] == 1 and cfg["layer_norm_eps"] == CONFIG.layer_norm_eps
@@ -206,14 +241,20 @@ def test_export_without_pooler_writes_zero_pooler(tmp_path):
 # reference notes), so a wrong library table would show as a parity failure.
 
 _FS_LAYER = {
-    "attention.self.query": "self_attn.q_proj", "attention.self.key": "self_attn.k_proj",
-    "attention.self.value": "self_attn.v_proj", "attention.output.dense": "self_attn.out_proj",
-    "attention.output.LayerNorm": "self_attn_layer_norm", "intermediate.dense": "fc1",
-    "output.dense": "fc2", "output.LayerNorm": "final_layer_norm",
+  "attention.self.query": "self_attn.q_proj",
+  "attention.self.key": "self_attn.k_proj",
+  "attention.self.value": "self_attn.v_proj",
+  "attention.output.dense": "self_attn.out_proj",
+  "attention.output.LayerNorm": "self_attn_layer_norm",
+  "intermediate.dense": "fc1",
+  "output.dense": "fc2",
+  "output.LayerNorm": "final_layer_norm",
 }
-_FS_EMB = {"embeddings.word_embeddings": "embed_tokens",
-           "embeddings.position_embeddings": "embed_positions",
-           "embeddings.LayerNorm": "layernorm_embedding"}
+_FS_EMB = {
+  "embeddings.word_embeddings": "embed_tokens",
+  "embeddings.position_embeddings": "embed_positions",
+  "embeddings.LayerNorm": "layernorm_embedding",
+}
 
 
 def _to_fairseq_names(hf_state):
@@ -242,38 +283,67 @@ def _fairseq_checkpoint(model, *, head="regression", ema=True, cfg_style="dict")
   gen = torch.Generator().manual_seed(0)
   rand = lambda *s: torch.randn(*s, generator=gen) * 0.05
   if head == "regression":
-    state.update({"encoder.regression_head.0.weight": rand(2 * d, d),
-                  "encoder.regression_head.0.bias": rand(2 * d),
-                  "encoder.regression_head.2.weight": rand(d, 2 * d),
-                  "encoder.regression_head.2.bias": rand(d)})
+    state.update(
+      {
+        "encoder.regression_head.0.weight": rand(2 * d, d),
+        "encoder.regression_head.0.bias": rand(2 * d),
+        "encoder.regression_head.2.weight": rand(d, 2 * d),
+        "encoder.regression_head.2.bias": rand(d),
+      }
+    )
   else:  # legacy RobertaLMHead of the released nlp_base.pt, decoder tied to embed_tokens
-    state.update({"encoder.lm_head.dense.weight": rand(d, d), "encoder.lm_head.dense.bias": rand(d),
-                  "encoder.lm_head.layer_norm.weight": 1 + rand(d),
-                  "encoder.lm_head.layer_norm.bias": rand(d),
-                  "encoder.lm_head.weight": local["embed_tokens.weight"].clone(),
-                  "encoder.lm_head.bias": rand(config.vocab_size)})
+    state.update(
+      {
+        "encoder.lm_head.dense.weight": rand(d, d),
+        "encoder.lm_head.dense.bias": rand(d),
+        "encoder.lm_head.layer_norm.weight": 1 + rand(d),
+        "encoder.lm_head.layer_norm.bias": rand(d),
+        "encoder.lm_head.weight": local["embed_tokens.weight"].clone(),
+        "encoder.lm_head.bias": rand(config.vocab_size),
+      }
+    )
   if ema:
-    teacher = {k: (v + rand(*v.shape) if k.startswith("layers.") else v * 0 + 7.0)
-               for k, v in local.items()}
+    teacher = {
+      k: (v + rand(*v.shape) if k.startswith("layers.") else v * 0 + 7.0) for k, v in local.items()
+    }
     teacher["version"] = torch.tensor([3.0])
     state["encoder._ema"] = teacher
-  hyper = dict(encoder_embed_dim=d, encoder_layers=config.num_hidden_layers,
-               encoder_attention_heads=config.num_attention_heads,
-               encoder_ffn_embed_dim=config.intermediate_size, activation_fn="gelu",
-               encoder_normalize_before=False, layernorm_embedding=True, no_scale_embedding=True,
-               max_positions=config.max_position_embeddings - 2, dropout=0.1)
+  hyper = dict(
+    encoder_embed_dim=d,
+    encoder_layers=config.num_hidden_layers,
+    encoder_attention_heads=config.num_attention_heads,
+    encoder_ffn_embed_dim=config.intermediate_size,
+    activation_fn="gelu",
+    encoder_normalize_before=False,
+    layernorm_embedding=True,
+    no_scale_embedding=True,
+    max_positions=config.max_position_embeddings - 2,
+    dropout=0.1,
+  )
   checkpoint = {"model": state, "optimizer_history": [], "extra_state": {"epoch": 1}}
   if cfg_style == "dict":  # current data2vec: nested TransformerConfig, interpolated positions
     checkpoint["cfg"] = {
-        "task": {"tokens_per_sample": hyper["max_positions"]},
-        "model": {"_name": "data2vec_text", "max_positions": "${task.tokens_per_sample}",
-                  "transformer": {
-                      "dropout": 0.1, "attention_dropout": 0.1, "activation_fn": "gelu",
-                      "layernorm_embedding": True, "no_scale_embedding": True,
-                      "encoder": {"embed_dim": d, "layers": config.num_hidden_layers,
-                                  "attention_heads": config.num_attention_heads,
-                                  "ffn_embed_dim": config.intermediate_size,
-                                  "normalize_before": False, "learned_pos": True}}}}
+      "task": {"tokens_per_sample": hyper["max_positions"]},
+      "model": {
+        "_name": "data2vec_text",
+        "max_positions": "${task.tokens_per_sample}",
+        "transformer": {
+          "dropout": 0.1,
+          "attention_dropout": 0.1,
+          "activation_fn": "gelu",
+          "layernorm_embedding": True,
+          "no_scale_embedding": True,
+          "encoder": {
+            "embed_dim": d,
+            "layers": config.num_hidden_layers,
+            "attention_heads": config.num_attention_heads,
+            "ffn_embed_dim": config.intermediate_size,
+            "normalize_before": False,
+            "learned_pos": True,
+          },
+        },
+      },
+    }
   else:
     checkpoint["args"] = argparse.Namespace(**hyper)
   return checkpoint, local
@@ -294,20 +364,28 @@ def test_fairseq_student_teacher_and_regression_head(tmp_path, base_model):
   assert "encoder.sentence_encoder.version" in student.ignored
   assert any(i.startswith("encoder._ema") for i in student.ignored)
   head = student.heads["regression_head"]
-  assert np.array_equal(head["dense_0"]["kernel"],
-                        checkpoint["model"]["encoder.regression_head.0.weight"].numpy().T)
+  assert np.array_equal(
+    head["dense_0"]["kernel"], checkpoint["model"]["encoder.regression_head.0.weight"].numpy().T
+  )
 
   teacher = load_fairseq(tmp_path / "ckpt.pt", use_ema=True)
   ema = checkpoint["model"]["encoder._ema"]
   fc1 = np.stack([ema[f"layers.{i}.fc1.weight"].numpy().T for i in range(CONFIG.num_layers)])
   assert np.array_equal(teacher.params["layers"]["fc1"]["kernel"], fc1)
   # Embeddings come from the student, not from _ema's stale copies (all 7.0 here).
-  assert np.array_equal(teacher.params["embeddings"]["token_embedding"]["embedding"],
-                        local["embed_tokens.weight"].numpy())
+  assert np.array_equal(
+    teacher.params["embeddings"]["token_embedding"]["embedding"],
+    local["embed_tokens.weight"].numpy(),
+  )
   assert any("_ema's differing embedding entries ignored" in n for n in teacher.notes)
   with pytest.raises(CheckpointError, match="no LM head"):
-    save_hf_dir(tmp_path / "x", student.config, student.params, heads=student.heads,
-                architecture="Data2VecTextForMaskedLM")
+    save_hf_dir(
+      tmp_path / "x",
+      student.config,
+      student.params,
+      heads=student.heads,
+      architecture="Data2VecTextForMaskedLM",
+    )
 
 
 def test_fairseq_args_namespace_and_legacy_lm_head(tmp_path, base_model):
@@ -316,15 +394,22 @@ def test_fairseq_args_namespace_and_legacy_lm_head(tmp_path, base_model):
   converted = load_fairseq(tmp_path / "legacy.pt")
   assert converted.config.num_heads == CONFIG.num_heads
   assert "decoder" not in converted.heads["lm_head"]  # tied to embed_tokens
-  save_hf_dir(tmp_path / "mlm", converted.config, converted.params, heads=converted.heads,
-              metadata=converted.metadata, architecture="Data2VecTextForMaskedLM")
+  save_hf_dir(
+    tmp_path / "mlm",
+    converted.config,
+    converted.params,
+    heads=converted.heads,
+    metadata=converted.metadata,
+    architecture="Data2VecTextForMaskedLM",
+  )
   mlm, info = transformers.Data2VecTextForMaskedLM.from_pretrained(
-      tmp_path / "mlm", output_loading_info=True)
+    tmp_path / "mlm", output_loading_info=True
+  )
   assert not any(info.values()), info
-  assert torch.equal(mlm.lm_head.dense.weight,
-                     checkpoint["model"]["encoder.lm_head.dense.weight"])
-  assert torch.equal(mlm.lm_head.decoder.weight,
-                     mlm.data2vec_text.embeddings.word_embeddings.weight)
+  assert torch.equal(mlm.lm_head.dense.weight, checkpoint["model"]["encoder.lm_head.dense.weight"])
+  assert torch.equal(
+    mlm.lm_head.decoder.weight, mlm.data2vec_text.embeddings.word_embeddings.weight
+  )
   _parity(converted, mlm.eval())
   with pytest.raises(CheckpointError, match="use_ema=True but the checkpoint has no"):
     load_fairseq(tmp_path / "legacy.pt", use_ema=True)
@@ -365,6 +450,7 @@ def test_fairseq_omegaconf_cfg_is_read_without_omegaconf(tmp_path, base_model, m
   (module_dir / "omegaconf.py").write_text(textwrap.dedent(_FAKE_OMEGACONF))
   monkeypatch.syspath_prepend(str(module_dir))
   import omegaconf  # the fake, importable only while saving
+
   cfg = dict(checkpoint["cfg"])
   cfg["distributed_training"] = {"ddp_backend": omegaconf.Choice.C10D}
   checkpoint["cfg"] = omegaconf.DictConfig(cfg)
@@ -381,14 +467,21 @@ def test_fairseq_omegaconf_cfg_is_read_without_omegaconf(tmp_path, base_model, m
 def load_fairseq_params_from(model):
   from data2vec_jax.weights.layout import params_from_reference
   from data2vec_jax.weights.torch_io import to_numpy
+
   cfg = load_hf_config_from(model)
   return params_from_reference(
-      {k: to_numpy(v, k) for k, v in model.state_dict().items()
-       if not k.startswith(("pooler", "embeddings.token_type"))}, cfg)
+    {
+      k: to_numpy(v, k)
+      for k, v in model.state_dict().items()
+      if not k.startswith(("pooler", "embeddings.token_type"))
+    },
+    cfg,
+  )
 
 
 def load_hf_config_from(model):
   from data2vec_jax.weights.hf import config_from_hf
+
   return config_from_hf(model.config.to_dict())
 
 
@@ -416,6 +509,7 @@ def test_malicious_pickles_are_refused(tmp_path, base_model, monkeypatch):
   (module_dir / "omegaconf.py").write_text(textwrap.dedent(_FAKE_OMEGACONF))
   monkeypatch.syspath_prepend(str(module_dir))
   import omegaconf
+
   checkpoint["cfg"] = omegaconf.DictConfig({"model": {"encoder_layers": 2}})
   torch.save(checkpoint, tmp_path / "evil2.pt")
   monkeypatch.delitem(sys.modules, "omegaconf")
@@ -477,33 +571,81 @@ def test_cli_converts_and_reports(tmp_path, base_model, capsys):
     sys.path.pop(0)
   checkpoint, _ = _fairseq_checkpoint(base_model, head="lm_head")
   torch.save(checkpoint, tmp_path / "nlp.pt")
-  assert cli.main(["--from", "fairseq", str(tmp_path / "nlp.pt"), "--to", "jax", "--ema",
-                   "--output", str(tmp_path / "jax")]) == 0
+  assert (
+    cli.main(
+      [
+        "--from",
+        "fairseq",
+        str(tmp_path / "nlp.pt"),
+        "--to",
+        "jax",
+        "--ema",
+        "--output",
+        str(tmp_path / "jax"),
+      ]
+    )
+    == 0
+  )
   out = capsys.readouterr().out
   assert "fairseq (EMA teacher)" in out and "head 'lm_head'" in out and "16 arrays" in out
-  assert cli.main(["--from", "auto", str(tmp_path / "jax"), "--to", "hf", "--output",
-                   str(tmp_path / "hf"), "--hf-architecture", "Data2VecTextForMaskedLM"]) == 0
+  assert (
+    cli.main(
+      [
+        "--from",
+        "auto",
+        str(tmp_path / "jax"),
+        "--to",
+        "hf",
+        "--output",
+        str(tmp_path / "hf"),
+        "--hf-architecture",
+        "Data2VecTextForMaskedLM",
+      ]
+    )
+    == 0
+  )
   assert "wrote 42 tensors" in capsys.readouterr().out
-  _, info = transformers.Data2VecTextForMaskedLM.from_pretrained(tmp_path / "hf",
-                                                                output_loading_info=True)
+  _, info = transformers.Data2VecTextForMaskedLM.from_pretrained(
+    tmp_path / "hf", output_loading_info=True
+  )
   assert not any(info.values()), info
-  assert cli.main(["--from", "hf", str(tmp_path / "hf"), "--to", "jax", "--ema",
-                   "--output", str(tmp_path / "x")]) == 1
+  assert (
+    cli.main(
+      [
+        "--from",
+        "hf",
+        str(tmp_path / "hf"),
+        "--to",
+        "jax",
+        "--ema",
+        "--output",
+        str(tmp_path / "x"),
+      ]
+    )
+    == 1
+  )
   assert "--ema applies to fairseq" in capsys.readouterr().err
 
 
 def test_folded_token_type_keeps_masked_lm_logits(tmp_path):
   """HF ties the LM decoder to the *unfolded* embeddings; the export must keep those logits."""
-  model = reference_model(CONFIG.replace(num_layers=1), seed=12,
-                          architecture="Data2VecTextForMaskedLM")
+  model = reference_model(
+    CONFIG.replace(num_layers=1), seed=12, architecture="Data2VecTextForMaskedLM"
+  )
   with torch.no_grad():
     model.data2vec_text.embeddings.token_type_embeddings.weight.normal_(0, 0.3)
   converted = load_hf_dir(_save_hf(model, tmp_path / "src"))
   assert "decoder" in converted.heads["lm_head"]
-  save_hf_dir(tmp_path / "out", converted.config, converted.params, heads=converted.heads,
-              architecture="Data2VecTextForMaskedLM")
+  save_hf_dir(
+    tmp_path / "out",
+    converted.config,
+    converted.params,
+    heads=converted.heads,
+    architecture="Data2VecTextForMaskedLM",
+  )
   exported, info = transformers.Data2VecTextForMaskedLM.from_pretrained(
-      tmp_path / "out", output_loading_info=True)
+    tmp_path / "out", output_loading_info=True
+  )
   assert not any(info.values()), info
   ids, mask = padded_batch(converted.config, (8, 5), seed=4)
   ids_t, mask_t = torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(mask)
@@ -557,8 +699,9 @@ def test_non_finite_fairseq_weights_are_refused_naming_the_tensor(tmp_path, base
   load_fairseq(tmp_path / "ema.pt")
   with pytest.raises(CheckpointError) as err:
     load_fairseq(tmp_path / "ema.pt", use_ema=True)
-  assert str(err.value) == (f"{tmp_path / 'ema.pt'}: tensor 'encoder._ema[layers.1.fc2.bias]' "
-                            f"has 1 {NON_FINITE}")
+  assert str(err.value) == (
+    f"{tmp_path / 'ema.pt'}: tensor 'encoder._ema[layers.1.fc2.bias]' has 1 {NON_FINITE}"
+  )
 
   key = "encoder.sentence_encoder.layers.0.fc1.weight"
   checkpoint["model"][key][0, :3] = float("nan")
@@ -586,13 +729,16 @@ def _write_non_checkpoint(tmp_path, kind):
   return path
 
 
-@pytest.mark.parametrize("kind, reason", [
+@pytest.mark.parametrize(
+  "kind, reason",
+  [
     ("random", "neither a zip archive nor a pickle"),
     ("empty", "empty file"),
     ("text", "neither a zip archive nor a pickle"),
     ("plain pickle", "a pickle not written by torch.save"),
     ("truncated", "truncated or corrupt zip archive"),
-])
+  ],
+)
 def test_files_that_are_not_pytorch_checkpoints_say_so(tmp_path, kind, reason):
   path = _write_non_checkpoint(tmp_path, kind)
   with pytest.raises(CheckpointError) as err:

@@ -51,13 +51,26 @@ def test_text_source_layout(corpus_source):
   assert corpus_source.tokens[:8].tolist() == [10, 11, 2, 12, 13, 14, 2, 2]
 
 
-@pytest.mark.parametrize("mode,expected,dropped", [
+@pytest.mark.parametrize(
+  "mode,expected,dropped",
+  [
     ("complete_doc", [[10, 11, 2], [12, 13, 14, 2], [20, 21, 22, 23, 2], [24, 2], [40, 2]], 1),
     ("complete", [[10, 11, 2], [12, 13, 14, 2, 2], [20, 21, 22, 23, 2], [24, 2, 2], [40, 2]], 1),
     ("eos", [[10, 11, 2], [12, 13, 14, 2], [20, 21, 22, 23, 2], [24, 2], [40, 2]], 1),
-    ("none", [[10, 11, 2, 12, 13], [14, 2, 2, 20, 21], [22, 23, 2, 24, 2], [2, 30, 31, 32, 33],
-              [34, 35, 36, 2, 40], [2]], 0),
-])
+    (
+      "none",
+      [
+        [10, 11, 2, 12, 13],
+        [14, 2, 2, 20, 21],
+        [22, 23, 2, 24, 2],
+        [2, 30, 31, 32, 33],
+        [34, 35, 36, 2, 40],
+        [2],
+      ],
+      0,
+    ),
+  ],
+)
 def test_blocks_hand_checked(corpus_source, mode, expected, dropped):
   ds = BlockDataset(corpus_source, tokens_per_sample=6, break_mode=mode, bos_id=BOS)
   got = [ds[i].tolist() for i in range(len(ds))]
@@ -83,20 +96,25 @@ def test_complete_doc_matches_reference_loop():
   ref, tok, cur, i = [], 0, 0, 0
   while i < len(sizes):
     if (cur + sizes[i] <= 40 or cur == 0) and sizes[i] != 1:
-      cur += sizes[i]; i += 1
+      cur += sizes[i]
+      i += 1
     else:
       if cur > 1:
         ref.append([tok, tok + cur])
-      tok += cur; cur = 0
+      tok += cur
+      cur = 0
       if sizes[i] == 1:
-        tok += 1; i += 1
+        tok += 1
+        i += 1
   if cur > 1:
     ref.append([tok, tok + cur])
   assert out == ref
   # blocks never contain a separator line and never exceed 40 unless a single line does
   ends = np.cumsum(sizes)
+  separators = (ends - sizes)[np.asarray(sizes) == 1]  # token offsets of the separator lines
   for s, e in out:
     assert (e - s) <= 40 or (e - s) in sizes
+    assert not np.any((separators >= s) & (separators < e))
 
 
 def test_empty_and_bad_inputs(tmp_path):
@@ -126,13 +144,16 @@ def test_multiple_files_glob(tmp_path):
 # Batching
 # ----------------------------------------------------------------------------------------------
 
-def synthetic_blocks(num_lines: int = 400, tokens_per_sample: int = 32, seed: int = 0,
-                     break_mode: str = "complete_doc") -> BlockDataset:
+
+def synthetic_blocks(
+  num_lines: int = 400, tokens_per_sample: int = 32, seed: int = 0, break_mode: str = "complete_doc"
+) -> BlockDataset:
   rng = np.random.default_rng(seed)
   sizes, toks = [], []
   for i in range(num_lines):
     if i and rng.random() < 0.1:
-      sizes.append(1); toks.append(np.array([EOS]))
+      sizes.append(1)
+      toks.append(np.array([EOS]))
     n = int(rng.integers(2, 20))
     sizes.append(n)
     toks.append(np.append(rng.integers(4, 90, n - 1), EOS))
@@ -143,9 +164,12 @@ def synthetic_blocks(num_lines: int = 400, tokens_per_sample: int = 32, seed: in
 def make_it(ds, **kw) -> BatchIterator:
   pi = kw.pop("process_index", 0)
   pc = kw.pop("process_count", 1)
-  cfg = PipelineConfig(tokens_per_sample=ds.tokens_per_sample, global_batch_size=kw.pop("gb", 16), **kw)
-  return BatchIterator(ds, cfg, mask_fn=fake_mask_fn, pad_id=PAD, bos_id=BOS,
-                       process_index=pi, process_count=pc)
+  cfg = PipelineConfig(
+    tokens_per_sample=ds.tokens_per_sample, global_batch_size=kw.pop("gb", 16), **kw
+  )
+  return BatchIterator(
+    ds, cfg, mask_fn=fake_mask_fn, pad_id=PAD, bos_id=BOS, process_index=pi, process_count=pc
+  )
 
 
 def take(it, n):
@@ -164,7 +188,9 @@ def test_batch_contents_and_dtypes():
   ds = synthetic_blocks()
   it = make_it(ds)
   b = next(it)
-  assert b["source"].dtype == np.int32 and b["target"].dtype == np.int32 and b["selected"].dtype == bool
+  assert (
+    b["source"].dtype == np.int32 and b["target"].dtype == np.int32 and b["selected"].dtype == bool
+  )
   assert b["source"].shape == b["target"].shape == b["selected"].shape == (16, 32)
   idx = it.global_batch_indices(0, 0)
   for r, i in enumerate(idx):
@@ -226,10 +252,14 @@ def test_process_shards_disjoint_and_cover(pc):
     # (non-pad) tokens of all processes' rows, in order.
     for s in shards:
       np.testing.assert_array_equal(s[b]["global_row_tokens"], full[b]["global_row_tokens"])
-    np.testing.assert_array_equal(full[b]["global_row_tokens"],
-                                  (full[b]["target"] != PAD).sum(axis=1))
+    np.testing.assert_array_equal(
+      full[b]["global_row_tokens"], (full[b]["target"] != PAD).sum(axis=1)
+    )
   it = make_it(ds, gb=16)
-  rows = [set(it.global_batch_indices(0, 0)[p * 16 // pc:(p + 1) * 16 // pc].tolist()) for p in range(pc)]
+  rows = [
+    set(it.global_batch_indices(0, 0)[p * 16 // pc : (p + 1) * 16 // pc].tolist())
+    for p in range(pc)
+  ]
   assert set.union(*rows) == set(it.global_batch_indices(0, 0).tolist())
   assert sum(len(r) for r in rows) == 16
 
@@ -249,8 +279,9 @@ def test_resume_gives_identical_batches():
     h.set_state(state)
   got = [take(h, 5) for h in halves]
   for b in range(5):
-    np.testing.assert_array_equal(np.concatenate([got[0][b]["source"], got[1][b]["source"]]),
-                                  expected[b]["source"])
+    np.testing.assert_array_equal(
+      np.concatenate([got[0][b]["source"], got[1][b]["source"]]), expected[b]["source"]
+    )
 
 
 def test_set_state_rejects_other_data_or_config():
@@ -272,6 +303,7 @@ def test_prefetch_state_is_consumed_position():
     got = take(pf, 4)
     assert_batches_equal(got, ref[:4])
     import time
+
     time.sleep(0.05)  # let the thread run ahead
     state = pf.get_state()
     assert (state["epoch"], state["batch"]) == (0, 4)
@@ -290,8 +322,13 @@ def test_prefetch_propagates_errors():
   def bad_mask(tokens, *, epoch, index):
     raise RuntimeError("boom")
 
-  it = BatchIterator(ds, PipelineConfig(tokens_per_sample=32, global_batch_size=8), mask_fn=bad_mask,
-                     pad_id=PAD, bos_id=BOS)
+  it = BatchIterator(
+    ds,
+    PipelineConfig(tokens_per_sample=32, global_batch_size=8),
+    mask_fn=bad_mask,
+    pad_id=PAD,
+    bos_id=BOS,
+  )
   pf = PrefetchIterator(it)
   with pytest.raises(RuntimeError, match="boom"):
     next(pf)
@@ -307,7 +344,7 @@ def test_bucket_padding_agrees_across_processes():
       it.set_state({**it.get_state(), "batch": b})
       shapes.add(next(it)["source"].shape)
     assert len(shapes) == 1
-    (B, T), = shapes
+    ((B, T),) = shapes
     longest = int(ds.sizes[make_it(ds, gb=8).global_batch_indices(0, b)].max())
     assert T % 8 == 0 and T >= longest and T - longest < 8 and T <= 64
 
@@ -346,12 +383,15 @@ def test_config_validation():
   with pytest.raises(ValueError, match="fewer than one global batch"):
     make_it(ds, gb=100_000)
   with pytest.raises(ValueError, match="tokens_per_sample"):
-    BatchIterator(ds, PipelineConfig(tokens_per_sample=64), mask_fn=fake_mask_fn, pad_id=PAD, bos_id=BOS)
+    BatchIterator(
+      ds, PipelineConfig(tokens_per_sample=64), mask_fn=fake_mask_fn, pad_id=PAD, bos_id=BOS
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # fairseq binarized data and dictionaries
 # ----------------------------------------------------------------------------------------------
+
 
 def test_mmap_round_trip_and_blocks(tmp_path, corpus_source):
   prefix = str(tmp_path / "bin" / "train")
@@ -408,7 +448,9 @@ def test_dictionary_fairseq_layout(tmp_path):
   assert d.index("13") == 4 and d.index("11") == 6 and d.index("hello world") == 7
   assert d.index("missing") == 3
   assert d.mask_index == 8 and len(d) == 9
-  assert d.vocab_info() == VocabInfo(vocab_size=9, pad_id=1, bos_id=0, eos_id=2, unk_id=3, mask_id=8)
+  assert d.vocab_info() == VocabInfo(
+    vocab_size=9, pad_id=1, bos_id=0, eos_id=2, unk_id=3, mask_id=8
+  )
   d.save(tmp_path / "out.txt")
   assert Dictionary.load(tmp_path / "out.txt").symbols == d.symbols
   (tmp_path / "dup.txt").write_text("a 1\na 2\n")
@@ -426,15 +468,18 @@ def test_dictionary_fairseq_layout(tmp_path):
 def test_build_block_dataset_fairseq_bin(tmp_path, corpus_source):
   prefix = str(tmp_path / "train")
   sources.write_token_source(corpus_source, prefix, np.uint16)
-  Dictionary.from_symbols([str(i) for i in range(4, 95)], add_mask=False).save(tmp_path / "dict.txt")
+  Dictionary.from_symbols([str(i) for i in range(4, 95)], add_mask=False).save(
+    tmp_path / "dict.txt"
+  )
   cfg = {"source": "fairseq_bin", "path": prefix}
   ds, vocab = pipeline.build_block_dataset(cfg, tokens_per_sample=6, break_mode="complete_doc")
   assert len(ds) == 5 and vocab.mask_id == 95 and vocab.vocab_size == 96
   with pytest.raises(ValueError, match="unknown data.source"):
     pipeline.build_block_dataset({"source": "hf"}, tokens_per_sample=6, break_mode="none")
   with pytest.raises(ValueError, match="unknown data config keys"):
-    pipeline.build_block_dataset({**cfg, "bogus": 1}, tokens_per_sample=6, break_mode="none",
-                                 strict_keys=True)
+    pipeline.build_block_dataset(
+      {**cfg, "bogus": 1}, tokens_per_sample=6, break_mode="none", strict_keys=True
+    )
   os.remove(tmp_path / "dict.txt")
   with pytest.raises(FileNotFoundError, match="no vocabulary"):
     pipeline.build_block_dataset(cfg, tokens_per_sample=6, break_mode="none")
@@ -442,8 +487,13 @@ def test_build_block_dataset_fairseq_bin(tmp_path, corpus_source):
 
 def test_split_sentences_and_offline_corpus(tmp_path):
   assert sources.split_sentences("It works, e.g. here. Next one!  \"Quoted.\" Done") == [
-      "It works, e.g. here.", "Next one!", "\"Quoted.\"", "Done"]
+    "It works, e.g. here.",
+    "Next one!",
+    "\"Quoted.\"",
+    "Done",
+  ]
   from data2vec_jax.data.offline_corpus import write_offline_corpus
+
   stats = write_offline_corpus(tmp_path / "c.txt", max_docs=5)
   assert stats["documents"] == 5 and stats["sentences"] > 20
   docs = list(sources.read_text_documents(str(tmp_path / "c.txt")))

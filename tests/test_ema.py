@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from data2vec_jax.objective.ema import EMAConfig, ema_decay, ema_update, init_ema, teacher_params
-from data2vec_jax.model.encoder import Encoder
 from data2vec_jax.model.config import tiny_config
+from data2vec_jax.model.encoder import Encoder
+from data2vec_jax.objective.ema import EMAConfig, ema_decay, ema_update, init_ema, teacher_params
 
 
 def fairseq_decay(n: int, start=0.999, end=0.9999, total=300000) -> float:
@@ -50,10 +50,16 @@ def _tree(seed: int, dtype=np.float32) -> dict:
   """A small encoder-shaped tree: {'embeddings': ..., 'layers': ...}."""
   r = np.random.default_rng(seed)
   a = lambda *s: r.normal(size=s).astype(dtype)
-  return {"embeddings": {"token_embedding": {"embedding": a(10, 4)},
-                         "layer_norm": {"scale": a(4), "bias": a(4)}},
-          "layers": {"fc1": {"kernel": a(2, 4, 8), "bias": a(2, 8)},
-                     "ffn_layer_norm": {"scale": a(2, 4), "bias": a(2, 4)}}}
+  return {
+    "embeddings": {
+      "token_embedding": {"embedding": a(10, 4)},
+      "layer_norm": {"scale": a(4), "bias": a(4)},
+    },
+    "layers": {
+      "fc1": {"kernel": a(2, 4, 8), "bias": a(2, 8)},
+      "ffn_layer_norm": {"scale": a(2, 4), "bias": a(2, 4)},
+    },
+  }
 
 
 def _torch_ema_step(ema: dict, student: dict, decay: float, skip_embeddings: bool) -> dict:
@@ -72,8 +78,9 @@ def _torch_ema_step(ema: dict, student: dict, decay: float, skip_embeddings: boo
 
 
 def _flat(tree) -> dict:
-  return {jax.tree_util.keystr(p): np.asarray(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 @pytest.mark.parametrize("layers_only", [True, False])
@@ -120,11 +127,14 @@ def test_float32_ema_from_bfloat16_student_and_frozen_at_decay_one():
 def test_teacher_params_and_step_zero_teacher_equals_student():
   cfg = tiny_config(num_layers=2)
   student = jax.tree_util.tree_map(
-      lambda s: np.random.default_rng(0).normal(size=s.shape).astype(np.float32),
-      jax.eval_shape(lambda: Encoder(cfg).init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))
-                     ["params"]))
-  student = jax.tree_util.tree_map(lambda x: x.value if hasattr(x, "value") else x, student,
-                                   is_leaf=lambda x: hasattr(x, "value"))
+    lambda s: np.random.default_rng(0).normal(size=s.shape).astype(np.float32),
+    jax.eval_shape(
+      lambda: Encoder(cfg).init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"]
+    ),
+  )
+  student = jax.tree_util.tree_map(
+    lambda x: x.value if hasattr(x, "value") else x, student, is_leaf=lambda x: hasattr(x, "value")
+  )
   for mode in (True, False):
     cfg = EMAConfig(ema_transformer_layers_only=mode)
     ema = init_ema(student, cfg)  # update 0: the teacher is a copy of the student
@@ -136,12 +146,14 @@ def test_teacher_params_and_step_zero_teacher_equals_student():
     t = teacher_params(ema, other, cfg)
     np.testing.assert_array_equal(t["layers"]["fc1"]["kernel"], ema["layers"]["fc1"]["kernel"])
     np.testing.assert_array_equal(
-        t["embeddings"]["token_embedding"]["embedding"],
-        (other if mode else ema)["embeddings"]["token_embedding"]["embedding"])
+      t["embeddings"]["token_embedding"]["embedding"],
+      (other if mode else ema)["embeddings"]["token_embedding"]["embedding"],
+    )
   # A full-encoder EMA tree under layers_only (e.g. an old checkpoint) is refused by name.
   with pytest.raises(ValueError, match="holds only 'layers'"):
-    teacher_params(init_ema(student, EMAConfig(ema_transformer_layers_only=False)), student,
-                   EMAConfig())
+    teacher_params(
+      init_ema(student, EMAConfig(ema_transformer_layers_only=False)), student, EMAConfig()
+    )
 
 
 def test_config_from_dict():

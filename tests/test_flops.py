@@ -1,4 +1,4 @@
-"""The FLOP formulas (data2vec_jax/train/flops.py) against matmul FLOPs counted in the traced programs.
+"""The FLOP formulas (data2vec_jax/model/flops.py) against matmul FLOPs counted in the traced programs.
 
 `dot_flops` walks a jaxpr (and every sub-jaxpr: jit, custom_vjp, remat) and adds 2 * |out| *
 |contracted| for each dot_general, so the formulas are checked against what the model actually
@@ -13,15 +13,19 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from data2vec_jax.train.flops import (encoder_forward_flops_per_token, last_block_query_flops_per_token,
-                                train_flops_per_token)
-from data2vec_jax.model.encoder import Encoder, apply_last_block, init_params, take_positions
 from data2vec_jax.model.config import EncoderConfig, tiny_config
+from data2vec_jax.model.encoder import Encoder, apply_last_block, init_params, take_positions
+from data2vec_jax.model.flops import (
+  encoder_forward_flops_per_token,
+  last_block_query_flops_per_token,
+  train_flops_per_token,
+)
 from data2vec_jax.objective.loss import ObjectiveConfig
 from data2vec_jax.objective.targets import teacher_targets_fn
 
-CFG = tiny_config(num_layers=3, hidden_size=32, num_heads=4, intermediate_size=80, vocab_size=50,
-                  max_positions=40)
+CFG = tiny_config(
+  num_layers=3, hidden_size=32, num_heads=4, intermediate_size=80, vocab_size=50, max_positions=40
+)
 B, T, K = 2, 24, 5
 
 
@@ -94,19 +98,23 @@ def test_pruned_last_block_saves_what_the_formula_says(params):
   per_token = last_block_query_flops_per_token(CFG, T)
   assert saved == 3 * B * (T - K) * per_token
   fraction = K / T
-  assert (train_flops_per_token(CFG, T, masked_fraction=fraction)
-          - train_flops_per_token(CFG, T, masked_fraction=fraction, pruned_last_block=True)
-          ) == pytest.approx(saved / (B * T))
+  assert (
+    train_flops_per_token(CFG, T, masked_fraction=fraction)
+    - train_flops_per_token(CFG, T, masked_fraction=fraction, pruned_last_block=True)
+  ) == pytest.approx(saved / (B * T))
 
 
 def test_pruned_teacher_last_block_saves_what_the_formula_says(params):
   objective = ObjectiveConfig(average_top_k_layers=2)
-  targets = lambda prune: lambda p: teacher_targets_fn(
-      p, IDS, config=CFG, objective=objective, prune_last_block=prune)(INDEX)
+  targets = lambda prune: (
+    lambda p: teacher_targets_fn(p, IDS, config=CFG, objective=objective, prune_last_block=prune)(
+      INDEX
+    )
+  )
   saved = counted(targets(False), params) - counted(targets(True), params)
   assert saved == B * (T - K) * last_block_query_flops_per_token(CFG, T)
   fraction = K / T
-  assert (train_flops_per_token(CFG, T, masked_fraction=fraction)
-          - train_flops_per_token(CFG, T, masked_fraction=fraction,
-                                  pruned_teacher_last_block=True)
-          ) == pytest.approx(saved / (B * T))
+  assert (
+    train_flops_per_token(CFG, T, masked_fraction=fraction)
+    - train_flops_per_token(CFG, T, masked_fraction=fraction, pruned_teacher_last_block=True)
+  ) == pytest.approx(saved / (B * T))

@@ -29,8 +29,11 @@ def test_an_exploding_but_finite_loss_stops_before_it_turns_nan():
   guard = monitor()
   guard.check_step(1, {"loss": 1.68, "grad_norm": 0.19})
   guard.check_step(2, {"loss": 1.66, "grad_norm": 0.18})
-  with pytest.raises(TrainingError, match=r"loss exploded at step 3: 2.3e\+19 is over "
-                                          r"train.explode_factor=100 times its median 1.67"):
+  with pytest.raises(
+    TrainingError,
+    match=r"loss exploded at step 3: 2.3e\+19 is over "
+    r"train.explode_factor=100 times its median 1.67",
+  ):
     guard.check_step(3, {"loss": 2.3e19, "grad_norm": 0.2})
   guard = monitor()
   guard.check_step(1, {"loss": 1.0, "grad_norm": 0.2})
@@ -52,8 +55,12 @@ def test_ordinary_fluctuations_and_a_falling_loss_pass():
 
 
 def test_the_running_median_is_seeded_from_the_resumed_runs_history():
-  guard = monitor(history=[{"step": 10, "loss": 2.0, "grad_norm": 0.5},
-                           {"step": 20, "loss": "nan", "grad_norm": 0.5}])
+  guard = monitor(
+    history=[
+      {"step": 10, "loss": 2.0, "grad_norm": 0.5},
+      {"step": 20, "loss": "nan", "grad_norm": 0.5},
+    ]
+  )
   with pytest.raises(TrainingError, match="median 2"):
     guard.check_step(21, {"loss": 500.0, "grad_norm": 0.5})
 

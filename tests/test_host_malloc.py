@@ -32,8 +32,13 @@ def _run(code: str, **env_overrides) -> subprocess.CompletedProcess:
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "D2V_MALLOC")}
   env.update(env_overrides)
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-  return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                        text=True, env=env, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(code)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+  )
 
 
 _FAULTS = """
@@ -66,6 +71,7 @@ def test_reexec_removes_per_call_page_faults():
 
 
 def test_bad_opt_out_value_is_refused():
-  proc = _run("from data2vec_jax.speed import host_malloc; host_malloc.maybe_reexec()",
-              D2V_MALLOC="yes")
+  proc = _run(
+    "from data2vec_jax.speed import host_malloc; host_malloc.maybe_reexec()", D2V_MALLOC="yes"
+  )
   assert proc.returncode != 0 and "D2V_MALLOC='yes'" in proc.stderr

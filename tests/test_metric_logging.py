@@ -17,14 +17,15 @@ def rows(workdir) -> list[dict]:
 def tensorboard_events(workdir) -> list:
   """Every event of every event file (TFRecord framing: length, crc, payload, crc)."""
   from tensorboardX.proto import event_pb2
+
   events = []
   for path in sorted(glob.glob(str(workdir / "tensorboard" / "events.*"))):
     data = open(path, "rb").read()
     offset = 0
     while offset < len(data):
-      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      (length,) = struct.unpack("<Q", data[offset : offset + 8])
       event = event_pb2.Event()
-      event.ParseFromString(data[offset + 12:offset + 12 + length])
+      event.ParseFromString(data[offset + 12 : offset + 12 + length])
       events.append(event)
       offset += 12 + length + 4
   return events
@@ -52,7 +53,7 @@ def test_a_resumed_run_replaces_the_replayed_steps(tmp_path):
   events = tensorboard_events(tmp_path)
   starts = [e.step for e in events if e.HasField("session_log") and e.session_log.status == 1]
   assert starts[-1] == 4
-  last_run = events[[i for i, e in enumerate(events) if e.HasField("session_log")][-1]:]
+  last_run = events[[i for i, e in enumerate(events) if e.HasField("session_log")][-1] :]
   assert [e.step for e in last_run if e.HasField("summary")] == [4, 5, 6]
 
 

@@ -23,9 +23,15 @@ def kernel_dir(tmp_path_factory, monkeypatch_module):
   root = tmp_path_factory.mktemp("jupyter")
   spec = root / "kernels" / KERNEL_NAME
   spec.mkdir(parents=True)
-  (spec / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": "data2vec-jax tests", "language": "python"}))
+  (spec / "kernel.json").write_text(
+    json.dumps(
+      {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "data2vec-jax tests",
+        "language": "python",
+      }
+    )
+  )
   monkeypatch_module.setenv("JUPYTER_PATH", str(root))
   return root
 
@@ -43,8 +49,9 @@ def test_there_are_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path, kernel_dir, tmp_path):
   notebook = nbformat.read(path, as_version=4)
-  client = NotebookClient(notebook, kernel_name=KERNEL_NAME, timeout=300,
-                          resources={"metadata": {"path": str(tmp_path)}})
+  client = NotebookClient(
+    notebook, kernel_name=KERNEL_NAME, timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+  )
   client.execute()  # raises CellExecutionError on the first failing cell
   outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
   assert not [o for o in outputs if o.output_type == "error"]

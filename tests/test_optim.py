@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from data2vec_jax.train.optimizer import (OptimizerConfig, apply_gradients, gradient_scale,
-                                learning_rate_schedule, make_optimizer,
-                                weight_decay_mask)
+from data2vec_jax.train.optimizer import (
+  OptimizerConfig,
+  apply_gradients,
+  gradient_scale,
+  learning_rate_schedule,
+  make_optimizer,
+  weight_decay_mask,
+)
 
 
 def fairseq_cosine(n, lr=2e-4, warmup=10000, max_update=1000000, min_lr=0.0):
@@ -56,7 +61,8 @@ def test_cosine_schedule():
   s = learning_rate_schedule(with_min)
   for n in (0, 50, 100, 550, 1000):
     assert float(s(n)) == pytest.approx(
-        fairseq_cosine(n, warmup=100, max_update=1000, min_lr=1e-5), rel=1e-5)
+      fairseq_cosine(n, warmup=100, max_update=1000, min_lr=1e-5), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("decay", ["exponential", "linear"])
@@ -85,9 +91,13 @@ def test_constant_schedule():
 
 def _params(seed=0):
   r = np.random.default_rng(seed)
-  return {"dense": {"kernel": r.normal(size=(4, 3)).astype(np.float32),
-                    "bias": r.normal(size=(3,)).astype(np.float32)},
-          "layers": {"ln": {"scale": r.normal(size=(2, 3)).astype(np.float32)}}}
+  return {
+    "dense": {
+      "kernel": r.normal(size=(4, 3)).astype(np.float32),
+      "bias": r.normal(size=(3,)).astype(np.float32),
+    },
+    "layers": {"ln": {"scale": r.normal(size=(2, 3)).astype(np.float32)}},
+  }
 
 
 def _run_ours(cfg: OptimizerConfig, grads_seq, params, normalizer=1.0):
@@ -102,8 +112,9 @@ def _run_ours(cfg: OptimizerConfig, grads_seq, params, normalizer=1.0):
 def _run_torch(cfg: OptimizerConfig, grads_seq, params, clip: bool):
   leaves = jax.tree_util.tree_leaves(params)
   tparams = [torch.nn.Parameter(torch.tensor(np.asarray(x))) for x in leaves]
-  opt = torch.optim.AdamW(tparams, lr=cfg.lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps,
-                          weight_decay=cfg.weight_decay)
+  opt = torch.optim.AdamW(
+    tparams, lr=cfg.lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=cfg.weight_decay
+  )
   sched = learning_rate_schedule(cfg)
   for n, g in enumerate(grads_seq):
     for p, gl in zip(tparams, jax.tree_util.tree_leaves(g)):
@@ -113,30 +124,36 @@ def _run_torch(cfg: OptimizerConfig, grads_seq, params, clip: bool):
     for group in opt.param_groups:
       group["lr"] = float(sched(n))  # fairseq/torch: update n+1 runs with lr(n)
     opt.step()
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
-                                      [p.detach().numpy() for p in tparams])
+  return jax.tree_util.tree_unflatten(
+    jax.tree_util.tree_structure(params), [p.detach().numpy() for p in tparams]
+  )
 
 
 def _grads(n, scale):
   r = np.random.default_rng(100)
-  return [jax.tree_util.tree_map(lambda x: (scale * (1 + i) * r.normal(size=x.shape)).astype(
-      np.float32), _params()) for i in range(n)]
+  return [
+    jax.tree_util.tree_map(
+      lambda x: (scale * (1 + i) * r.normal(size=x.shape)).astype(np.float32), _params()
+    )
+    for i in range(n)
+  ]
 
 
 @pytest.mark.parametrize("clip", [False, True])
 def test_adamw_matches_torch(clip):
-  cfg = OptimizerConfig(lr=1e-2, warmup_steps=2, max_steps=10, weight_decay=0.1,
-                        clip_norm=1.0 if clip else 0.0)
+  cfg = OptimizerConfig(
+    lr=1e-2, warmup_steps=2, max_steps=10, weight_decay=0.1, clip_norm=1.0 if clip else 0.0
+  )
   grads = _grads(6, scale=3.0)  # global norms ~10-60: clipping is active at every step
   ours = _run_ours(cfg, grads, _params())
   ref = _run_torch(cfg, grads, _params(), clip)
   for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
     np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-7)
   if clip:  # and clipping made a difference
-    unclipped = _run_ours(OptimizerConfig(**{**cfg.to_dict(), "clip_norm": 0.0}), grads,
-                          _params())
-    assert not np.allclose(jax.tree_util.tree_leaves(unclipped)[0],
-                           jax.tree_util.tree_leaves(ours)[0], rtol=1e-4)
+    unclipped = _run_ours(OptimizerConfig(**{**cfg.to_dict(), "clip_norm": 0.0}), grads, _params())
+    assert not np.allclose(
+      jax.tree_util.tree_leaves(unclipped)[0], jax.tree_util.tree_leaves(ours)[0], rtol=1e-4
+    )
 
 
 def test_normalizer_is_folded_like_dividing_first():
@@ -164,13 +181,20 @@ def test_gradient_scale():
 
 @pytest.mark.parametrize("decay_all", [True, False])
 def test_weight_decay_mask(decay_all):
-  cfg = OptimizerConfig(lr=0.1, schedule="constant", warmup_steps=0, weight_decay=0.5,
-                        decay_bias_and_norm=decay_all, clip_norm=0.0)
+  cfg = OptimizerConfig(
+    lr=0.1,
+    schedule="constant",
+    warmup_steps=0,
+    weight_decay=0.5,
+    decay_bias_and_norm=decay_all,
+    clip_norm=0.0,
+  )
   params = _params()
   zeros = jax.tree_util.tree_map(np.zeros_like, params)  # Adam step is 0: only decay moves p
   new = _run_ours(cfg, [zeros], params)
-  np.testing.assert_allclose(new["dense"]["kernel"], params["dense"]["kernel"] * (1 - 0.05),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    new["dense"]["kernel"], params["dense"]["kernel"] * (1 - 0.05), rtol=1e-6
+  )
   for path in (("dense", "bias"), ("layers", "ln", "scale")):  # stacked [L, D] scale is 2-D
     old, got = params[path[0]], new[path[0]]
     for k in path[1:]:
@@ -180,19 +204,26 @@ def test_weight_decay_mask(decay_all):
 
 
 def test_weight_decay_mask_on_boxed_tree():
-  boxed = {"k": nn.Partitioned(jnp.zeros((2, 3)), names=("embed", "mlp")),
-           "bias": nn.Partitioned(jnp.zeros((3,)), names=("mlp",))}
+  boxed = {
+    "k": nn.Partitioned(jnp.zeros((2, 3)), names=("embed", "mlp")),
+    "bias": nn.Partitioned(jnp.zeros((3,)), names=("mlp",)),
+  }
   mask = weight_decay_mask(boxed)
   assert jax.tree_util.tree_structure(mask) == jax.tree_util.tree_structure(boxed)
   assert [bool(x) for x in jax.tree_util.tree_leaves(mask)] == [False, True]  # sorted: bias, k
 
 
 def test_config_validation():
-  assert OptimizerConfig.from_dict({"lr": 1e-3, "tri_stage_ratios": [0.1, 0.8, 0.1]}) \
-      .tri_stage_ratios == (0.1, 0.8, 0.1)
+  assert OptimizerConfig.from_dict(
+    {"lr": 1e-3, "tri_stage_ratios": [0.1, 0.8, 0.1]}
+  ).tri_stage_ratios == (0.1, 0.8, 0.1)
   with pytest.raises(ValueError, match="unknown"):
     OptimizerConfig.from_dict({"learning_rate": 1e-3})
-  for bad in (dict(schedule="linear"), dict(tri_stage_ratios=(0.5, 0.5, 0.5)),
-              dict(warmup_steps=10, max_steps=5), dict(tri_stage_decay="cosine")):
+  for bad in (
+    dict(schedule="linear"),
+    dict(tri_stage_ratios=(0.5, 0.5, 0.5)),
+    dict(warmup_steps=10, max_steps=5),
+    dict(tri_stage_decay="cosine"),
+  ):
     with pytest.raises(ValueError):
       OptimizerConfig(**bad)

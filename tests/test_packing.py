@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data2vec_jax.speed import packing
-from data2vec_jax.model.encoder import Encoder, init_params, take_positions
 from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.model.encoder import Encoder, init_params, take_positions
+from data2vec_jax.speed import packing
 
 PAD = 1
 
@@ -54,9 +54,14 @@ def test_pack_unpack_roundtrip_and_are_each_others_transpose():
   g_unpack = jax.grad(lambda y: jnp.sum(packing.unpack(y, layout) * v))(y)
   np.testing.assert_allclose(g_unpack, packing.pack(v * keep[..., None], layout), rtol=1e-6)
   # ...and equal to what autodiff of the same gathers gives.
-  auto = jax.grad(lambda x: jnp.sum(jnp.take_along_axis(
-      x.reshape(3, 12, 3), layout.slot_position[..., None], axis=1, mode="fill",
-      fill_value=0) * w))(x)
+  auto = jax.grad(
+    lambda x: jnp.sum(
+      jnp.take_along_axis(
+        x.reshape(3, 12, 3), layout.slot_position[..., None], axis=1, mode="fill", fill_value=0
+      )
+      * w
+    )
+  )(x)
   np.testing.assert_allclose(g_pack, auto, rtol=1e-6)
 
 
@@ -66,8 +71,9 @@ def test_take_matches_take_positions_of_the_unpacked_array():
   layout = packing.make_layout(jnp.asarray(keep), packing.PackingSpec(2, 11))
   x = jnp.asarray(rng.normal(size=(4, 8, 2)), jnp.float32) * keep[..., None]
   index = jnp.asarray(rng.integers(0, 8, (4, 3)), jnp.int32)
-  np.testing.assert_array_equal(packing.take(packing.pack(x, layout), index, layout),
-                                take_positions(x, index))
+  np.testing.assert_array_equal(
+    packing.take(packing.pack(x, layout), index, layout), take_positions(x, index)
+  )
   ids = jnp.asarray(np.where(keep, 7, PAD), jnp.int32)
   packed_ids = packing.pack_ids(ids, layout, PAD)
   assert int(jnp.sum(packed_ids == 7)) == keep.sum() and packed_ids.shape == (2, 11)
@@ -92,7 +98,8 @@ def test_spec_for_batch_follows_the_train_steps_micro_batch_split():
   np.testing.assert_array_equal(packing.group_token_counts(rows, 1, 2), [[16], [2]])
   np.testing.assert_array_equal(packing.group_token_counts(rows, 2, 1), [[9, 9]])
   spec = lambda rows, groups, micro, buckets: packing.spec_for_batch(
-      np.asarray(rows), seq_len=8, groups=groups, micro_batches=micro, buckets=buckets)
+    np.asarray(rows), seq_len=8, groups=groups, micro_batches=micro, buckets=buckets
+  )
   # Micro-batch 0 fills all 16 positions of its group: nothing to save, run unpacked.
   assert spec(rows, 1, 2, 8) is None
   # 9 real tokens, buckets of 16/8 = 2 tokens -> 10; one bucket of 16 -> unpacked.
@@ -112,8 +119,9 @@ def test_spec_for_batch_follows_the_train_steps_micro_batch_split():
 
 
 def test_packed_encoder_equals_padded_encoder_at_real_tokens():
-  cfg = EncoderConfig(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2,
-                      intermediate_size=32, max_positions=24)
+  cfg = EncoderConfig(
+    vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_positions=24
+  )
   params = init_params(cfg, jax.random.key(0))
   rng = np.random.default_rng(2)
   keep = _keep([10, 3, 7, 10], 10)
@@ -126,6 +134,7 @@ def test_packed_encoder_equals_padded_encoder_at_real_tokens():
   assert packed.ffn_outputs.shape == (2, 2, 17, 16)
   full = packed.unpacked()
   real = keep[..., None]
+
   # Packed and padded are the same math in other shapes, so XLA may sum in another order: an
   # n-term dot product is within n * eps * sum_i |x_i w_i| of the exact value (the standard
   # bound), n = 32 (the FFN width, the widest reduction here), with the compared array's
@@ -134,16 +143,20 @@ def test_packed_encoder_equals_padded_encoder_at_real_tokens():
   def assert_equal_up_to_rounding(got, want, err_msg=""):
     want = np.asarray(want, np.float64)
     bound = cfg.intermediate_size * np.finfo(np.float32).eps * np.abs(want).max()
-    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=bound,
-                               err_msg=err_msg)
+    np.testing.assert_allclose(
+      np.asarray(got, np.float64), want, rtol=0, atol=bound, err_msg=err_msg
+    )
+
   for name in ("last_hidden_state", "embedding_output", "block_outputs", "ffn_outputs"):
     a, b = getattr(padded, name), getattr(full, name)
     assert_equal_up_to_rounding(b, np.where(real, a, 0), err_msg=name)
   # Gradients through the packed encoder (weights on real tokens only) equal the padded ones.
   w = jnp.asarray(rng.normal(size=(4, 10, 16)), jnp.float32) * real
   loss = lambda p, lay: jnp.sum(run(p, lay).unpacked().last_hidden_state * w)
-  for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss)(params, None)),
-                  jax.tree_util.tree_leaves(jax.grad(loss)(params, layout))):
+  for a, b in zip(
+    jax.tree_util.tree_leaves(jax.grad(loss)(params, None)),
+    jax.tree_util.tree_leaves(jax.grad(loss)(params, layout)),
+  ):
     assert_equal_up_to_rounding(b, a)
   with pytest.raises(ValueError, match=r"layout is for \[4, 10\] inputs"):
     Encoder(cfg).apply({"params": params}, ids[:2], deterministic=True, layout=layout)

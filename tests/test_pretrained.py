@@ -12,23 +12,29 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from data2vec_jax import encode, load_pretrained, save_pretrained
+from data2vec_jax.model.config import tiny_config
 from data2vec_jax.weights import CheckpointError
 from data2vec_jax.weights.layout import flatten, param_shapes, unflatten
-from data2vec_jax.weights.parity import (diff_report, padded_batch, reference_features,
-                                         reference_model)
-from data2vec_jax.model.config import tiny_config
+from data2vec_jax.weights.parity import (
+  diff_report,
+  padded_batch,
+  reference_features,
+  reference_model,
+)
 from data2vec_jax.weights.pretrained import _encode, load_checkpoint
 
-CONFIG = tiny_config(vocab_size=90, hidden_size=32, num_heads=2, intermediate_size=40,
-                     num_layers=2, max_positions=24)
+CONFIG = tiny_config(
+  vocab_size=90, hidden_size=32, num_heads=2, intermediate_size=40, num_layers=2, max_positions=24
+)
 
 
 @pytest.fixture(scope="module")
 def params():
   """Random float32 params of the model's exact tree (from eval_shape: no slow eager init)."""
   rng = np.random.default_rng(0)
-  return unflatten({k: rng.normal(0, 0.05, shape).astype(np.float32)
-                    for k, shape in param_shapes(CONFIG).items()})
+  return unflatten(
+    {k: rng.normal(0, 0.05, shape).astype(np.float32) for k, shape in param_shapes(CONFIG).items()}
+  )
 
 
 def _equal(a, b):
@@ -37,8 +43,11 @@ def _equal(a, b):
 
 
 def test_save_load_round_trip_with_heads_and_metadata(tmp_path, params):
-  heads = {"regression_head": {"dense_0": {"kernel": np.ones((32, 64), np.float32),
-                                            "bias": np.arange(64, dtype=np.float32)}}}
+  heads = {
+    "regression_head": {
+      "dense_0": {"kernel": np.ones((32, 64), np.float32), "bias": np.arange(64, dtype=np.float32)}
+    }
+  }
   save_pretrained(tmp_path, CONFIG, params, head_params=heads, metadata={"step": 7})
   config, loaded = load_pretrained(tmp_path)
   assert config == CONFIG and _equal(params, loaded)
@@ -74,16 +83,19 @@ def test_load_lists_every_key_problem(tmp_path, params):
   assert "layers/fc1/kernel: got (2, 32, 41), expected (2, 32, 40)" in message
 
 
-@pytest.mark.parametrize("file, key, dtype", [
+@pytest.mark.parametrize(
+  "file, key, dtype",
+  [
     ("params.safetensors", "layers/fc1/kernel", np.float32),
     ("params.safetensors", "layers/fc1/kernel", jnp.bfloat16),  # kept as stored
     ("heads.safetensors", "regression_head/dense_0/bias", np.float32),
-])
-def test_load_refuses_non_finite_weights_naming_file_and_tensor(tmp_path, params, file, key,
-                                                                dtype):
+  ],
+)
+def test_load_refuses_non_finite_weights_naming_file_and_tensor(tmp_path, params, file, key, dtype):
   params = jax.tree.map(lambda x: x.astype(dtype), params)
-  heads = {"regression_head": {"dense_0": {"kernel": np.ones((32, 4), dtype),
-                                            "bias": np.zeros(4, dtype)}}}
+  heads = {
+    "regression_head": {"dense_0": {"kernel": np.ones((32, 4), dtype), "bias": np.zeros(4, dtype)}}
+  }
   save_pretrained(tmp_path, CONFIG, params, head_params=heads)
   load_pretrained(tmp_path)  # clean: loads
   flat = {k: v.copy() for k, v in load_file(tmp_path / file).items()}
@@ -91,8 +103,10 @@ def test_load_refuses_non_finite_weights_naming_file_and_tensor(tmp_path, params
   save_file(flat, tmp_path / file)
   with pytest.raises(CheckpointError) as err:
     load_pretrained(tmp_path)
-  assert str(err.value) == (f"{tmp_path / file}: tensor '{key}' has 3 NaN/Inf values; the "
-                            "checkpoint is corrupt or diverged, load an earlier one")
+  assert str(err.value) == (
+    f"{tmp_path / file}: tensor '{key}' has 3 NaN/Inf values; the "
+    "checkpoint is corrupt or diverged, load an earlier one"
+  )
 
 
 def test_load_refuses_unknown_formats_and_versions(tmp_path, params):
@@ -121,21 +135,31 @@ def test_load_pretrained_dispatches_hf_fairseq_and_own(tmp_path):
   prefix = "encoder.sentence_encoder."
   fs = {}
   for k, v in model.state_dict().items():
-    k = (k.replace("embeddings.word_embeddings", "embed_tokens")
-         .replace("embeddings.position_embeddings", "embed_positions")
-         .replace("embeddings.LayerNorm", "layernorm_embedding")
-         .replace("encoder.layer.", "layers.")
-         .replace("attention.self.query", "self_attn.q_proj")
-         .replace("attention.self.key", "self_attn.k_proj")
-         .replace("attention.self.value", "self_attn.v_proj")
-         .replace("attention.output.dense", "self_attn.out_proj")
-         .replace("attention.output.LayerNorm", "self_attn_layer_norm")
-         .replace("intermediate.dense", "fc1").replace("output.dense", "fc2")
-         .replace("output.LayerNorm", "final_layer_norm"))
+    k = (
+      k.replace("embeddings.word_embeddings", "embed_tokens")
+      .replace("embeddings.position_embeddings", "embed_positions")
+      .replace("embeddings.LayerNorm", "layernorm_embedding")
+      .replace("encoder.layer.", "layers.")
+      .replace("attention.self.query", "self_attn.q_proj")
+      .replace("attention.self.key", "self_attn.k_proj")
+      .replace("attention.self.value", "self_attn.v_proj")
+      .replace("attention.output.dense", "self_attn.out_proj")
+      .replace("attention.output.LayerNorm", "self_attn_layer_norm")
+      .replace("intermediate.dense", "fc1")
+      .replace("output.dense", "fc2")
+      .replace("output.LayerNorm", "final_layer_norm")
+    )
     if not k.startswith(("pooler", "embeddings.token_type")):
       fs[prefix + k] = v
-  cfg = {"model": {"encoder_embed_dim": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
-                   "encoder_ffn_embed_dim": 40, "max_positions": 22}}
+  cfg = {
+    "model": {
+      "encoder_embed_dim": 32,
+      "encoder_layers": 2,
+      "encoder_attention_heads": 2,
+      "encoder_ffn_embed_dim": 40,
+      "max_positions": 22,
+    }
+  }
   torch.save({"model": fs, "cfg": cfg}, tmp_path / "model.pt")
   fs_config, fs_params = load_pretrained(tmp_path / "model.pt")
   assert fs_config.replace(dropout=0.1, attention_dropout=0.1) == config
@@ -156,8 +180,9 @@ def test_encode_masks_validates_and_compiles_once_per_shape(params):
   assert _encode._cache_size() == before + 1  # one compile for this config and shape
   assert np.array_equal(a.last_hidden_state, b.last_hidden_state)
   assert len(a.hidden_states) == CONFIG.num_layers + 1 and len(a.ffn_outputs) == CONFIG.num_layers
-  assert all(h.shape == (3, 7, 32) and h.dtype == np.float32
-             for h in (*a.hidden_states, *a.ffn_outputs))
+  assert all(
+    h.shape == (3, 7, 32) and h.dtype == np.float32 for h in (*a.hidden_states, *a.ffn_outputs)
+  )
   # fairseq semantics: the embedding output is zero at pads.
   assert np.all(np.asarray(a.hidden_states[0])[mask == 0] == 0)
 

@@ -18,23 +18,36 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
-    "--config.model.num_layers=2", "--config.model.hidden_size=32", "--config.model.num_heads=2",
-    "--config.model.intermediate_size=64", "--config.model.dropout=0.1",
-    "--config.objective.average_top_k_layers=2", "--config.data.global_batch_size=8",
-    "--config.data.tokens_per_sample=64", "--config.data.sentencepiece_vocab_size=512",
-    "--config.data.prefetch=2", "--config.train.log_every=1", "--config.train.checkpoint_every=2",
-    "--config.train.collapse_check_after=1000000", "--config.train.async_checkpoint=True",
-    "--config.train.plot=False",
-    # Four packed capacities per length instead of 16: each new one compiles the step again,
-    # and a few are enough to exercise packing end to end.
-    "--config.execution.pack_buckets=4",
+  "--config.model.num_layers=2",
+  "--config.model.hidden_size=32",
+  "--config.model.num_heads=2",
+  "--config.model.intermediate_size=64",
+  "--config.model.dropout=0.1",
+  "--config.objective.average_top_k_layers=2",
+  "--config.data.global_batch_size=8",
+  "--config.data.tokens_per_sample=64",
+  "--config.data.sentencepiece_vocab_size=512",
+  "--config.data.prefetch=2",
+  "--config.train.log_every=1",
+  "--config.train.checkpoint_every=2",
+  "--config.train.collapse_check_after=1000000",
+  "--config.train.async_checkpoint=True",
+  "--config.train.plot=False",
+  # Four packed capacities per length instead of 16: each new one compiles the step again,
+  # and a few are enough to exercise packing end to end.
+  "--config.execution.pack_buckets=4",
 ]
 
 
 def train_cmd(workdir: str, steps: int, *extra: str) -> list[str]:
-  return [sys.executable, os.path.join(REPO, "train.py"),
-          f"--config={os.path.join(REPO, 'configs', 'demo.py')}:steps={steps}",
-          f"--workdir={workdir}", *TINY, *extra]
+  return [
+    sys.executable,
+    os.path.join(REPO, "train.py"),
+    f"--config={os.path.join(REPO, 'configs', 'demo.py')}:steps={steps}",
+    f"--workdir={workdir}",
+    *TINY,
+    *extra,
+  ]
 
 
 def env() -> dict[str, str]:
@@ -66,8 +79,9 @@ def last_line(text: str) -> str:
 @pytest.mark.slow
 def test_train_resume_export(tmp_path):
   workdir = str(tmp_path / "run")
-  first = subprocess.run(train_cmd(workdir, 4), env=env(), capture_output=True, text=True,
-                         timeout=600)
+  first = subprocess.run(
+    train_cmd(workdir, 4), env=env(), capture_output=True, text=True, timeout=600
+  )
   assert first.returncode == 0, first.stderr[-3000:]
   assert "step 4/4" in first.stderr
   # train.py put the GPU XLA flags (data2vec_jax/speed/xla_flags.py) into XLA_FLAGS before JAX started.
@@ -84,10 +98,16 @@ def test_train_resume_export(tmp_path):
   assert any(key != "unpacked" and int(key) < 8 * 64 for key in packed), packed
   # Resuming with another model fails in one line naming the mismatched tensors, and leaves the
   # workdir's own config.json / recipe.json (which `export` reads) as they were.
-  own_files = {name: open(os.path.join(workdir, name)).read()
-               for name in ("config.json", "recipe.json")}
-  wrong = subprocess.run(train_cmd(workdir, 6, "--config.model.hidden_size=64"), env=env(),
-                         capture_output=True, text=True, timeout=600)
+  own_files = {
+    name: open(os.path.join(workdir, name)).read() for name in ("config.json", "recipe.json")
+  }
+  wrong = subprocess.run(
+    train_cmd(workdir, 6, "--config.model.hidden_size=64"),
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert wrong.returncode == 1
   assert last_line(wrong.stderr).startswith("train.py: error: "), wrong.stderr[-3000:]
   assert "shape mismatches [" in last_line(wrong.stderr)
@@ -96,14 +116,16 @@ def test_train_resume_export(tmp_path):
   assert own_files == {name: open(os.path.join(workdir, name)).read() for name in own_files}
   assert checkpoint_steps(workdir)[-1] == 4
   # Same command with more steps resumes from the step-4 checkpoint instead of restarting.
-  second = subprocess.run(train_cmd(workdir, 6), env=env(), capture_output=True, text=True,
-                          timeout=600)
+  second = subprocess.run(
+    train_cmd(workdir, 6), env=env(), capture_output=True, text=True, timeout=600
+  )
   assert second.returncode == 0, second.stderr[-3000:]
   assert "resumed from" in second.stderr and "at step 4" in second.stderr
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["final_step"] == 6 and summary["stop_reason"] == "completed"
   # The exported model directory loads and encodes.
   import data2vec_jax
+
   config, params = data2vec_jax.load_pretrained(summary["model_dir"])
   assert config.hidden_size == 32 and config.vocab_size == 512
   out = data2vec_jax.encode(config, params, np.array([[0, 10, 11, 12, 2]], np.int32))
@@ -111,25 +133,54 @@ def test_train_resume_export(tmp_path):
   assert np.all(np.isfinite(out.last_hidden_state))
   # Any checkpoint can be exported on demand, also the EMA teacher.
   teacher_dir = str(tmp_path / "teacher")
-  exp = subprocess.run([sys.executable, "-m", "data2vec_jax.weights.export", "--workdir", workdir,
-                        "--output", teacher_dir, "--step", "4", "--ema"],
-                       env=env(), capture_output=True, text=True, timeout=300)
+  exp = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "data2vec_jax.weights.export",
+      "--workdir",
+      workdir,
+      "--output",
+      teacher_dir,
+      "--step",
+      "4",
+      "--ema",
+    ],
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert exp.returncode == 0, exp.stderr[-3000:]
   assert "exported step 4 (EMA teacher)" in exp.stdout
   meta = json.load(open(os.path.join(teacher_dir, "config.json")))["metadata"]
   assert meta == {"step": 4, "objective": "data2vec", "weights": "ema"}
   _, teacher = data2vec_jax.load_pretrained(teacher_dir)
-  diff = np.abs(np.asarray(teacher["layers"]["fc1"]["kernel"]) -
-                np.asarray(params["layers"]["fc1"]["kernel"])).max()
+  diff = np.abs(
+    np.asarray(teacher["layers"]["fc1"]["kernel"]) - np.asarray(params["layers"]["fc1"]["kernel"])
+  ).max()
   assert diff > 0  # the teacher lags the student
   # ... and converts to a Hugging Face directory that transformers loads.
   hf_dir = str(tmp_path / "hf")
-  conv = subprocess.run([sys.executable, os.path.join(REPO, "convert_torch_weights.py"),
-                         summary["model_dir"], "--to", "hf", "--output", hf_dir],
-                        env=env(), capture_output=True, text=True, timeout=300)
+  conv = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, "convert_torch_weights.py"),
+      summary["model_dir"],
+      "--to",
+      "hf",
+      "--output",
+      hf_dir,
+    ],
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert conv.returncode == 0, conv.stderr[-3000:]
   import torch
   import transformers
+
   model, info = transformers.Data2VecTextModel.from_pretrained(hf_dir, output_loading_info=True)
   assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
   with torch.no_grad():
@@ -141,20 +192,23 @@ def test_train_resume_export(tmp_path):
 def test_kill_and_resume_reproduces_uninterrupted_losses(tmp_path):
   steps = 8
   reference_dir = str(tmp_path / "reference")
-  ref = subprocess.run(train_cmd(reference_dir, steps), env=env(), capture_output=True,
-                       text=True, timeout=600)
+  ref = subprocess.run(
+    train_cmd(reference_dir, steps), env=env(), capture_output=True, text=True, timeout=600
+  )
   assert ref.returncode == 0, ref.stderr[-3000:]
   reference = losses(reference_dir)
   assert sorted(reference) == list(range(1, steps + 1))
 
   workdir = str(tmp_path / "killed")
-  proc = subprocess.Popen(train_cmd(workdir, steps), env=env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    train_cmd(workdir, steps), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 300
   while time.time() < deadline:
-    if (os.path.exists(metrics) and len(losses(workdir)) >= 5
-        and len(checkpoint_steps(workdir)) >= 2):
+    if (
+      os.path.exists(metrics) and len(losses(workdir)) >= 5 and len(checkpoint_steps(workdir)) >= 2
+    ):
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)  # no chance to save: resume must use an earlier checkpoint
@@ -165,15 +219,20 @@ def test_kill_and_resume_reproduces_uninterrupted_losses(tmp_path):
   assert len(saved) >= 2, saved
   # The newest checkpoint is also corrupt (an array file cut short, as by a full disk): the run
   # reports it, sets it aside and resumes from the one before.
-  arrays = sorted(p for p in glob.glob(os.path.join(workdir, "checkpoints", str(saved[-1]),
-                                                    "state", "**", "d", "*"), recursive=True)
-                  if os.path.isfile(p))
+  arrays = sorted(
+    p
+    for p in glob.glob(
+      os.path.join(workdir, "checkpoints", str(saved[-1]), "state", "**", "d", "*"), recursive=True
+    )
+    if os.path.isfile(p)
+  )
   for path in arrays:
     with open(path, "r+b") as f:
       f.truncate(os.path.getsize(path) // 2)
 
-  resumed = subprocess.run(train_cmd(workdir, steps), env=env(), capture_output=True, text=True,
-                           timeout=600)
+  resumed = subprocess.run(
+    train_cmd(workdir, steps), env=env(), capture_output=True, text=True, timeout=600
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"checkpoint step {saved[-1]} is corrupt" in resumed.stderr
   assert f"at step {saved[-2]}" in resumed.stderr and "Traceback" not in resumed.stderr
@@ -191,8 +250,13 @@ def test_sigterm_saves_and_exits(tmp_path):
   # Every step is checkpointed, so the notice always arrives on a step that was just saved:
   # the preemption save must not save it again (orbax's StepAlreadyExistsError).
   workdir = str(tmp_path / "preempted")
-  proc = subprocess.Popen(train_cmd(workdir, 200, "--config.train.checkpoint_every=1"),
-                          env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    train_cmd(workdir, 200, "--config.train.checkpoint_every=1"),
+    env=env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 300
   while time.time() < deadline and not (os.path.exists(metrics) and len(losses(workdir)) >= 3):
@@ -212,9 +276,13 @@ def test_sigterm_saves_and_exits(tmp_path):
 def test_a_diverging_run_stops_before_nan_and_sets_its_checkpoints_aside(tmp_path):
   # lr 1e6: the loss explodes (finite, ~1e20) a step before it turns NaN.
   workdir = str(tmp_path / "diverged")
-  run = subprocess.run(train_cmd(workdir, 12, "--config.optimizer.lr=1e6",
-                                 "--config.train.checkpoint_every=1"),
-                       env=env(), capture_output=True, text=True, timeout=600)
+  run = subprocess.run(
+    train_cmd(workdir, 12, "--config.optimizer.lr=1e6", "--config.train.checkpoint_every=1"),
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert run.returncode == 1
   line = last_line(run.stderr)
   assert line.startswith("train.py: error: loss exploded at step "), run.stderr[-3000:]
@@ -233,22 +301,30 @@ def test_a_diverging_run_stops_before_nan_and_sets_its_checkpoints_aside(tmp_pat
   assert not glob.glob(os.path.join(workdir, "**", "*orbax-checkpoint-tmp*"), recursive=True)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.train.nmu_steps=3", "unknown config field 'train.nmu_steps' (did you mean "
-                                   "'num_steps'?)"),
+@pytest.mark.parametrize(
+  "override, message",
+  [
+    (
+      "--config.train.nmu_steps=3",
+      "unknown config field 'train.nmu_steps' (did you mean 'num_steps'?)",
+    ),
     ("--config.data.global_batch_size=-8", "invalid config: global_batch_size must be >= 1"),
     ("--config.data.source=wiki", "invalid config: unknown data.source 'wiki'"),
     # Speed knobs moved to the execution section: the old key names the new one.
-    ("--config.objective.head_positions_per_row=0", "config field "
-     "'objective.head_positions_per_row' moved: use --config.execution.head_positions"),
+    (
+      "--config.objective.head_positions_per_row=0",
+      "config field "
+      "'objective.head_positions_per_row' moved: use --config.execution.head_positions",
+    ),
     ("--config.execution.head_positions=some", "invalid config: execution.head_positions must"),
-])
+  ],
+)
 def test_a_bad_config_is_one_line_before_anything_is_built(tmp_path, override, message):
   workdir = str(tmp_path / "run")
-  run = subprocess.run(train_cmd(workdir, 4, override), env=env(), capture_output=True,
-                       text=True, timeout=300)
+  run = subprocess.run(
+    train_cmd(workdir, 4, override), env=env(), capture_output=True, text=True, timeout=300
+  )
   assert run.returncode in (1, 2)
   assert last_line(run.stderr).startswith(f"train.py: error: {message}"), run.stderr[-2000:]
   assert "Traceback" not in run.stderr
   assert not os.path.exists(workdir)  # no corpus or vocabulary was built first
-

@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from test_train_e2e import env, train_cmd
 
 
@@ -29,9 +28,15 @@ def _run_two_processes(tmp_path, workdir: str, steps: int, *extra: str) -> list[
   logs = [str(tmp_path / f"process{i}_{steps}.log") for i in range(2)]
   procs = []
   for i in range(2):
-    cmd = train_cmd(workdir, steps, *extra, "--config.distributed=True",
-                    f"--config.cluster.coordinator_address=localhost:{port}",
-                    "--config.cluster.num_processes=2", f"--config.cluster.process_id={i}")
+    cmd = train_cmd(
+      workdir,
+      steps,
+      *extra,
+      "--config.distributed=True",
+      f"--config.cluster.coordinator_address=localhost:{port}",
+      "--config.cluster.num_processes=2",
+      f"--config.cluster.process_id={i}",
+    )
     with open(logs[i], "w") as log:
       procs.append(subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=log))
   try:
@@ -56,8 +61,9 @@ def test_two_processes_train_and_resume_like_one_process_with_two_devices(tmp_pa
   mesh = ("--config.mesh.data=1", "--config.mesh.fsdp=2")
   single_dir = str(tmp_path / "single")
   single_env = dict(env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  single = subprocess.run(train_cmd(single_dir, 4, *mesh), env=single_env, capture_output=True,
-                          text=True, timeout=600)
+  single = subprocess.run(
+    train_cmd(single_dir, 4, *mesh), env=single_env, capture_output=True, text=True, timeout=600
+  )
   assert single.returncode == 0, single.stderr[-3000:]
 
   multi_dir = str(tmp_path / "multi")
@@ -71,6 +77,7 @@ def test_two_processes_train_and_resume_like_one_process_with_two_devices(tmp_pa
   def metrics(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       return {row["step"]: row for row in map(json.loads, f)}
+
   want, got = metrics(single_dir), metrics(multi_dir)
   assert sorted(got) == sorted(want) == [1, 2, 3, 4]
   # Steps 1-2 (the demo's warm-up starts at lr 0, so step 2 sees the EMA update only): the
@@ -94,14 +101,31 @@ def test_two_processes_train_and_resume_like_one_process_with_two_devices(tmp_pa
   # One process (one device) reads the two-process checkpoint and exports it: bit for bit what
   # the two processes gathered and wrote.
   exported = str(tmp_path / "exported")
-  exp = subprocess.run([sys.executable, "-m", "data2vec_jax.weights.export", "--workdir", multi_dir,
-                        "--output", exported, "--step", "6"],
-                       env=env(), capture_output=True, text=True, timeout=300)
+  exp = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "data2vec_jax.weights.export",
+      "--workdir",
+      multi_dir,
+      "--output",
+      exported,
+      "--step",
+      "6",
+    ],
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert exp.returncode == 0, exp.stderr[-3000:]
   import jax
+
   import data2vec_jax
+
   _, gathered = data2vec_jax.load_pretrained(model_dir)
   _, restored = data2vec_jax.load_pretrained(exported)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(restored),
-                          jax.tree_util.tree_leaves(gathered)):
+  for (path, a), b in zip(
+    jax.tree_util.tree_leaves_with_path(restored), jax.tree_util.tree_leaves(gathered)
+  ):
     np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=jax.tree_util.keystr(path))

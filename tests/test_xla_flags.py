@@ -36,8 +36,9 @@ def test_opt_out_and_in_place_application():
 def _start_backend(xla_flags_value: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, XLA_FLAGS=xla_flags_value, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   code = "import jax, jax.numpy as jnp; print(float(jnp.ones(3).sum()), jax.devices())"
-  return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=300)
+  return subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+  )
 
 
 def test_xla_accepts_the_gpu_flags():

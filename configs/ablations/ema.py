@@ -8,11 +8,22 @@ from configs import pretrain
 
 
 def get_config(arg=None):
-  args = pretrain.parse_arg(arg, {"model": "base", "recipe": "release", "decay": "0.999",
-                                  "end_decay": "0.9999", "anneal": "300000",
-                                  "layers_only": "true"})
+  args = pretrain.parse_arg(
+    arg,
+    {
+      "model": "base",
+      "recipe": "release",
+      "decay": "0.999",
+      "end_decay": "0.9999",
+      "anneal": "300000",
+      "layers_only": "true",
+    },
+  )
   c = pretrain.base_config(args["model"], args["recipe"])
-  c.ema.update(ema_decay=float(args["decay"]), ema_end_decay=float(args["end_decay"]),
-               ema_anneal_end_step=int(args["anneal"]),
-               ema_transformer_layers_only=args["layers_only"].lower() in ("1", "true", "yes"))
+  c.ema.update(
+    ema_decay=float(args["decay"]),
+    ema_end_decay=float(args["end_decay"]),
+    ema_anneal_end_step=int(args["anneal"]),
+    ema_transformer_layers_only=args["layers_only"].lower() in ("1", "true", "yes"),
+  )
   return c

@@ -8,8 +8,7 @@ from configs import pretrain
 
 
 def get_config(arg=None):
-  args = pretrain.parse_arg(arg, {"model": "base", "recipe": "release", "beta": "4",
-                                  "scale": "1"})
+  args = pretrain.parse_arg(arg, {"model": "base", "recipe": "release", "beta": "4", "scale": "1"})
   c = pretrain.base_config(args["model"], args["recipe"])
   c.objective.loss_beta = float(args["beta"])
   c.objective.loss_scale = float(args["scale"])  # <= 0 means 1/sqrt(D)

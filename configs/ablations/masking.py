@@ -9,18 +9,25 @@ from configs import pretrain
 
 
 def get_config(arg=None):
-  args = pretrain.parse_arg(arg, {"model": "base", "recipe": "release", "mask": "span",
-                                  "prob": "0.35", "span": "4"})
+  args = pretrain.parse_arg(
+    arg, {"model": "base", "recipe": "release", "mask": "span", "prob": "0.35", "span": "4"}
+  )
   c = pretrain.base_config(args["model"], args["recipe"])
   if args["mask"] == "span":
-    c.masking.update(mask_prob=0.35, mask_multiple_length=4, leave_unmasked_prob=0.0,
-                     random_token_prob=0.0)
+    c.masking.update(
+      mask_prob=0.35, mask_multiple_length=4, leave_unmasked_prob=0.0, random_token_prob=0.0
+    )
   elif args["mask"] == "bert":
-    c.masking.update(mask_prob=0.15, mask_multiple_length=1, leave_unmasked_prob=0.1,
-                     random_token_prob=0.1)
+    c.masking.update(
+      mask_prob=0.15, mask_multiple_length=1, leave_unmasked_prob=0.1, random_token_prob=0.1
+    )
   elif args["mask"] == "span_custom":
-    c.masking.update(mask_prob=float(args["prob"]), mask_multiple_length=int(args["span"]),
-                     leave_unmasked_prob=0.0, random_token_prob=0.0)
+    c.masking.update(
+      mask_prob=float(args["prob"]),
+      mask_multiple_length=int(args["span"]),
+      leave_unmasked_prob=0.0,
+      random_token_prob=0.0,
+    )
   else:
     raise ValueError(f"unknown mask {args['mask']!r}; known: span, bert, span_custom")
   return c

@@ -9,12 +9,12 @@ norm = layer (release default) | instance | batch | none | layer+final_layer | l
 from configs import pretrain
 
 NORMS = {
-    "layer": dict(layer_norm_target_layer=True),
-    "instance": dict(instance_norm_target_layer=True),
-    "batch": dict(batch_norm_target_layer=True),
-    "none": dict(),
-    "layer+final_layer": dict(layer_norm_target_layer=True, layer_norm_targets=True),
-    "layer+final_instance": dict(layer_norm_target_layer=True, instance_norm_targets=True),
+  "layer": dict(layer_norm_target_layer=True),
+  "instance": dict(instance_norm_target_layer=True),
+  "batch": dict(batch_norm_target_layer=True),
+  "none": dict(),
+  "layer+final_layer": dict(layer_norm_target_layer=True, layer_norm_targets=True),
+  "layer+final_instance": dict(layer_norm_target_layer=True, instance_norm_targets=True),
 }
 
 
@@ -23,8 +23,12 @@ def get_config(arg=None):
   if args["norm"] not in NORMS:
     raise ValueError(f"unknown norm {args['norm']!r}; known: {sorted(NORMS)}")
   c = pretrain.base_config(args["model"], args["recipe"])
-  c.objective.update(layer_norm_target_layer=False, instance_norm_target_layer=False,
-                     batch_norm_target_layer=False, layer_norm_targets=False,
-                     instance_norm_targets=False)
+  c.objective.update(
+    layer_norm_target_layer=False,
+    instance_norm_target_layer=False,
+    batch_norm_target_layer=False,
+    layer_norm_targets=False,
+    instance_norm_targets=False,
+  )
   c.objective.update(**NORMS[args["norm"]])
   return c

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 BREAK_MODES = ("complete_doc", "complete", "none", "eos")
 
 
-def slice_indices(sizes: np.ndarray, break_mode: str, block_size: int,
-                  document_sep_len: int = 1) -> np.ndarray:
+def slice_indices(
+  sizes: np.ndarray, break_mode: str, block_size: int, document_sep_len: int = 1
+) -> np.ndarray:
   """Block (start, end) token offsets, int64 [num_blocks, 2], fairseq's `_get_slice_indices_fast`.
 
   Args:
@@ -101,7 +102,9 @@ class BlockDataset:
   `tokens_per_sample - 1` are dropped (count in `num_dropped`).
   """
 
-  def __init__(self, source: TokenSource, *, tokens_per_sample: int, break_mode: str, bos_id: int) -> None:
+  def __init__(
+    self, source: TokenSource, *, tokens_per_sample: int, break_mode: str, bos_id: int
+  ) -> None:
     if tokens_per_sample < 2:
       raise ValueError(f"tokens_per_sample must be >= 2, got {tokens_per_sample}")
     self.source = source
@@ -114,14 +117,20 @@ class BlockDataset:
     keep = lengths <= block_size
     self.num_dropped = int((~keep).sum())
     if self.num_dropped:
-      log.warning("dropped %d of %d blocks longer than %d tokens (a single sentence over the "
-                  "block size; fairseq drops them with ignore_invalid_inputs)",
-                  self.num_dropped, len(slices), block_size)
+      log.warning(
+        "dropped %d of %d blocks longer than %d tokens (a single sentence over the "
+        "block size; fairseq drops them with ignore_invalid_inputs)",
+        self.num_dropped,
+        len(slices),
+        block_size,
+      )
     self.slices = slices[keep]
     if len(self.slices) == 0:
-      raise ValueError(f"no usable blocks: {source.num_tokens} tokens in {len(source)} lines, "
-                       f"{self.num_dropped} oversize blocks dropped (break_mode={break_mode}, "
-                       f"tokens_per_sample={tokens_per_sample})")
+      raise ValueError(
+        f"no usable blocks: {source.num_tokens} tokens in {len(source)} lines, "
+        f"{self.num_dropped} oversize blocks dropped (break_mode={break_mode}, "
+        f"tokens_per_sample={tokens_per_sample})"
+      )
     self.sizes = self.slices[:, 1] - self.slices[:, 0] + 1  # + BOS
     self._fingerprint: str | None = None
 

@@ -35,8 +35,13 @@ class VocabInfo:
   mask_id: int = -1
 
   def __post_init__(self) -> None:
-    ids = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id,
-           "unk_id": self.unk_id, "mask_id": self.mask_id}
+    ids = {
+      "pad_id": self.pad_id,
+      "bos_id": self.bos_id,
+      "eos_id": self.eos_id,
+      "unk_id": self.unk_id,
+      "mask_id": self.mask_id,
+    }
     for name, value in ids.items():
       if not 0 <= value < self.vocab_size:
         raise ValueError(f"{name}={value} is outside the vocabulary [0, {self.vocab_size})")
@@ -86,13 +91,21 @@ class Dictionary:
   @property
   def mask_index(self) -> int:
     if MASK not in self._index:
-      raise KeyError("<mask> has not been added; call add_symbol('<mask>') (as the masked-LM task does)")
+      raise KeyError(
+        "<mask> has not been added; call add_symbol('<mask>') (as the masked-LM task does)"
+      )
     return self._index[MASK]
 
   def vocab_info(self) -> VocabInfo:
     """VocabInfo of this dictionary; `<mask>` must have been added."""
-    return VocabInfo(vocab_size=len(self), pad_id=self.pad_index, bos_id=self.bos_index,
-                     eos_id=self.eos_index, unk_id=self.unk_index, mask_id=self.mask_index)
+    return VocabInfo(
+      vocab_size=len(self),
+      pad_id=self.pad_index,
+      bos_id=self.bos_index,
+      eos_id=self.eos_index,
+      unk_id=self.unk_index,
+      mask_id=self.mask_index,
+    )
 
   @classmethod
   def load(cls, path: str | os.PathLike, *, add_mask: bool = True) -> "Dictionary":
@@ -124,8 +137,10 @@ class Dictionary:
         except ValueError:
           raise ValueError(f"{path}:{lineno}: count {count!r} is not an integer") from None
         if symbol in d._index and not overwrite:
-          raise ValueError(f"{path}:{lineno}: duplicate symbol {symbol!r} "
-                           f"(fairseq requires '{_OVERWRITE_FLAG}' to redefine it)")
+          raise ValueError(
+            f"{path}:{lineno}: duplicate symbol {symbol!r} "
+            f"(fairseq requires '{_OVERWRITE_FLAG}' to redefine it)"
+          )
         d.add_symbol(symbol, n=n, overwrite=overwrite)
     if add_mask:
       d.add_symbol(MASK)
@@ -135,16 +150,21 @@ class Dictionary:
     """Write `dict.txt` in fairseq's format: every symbol after the 4 specials, `<mask>` excluded
     (fairseq re-adds it at load time)."""
     with open(path, "w", encoding="utf-8") as f:
-      for symbol, count in zip(self.symbols[len(SPECIAL_SYMBOLS):], self.counts[len(SPECIAL_SYMBOLS):]):
+      for symbol, count in zip(
+        self.symbols[len(SPECIAL_SYMBOLS) :], self.counts[len(SPECIAL_SYMBOLS) :]
+      ):
         if symbol == MASK:
           continue
         if "\n" in symbol:
-          raise ValueError(f"symbol {symbol!r} contains a newline and cannot be written to dict.txt")
+          raise ValueError(
+            f"symbol {symbol!r} contains a newline and cannot be written to dict.txt"
+          )
         f.write(f"{symbol} {count}\n")
 
   @classmethod
-  def from_symbols(cls, symbols: Iterable[str], counts: Iterable[int] | None = None,
-                   *, add_mask: bool = True) -> "Dictionary":
+  def from_symbols(
+    cls, symbols: Iterable[str], counts: Iterable[int] | None = None, *, add_mask: bool = True
+  ) -> "Dictionary":
     """Dictionary with the specials, then `symbols` in order (then `<mask>` if `add_mask`)."""
     d = cls()
     symbols = list(symbols)

@@ -87,13 +87,19 @@ def write_offline_corpus(path: str | os.PathLike, max_docs: int | None = None) -
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n\n".join("\n".join(d) for d in docs))
     f.write("\n")
-  return {"documents": len(docs), "sentences": sum(len(d) for d in docs),
-          "words": sum(len(s.split()) for d in docs for s in d), "bytes": os.path.getsize(path),
-          "path": path}
+  return {
+    "documents": len(docs),
+    "sentences": sum(len(d) for d in docs),
+    "words": sum(len(s.split()) for d in docs for s in d),
+    "bytes": os.path.getsize(path),
+    "path": path,
+  }
 
 
 def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("output", help="text file to write")
   p.add_argument("--max_docs", type=int, default=None)
   args = p.parse_args(argv)

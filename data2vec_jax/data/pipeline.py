@@ -91,24 +91,41 @@ class BatchIterator:
     process_index, process_count: this process's place (jax.process_index()/process_count()).
   """
 
-  def __init__(self, blocks: BlockDataset, config: PipelineConfig, *, mask_fn: MaskFn, pad_id: int,
-               bos_id: int, process_index: int = 0, process_count: int = 1) -> None:
+  def __init__(
+    self,
+    blocks: BlockDataset,
+    config: PipelineConfig,
+    *,
+    mask_fn: MaskFn,
+    pad_id: int,
+    bos_id: int,
+    process_index: int = 0,
+    process_count: int = 1,
+  ) -> None:
     if process_count < 1 or not 0 <= process_index < process_count:
       raise ValueError(f"bad process_index={process_index} / process_count={process_count}")
     if config.global_batch_size % process_count:
-      raise ValueError(f"global_batch_size={config.global_batch_size} is not divisible by "
-                       f"process_count={process_count}")
-    if blocks.tokens_per_sample != config.tokens_per_sample or blocks.break_mode != config.break_mode:
-      raise ValueError(f"blocks were built with tokens_per_sample={blocks.tokens_per_sample}, "
-                       f"break_mode={blocks.break_mode!r} but the config says "
-                       f"{config.tokens_per_sample}, {config.break_mode!r}")
+      raise ValueError(
+        f"global_batch_size={config.global_batch_size} is not divisible by "
+        f"process_count={process_count}"
+      )
+    if (
+      blocks.tokens_per_sample != config.tokens_per_sample or blocks.break_mode != config.break_mode
+    ):
+      raise ValueError(
+        f"blocks were built with tokens_per_sample={blocks.tokens_per_sample}, "
+        f"break_mode={blocks.break_mode!r} but the config says "
+        f"{config.tokens_per_sample}, {config.break_mode!r}"
+      )
     if blocks.bos_id != bos_id:
       raise ValueError(f"blocks start with bos_id={blocks.bos_id}, but bos_id={bos_id} was given")
     n = len(blocks)
     gb = config.global_batch_size
     if config.drop_remainder and n < gb:
-      raise ValueError(f"the dataset has {n} sequences, fewer than one global batch of {gb} "
-                       f"(drop_remainder=True would yield nothing)")
+      raise ValueError(
+        f"the dataset has {n} sequences, fewer than one global batch of {gb} "
+        f"(drop_remainder=True would yield nothing)"
+      )
     self.blocks = blocks
     self.config = config
     self.mask_fn = mask_fn
@@ -130,10 +147,19 @@ class BatchIterator:
     c = self.config
     # Only what changes the global order and content; the process layout and padding do not,
     # so a run may resume on a different number of hosts.
-    return json.dumps({"blocks": self.blocks.fingerprint(), "n": len(self.blocks),
-                       "tokens_per_sample": c.tokens_per_sample, "break_mode": c.break_mode,
-                       "global_batch_size": c.global_batch_size, "seed": c.seed,
-                       "shuffle": c.shuffle, "drop_remainder": c.drop_remainder}, sort_keys=True)
+    return json.dumps(
+      {
+        "blocks": self.blocks.fingerprint(),
+        "n": len(self.blocks),
+        "tokens_per_sample": c.tokens_per_sample,
+        "break_mode": c.break_mode,
+        "global_batch_size": c.global_batch_size,
+        "seed": c.seed,
+        "shuffle": c.shuffle,
+        "drop_remainder": c.drop_remainder,
+      },
+      sort_keys=True,
+    )
 
   def epoch_order(self, epoch: int) -> np.ndarray:
     """int64 [len(blocks)]: the global order of block indices in `epoch`."""
@@ -150,26 +176,34 @@ class BatchIterator:
     """int64 [<= GB]: block indices of global batch `batch` of `epoch` (short only for the last
     batch when drop_remainder=False)."""
     gb = self.config.global_batch_size
-    return self.epoch_order(epoch)[batch * gb:(batch + 1) * gb]
+    return self.epoch_order(epoch)[batch * gb : (batch + 1) * gb]
 
   # -- state ---------------------------------------------------------------------------------
 
   def get_state(self) -> dict[str, Any]:
     """Position of the NEXT batch; JSON-serialisable."""
-    return {"version": _STATE_VERSION, "epoch": self._epoch, "batch": self._batch,
-            "fingerprint": self._fingerprint}
+    return {
+      "version": _STATE_VERSION,
+      "epoch": self._epoch,
+      "batch": self._batch,
+      "fingerprint": self._fingerprint,
+    }
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Resume at a position from `get_state`; raises if it was taken on other data/config."""
     if state.get("version") != _STATE_VERSION:
       raise ValueError(f"unsupported iterator state version {state.get('version')!r}")
     if state.get("fingerprint") != self._fingerprint:
-      raise ValueError("iterator state was saved with a different dataset or pipeline config:\n"
-                       f"  saved:   {state.get('fingerprint')}\n  current: {self._fingerprint}")
+      raise ValueError(
+        "iterator state was saved with a different dataset or pipeline config:\n"
+        f"  saved:   {state.get('fingerprint')}\n  current: {self._fingerprint}"
+      )
     epoch, batch = int(state["epoch"]), int(state["batch"])
     if epoch < 0 or not 0 <= batch < self.batches_per_epoch:
-      raise ValueError(f"bad iterator position epoch={epoch} batch={batch} "
-                       f"({self.batches_per_epoch} batches per epoch)")
+      raise ValueError(
+        f"bad iterator position epoch={epoch} batch={batch} "
+        f"({self.batches_per_epoch} batches per epoch)"
+      )
     self._epoch, self._batch = epoch, batch
 
   @property
@@ -193,26 +227,27 @@ class BatchIterator:
     T = self.padded_length(idx)
     B = self.local_batch_size
     lo = self.process_index * B
-    local = idx[lo:lo + B]  # may be short (or empty) in a partial last batch
+    local = idx[lo : lo + B]  # may be short (or empty) in a partial last batch
     source = np.full((B, T), self.pad_id, dtype=np.int32)
     target = np.full((B, T), self.pad_id, dtype=np.int32)
     selected = np.zeros((B, T), dtype=bool)
     row_tokens = np.zeros(self.config.global_batch_size, dtype=np.int32)
-    row_tokens[:len(idx)] = self.blocks.sizes[idx]
+    row_tokens[: len(idx)] = self.blocks.sizes[idx]
     for r, i in enumerate(local):
       tokens = self.blocks[int(i)]
       n = len(tokens)
       if n != row_tokens[lo + r]:
-        raise ValueError(f"block {int(i)} has {n} tokens but the sizes array says "
-                         f"{row_tokens[lo + r]}: the dataset's index is inconsistent")
+        raise ValueError(
+          f"block {int(i)} has {n} tokens but the sizes array says "
+          f"{row_tokens[lo + r]}: the dataset's index is inconsistent"
+        )
       src, sel = self.mask_fn(tokens, epoch=epoch, index=int(i))
       if src.shape != (n,) or sel.shape != (n,):
         raise ValueError(f"mask_fn returned shapes {src.shape}, {sel.shape} for a sequence of {n}")
       source[r, :n] = src
       target[r, :n] = tokens
       selected[r, :n] = sel
-    return {"source": source, "target": target, "selected": selected,
-            GLOBAL_ROW_TOKENS: row_tokens}
+    return {"source": source, "target": target, "selected": selected, GLOBAL_ROW_TOKENS: row_tokens}
 
   def __iter__(self) -> "BatchIterator":
     return self
@@ -324,9 +359,21 @@ class PrefetchIterator:
 # Building a BlockDataset from a config section
 # ----------------------------------------------------------------------------------------------
 
-_DATA_KEYS = {"source", "path", "tfds_name", "tfds_split", "tfds_data_dir", "text_feature",
-              "tokenizer", "vocab_json", "merges_txt", "dict_txt", "sentencepiece_model",
-              "sentence_split", "max_documents"}
+_DATA_KEYS = {
+  "source",
+  "path",
+  "tfds_name",
+  "tfds_split",
+  "tfds_data_dir",
+  "text_feature",
+  "tokenizer",
+  "vocab_json",
+  "merges_txt",
+  "dict_txt",
+  "sentencepiece_model",
+  "sentence_split",
+  "max_documents",
+}
 
 
 def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -335,8 +382,9 @@ def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
   return getattr(cfg, key, default) if hasattr(cfg, key) else default
 
 
-def build_block_dataset(data_cfg: Any, *, tokens_per_sample: int, break_mode: str,
-                        strict_keys: bool = False) -> tuple[BlockDataset, VocabInfo]:
+def build_block_dataset(
+  data_cfg: Any, *, tokens_per_sample: int, break_mode: str, strict_keys: bool = False
+) -> tuple[BlockDataset, VocabInfo]:
   """BlockDataset + vocabulary facts from a `data` config section (ConfigDict, dict, object).
 
   Keys:
@@ -367,9 +415,13 @@ def build_block_dataset(data_cfg: Any, *, tokens_per_sample: int, break_mode: st
   get = lambda k, d=None: _cfg_get(data_cfg, k, d)  # noqa: E731
 
   def tokenizer():
-    return load_tokenizer(get("tokenizer", "bpe"), vocab_json=get("vocab_json"),
-                          merges_txt=get("merges_txt"), dict_txt=get("dict_txt"),
-                          sentencepiece_model=get("sentencepiece_model"))
+    return load_tokenizer(
+      get("tokenizer", "bpe"),
+      vocab_json=get("vocab_json"),
+      merges_txt=get("merges_txt"),
+      dict_txt=get("dict_txt"),
+      sentencepiece_model=get("sentencepiece_model"),
+    )
 
   if kind == "fairseq_bin":
     prefix = get("path")
@@ -383,8 +435,10 @@ def build_block_dataset(data_cfg: Any, *, tokens_per_sample: int, break_mode: st
     elif get("vocab_json") or get("sentencepiece_model"):
       vocab = tokenizer().vocab
     else:
-      raise FileNotFoundError(f"no vocabulary for {prefix}: {dict_txt} does not exist and no "
-                              f"tokenizer files are configured")
+      raise FileNotFoundError(
+        f"no vocabulary for {prefix}: {dict_txt} does not exist and no "
+        f"tokenizer files are configured"
+      )
     token_source = ds.token_source()
   elif kind in ("text", "tfds"):
     tok = tokenizer()
@@ -396,27 +450,52 @@ def build_block_dataset(data_cfg: Any, *, tokens_per_sample: int, break_mode: st
     else:
       if not get("tfds_name"):
         raise ValueError("data.tfds_name must be set for source='tfds'")
-      docs = sources.tfds_documents(get("tfds_name"), split=get("tfds_split", "train") or "train",
-                                    data_dir=get("tfds_data_dir"),
-                                    text_feature=get("text_feature", "text") or "text",
-                                    sentence_split=bool(get("sentence_split", False)),
-                                    max_documents=get("max_documents"))
-    token_source = sources.tokenize_documents(docs, tok.encode_batch, eos_id=vocab.eos_id,
-                                              max_documents=get("max_documents"))
+      docs = sources.tfds_documents(
+        get("tfds_name"),
+        split=get("tfds_split", "train") or "train",
+        data_dir=get("tfds_data_dir"),
+        text_feature=get("text_feature", "text") or "text",
+        sentence_split=bool(get("sentence_split", False)),
+        max_documents=get("max_documents"),
+      )
+    token_source = sources.tokenize_documents(
+      docs, tok.encode_batch, eos_id=vocab.eos_id, max_documents=get("max_documents")
+    )
   else:
     raise ValueError(f"unknown data.source {kind!r}; expected 'text', 'tfds' or 'fairseq_bin'")
-  blocks = BlockDataset(token_source, tokens_per_sample=tokens_per_sample, break_mode=break_mode,
-                        bos_id=vocab.bos_id)
-  log.info("data: %s, %d lines, %d tokens -> %d sequences (%d oversize dropped), vocab %d",
-           kind, len(token_source), token_source.num_tokens, len(blocks), blocks.num_dropped,
-           vocab.vocab_size)
+  blocks = BlockDataset(
+    token_source, tokens_per_sample=tokens_per_sample, break_mode=break_mode, bos_id=vocab.bos_id
+  )
+  log.info(
+    "data: %s, %d lines, %d tokens -> %d sequences (%d oversize dropped), vocab %d",
+    kind,
+    len(token_source),
+    token_source.num_tokens,
+    len(blocks),
+    blocks.num_dropped,
+    vocab.vocab_size,
+  )
   return blocks, vocab
 
 
-def make_iterator(blocks: BlockDataset, config: PipelineConfig, vocab: VocabInfo, *, mask_fn: MaskFn,
-                  process_index: int = 0, process_count: int = 1,
-                  prefetch: int = 2) -> BatchIterator | PrefetchIterator:
+def make_iterator(
+  blocks: BlockDataset,
+  config: PipelineConfig,
+  vocab: VocabInfo,
+  *,
+  mask_fn: MaskFn,
+  process_index: int = 0,
+  process_count: int = 1,
+  prefetch: int = 2,
+) -> BatchIterator | PrefetchIterator:
   """Convenience: a BatchIterator, wrapped in a PrefetchIterator when `prefetch > 0`."""
-  it = BatchIterator(blocks, config, mask_fn=mask_fn, pad_id=vocab.pad_id, bos_id=vocab.bos_id,
-                     process_index=process_index, process_count=process_count)
+  it = BatchIterator(
+    blocks,
+    config,
+    mask_fn=mask_fn,
+    pad_id=vocab.pad_id,
+    bos_id=vocab.bos_id,
+    process_index=process_index,
+    process_count=process_count,
+  )
   return PrefetchIterator(it, buffer_size=prefetch) if prefetch > 0 else it

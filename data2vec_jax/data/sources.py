@@ -51,6 +51,7 @@ class DataError(ValueError):
 # Text documents
 # ----------------------------------------------------------------------------------------------
 
+
 def expand_paths(path: str | Sequence[str]) -> list[str]:
   """Files named by `path`: a path, a glob, a comma-separated list, or a sequence of those."""
   items = [path] if isinstance(path, str) else list(path)
@@ -68,7 +69,9 @@ def expand_paths(path: str | Sequence[str]) -> list[str]:
           raise FileNotFoundError(f"text corpus file not found: {m}")
         out.append(m)
   if not out:
-    raise DataError(f"no text files given (path={path!r}); name at least one file, glob or comma list")
+    raise DataError(
+      f"no text files given (path={path!r}); name at least one file, glob or comma list"
+    )
   return out
 
 
@@ -86,15 +89,19 @@ def _text_lines(fname: str) -> Iterator[str]:
       # UTF-8) or a binary file would be tokenized into garbage without any error.
       nul = raw.find(b"\0")
       if nul >= 0:
-        raise DataError(f"{fname}: line {lineno} has a NUL byte at byte offset {offset + nul}: a binary "
-                        f"or UTF-16 file is not a text corpus; convert it to UTF-8 text (e.g. "
-                        f"`iconv -f UTF-16 -t UTF-8`)")
+        raise DataError(
+          f"{fname}: line {lineno} has a NUL byte at byte offset {offset + nul}: a binary "
+          f"or UTF-16 file is not a text corpus; convert it to UTF-8 text (e.g. "
+          f"`iconv -f UTF-16 -t UTF-8`)"
+        )
       try:
         text = raw.decode("utf-8")
       except UnicodeDecodeError as e:
-        raise DataError(f"{fname}: line {lineno} is not valid UTF-8 ({e.reason}: "
-                        f"{raw[e.start:e.end]!r} at byte offset {offset + e.start}); re-encode the "
-                        f"file as UTF-8 (e.g. `iconv -f latin1 -t UTF-8`)") from None
+        raise DataError(
+          f"{fname}: line {lineno} is not valid UTF-8 ({e.reason}: "
+          f"{raw[e.start : e.end]!r} at byte offset {offset + e.start}); re-encode the "
+          f"file as UTF-8 (e.g. `iconv -f latin1 -t UTF-8`)"
+        ) from None
       yield from _LONE_CR.split(text) if "\r" in text else (text,)
       offset += len(raw)
 
@@ -135,10 +142,10 @@ def split_sentences(text: str) -> list[str]:
   out: list[str] = []
   start = 0
   for m in _SENT_END.finditer(text):
-    if _ABBREV.search(text[:m.start()]):  # "e.g. Foo" is not a sentence end
+    if _ABBREV.search(text[: m.start()]):  # "e.g. Foo" is not a sentence end
       continue
-    if text[start:m.start()].strip():
-      out.append(text[start:m.end()].strip())
+    if text[start : m.start()].strip():
+      out.append(text[start : m.end()].strip())
       start = m.end()
   if text[start:].strip():
     out.append(text[start:].strip())
@@ -157,10 +164,17 @@ def text_to_document(text: str | bytes, *, sentence_split: bool = False) -> Docu
   return [s for ln in lines for s in split_sentences(ln)]
 
 
-def tfds_documents(name: str, *, split: str = "train", data_dir: str | None = None,
-                   text_feature: str = "text", sentence_split: bool = False,
-                   max_documents: int | None = None, shard_index: int = 0,
-                   shard_count: int = 1) -> Iterator[Document]:
+def tfds_documents(
+  name: str,
+  *,
+  split: str = "train",
+  data_dir: str | None = None,
+  text_feature: str = "text",
+  sentence_split: bool = False,
+  max_documents: int | None = None,
+  shard_index: int = 0,
+  shard_count: int = 1,
+) -> Iterator[Document]:
   """Documents of a TFDS dataset via `tfds.data_source` (ArrayRecord; TensorFlow not needed).
 
   Each example's `text_feature` (str or bytes) is one document; its lines become sentence lines.
@@ -172,9 +186,10 @@ def tfds_documents(name: str, *, split: str = "train", data_dir: str | None = No
     source = tfds.data_source(name, split=split, data_dir=data_dir, try_gcs=False)
   except Exception as e:  # noqa: BLE001 -- tfds raises many types; re-raise with the context
     raise RuntimeError(
-        f"could not open TFDS dataset {name!r} split {split!r} (data_dir={data_dir!r}) with "
-        f"tfds.data_source; it must already be prepared in ArrayRecord format "
-        f"(file_format='array_record'); nothing is downloaded at run time") from e
+      f"could not open TFDS dataset {name!r} split {split!r} (data_dir={data_dir!r}) with "
+      f"tfds.data_source; it must already be prepared in ArrayRecord format "
+      f"(file_format='array_record'); nothing is downloaded at run time"
+    ) from e
   n = len(source)
   if max_documents is not None:
     n = min(n, max_documents)
@@ -190,6 +205,7 @@ def tfds_documents(name: str, *, split: str = "train", data_dir: str | None = No
 # ----------------------------------------------------------------------------------------------
 # Tokens
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class TokenSource:
@@ -207,7 +223,9 @@ class TokenSource:
     if self.sizes.ndim != 1 or (self.sizes < 0).any():
       raise ValueError("sizes must be a 1-D array of non-negative lengths")
     if int(self.sizes.sum()) != len(self.tokens):
-      raise ValueError(f"sizes sum to {int(self.sizes.sum())} but there are {len(self.tokens)} tokens")
+      raise ValueError(
+        f"sizes sum to {int(self.sizes.sum())} but there are {len(self.tokens)} tokens"
+      )
 
   @property
   def num_tokens(self) -> int:
@@ -217,8 +235,13 @@ class TokenSource:
     return len(self.sizes)
 
 
-def tokenize_documents(documents: Iterable[Document], encode_lines: Callable[[list[str]], list[np.ndarray]],
-                       *, eos_id: int, max_documents: int | None = None) -> TokenSource:
+def tokenize_documents(
+  documents: Iterable[Document],
+  encode_lines: Callable[[list[str]], list[np.ndarray]],
+  *,
+  eos_id: int,
+  max_documents: int | None = None,
+) -> TokenSource:
   """Tokenize documents into an in-memory TokenSource (for small corpora; use `prepare` to
   binarize big ones). `encode_lines` maps sentences -> id arrays without `</s>`; `</s>` is added
   to every line and an `[</s>]` line separates documents, as fairseq-preprocess does for raw text."""
@@ -236,7 +259,9 @@ def tokenize_documents(documents: Iterable[Document], encode_lines: Callable[[li
       chunks.append(eos)
       sizes.append(len(ids) + 1)
   if not sizes:
-    raise DataError("the corpus is empty: no non-blank lines were found; check data.path and the files")
+    raise DataError(
+      "the corpus is empty: no non-blank lines were found; check data.path and the files"
+    )
   return TokenSource(tokens=np.concatenate(chunks).astype(np.int32), sizes=np.asarray(sizes))
 
 
@@ -248,17 +273,36 @@ _HDR_MAGIC = b"MMIDIDX\x00\x00"
 _VERSION = 1
 # fairseq's `_code_to_dtype` (fairseq/data/indexed_dataset.py); codes 6/7 are floats and are
 # rejected for token data.
-_CODE_TO_DTYPE: dict[int, Any] = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64,
-                                  6: np.float64, 7: np.float64, 8: np.uint16, 9: np.uint32, 10: np.uint64}
-_DTYPE_TO_CODE = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3,
-                  np.dtype(np.int32): 4, np.dtype(np.int64): 5, np.dtype(np.uint16): 8,
-                  np.dtype(np.uint32): 9, np.dtype(np.uint64): 10}
+_CODE_TO_DTYPE: dict[int, Any] = {
+  1: np.uint8,
+  2: np.int8,
+  3: np.int16,
+  4: np.int32,
+  5: np.int64,
+  6: np.float64,
+  7: np.float64,
+  8: np.uint16,
+  9: np.uint32,
+  10: np.uint64,
+}
+_DTYPE_TO_CODE = {
+  np.dtype(np.uint8): 1,
+  np.dtype(np.int8): 2,
+  np.dtype(np.int16): 3,
+  np.dtype(np.int32): 4,
+  np.dtype(np.int64): 5,
+  np.dtype(np.uint16): 8,
+  np.dtype(np.uint32): 9,
+  np.dtype(np.uint64): 10,
+}
 _HEADER_LEN = len(_HDR_MAGIC) + 8 + 1 + 8  # magic, version <Q, dtype code <B, length <Q
 
 
 def best_fitting_dtype(vocab_size: int) -> np.dtype:
   """fairseq's `best_fitting_int_dtype`: uint16 below 65500 ids, else int32."""
-  return np.dtype(np.uint16) if vocab_size is not None and vocab_size < 65500 else np.dtype(np.int32)
+  return (
+    np.dtype(np.uint16) if vocab_size is not None and vocab_size < 65500 else np.dtype(np.int32)
+  )
 
 
 def index_file_path(prefix: str) -> str:
@@ -332,14 +376,18 @@ class MMapIndexedDataset:
     idx_path, bin_path = index_file_path(prefix), data_file_path(prefix)
     for p in (idx_path, bin_path):
       if not os.path.isfile(p):
-        raise FileNotFoundError(f"fairseq binarized dataset file not found: {p} "
-                                f"(data.path must be the prefix without .bin/.idx)")
+        raise FileNotFoundError(
+          f"fairseq binarized dataset file not found: {p} "
+          f"(data.path must be the prefix without .bin/.idx)"
+        )
     with open(idx_path, "rb") as f:
       header = f.read(_HEADER_LEN)
-    if len(header) < _HEADER_LEN or header[:len(_HDR_MAGIC)] != _HDR_MAGIC:
-      raise ValueError(f"{idx_path}: not a fairseq MMapIndexedDataset index (magic "
-                       f"{header[:len(_HDR_MAGIC)]!r}, expected {_HDR_MAGIC!r}); legacy "
-                       f"'cached'/'lazy' indexed datasets are not supported")
+    if len(header) < _HEADER_LEN or header[: len(_HDR_MAGIC)] != _HDR_MAGIC:
+      raise ValueError(
+        f"{idx_path}: not a fairseq MMapIndexedDataset index (magic "
+        f"{header[: len(_HDR_MAGIC)]!r}, expected {_HDR_MAGIC!r}); legacy "
+        f"'cached'/'lazy' indexed datasets are not supported"
+      )
     (version,) = struct.unpack("<Q", header[9:17])
     if version != _VERSION:
       raise ValueError(f"{idx_path}: unsupported index version {version} (expected {_VERSION})")
@@ -351,8 +399,12 @@ class MMapIndexedDataset:
     expected = _HEADER_LEN + n * (4 + 8)
     actual = os.path.getsize(idx_path)
     if actual != expected:
-      hint = (" (it looks like a Megatron-LM index with a doc_idx array, which this reader "
-              "does not support)" if actual > expected else "")
+      hint = (
+        " (it looks like a Megatron-LM index with a doc_idx array, which this reader "
+        "does not support)"
+        if actual > expected
+        else ""
+      )
       raise ValueError(f"{idx_path}: size {actual} bytes, expected {expected} for {n} items{hint}")
     idx = np.memmap(idx_path, mode="r", dtype=np.uint8)
     self.sizes = np.frombuffer(idx, dtype=np.int32, count=n, offset=_HEADER_LEN)
@@ -360,11 +412,15 @@ class MMapIndexedDataset:
     total = int(self.sizes.astype(np.int64).sum())
     bin_bytes = os.path.getsize(bin_path)
     if bin_bytes < total * self.dtype.itemsize:
-      raise ValueError(f"{bin_path}: {bin_bytes} bytes, but the index describes "
-                       f"{total * self.dtype.itemsize}")
+      raise ValueError(
+        f"{bin_path}: {bin_bytes} bytes, but the index describes {total * self.dtype.itemsize}"
+      )
     # np.memmap of an empty file fails; an empty dataset has no tokens to map anyway.
-    self._bin = (np.memmap(bin_path, mode="r", dtype=self.dtype, shape=(total,)) if total
-                 else np.zeros(0, dtype=self.dtype))
+    self._bin = (
+      np.memmap(bin_path, mode="r", dtype=self.dtype, shape=(total,))
+      if total
+      else np.zeros(0, dtype=self.dtype)
+    )
     self.prefix = prefix
 
   def __len__(self) -> int:
@@ -372,7 +428,7 @@ class MMapIndexedDataset:
 
   def __getitem__(self, i: int) -> np.ndarray:
     start = int(self.pointers[i]) // self.dtype.itemsize
-    return np.asarray(self._bin[start:start + int(self.sizes[i])], dtype=np.int64)
+    return np.asarray(self._bin[start : start + int(self.sizes[i])], dtype=np.int64)
 
   def token_source(self) -> TokenSource:
     sizes = self.sizes.astype(np.int64)
@@ -380,8 +436,10 @@ class MMapIndexedDataset:
     if len(sizes) > 1:
       expected[1:] = np.cumsum(sizes[:-1]) * self.dtype.itemsize
     if not np.array_equal(expected, self.pointers):
-      raise ValueError(f"{self.prefix}: items are not stored contiguously in .bin; "
-                       f"re-binarize it with `python -m data2vec_jax.data.prepare`")
+      raise ValueError(
+        f"{self.prefix}: items are not stored contiguously in .bin; "
+        f"re-binarize it with `python -m data2vec_jax.data.prepare`"
+      )
     return TokenSource(tokens=self._bin, sizes=sizes)
 
 
@@ -400,27 +458,42 @@ def check_prepare_stats(ds: MMapIndexedDataset) -> None:
     with open(stats_path, encoding="utf-8") as f:
       splits = json.load(f)["splits"]
     name = os.path.basename(ds.prefix)
-    recorded = next((s for split, s in splits.items()
-                     if split == name or os.path.basename(s.get("prefix", "")) == name), None)
+    recorded = next(
+      (
+        s
+        for split, s in splits.items()
+        if split == name or os.path.basename(s.get("prefix", "")) == name
+      ),
+      None,
+    )
   except (ValueError, KeyError, TypeError, AttributeError) as e:
-    raise DataError(f"{stats_path} is not a readable prepare_stats.json ({e!r}); re-run "
-                    f"`python -m data2vec_jax.data.prepare` or delete it") from None
+    raise DataError(
+      f"{stats_path} is not a readable prepare_stats.json ({e!r}); re-run "
+      f"`python -m data2vec_jax.data.prepare` or delete it"
+    ) from None
   if recorded is None:
     return
-  found = {"lines": len(ds.sizes), "tokens": int(ds.sizes.astype(np.int64).sum()),
-           "bin_bytes": os.path.getsize(data_file_path(ds.prefix))}
+  found = {
+    "lines": len(ds.sizes),
+    "tokens": int(ds.sizes.astype(np.int64).sum()),
+    "bin_bytes": os.path.getsize(data_file_path(ds.prefix)),
+  }
   # Stats written before "bin_bytes" was recorded are checked on lines and tokens only.
   keys = [k for k in found if k in recorded]
   if any(found[k] != recorded[k] for k in keys):
     show = lambda d: ", ".join(f"{d[k]} {k.replace('_', ' ')}" for k in keys)  # noqa: E731
-    raise DataError(f"{ds.prefix}: the dataset has {show(found)} but {stats_path} records "
-                    f"{show(recorded)} (a partial or mixed preparation); re-run "
-                    f"`python -m data2vec_jax.data.prepare` into {os.path.dirname(stats_path)}")
+    raise DataError(
+      f"{ds.prefix}: the dataset has {show(found)} but {stats_path} records "
+      f"{show(recorded)} (a partial or mixed preparation); re-run "
+      f"`python -m data2vec_jax.data.prepare` into {os.path.dirname(stats_path)}"
+    )
 
 
-def write_token_source(source: TokenSource, prefix: str, dtype: np.dtype | type = np.uint16) -> None:
+def write_token_source(
+  source: TokenSource, prefix: str, dtype: np.dtype | type = np.uint16
+) -> None:
   """Binarize an in-memory TokenSource (used by tests and small corpora)."""
   offsets = np.concatenate([[0], np.cumsum(source.sizes)])
   with MMapIndexedDatasetBuilder(prefix, dtype) as b:
     for i in range(len(source.sizes)):
-      b.add_item(source.tokens[offsets[i]:offsets[i + 1]])
+      b.add_item(source.tokens[offsets[i] : offsets[i + 1]])

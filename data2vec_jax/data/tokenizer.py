@@ -26,7 +26,16 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from data2vec_jax.data.dictionary import BOS, EOS, MASK, PAD, SPECIAL_SYMBOLS, UNK, Dictionary, VocabInfo
+from data2vec_jax.data.dictionary import (
+  BOS,
+  EOS,
+  MASK,
+  PAD,
+  SPECIAL_SYMBOLS,
+  UNK,
+  Dictionary,
+  VocabInfo,
+)
 from data2vec_jax.data.sources import DataError
 
 log = logging.getLogger(__name__)
@@ -43,11 +52,9 @@ class Tokenizer(Protocol):
   def encode(self, text: str) -> np.ndarray:  # int32 [n]
     ...
 
-  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-    ...
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]: ...
 
-  def decode(self, ids: Sequence[int]) -> str:
-    ...
+  def decode(self, ids: Sequence[int]) -> str: ...
 
 
 def encode_line(tokenizer: Tokenizer, text: str) -> np.ndarray:
@@ -75,9 +82,15 @@ class BPETokenizer:
       GPT-2 files); leave it out for a RoBERTa-style `vocab.json` whose ids are fairseq ids.
   """
 
-  def __init__(self, vocab_json: str | os.PathLike, merges_txt: str | os.PathLike,
-               dict_txt: str | os.PathLike | None = None) -> None:
-    from tokenizers import ByteLevelBPETokenizer  # local import: keeps `import data2vec_jax.data` light
+  def __init__(
+    self,
+    vocab_json: str | os.PathLike,
+    merges_txt: str | os.PathLike,
+    dict_txt: str | os.PathLike | None = None,
+  ) -> None:
+    from tokenizers import (
+      ByteLevelBPETokenizer,
+    )  # local import: keeps `import data2vec_jax.data` light
 
     vocab_json = _require_file(vocab_json, "BPE vocab.json")
     merges_txt = _require_file(merges_txt, "BPE merges.txt")
@@ -97,22 +110,35 @@ class BPETokenizer:
       missing = [s for i, s in enumerate(SPECIAL_SYMBOLS) if vocab.get(s) != i]
       if missing:
         raise DataError(
-            f"{vocab_json}: expected fairseq special ids <s>=0 <pad>=1 </s>=2 <unk>=3 in a "
-            f"RoBERTa-style vocab.json, but {missing} differ; for original GPT-2 files pass "
-            f"the fairseq dict.txt as dict_txt")
+          f"{vocab_json}: expected fairseq special ids <s>=0 <pad>=1 </s>=2 <unk>=3 in a "
+          f"RoBERTa-style vocab.json, but {missing} differ; for original GPT-2 files pass "
+          f"the fairseq dict.txt as dict_txt"
+        )
       ids = sorted(vocab.values())
       if ids != list(range(len(ids))):
         raise DataError(f"{vocab_json}: ids are not contiguous 0..{len(ids) - 1}")
       # fairseq appends <mask> after the dictionary; HF RoBERTa vocab.json already contains it.
       mask_id = vocab.get(MASK, len(vocab))
-      self.vocab = VocabInfo(vocab_size=max(len(vocab), mask_id + 1), pad_id=1, bos_id=0,
-                             eos_id=2, unk_id=3, mask_id=mask_id)
+      self.vocab = VocabInfo(
+        vocab_size=max(len(vocab), mask_id + 1),
+        pad_id=1,
+        bos_id=0,
+        eos_id=2,
+        unk_id=3,
+        mask_id=mask_id,
+      )
       self.dictionary = Dictionary.from_symbols(
-          [s for s, _ in sorted(vocab.items(), key=lambda kv: kv[1])[len(SPECIAL_SYMBOLS):]
-           if s != MASK])
+        [
+          s
+          for s, _ in sorted(vocab.items(), key=lambda kv: kv[1])[len(SPECIAL_SYMBOLS) :]
+          if s != MASK
+        ]
+      )
       if self.dictionary.mask_index != mask_id:
-        raise DataError(f"{vocab_json}: <mask> must be the last id to match fairseq "
-                        f"(found {mask_id}, vocabulary has {len(vocab)} entries)")
+        raise DataError(
+          f"{vocab_json}: <mask> must be the last id to match fairseq "
+          f"(found {mask_id}, vocabulary has {len(vocab)} entries)"
+        )
 
   def _map(self, ids: Sequence[int]) -> np.ndarray:
     arr = np.asarray(ids, dtype=np.int32)
@@ -144,10 +170,18 @@ class SentencePieceTokenizer:
     ids = {s: self._sp.piece_to_id(s) for s in (*SPECIAL_SYMBOLS, MASK)}
     expected = {BOS: 0, PAD: 1, EOS: 2, UNK: 3, MASK: self._sp.get_piece_size() - 1}
     if ids != expected:
-      raise DataError(f"{model_file}: special ids {ids} differ from the fairseq layout {expected}; "
-                      f"train it with data2vec_jax.data.tokenizer.train_sentencepiece")
-    self.vocab = VocabInfo(vocab_size=self._sp.get_piece_size(), pad_id=1, bos_id=0, eos_id=2,
-                           unk_id=3, mask_id=ids[MASK])
+      raise DataError(
+        f"{model_file}: special ids {ids} differ from the fairseq layout {expected}; "
+        f"train it with data2vec_jax.data.tokenizer.train_sentencepiece"
+      )
+    self.vocab = VocabInfo(
+      vocab_size=self._sp.get_piece_size(),
+      pad_id=1,
+      bos_id=0,
+      eos_id=2,
+      unk_id=3,
+      mask_id=ids[MASK],
+    )
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self._sp.encode(text), dtype=np.int32)
@@ -162,10 +196,18 @@ class SentencePieceTokenizer:
     return [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
 
 
-def train_sentencepiece(sentences: Iterable[str], model_path: str | os.PathLike, *, vocab_size: int,
-                        model_type: str = "unigram", character_coverage: float = 0.9995,
-                        byte_fallback: bool = False, max_sentences: int = 2_000_000,
-                        seed_sentencepiece_size: int = 1_000_000, num_threads: int = 2) -> SentencePieceTokenizer:
+def train_sentencepiece(
+  sentences: Iterable[str],
+  model_path: str | os.PathLike,
+  *,
+  vocab_size: int,
+  model_type: str = "unigram",
+  character_coverage: float = 0.9995,
+  byte_fallback: bool = False,
+  max_sentences: int = 2_000_000,
+  seed_sentencepiece_size: int = 1_000_000,
+  num_threads: int = 2,
+) -> SentencePieceTokenizer:
   """Train a sentencepiece model with fairseq's special-id layout and write it to `model_path`.
 
   Layout of the resulting model (`vocab_size` pieces in total):
@@ -189,9 +231,13 @@ def train_sentencepiece(sentences: Iterable[str], model_path: str | os.PathLike,
   from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
   if vocab_size < 8:
-    raise DataError(f"vocab_size={vocab_size} is too small; use at least 8 (4 specials, <mask>, pieces)")
+    raise DataError(
+      f"vocab_size={vocab_size} is too small; use at least 8 (4 specials, <mask>, pieces)"
+    )
   if model_type not in ("unigram", "bpe", "char", "word"):
-    raise DataError(f"unknown sentencepiece model_type {model_type!r}; use unigram, bpe, char or word")
+    raise DataError(
+      f"unknown sentencepiece model_type {model_type!r}; use unigram, bpe, char or word"
+    )
 
   read = too_long = 0
   feed_error: list[BaseException] = []
@@ -221,36 +267,60 @@ def train_sentencepiece(sentences: Iterable[str], model_path: str | os.PathLike,
   usable = _usable()
   first = next(usable, None)  # the corpus is checked before sentencepiece sees it
   if first is None:
-    raise DataError(f"no usable sentence to train sentencepiece on: {read} non-blank line(s) read, "
-                    f"{too_long} skipped as longer than sentencepiece's max_sentence_length of "
-                    f"{SPM_MAX_SENTENCE_BYTES} bytes; give a UTF-8 corpus with one sentence per line "
-                    f"(split longer lines)")
+    raise DataError(
+      f"no usable sentence to train sentencepiece on: {read} non-blank line(s) read, "
+      f"{too_long} skipped as longer than sentencepiece's max_sentence_length of "
+      f"{SPM_MAX_SENTENCE_BYTES} bytes; give a UTF-8 corpus with one sentence per line "
+      f"(split longer lines)"
+    )
   buf = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=itertools.chain([first], usable), model_writer=buf,
-        vocab_size=vocab_size - 1, model_type=model_type, character_coverage=character_coverage,
-        byte_fallback=byte_fallback, bos_id=0, pad_id=1, eos_id=2, unk_id=3,
-        bos_piece=BOS, pad_piece=PAD, eos_piece=EOS, unk_piece=UNK,
-        # sentencepiece rejects sizes 1..100; 0 (no sampling) is the same, as we cap the count.
-        input_sentence_size=max_sentences if max_sentences > 100 else 0, shuffle_input_sentence=True,
-        seed_sentencepiece_size=seed_sentencepiece_size, num_threads=num_threads,
-        hard_vocab_limit=True, minloglevel=2)
+      sentence_iterator=itertools.chain([first], usable),
+      model_writer=buf,
+      vocab_size=vocab_size - 1,
+      model_type=model_type,
+      character_coverage=character_coverage,
+      byte_fallback=byte_fallback,
+      bos_id=0,
+      pad_id=1,
+      eos_id=2,
+      unk_id=3,
+      bos_piece=BOS,
+      pad_piece=PAD,
+      eos_piece=EOS,
+      unk_piece=UNK,
+      # sentencepiece rejects sizes 1..100; 0 (no sampling) is the same, as we cap the count.
+      input_sentence_size=max_sentences if max_sentences > 100 else 0,
+      shuffle_input_sentence=True,
+      seed_sentencepiece_size=seed_sentencepiece_size,
+      num_threads=num_threads,
+      hard_vocab_limit=True,
+      minloglevel=2,
+    )
   except RuntimeError as e:
     if feed_error:
       raise feed_error[0] from None
     msg = str(e).strip()
     if "Vocabulary size too high" in msg:
-      raise DataError(f"the corpus is too small for a {model_type} vocabulary of {vocab_size} "
-                      f"(sentencepiece: {msg}); use a smaller vocab_size or model_type='bpe'") from e
+      raise DataError(
+        f"the corpus is too small for a {model_type} vocabulary of {vocab_size} "
+        f"(sentencepiece: {msg}); use a smaller vocab_size or model_type='bpe'"
+      ) from e
     if "smaller than required_chars" in msg:
-      raise DataError(f"vocab_size={vocab_size} cannot hold the corpus's characters (sentencepiece: "
-                      f"{msg}); use a larger vocab_size or a lower character_coverage") from e
+      raise DataError(
+        f"vocab_size={vocab_size} cannot hold the corpus's characters (sentencepiece: "
+        f"{msg}); use a larger vocab_size or a lower character_coverage"
+      ) from e
     raise
   if too_long:
-    log.warning("sentencepiece was trained without %d of %d sentences longer than %d bytes "
-                "(max_sentence_length); split long lines to learn from them", too_long, read,
-                SPM_MAX_SENTENCE_BYTES)
+    log.warning(
+      "sentencepiece was trained without %d of %d sentences longer than %d bytes "
+      "(max_sentence_length); split long lines to learn from them",
+      too_long,
+      read,
+      SPM_MAX_SENTENCE_BYTES,
+    )
   proto = spm_pb2.ModelProto()
   proto.ParseFromString(buf.getvalue())
   piece = proto.pieces.add()
@@ -264,17 +334,25 @@ def train_sentencepiece(sentences: Iterable[str], model_path: str | os.PathLike,
   return SentencePieceTokenizer(model_path)
 
 
-def sentencepiece_dictionary(tok: SentencePieceTokenizer, counts: np.ndarray | None = None) -> Dictionary:
+def sentencepiece_dictionary(
+  tok: SentencePieceTokenizer, counts: np.ndarray | None = None
+) -> Dictionary:
   """fairseq Dictionary whose ids equal the spm ids (pieces 4..V-2 in order, `<mask>` appended)."""
-  pieces = tok.pieces()[len(SPECIAL_SYMBOLS):-1]
-  c = None if counts is None else [int(x) for x in counts[len(SPECIAL_SYMBOLS):-1]]
+  pieces = tok.pieces()[len(SPECIAL_SYMBOLS) : -1]
+  c = None if counts is None else [int(x) for x in counts[len(SPECIAL_SYMBOLS) : -1]]
   d = Dictionary.from_symbols(pieces, c)
   assert d.mask_index == tok.vocab.mask_id
   return d
 
 
-def load_tokenizer(kind: str, *, vocab_json: str | None = None, merges_txt: str | None = None,
-                   dict_txt: str | None = None, sentencepiece_model: str | None = None) -> Tokenizer:
+def load_tokenizer(
+  kind: str,
+  *,
+  vocab_json: str | None = None,
+  merges_txt: str | None = None,
+  dict_txt: str | None = None,
+  sentencepiece_model: str | None = None,
+) -> Tokenizer:
   """Build a tokenizer from config values: kind is 'bpe' or 'sentencepiece'."""
   if kind == "bpe":
     return BPETokenizer(vocab_json, merges_txt, dict_txt)

@@ -73,20 +73,23 @@ class EncoderConfig(strict_config.StrictConfig):
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
       raise ValueError(
-          f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+      )
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
     if self.max_positions < self.pad_id + 2:
       raise ValueError(
-          f"max_positions={self.max_positions} leaves no usable position after the "
-          f"pad_id + 1 = {self.pad_id + 1} offset")
+        f"max_positions={self.max_positions} leaves no usable position after the "
+        f"pad_id + 1 = {self.pad_id + 1} offset"
+      )
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {_DTYPES}")
     if self.attention_impl not in _ATTENTION_IMPLS:
       raise ValueError(
-          f"attention_impl={self.attention_impl!r}; expected one of {_ATTENTION_IMPLS}")
+        f"attention_impl={self.attention_impl!r}; expected one of {_ATTENTION_IMPLS}"
+      )
     if self.remat_policy not in _REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}; expected one of {_REMAT_POLICIES}")
     if self.scan_unroll < 1:
@@ -110,7 +113,13 @@ class EncoderConfig(strict_config.StrictConfig):
 
 def tiny_config(**overrides: Any) -> EncoderConfig:
   """A small config for tests and the CPU demo (2 layers x 64 wide, 1000-token vocabulary)."""
-  values = dict(vocab_size=1000, hidden_size=64, num_layers=2, num_heads=4,
-                intermediate_size=128, max_positions=130)
+  values = dict(
+    vocab_size=1000,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=128,
+    max_positions=130,
+  )
   values.update(overrides)
   return EncoderConfig(**values)

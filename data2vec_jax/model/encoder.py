@@ -34,9 +34,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.speed import packing
 from data2vec_jax.speed.contraction import INIT_STD, Projection
-from data2vec_jax.model.config import EncoderConfig
 
 # Ordered so that `feature` names read like the paper's Table 5 ablation.
 FEATURE_KINDS = ("ffn", "ffn_residual")
@@ -91,10 +91,12 @@ class EncoderOutput:
     if self.layout is None:
       return self
     one = lambda y: packing.unpack(y, self.layout)
-    return EncoderOutput(last_hidden_state=one(self.last_hidden_state),
-                         embedding_output=one(self.embedding_output),
-                         block_outputs=jax.vmap(one)(self.block_outputs),
-                         ffn_outputs=jax.vmap(one)(self.ffn_outputs))
+    return EncoderOutput(
+      last_hidden_state=one(self.last_hidden_state),
+      embedding_output=one(self.embedding_output),
+      block_outputs=jax.vmap(one)(self.block_outputs),
+      ffn_outputs=jax.vmap(one)(self.ffn_outputs),
+    )
 
   @property
   def hidden_states(self) -> tuple[jax.Array, ...]:
@@ -124,18 +126,27 @@ class Embeddings(nn.Module):
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, deterministic: bool,
-               layout: packing.TokenLayout | None = None) -> jax.Array:
+  def __call__(
+    self, input_ids: jax.Array, deterministic: bool, layout: packing.TokenLayout | None = None
+  ) -> jax.Array:
     cfg = self.config
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     token_embedding = nn.Embed(
-        cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
-        embedding_init=_partitioned(_embedding_init(cfg.pad_id), ("vocab", "embed")),
-        name="token_embedding")
+      cfg.vocab_size,
+      cfg.hidden_size,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      embedding_init=_partitioned(_embedding_init(cfg.pad_id), ("vocab", "embed")),
+      name="token_embedding",
+    )
     position_embedding = nn.Embed(
-        cfg.max_positions, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
-        embedding_init=_partitioned(_embedding_init(cfg.pad_id), (None, "embed")),
-        name="position_embedding")
+      cfg.max_positions,
+      cfg.hidden_size,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      embedding_init=_partitioned(_embedding_init(cfg.pad_id), (None, "embed")),
+      name="position_embedding",
+    )
     positions = position_ids(input_ids, cfg.pad_id)
     if layout is not None:
       # Left-over slots get the pad id: zeroed below like pads, so they stay finite and inert.
@@ -143,23 +154,35 @@ class Embeddings(nn.Module):
       positions = packing.pack_ids(positions, layout, cfg.pad_id)
     is_pad = input_ids == cfg.pad_id
     x = token_embedding(input_ids) + position_embedding(positions)
-    x = _layer_norm(cfg, "layer_norm")(x)
+    x = layer_norm(cfg, "layer_norm")(x)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     # fairseq zeroes pad positions after the LayerNorm; HF does not. Only pad outputs differ.
     x = jnp.where(is_pad[..., None], jnp.zeros((), x.dtype), x)
     return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
 
-def _layer_norm(cfg: EncoderConfig, name: str) -> nn.LayerNorm:
-  # Flax reduces LayerNorm statistics in float32 even for bf16 inputs.
+def exact_gelu(x: jax.Array) -> jax.Array:
+  """fairseq's `gelu` / torch `nn.GELU()`: the exact erf form (Flax defaults to tanh),
+  evaluated in float32, returned in x's dtype."""
+  return jax.nn.gelu(x.astype(jnp.float32), approximate=False).astype(x.dtype)
+
+
+def layer_norm(cfg: EncoderConfig, name: str) -> nn.LayerNorm:
+  """The encoder's LayerNorm (eps, dtypes, ones/zeros init with logical axes); Flax reduces its
+  statistics in float32 even for bf16 inputs."""
   return nn.LayerNorm(
-      epsilon=cfg.layer_norm_eps, dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype),
-      scale_init=_partitioned(nn.initializers.ones, ("embed",)),
-      bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name=name)
+    epsilon=cfg.layer_norm_eps,
+    dtype=dtype_of(cfg.dtype),
+    param_dtype=dtype_of(cfg.param_dtype),
+    scale_init=_partitioned(nn.initializers.ones, ("embed",)),
+    bias_init=_partitioned(nn.initializers.zeros, ("embed",)),
+    name=name,
+  )
 
 
-def _resolve_attention_impl(cfg: EncoderConfig, dropout_active: bool,
-                            all_queries: bool = True) -> str:
+def _resolve_attention_impl(
+  cfg: EncoderConfig, dropout_active: bool, all_queries: bool = True
+) -> str:
   if dropout_active:
     return "reference"  # jax.nn.dot_product_attention has no dropout on the probabilities
   if cfg.attention_impl != "auto":
@@ -179,9 +202,13 @@ class SelfAttention(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x: jax.Array, attend: jax.Array,
-               query_index: jax.Array | None = None,
-               layout: packing.TokenLayout | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    attend: jax.Array,
+    query_index: jax.Array | None = None,
+    layout: packing.TokenLayout | None = None,
+  ) -> jax.Array:
     """x: [B, T, D]; attend: [B, T] bool, False at keys to ignore (pads).
 
     query_index: optional [B, K] int32 positions; only those positions are queried (keys and
@@ -191,8 +218,13 @@ class SelfAttention(nn.Module):
     """
     cfg = self.config
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-    qkv_proj = Projection((cfg.hidden_size, 3, cfg.num_heads, cfg.head_dim),
-                          ("embed", None, "heads", "kv"), dtype, param_dtype, name="qkv")
+    qkv_proj = Projection(
+      (cfg.hidden_size, 3, cfg.num_heads, cfg.head_dim),
+      ("embed", None, "heads", "kv"),
+      dtype,
+      param_dtype,
+      name="qkv",
+    )
     if query_index is None:
       qkv = packing.rows(qkv_proj(x), layout)
       q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [B, T, H, Dh]
@@ -202,24 +234,32 @@ class SelfAttention(nn.Module):
       k, v = kv[:, :, 0], kv[:, :, 1]
       q = qkv_proj(gather_positions(x, query_index, layout), first_output=slice(0, 1))[:, :, 0]
     q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "act_kv"))
-    scale = cfg.head_dim ** -0.5
+    scale = cfg.head_dim**-0.5
     dropout_active = (not self.deterministic) and cfg.attention_dropout > 0
     impl = _resolve_attention_impl(cfg, dropout_active, all_queries=query_index is None)
     if impl == "reference":
       # fairseq scales q after the projection, then softmax in float32 (`utils.softmax`).
-      logits = jnp.einsum("bqhd,bkhd->bhqk", q * jnp.asarray(scale, dtype), k,
-                          preferred_element_type=jnp.float32)
+      logits = jnp.einsum(
+        "bqhd,bkhd->bhqk", q * jnp.asarray(scale, dtype), k, preferred_element_type=jnp.float32
+      )
       logits = jnp.where(attend[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(logits, axis=-1)
       probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=not dropout_active)
       out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), v)
     else:
       out = jax.nn.dot_product_attention(
-          q, k, v, mask=attend[:, None, None, :], scale=scale, implementation=impl)
+        q, k, v, mask=attend[:, None, None, :], scale=scale, implementation=impl
+      )
     if layout is not None and query_index is None:
       out = packing.pack(out, layout)
-    return Projection((cfg.num_heads, cfg.head_dim, cfg.hidden_size), ("heads", "kv", "embed"),
-                      dtype, param_dtype, contract_ndim=2, name="out")(out)
+    return Projection(
+      (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
+      ("heads", "kv", "embed"),
+      dtype,
+      param_dtype,
+      contract_ndim=2,
+      name="out",
+    )(out)
 
 
 class EncoderBlock(nn.Module):
@@ -230,8 +270,13 @@ class EncoderBlock(nn.Module):
   feature: str = "ffn"
 
   @nn.compact
-  def __call__(self, x: jax.Array, attend: jax.Array, query_index: jax.Array | None = None,
-               layout: packing.TokenLayout | None = None):
+  def __call__(
+    self,
+    x: jax.Array,
+    attend: jax.Array,
+    query_index: jax.Array | None = None,
+    layout: packing.TokenLayout | None = None,
+  ):
     """x: [B, T, D] (or [G, C, D] packed, with `layout`); attend: [B, T] bool (False at pads).
 
     query_index: optional [B, K] int32; the block's outputs are then computed at those positions
@@ -242,30 +287,30 @@ class EncoderBlock(nn.Module):
     dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
     dropout = lambda rate, h: nn.Dropout(rate)(h, deterministic=self.deterministic)
 
-    attn = SelfAttention(cfg, self.deterministic, name="attention")(
-        x, attend, query_index, layout)
+    attn = SelfAttention(cfg, self.deterministic, name="attention")(x, attend, query_index, layout)
     if query_index is not None:
       x = gather_positions(x, query_index, layout)
-    x = _layer_norm(cfg, "attention_layer_norm")(x + dropout(cfg.dropout, attn))
+    x = layer_norm(cfg, "attention_layer_norm")(x + dropout(cfg.dropout, attn))
 
-    h = Projection((cfg.hidden_size, cfg.intermediate_size), ("embed", "mlp"), dtype, param_dtype,
-                   name="fc1")(x)
+    h = Projection(
+      (cfg.hidden_size, cfg.intermediate_size), ("embed", "mlp"), dtype, param_dtype, name="fc1"
+    )(x)
     h = nn.with_logical_constraint(h, ("batch", "length", "act_mlp"))
-    # Exact erf GELU computed in float32, like fairseq's `gelu` (Flax defaults to tanh).
-    h = jax.nn.gelu(h.astype(jnp.float32), approximate=False).astype(dtype)
+    h = exact_gelu(h).astype(dtype)
     h = dropout(cfg.activation_dropout, h)
-    ffn = Projection((cfg.intermediate_size, cfg.hidden_size), ("mlp", "embed"), dtype,
-                     param_dtype, name="fc2")(h)
+    ffn = Projection(
+      (cfg.intermediate_size, cfg.hidden_size), ("mlp", "embed"), dtype, param_dtype, name="fc2"
+    )(h)
     feature = ffn if self.feature == "ffn" else x + ffn
-    x = _layer_norm(cfg, "ffn_layer_norm")(x + dropout(cfg.dropout, ffn))
+    x = layer_norm(cfg, "ffn_layer_norm")(x + dropout(cfg.dropout, ffn))
     x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
     return x, (x, feature)
 
 
 _REMAT_POLICY_FNS = {
-    "full": None,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": None,
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -287,9 +332,14 @@ class Encoder(nn.Module):
     return nn.meta.unbox(self.variables["params"]["embeddings"]["token_embedding"]["embedding"])
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, *, deterministic: bool = True,
-               skip_last_block: bool = False,
-               layout: packing.TokenLayout | None = None) -> EncoderOutput:
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    *,
+    deterministic: bool = True,
+    skip_last_block: bool = False,
+    layout: packing.TokenLayout | None = None,
+  ) -> EncoderOutput:
     """input_ids: [B, T] int32 (pads = `config.pad_id`). Dropout needs the 'dropout' rng.
 
     layout: run packed (`packing.make_layout(input_ids != pad_id, spec)`): the outputs are then
@@ -307,12 +357,14 @@ class Encoder(nn.Module):
       raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
     if input_ids.shape[1] > cfg.max_sequence_length:
       raise ValueError(
-          f"sequence length {input_ids.shape[1]} exceeds the {cfg.max_sequence_length} positions "
-          f"of the position table (max_positions={cfg.max_positions})")
+        f"sequence length {input_ids.shape[1]} exceeds the {cfg.max_sequence_length} positions "
+        f"of the position table (max_positions={cfg.max_positions})"
+      )
     attend = input_ids != cfg.pad_id
     if layout is not None and (layout.rows, layout.length) != input_ids.shape:
-      raise ValueError(f"packing layout is for [{layout.rows}, {layout.length}] inputs, got "
-                       f"{input_ids.shape}")
+      raise ValueError(
+        f"packing layout is for [{layout.rows}, {layout.length}] inputs, got {input_ids.shape}"
+      )
     x = Embeddings(cfg, name="embeddings")(input_ids, deterministic, layout)
 
     block = EncoderBlock
@@ -321,20 +373,37 @@ class Encoder(nn.Module):
     num_blocks = cfg.num_layers - 1 if skip_last_block else cfg.num_layers
     if num_blocks == 0:
       empty = jnp.zeros((0,) + x.shape, x.dtype)
-      return EncoderOutput(last_hidden_state=x, embedding_output=x, block_outputs=empty,
-                           ffn_outputs=empty, layout=layout)
+      return EncoderOutput(
+        last_hidden_state=x,
+        embedding_output=x,
+        block_outputs=empty,
+        ffn_outputs=empty,
+        layout=layout,
+      )
     scanned = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=nn.broadcast, length=num_blocks, unroll=min(cfg.scan_unroll, num_blocks),
-        metadata_params={nn.PARTITION_NAME: "layers"})
+      block,
+      variable_axes={"params": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=nn.broadcast,
+      length=num_blocks,
+      unroll=min(cfg.scan_unroll, num_blocks),
+      metadata_params={nn.PARTITION_NAME: "layers"},
+    )
     if skip_last_block:
       # The stacked parameters stay [L, ...]; the scan reads the first L-1 of them.
       scanned = nn.map_variables(
-          scanned, "params", trans_in_fn=lambda v: jax.tree.map(lambda a: a[:-1], v), init=False)
-    last, (block_outputs, ffn_outputs) = scanned(
-        cfg, deterministic, self.feature, name="layers")(x, attend, None, layout)
-    return EncoderOutput(last_hidden_state=last, embedding_output=x,
-                         block_outputs=block_outputs, ffn_outputs=ffn_outputs, layout=layout)
+        scanned, "params", trans_in_fn=lambda v: jax.tree.map(lambda a: a[:-1], v), init=False
+      )
+    last, (block_outputs, ffn_outputs) = scanned(cfg, deterministic, self.feature, name="layers")(
+      x, attend, None, layout
+    )
+    return EncoderOutput(
+      last_hidden_state=last,
+      embedding_output=x,
+      block_outputs=block_outputs,
+      ffn_outputs=ffn_outputs,
+      layout=layout,
+    )
 
 
 def take_positions(x: jax.Array, index: jax.Array) -> jax.Array:
@@ -342,17 +411,25 @@ def take_positions(x: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def gather_positions(x: jax.Array, index: jax.Array,
-                     layout: packing.TokenLayout | None) -> jax.Array:
+def gather_positions(
+  x: jax.Array, index: jax.Array, layout: packing.TokenLayout | None
+) -> jax.Array:
   """`take_positions` of x [B, T, ...], or of packed x [G, C, ...] when `layout` is given."""
   return take_positions(x, index) if layout is None else packing.take(x, index, layout)
 
 
-def apply_last_block(config: EncoderConfig, encoder_params: Any, x: jax.Array,
-                     attend: jax.Array, query_index: jax.Array | None = None, *,
-                     deterministic: bool = True, dropout_rng: jax.Array | None = None,
-                     feature: str = "ffn", layout: packing.TokenLayout | None = None
-                     ) -> tuple[jax.Array, jax.Array]:
+def apply_last_block(
+  config: EncoderConfig,
+  encoder_params: Any,
+  x: jax.Array,
+  attend: jax.Array,
+  query_index: jax.Array | None = None,
+  *,
+  deterministic: bool = True,
+  dropout_rng: jax.Array | None = None,
+  feature: str = "ffn",
+  layout: packing.TokenLayout | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """The encoder's last block (parameters `layers[-1]` of an unboxed encoder tree).
 
   Args:
@@ -371,7 +448,8 @@ def apply_last_block(config: EncoderConfig, encoder_params: Any, x: jax.Array,
   block_params = jax.tree.map(lambda a: a[-1], encoder_params["layers"])
   rngs = {} if deterministic else {"dropout": dropout_rng}
   out, (_, block_feature) = EncoderBlock(config, deterministic, feature).apply(
-      {"params": block_params}, x, attend, query_index, layout, rngs=rngs)
+    {"params": block_params}, x, attend, query_index, layout, rngs=rngs
+  )
   return out, block_feature
 
 

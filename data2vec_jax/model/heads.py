@@ -16,19 +16,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from data2vec_jax.speed.contraction import Projection
 from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.model.encoder import exact_gelu, layer_norm
+from data2vec_jax.speed.contraction import Projection
 
 
-def _dense(in_features: int, features: int, axes: tuple[str | None, str | None],
-           cfg: EncoderConfig, name: str) -> Projection:
-  return Projection((in_features, features), axes, jnp.dtype(cfg.dtype),
-                    jnp.dtype(cfg.param_dtype), name=name)
-
-
-def _gelu(x: jax.Array) -> jax.Array:
-  # torch nn.GELU() / fairseq gelu: exact erf form, evaluated in float32.
-  return jax.nn.gelu(x.astype(jnp.float32), approximate=False).astype(x.dtype)
+def _dense(
+  in_features: int,
+  features: int,
+  axes: tuple[str | None, str | None],
+  cfg: EncoderConfig,
+  name: str,
+) -> Projection:
+  return Projection(
+    (in_features, features), axes, jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype), name=name
+  )
 
 
 class RegressionHead(nn.Module):
@@ -47,7 +49,7 @@ class RegressionHead(nn.Module):
       # Logical axes: the first kernel maps embed -> mlp; later hidden ones mlp -> (replicated).
       axes = ("embed", "mlp") if i == 0 else ("mlp", None)
       in_features = dim if i == 0 else 2 * dim
-      x = _gelu(_dense(in_features, 2 * dim, axes, self.config, f"dense_{i}")(x))
+      x = exact_gelu(_dense(in_features, 2 * dim, axes, self.config, f"dense_{i}")(x))
     last_axes = ("mlp", "embed") if self.head_layers > 1 else ("embed", None)
     in_features = 2 * dim if self.head_layers > 1 else dim
     return _dense(in_features, dim, last_axes, self.config, f"dense_{self.head_layers - 1}")(x)
@@ -63,14 +65,15 @@ class MaskedLMHead(nn.Module):
     """x: [..., D]; embedding: [V, D] token table. Returns float32 logits [..., V]."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    x = _gelu(_dense(cfg.hidden_size, cfg.hidden_size, ("embed", None), cfg, "dense")(x))
-    x = nn.LayerNorm(
-        epsilon=cfg.layer_norm_eps, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype),
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        name="layer_norm")(x)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
-                      (cfg.vocab_size,), jnp.dtype(cfg.param_dtype))
-    logits = jnp.einsum("...d,vd->...v", x, embedding.astype(dtype),
-                        preferred_element_type=jnp.float32)
+    x = exact_gelu(_dense(cfg.hidden_size, cfg.hidden_size, ("embed", None), cfg, "dense")(x))
+    x = layer_norm(cfg, "layer_norm")(x)
+    bias = self.param(
+      "bias",
+      nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+      (cfg.vocab_size,),
+      jnp.dtype(cfg.param_dtype),
+    )
+    logits = jnp.einsum(
+      "...d,vd->...v", x, embedding.astype(dtype), preferred_element_type=jnp.float32
+    )
     return logits + bias.astype(jnp.float32)

@@ -98,8 +98,9 @@ def init_ema(student_encoder_params: Any, config: EMAConfig) -> Any:
   return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), student_encoder_params)
 
 
-def ema_update(ema_params: Any, student_encoder_params: Any, decay: jax.Array,
-               config: EMAConfig) -> Any:
+def ema_update(
+  ema_params: Any, student_encoder_params: Any, decay: jax.Array, config: EMAConfig
+) -> Any:
   """One EMA step (fairseq `EMAModule._step_internal`), in float32.
 
   `ema <- decay * ema + (1 - decay) * student` for every leaf of the EMA tree (`init_ema`: the
@@ -126,8 +127,11 @@ def ema_update(ema_params: Any, student_encoder_params: Any, decay: jax.Array,
   if not config.ema_transformer_layers_only:
     return jax.tree_util.tree_map(average, ema_params, student_encoder_params)
   _check_layers_only_tree(ema_params)
-  return {"layers": jax.tree_util.tree_map(average, ema_params["layers"],
-                                           student_encoder_params["layers"])}
+  return {
+    "layers": jax.tree_util.tree_map(
+      average, ema_params["layers"], student_encoder_params["layers"]
+    )
+  }
 
 
 def teacher_params(ema_params: Any, student_encoder_params: Any, config: EMAConfig) -> Any:
@@ -137,6 +141,7 @@ def teacher_params(ema_params: Any, student_encoder_params: Any, config: EMAConf
   the current student's: the values fairseq copies into its EMA after every optimizer step.
   Returned under no stop_gradient: `objective.loss_fn` stops gradients at the teacher.
   """
+
   def cast(e, s):
     return jnp.asarray(e, jnp.asarray(s).dtype)
 
@@ -144,21 +149,24 @@ def teacher_params(ema_params: Any, student_encoder_params: Any, config: EMAConf
     return jax.tree_util.tree_map(cast, ema_params, student_encoder_params)
   _check_layers_only_tree(ema_params)
   _check_encoder_tree(student_encoder_params)
-  return {_EMBEDDINGS: student_encoder_params[_EMBEDDINGS],
-          "layers": jax.tree_util.tree_map(cast, ema_params["layers"],
-                                           student_encoder_params["layers"])}
+  return {
+    _EMBEDDINGS: student_encoder_params[_EMBEDDINGS],
+    "layers": jax.tree_util.tree_map(cast, ema_params["layers"], student_encoder_params["layers"]),
+  }
 
 
 def _check_encoder_tree(params: Any) -> None:
   if _EMBEDDINGS not in params or "layers" not in params:
     raise ValueError(
-        f"expected an encoder parameter tree with 'embeddings' and 'layers', got keys "
-        f"{sorted(params)}")
+      f"expected an encoder parameter tree with 'embeddings' and 'layers', got keys "
+      f"{sorted(params)}"
+    )
 
 
 def _check_layers_only_tree(ema_params: Any) -> None:
   if set(ema_params) != {"layers"}:
     raise ValueError(
-        "with ema_transformer_layers_only the EMA tree holds only 'layers' (init_ema), got keys "
-        f"{sorted(ema_params)}; a checkpoint written with a full EMA encoder needs "
-        "ema_transformer_layers_only=False")
+      "with ema_transformer_layers_only the EMA tree holds only 'layers' (init_ema), got keys "
+      f"{sorted(ema_params)}; a checkpoint written with a full EMA encoder needs "
+      "ema_transformer_layers_only=False"
+    )

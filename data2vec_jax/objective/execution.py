@@ -25,13 +25,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from data2vec_jax.train import flops as flops_lib
-from data2vec_jax.speed import packing as packing_lib
 from data2vec_jax import strict_config
-from data2vec_jax.objective.masking import MaskingConfig, max_selected_per_row, selection_bound_is_exact
+from data2vec_jax.model import flops as flops_lib
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.objective.loss import ObjectiveConfig, loss_positions
+from data2vec_jax.objective.masking import (
+  MaskingConfig,
+  max_selected_per_row,
+  selection_bound_is_exact,
+)
 from data2vec_jax.objective.targets import targets_are_per_position
+from data2vec_jax.speed import packing as packing_lib
 
 HEAD_OVERFLOWS = ("auto", "fallback", "error")
 
@@ -69,16 +73,23 @@ class ExecutionConfig(strict_config.StrictConfig):
   attention_impl: str = "auto"
 
   def __post_init__(self) -> None:
-    if not (self.head_positions in ("auto", "all") or _is_int(self.head_positions)
-            and self.head_positions >= 1):
-      raise ValueError(f"execution.head_positions must be 'auto', 'all' or an int >= 1, got "
-                       f"{self.head_positions!r}")
+    if not (
+      self.head_positions in ("auto", "all")
+      or _is_int(self.head_positions)
+      and self.head_positions >= 1
+    ):
+      raise ValueError(
+        f"execution.head_positions must be 'auto', 'all' or an int >= 1, got "
+        f"{self.head_positions!r}"
+      )
     if self.head_overflow not in HEAD_OVERFLOWS:
-      raise ValueError(f"execution.head_overflow={self.head_overflow!r}; expected one of "
-                       f"{HEAD_OVERFLOWS}")
+      raise ValueError(
+        f"execution.head_overflow={self.head_overflow!r}; expected one of {HEAD_OVERFLOWS}"
+      )
     if not (self.scan_unroll == "all" or _is_int(self.scan_unroll) and self.scan_unroll >= 1):
-      raise ValueError(f"execution.scan_unroll must be 'all' or an int >= 1, got "
-                       f"{self.scan_unroll!r}")
+      raise ValueError(
+        f"execution.scan_unroll must be 'all' or an int >= 1, got {self.scan_unroll!r}"
+      )
     for name in ("pack_buckets", "micro_batches"):
       if getattr(self, name) < 1:
         raise ValueError(f"execution.{name} must be >= 1, got {getattr(self, name)}")
@@ -96,8 +107,9 @@ class ExecutionConfig(strict_config.StrictConfig):
   def encoder_config(self, model: EncoderConfig) -> EncoderConfig:
     """`model` with this section's encoder knobs (kernel, remat, unrolling) applied."""
     unroll = model.num_layers if self.scan_unroll == "all" else int(self.scan_unroll)
-    return dataclasses.replace(model, attention_impl=self.attention_impl,
-                               remat_policy=self.remat_policy, scan_unroll=unroll)
+    return dataclasses.replace(
+      model, attention_impl=self.attention_impl, remat_policy=self.remat_policy, scan_unroll=unroll
+    )
 
 
 def _is_int(value: Any) -> bool:
@@ -130,32 +142,48 @@ class ExecutionPlan:
   micro_batches: int = 1
 
   @classmethod
-  def for_objective(cls, objective: ObjectiveConfig, seq_len: int, *,
-                    head_positions_per_row: int = 0, prune_last_block: bool = True,
-                    head_overflow: str = "fallback", pack_tokens: bool = False,
-                    pack_buckets: int = 16, micro_batches: int = 1) -> "ExecutionPlan":
+  def for_objective(
+    cls,
+    objective: ObjectiveConfig,
+    seq_len: int,
+    *,
+    head_positions_per_row: int = 0,
+    prune_last_block: bool = True,
+    head_overflow: str = "fallback",
+    pack_tokens: bool = False,
+    pack_buckets: int = 16,
+    micro_batches: int = 1,
+  ) -> "ExecutionPlan":
     """A plan with K resolved by the caller; pruning and teacher packing follow from the
     objective (the teacher's last block and packing need per-position targets)."""
     if head_overflow not in ("fallback", "error"):
       raise ValueError(f"head_overflow={head_overflow!r}; expected 'fallback' or 'error'")
     if head_positions_per_row < 0:
-      raise ValueError(f"head_positions_per_row must be >= 0 (0 = every position), got "
-                       f"{head_positions_per_row}")
+      raise ValueError(
+        f"head_positions_per_row must be >= 0 (0 = every position), got {head_positions_per_row}"
+      )
     per_position = objective.kind == "data2vec" and targets_are_per_position(objective)
     prune = prune_last_block and 0 < head_positions_per_row < seq_len
-    return cls(seq_len=seq_len, head_positions_per_row=head_positions_per_row,
-               head_overflow=head_overflow, prune_student_last_block=prune,
-               prune_teacher_last_block=prune and per_position, pack_tokens=pack_tokens,
-               pack_buckets=pack_buckets, pack_teacher=per_position,
-               micro_batches=micro_batches)
+    return cls(
+      seq_len=seq_len,
+      head_positions_per_row=head_positions_per_row,
+      head_overflow=head_overflow,
+      prune_student_last_block=prune,
+      prune_teacher_last_block=prune and per_position,
+      pack_tokens=pack_tokens,
+      pack_buckets=pack_buckets,
+      pack_teacher=per_position,
+      micro_batches=micro_batches,
+    )
 
   @property
   def gathers_head_positions(self) -> bool:
     """Whether the head runs on K < T gathered slots per row."""
     return 0 < self.head_positions_per_row < self.seq_len
 
-  def check_host_batch(self, batch: Mapping[str, np.ndarray], *, config: EncoderConfig,
-                       objective: ObjectiveConfig) -> None:
+  def check_host_batch(
+    self, batch: Mapping[str, np.ndarray], *, config: EncoderConfig, objective: ObjectiveConfig
+  ) -> None:
     """Raises ValueError if a row of this host batch has more loss positions than K, where the
     step compiles no fallback for that (`head_overflow='error'`). batch: numpy 'source' /
     'target' [B, T] int, 'selected' [B, T] bool."""
@@ -167,14 +195,21 @@ class ExecutionPlan:
     if over.size:
       row = int(over[0])
       raise ValueError(
-          f"batch row {row} has {int(counts[row])} loss positions ({over.size} rows over the "
-          f"limit), more than the {k} head slots per row, and head_overflow='error' compiles "
-          f"no fallback for that. Raise execution.head_positions to the masker's bound "
-          f"(masking.max_selected_per_row), or set execution.head_overflow='fallback'.")
+        f"batch row {row} has {int(counts[row])} loss positions ({over.size} rows over the "
+        f"limit), more than the {k} head slots per row, and head_overflow='error' compiles "
+        f"no fallback for that. Raise execution.head_positions to the masker's bound "
+        f"(masking.max_selected_per_row), or set execution.head_overflow='fallback'."
+      )
 
-  def packing_for_batch(self, host_batch: Mapping[str, np.ndarray],
-                        global_row_tokens: np.ndarray, *, pad_id: int, groups: int,
-                        process_index: int = 0) -> packing_lib.PackingSpec | None:
+  def packing_for_batch(
+    self,
+    host_batch: Mapping[str, np.ndarray],
+    global_row_tokens: np.ndarray,
+    *,
+    pad_id: int,
+    groups: int,
+    process_index: int = 0,
+  ) -> packing_lib.PackingSpec | None:
     """The packed capacity of a step (None: unpacked), chosen from the global batch's tokens.
 
     Every process passes the pipeline's same `global_row_tokens` [GB], so all choose the same
@@ -186,23 +221,33 @@ class ExecutionPlan:
       return None
     local = real_tokens(host_batch, pad_id).sum(axis=1)
     lo = process_index * len(local)
-    if not np.array_equal(local, global_row_tokens[lo:lo + len(local)]):
+    if not np.array_equal(local, global_row_tokens[lo : lo + len(local)]):
       raise ValueError(
-          f"the real tokens per row of this process's batch ({local.tolist()}) disagree with "
-          f"the input pipeline's global row tokens for rows {lo}..{lo + len(local) - 1} "
-          f"({global_row_tokens[lo:lo + len(local)].tolist()})")
-    return packing_lib.spec_for_batch(global_row_tokens, seq_len=host_batch["source"].shape[1],
-                                      groups=groups, micro_batches=self.micro_batches,
-                                      buckets=self.pack_buckets)
+        f"the real tokens per row of this process's batch ({local.tolist()}) disagree with "
+        f"the input pipeline's global row tokens for rows {lo}..{lo + len(local) - 1} "
+        f"({global_row_tokens[lo : lo + len(local)].tolist()})"
+      )
+    return packing_lib.spec_for_batch(
+      global_row_tokens,
+      seq_len=host_batch["source"].shape[1],
+      groups=groups,
+      micro_batches=self.micro_batches,
+      buckets=self.pack_buckets,
+    )
 
-  def flops_per_token(self, model: EncoderConfig, objective: ObjectiveConfig, *,
-                      masked_fraction: float) -> float:
+  def flops_per_token(
+    self, model: EncoderConfig, objective: ObjectiveConfig, *, masked_fraction: float
+  ) -> float:
     """Model FLOPs per real token of the step this plan executes (pruned blocks not credited)."""
     return flops_lib.train_flops_per_token(
-        model, self.seq_len, kind=objective.kind, head_layers=objective.head_layers,
-        masked_fraction=masked_fraction,
-        pruned_last_block=self.prune_student_last_block,
-        pruned_teacher_last_block=self.prune_teacher_last_block)
+      model,
+      self.seq_len,
+      kind=objective.kind,
+      head_layers=objective.head_layers,
+      masked_fraction=masked_fraction,
+      pruned_last_block=self.prune_student_last_block,
+      pruned_teacher_last_block=self.prune_teacher_last_block,
+    )
 
 
 def real_tokens(host_batch: Mapping[str, np.ndarray], pad_id: int) -> np.ndarray:
@@ -211,8 +256,9 @@ def real_tokens(host_batch: Mapping[str, np.ndarray], pad_id: int) -> np.ndarray
   return (host_batch["source"] != pad_id) | (host_batch["target"] != pad_id)
 
 
-def make_plan(execution: ExecutionConfig, objective: ObjectiveConfig, masking: MaskingConfig,
-              seq_len: int) -> ExecutionPlan:
+def make_plan(
+  execution: ExecutionConfig, objective: ObjectiveConfig, masking: MaskingConfig, seq_len: int
+) -> ExecutionPlan:
   """Resolves the execution config for this objective, masking and sequence length.
 
   Raises ValueError when head_overflow='error' is asked for a K the masker may exceed.
@@ -233,10 +279,17 @@ def make_plan(execution: ExecutionConfig, objective: ObjectiveConfig, masking: M
     overflow = "error" if guaranteed else "fallback"
   elif overflow == "error" and gather and not guaranteed:
     raise ValueError(
-        f"execution.head_overflow='error' needs head_positions >= the masker's exact bound "
-        f"({bound} for {seq_len}-token rows, and mask_stdev == 0); got head_positions={k}, "
-        f"mask_stdev={masking.mask_stdev}. Use head_overflow='fallback' (or 'auto').")
+      f"execution.head_overflow='error' needs head_positions >= the masker's exact bound "
+      f"({bound} for {seq_len}-token rows, and mask_stdev == 0); got head_positions={k}, "
+      f"mask_stdev={masking.mask_stdev}. Use head_overflow='fallback' (or 'auto')."
+    )
   return ExecutionPlan.for_objective(
-      objective, seq_len, head_positions_per_row=k, prune_last_block=execution.prune_last_block,
-      head_overflow=overflow, pack_tokens=execution.pack_tokens,
-      pack_buckets=execution.pack_buckets, micro_batches=execution.micro_batches)
+    objective,
+    seq_len,
+    head_positions_per_row=k,
+    prune_last_block=execution.prune_last_block,
+    head_overflow=overflow,
+    pack_tokens=execution.pack_tokens,
+    pack_buckets=execution.pack_buckets,
+    micro_batches=execution.micro_batches,
+  )

@@ -26,28 +26,35 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from data2vec_jax.objective import loss as objective_lib
-from data2vec_jax.speed import packing as packing_lib
-from data2vec_jax.objective.execution import ExecutionPlan
-from data2vec_jax.model.encoder import apply_last_block, gather_positions, take_positions
 from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.model.encoder import apply_last_block, gather_positions, take_positions
+from data2vec_jax.objective import loss as objective_lib
+from data2vec_jax.objective.execution import ExecutionPlan
 from data2vec_jax.objective.loss import ObjectiveConfig, PretrainingModel
 from data2vec_jax.objective.targets import teacher_targets_fn
+from data2vec_jax.speed import packing as packing_lib
 
 
-def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Array],
-            dropout_rng: jax.Array | None, *, config: EncoderConfig,
-            objective: ObjectiveConfig, plan: ExecutionPlan,
-            packing: packing_lib.PackingSpec | None = None
-            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss_fn(
+  params: Any,
+  teacher_encoder_params: Any,
+  batch: Mapping[str, jax.Array],
+  dropout_rng: jax.Array | None,
+  *,
+  config: EncoderConfig,
+  objective: ObjectiveConfig,
+  plan: ExecutionPlan,
+  packing: packing_lib.PackingSpec | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`objective.loss_fn` (same arguments and outputs) run as `plan` says, packed by `packing`.
 
   aux adds 'head_gathered': 1 if the head ran on gathered positions, 0 if on every position.
   """
   if not plan.gathers_head_positions and packing is None:
     # Nothing to speed up: the reference path itself.
-    loss_sum, aux = objective_lib.loss_fn(params, teacher_encoder_params, batch, dropout_rng,
-                                          config=config, objective=objective)
+    loss_sum, aux = objective_lib.loss_fn(
+      params, teacher_encoder_params, batch, dropout_rng, config=config, objective=objective
+    )
     return loss_sum, {**aux, "head_gathered": jnp.float32(0)}
   deterministic = dropout_rng is None
   model = PretrainingModel(config, objective)
@@ -60,19 +67,38 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
 
   if plan.prune_student_last_block:
     trunk_rng, last_rng = (None, None) if deterministic else jax.random.split(dropout_rng)
-    trunk = model.apply(variables, batch["source"], deterministic=deterministic,
-                        skip_last_block=True, rngs=rngs(trunk_rng), layout=layout,
-                        method=PretrainingModel.encode).last_hidden_state  # [B, T, D] | [G, C, D]
+    trunk = model.apply(
+      variables,
+      batch["source"],
+      deterministic=deterministic,
+      skip_last_block=True,
+      rngs=rngs(trunk_rng),
+      layout=layout,
+      method=PretrainingModel.encode,
+    ).last_hidden_state  # [B, T, D] | [G, C, D]
 
     def student_features(index):
       """[B, K, D] last-block output at index [B, K], or [B, T, D] for index None."""
-      out = apply_last_block(config, params["encoder"], trunk, attend, index,
-                             deterministic=deterministic, dropout_rng=last_rng, layout=layout)[0]
+      out = apply_last_block(
+        config,
+        params["encoder"],
+        trunk,
+        attend,
+        index,
+        deterministic=deterministic,
+        dropout_rng=last_rng,
+        layout=layout,
+      )[0]
       return packing_lib.rows(out, layout) if index is None else out
   else:
-    features = model.apply(variables, batch["source"], deterministic=deterministic,
-                           rngs=rngs(dropout_rng), layout=layout,
-                           method=PretrainingModel.encode).last_hidden_state  # [B, T, D] | [G, C, D]
+    features = model.apply(
+      variables,
+      batch["source"],
+      deterministic=deterministic,
+      rngs=rngs(dropout_rng),
+      layout=layout,
+      method=PretrainingModel.encode,
+    ).last_hidden_state  # [B, T, D] | [G, C, D]
 
     def student_features(index):
       if index is None:
@@ -93,8 +119,13 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
       teacher_layout = packing_lib.make_layout(t_tokens != config.pad_id, packing)
       overflows.append(teacher_layout.overflow)
     targets_at = teacher_targets_fn(
-        teacher_encoder_params, t_tokens, config=config, objective=objective,
-        prune_last_block=plan.prune_teacher_last_block, layout=teacher_layout)
+      teacher_encoder_params,
+      t_tokens,
+      config=config,
+      objective=objective,
+      prune_last_block=plan.prune_teacher_last_block,
+      layout=teacher_layout,
+    )
 
   def head_and_loss(features, y, targets, positions):
     """The head and the loss on [B, N] positions (N = T, or K gathered slots)."""
@@ -113,8 +144,12 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
     index = first_positions(positions, k)  # [B, K]
 
     def gathered_branch(targets, positions):
-      return head_and_loss(student_features(index), targets_at(index),
-                           take_positions(targets, index), take_positions(positions, index))
+      return head_and_loss(
+        student_features(index),
+        targets_at(index),
+        take_positions(targets, index),
+        take_positions(positions, index),
+      )
 
     if plan.head_overflow == "fallback":
       loss_sum, aux = jax.lax.cond(fits, gathered_branch, every_position, *operands)

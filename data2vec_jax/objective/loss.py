@@ -41,12 +41,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from data2vec_jax.speed import packing as packing_lib
 from data2vec_jax import strict_config
-from data2vec_jax.model.heads import MaskedLMHead, RegressionHead
-from data2vec_jax.model.encoder import Encoder, EncoderOutput
 from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.model.encoder import Encoder, EncoderOutput
+from data2vec_jax.model.heads import MaskedLMHead, RegressionHead
 from data2vec_jax.objective.targets import TARGET_TYPES, teacher_targets
+from data2vec_jax.speed import packing as packing_lib
 
 KINDS = ("data2vec", "mlm")
 TEACHER_INPUTS = ("unmasked", "masked_only")
@@ -91,8 +91,12 @@ class ObjectiveConfig(strict_config.StrictConfig):
   mask_id: int = 50264
 
   def __post_init__(self):
-    for name, allowed in (("kind", KINDS), ("target_type", TARGET_TYPES),
-                          ("teacher_input", TEACHER_INPUTS), ("loss_positions", LOSS_POSITIONS)):
+    for name, allowed in (
+      ("kind", KINDS),
+      ("target_type", TARGET_TYPES),
+      ("teacher_input", TEACHER_INPUTS),
+      ("loss_positions", LOSS_POSITIONS),
+    ):
       if getattr(self, name) not in allowed:
         raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {allowed}")
     if self.average_top_k_layers < 1:
@@ -123,13 +127,19 @@ class PretrainingModel(nn.Module):
     else:
       self.head = MaskedLMHead(self.config)
 
-  def encode(self, tokens: jax.Array, *, deterministic: bool = True,
-             skip_last_block: bool = False,
-             layout: packing_lib.TokenLayout | None = None) -> EncoderOutput:
+  def encode(
+    self,
+    tokens: jax.Array,
+    *,
+    deterministic: bool = True,
+    skip_last_block: bool = False,
+    layout: packing_lib.TokenLayout | None = None,
+  ) -> EncoderOutput:
     """tokens: [B, T] int32 student input. Dropout needs the 'dropout' rng. With a packing
     `layout` the outputs are packed [G, C, D] (`Encoder`)."""
-    return self.encoder(tokens, deterministic=deterministic, skip_last_block=skip_last_block,
-                        layout=layout)
+    return self.encoder(
+      tokens, deterministic=deterministic, skip_last_block=skip_last_block, layout=layout
+    )
 
   def predict(self, features: jax.Array) -> jax.Array:
     """features: [..., D] student features -> predictions [..., D] in the compute dtype
@@ -138,8 +148,9 @@ class PretrainingModel(nn.Module):
       return self.head(features)
     return self.head(features, self.encoder.token_table())
 
-  def __call__(self, tokens: jax.Array, *,
-               deterministic: bool = True) -> tuple[EncoderOutput, jax.Array]:
+  def __call__(
+    self, tokens: jax.Array, *, deterministic: bool = True
+  ) -> tuple[EncoderOutput, jax.Array]:
     """tokens: [B, T] int32. Returns (encoder output, head output at every position)."""
     out = self.encode(tokens, deterministic=deterministic)
     return out, self.predict(out.last_hidden_state)
@@ -166,8 +177,9 @@ def masked_std(x: jax.Array, weights: jax.Array) -> jax.Array:
   return jnp.where(n > 1, jnp.mean(jnp.sqrt(var + VAR_EPS)), 0.0)
 
 
-def loss_positions(batch: Mapping[str, Any], *, config: EncoderConfig,
-                   objective: ObjectiveConfig) -> Any:
+def loss_positions(
+  batch: Mapping[str, Any], *, config: EncoderConfig, objective: ObjectiveConfig
+) -> Any:
   """[B, T] bool positions the loss covers (see module docstring).
 
   Operators only, so it runs on jax arrays in the step and on the host's numpy batches alike.
@@ -177,17 +189,24 @@ def loss_positions(batch: Mapping[str, Any], *, config: EncoderConfig,
   return batch["source"] == objective.mask_id
 
 
-def teacher_tokens(batch: Mapping[str, jax.Array], *, config: EncoderConfig,
-                   objective: ObjectiveConfig) -> jax.Array:
+def teacher_tokens(
+  batch: Mapping[str, jax.Array], *, config: EncoderConfig, objective: ObjectiveConfig
+) -> jax.Array:
   """[B, T] int32 teacher input: the original tokens, or fairseq's `target_tokens`."""
   if objective.teacher_input == "unmasked":
     return batch["target"]
   return jnp.where(batch["selected"], batch["target"], config.pad_id).astype(batch["target"].dtype)
 
 
-def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Array],
-            dropout_rng: jax.Array | None, *, config: EncoderConfig, objective: ObjectiveConfig
-            ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss_fn(
+  params: Any,
+  teacher_encoder_params: Any,
+  batch: Mapping[str, jax.Array],
+  dropout_rng: jax.Array | None,
+  *,
+  config: EncoderConfig,
+  objective: ObjectiveConfig,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Summed loss of one (micro-)batch and its metrics: the reference path (every position).
 
   Args:
@@ -210,24 +229,37 @@ def loss_fn(params: Any, teacher_encoder_params: Any, batch: Mapping[str, jax.Ar
   model = PretrainingModel(config, objective)
   variables = {"params": params}
   rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
-  features = model.apply(variables, batch["source"], deterministic=dropout_rng is None,
-                         rngs=rngs, method=PretrainingModel.encode).last_hidden_state  # [B, T, D]
+  features = model.apply(
+    variables,
+    batch["source"],
+    deterministic=dropout_rng is None,
+    rngs=rngs,
+    method=PretrainingModel.encode,
+  ).last_hidden_state  # [B, T, D]
   head_out = model.apply(variables, features, method=PretrainingModel.predict)
   y = None  # the MLM head's targets are the tokens
   if objective.kind == "data2vec":
     if teacher_encoder_params is None:
       raise ValueError("the data2vec objective needs teacher_encoder_params")
-    y = teacher_targets(teacher_encoder_params, teacher_tokens(batch, config=config,
-                                                               objective=objective),
-                        config=config, objective=objective)  # [B, T, D]
+    y = teacher_targets(
+      teacher_encoder_params,
+      teacher_tokens(batch, config=config, objective=objective),
+      config=config,
+      objective=objective,
+    )  # [B, T, D]
   positions = loss_positions(batch, config=config, objective=objective)
   loss_sum, aux = scored(head_out, y, batch["target"], positions, objective)
   num_masked = jnp.sum(positions.astype(jnp.float32))
   return loss_sum, {"num_masked": num_masked, "loss_sum": loss_sum, **aux}
 
 
-def scored(head_out: jax.Array, y: jax.Array | None, targets: jax.Array, positions: jax.Array,
-            objective: ObjectiveConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+def scored(
+  head_out: jax.Array,
+  y: jax.Array | None,
+  targets: jax.Array,
+  positions: jax.Array,
+  objective: ObjectiveConfig,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Summed loss and metrics of head outputs [B, N, D|V] at [B, N] bool loss positions.
 
   y: [B, N, D] float32 regression targets (data2vec) or None (mlm); targets: [B, N] int tokens.
@@ -251,6 +283,6 @@ def scored(head_out: jax.Array, y: jax.Array | None, targets: jax.Array, positio
   loss_sum = jnp.sum(jnp.where(positions, per_token, 0.0)) * jnp.float32(scale)
   flat_w = weights.reshape(-1)
   return loss_sum, {
-      "target_var": masked_std(y.reshape(-1, dim), flat_w),
-      "pred_var": masked_std(jax.lax.stop_gradient(head_out).reshape(-1, dim), flat_w),
+    "target_var": masked_std(y.reshape(-1, dim), flat_w),
+    "pred_var": masked_std(jax.lax.stop_gradient(head_out).reshape(-1, dim), flat_w),
   }

@@ -84,7 +84,9 @@ def max_selected_per_row(config: MaskingConfig, seq_len: int, multiple: int = 8)
   every-position fallback). Rounded up to `multiple`, capped at seq_len. Used to size the
   gathered head positions (`execution.head_positions`).
   """
-  span = config.mask_multiple_length + (math.ceil(3 * config.mask_stdev) if config.mask_stdev else 0)
+  span = config.mask_multiple_length + (
+    math.ceil(3 * config.mask_stdev) if config.mask_stdev else 0
+  )
   spans = int(config.mask_prob * seq_len / float(config.mask_multiple_length)) + 1
   bound = min(seq_len, spans * max(span, 1))
   return min(seq_len, -(-bound // multiple) * multiple)
@@ -105,9 +107,17 @@ def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
   return np.random.default_rng(int(hash((int(seed), int(epoch), int(index))) % 1e6))
 
 
-def mask_tokens(tokens: np.ndarray, *, config: MaskingConfig, seed: int, epoch: int, index: int,
-                mask_id: int, vocab_size: int,
-                num_special: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def mask_tokens(
+  tokens: np.ndarray,
+  *,
+  config: MaskingConfig,
+  seed: int,
+  epoch: int,
+  index: int,
+  mask_id: int,
+  vocab_size: int,
+  num_special: int = 4,
+) -> tuple[np.ndarray, np.ndarray]:
   """Masks one example exactly as fairseq's `MaskTokensDataset` (same RNG draws, same order).
 
   Args:
@@ -139,8 +149,10 @@ def mask_tokens(tokens: np.ndarray, *, config: MaskingConfig, seed: int, epoch: 
   if config.mask_stdev > 0.0:
     lengths = rng.normal(config.mask_multiple_length, config.mask_stdev, size=num_mask)
     lengths = [max(0, int(round(x))) for x in lengths]
-    idc = np.asarray([starts[j] + offset for j in range(len(starts))
-                      for offset in range(lengths[j])], dtype=np.int64)
+    idc = np.asarray(
+      [starts[j] + offset for j in range(len(starts)) for offset in range(lengths[j])],
+      dtype=np.int64,
+    )
   else:
     idc = np.concatenate([starts + i for i in range(config.mask_multiple_length)])
   idc = idc[idc < sz]

@@ -29,9 +29,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from data2vec_jax.speed import packing
-from data2vec_jax.model.encoder import Encoder, apply_last_block, gather_positions
 from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.model.encoder import Encoder, apply_last_block, gather_positions
+from data2vec_jax.speed import packing
 
 NORM_EPS = 1e-5  # PyTorch's default for F.layer_norm / F.instance_norm / F.batch_norm
 TARGET_TYPES = ("ffn", "ffn_residual", "end_of_block")
@@ -73,7 +73,7 @@ def make_targets(layer_features: jax.Array, objective: Any) -> jax.Array:
   k = objective.average_top_k_layers
   if not 1 <= k <= num_layers:
     raise ValueError(f"average_top_k_layers={k} but the encoder has {num_layers} blocks")
-  y = layer_features[num_layers - k:].astype(jnp.float32)  # [K, B, T, D]
+  y = layer_features[num_layers - k :].astype(jnp.float32)  # [K, B, T, D]
   # Reference order: batch norm, then instance norm, then layer norm, each per layer.
   if objective.batch_norm_target_layer:
     y = batch_norm(y)
@@ -89,9 +89,14 @@ def make_targets(layer_features: jax.Array, objective: Any) -> jax.Array:
   return y
 
 
-def teacher_layer_features(teacher_encoder_params: Any, teacher_tokens: jax.Array, *,
-                           config: EncoderConfig, target_type: str,
-                           layout: packing.TokenLayout | None = None) -> jax.Array:
+def teacher_layer_features(
+  teacher_encoder_params: Any,
+  teacher_tokens: jax.Array,
+  *,
+  config: EncoderConfig,
+  target_type: str,
+  layout: packing.TokenLayout | None = None,
+) -> jax.Array:
   """The teacher's per-block features [L, B, T, D] (eval mode: no dropout); [L, G, C, D] packed
   with `layout`.
 
@@ -100,7 +105,8 @@ def teacher_layer_features(teacher_encoder_params: Any, teacher_tokens: jax.Arra
   block output): the paper's Table 5 ablation.
   """
   out = Encoder(config, feature=_encoder_feature(target_type)).apply(
-      {"params": teacher_encoder_params}, teacher_tokens, deterministic=True, layout=layout)
+    {"params": teacher_encoder_params}, teacher_tokens, deterministic=True, layout=layout
+  )
   return _per_block_features(out, target_type)
 
 
@@ -116,9 +122,14 @@ def _per_block_features(out: Any, target_type: str) -> jax.Array:
   return out.block_outputs if target_type == "end_of_block" else out.ffn_outputs
 
 
-def teacher_targets(teacher_encoder_params: Any, teacher_tokens: jax.Array, *,
-                    config: EncoderConfig, objective: Any,
-                    layout: packing.TokenLayout | None = None) -> jax.Array:
+def teacher_targets(
+  teacher_encoder_params: Any,
+  teacher_tokens: jax.Array,
+  *,
+  config: EncoderConfig,
+  objective: Any,
+  layout: packing.TokenLayout | None = None,
+) -> jax.Array:
   """Regression targets [B, T, D] float32 from the teacher, under `stop_gradient`.
 
   Args:
@@ -128,28 +139,43 @@ def teacher_targets(teacher_encoder_params: Any, teacher_tokens: jax.Array, *,
   """
   _check_packable(objective, layout)
   teacher_encoder_params = jax.lax.stop_gradient(teacher_encoder_params)
-  features = teacher_layer_features(teacher_encoder_params, teacher_tokens, config=config,
-                                    target_type=objective.target_type, layout=layout)
+  features = teacher_layer_features(
+    teacher_encoder_params,
+    teacher_tokens,
+    config=config,
+    target_type=objective.target_type,
+    layout=layout,
+  )
   return jax.lax.stop_gradient(make_targets(features, objective))
 
 
 def targets_are_per_position(objective: Any) -> bool:
   """True when no normalisation mixes positions (no instance or batch norm): the target at a
   position then depends only on the teacher's top-K features at that position."""
-  return not (objective.batch_norm_target_layer or objective.instance_norm_target_layer
-              or objective.instance_norm_targets)
+  return not (
+    objective.batch_norm_target_layer
+    or objective.instance_norm_target_layer
+    or objective.instance_norm_targets
+  )
 
 
 def _check_packable(objective: Any, layout: packing.TokenLayout | None) -> None:
   if layout is not None and not targets_are_per_position(objective):
-    raise ValueError("the teacher can only run packed for per-position targets (instance and "
-                     "batch norm average over the pads too)")
+    raise ValueError(
+      "the teacher can only run packed for per-position targets (instance and "
+      "batch norm average over the pads too)"
+    )
 
 
-def teacher_targets_fn(teacher_encoder_params: Any, teacher_tokens: jax.Array, *,
-                       config: EncoderConfig, objective: Any, prune_last_block: bool,
-                       layout: packing.TokenLayout | None = None
-                       ) -> Callable[[jax.Array | None], jax.Array]:
+def teacher_targets_fn(
+  teacher_encoder_params: Any,
+  teacher_tokens: jax.Array,
+  *,
+  config: EncoderConfig,
+  objective: Any,
+  prune_last_block: bool,
+  layout: packing.TokenLayout | None = None,
+) -> Callable[[jax.Array | None], jax.Array]:
   """Targets as a function of the positions that need them, under `stop_gradient`.
 
   Returns `targets(index)`: index [B, K] int32 -> [B, K, D] float32 (row b at index[b]);
@@ -161,33 +187,49 @@ def teacher_targets_fn(teacher_encoder_params: Any, teacher_tokens: jax.Array, *
   the packed real tokens; `targets` still answers in [B, ...] rows (zeros at pads for None).
   """
   if prune_last_block and not targets_are_per_position(objective):
-    raise ValueError("the teacher's last block can only be pruned for per-position targets "
-                     "(no instance or batch norm)")
+    raise ValueError(
+      "the teacher's last block can only be pruned for per-position targets "
+      "(no instance or batch norm)"
+    )
   _check_packable(objective, layout)
   teacher_encoder_params = jax.lax.stop_gradient(teacher_encoder_params)
   if not prune_last_block:
-    y = teacher_targets(teacher_encoder_params, teacher_tokens, config=config,
-                        objective=objective, layout=layout)
-    return lambda index: (packing.rows(y, layout) if index is None
-                          else gather_positions(y, index, layout))
+    y = teacher_targets(
+      teacher_encoder_params, teacher_tokens, config=config, objective=objective, layout=layout
+    )
+    return lambda index: (
+      packing.rows(y, layout) if index is None else gather_positions(y, index, layout)
+    )
 
   k = objective.average_top_k_layers
   if not 1 <= k <= config.num_layers:  # make_targets could not tell: it sees K layers only
     raise ValueError(f"average_top_k_layers={k} but the encoder has {config.num_layers} blocks")
   feature = _encoder_feature(objective.target_type)
   trunk = Encoder(config, feature=feature).apply(
-      {"params": teacher_encoder_params}, teacher_tokens, deterministic=True,
-      skip_last_block=True, layout=layout)
+    {"params": teacher_encoder_params},
+    teacher_tokens,
+    deterministic=True,
+    skip_last_block=True,
+    layout=layout,
+  )
   # The top K-1 blocks below the last: [K-1, B, T, D].
-  lower = _per_block_features(trunk, objective.target_type)[config.num_layers - k:]
+  lower = _per_block_features(trunk, objective.target_type)[config.num_layers - k :]
   attend = teacher_tokens != config.pad_id
 
   def targets(index: jax.Array | None) -> jax.Array:
-    out, last = apply_last_block(config, teacher_encoder_params, trunk.last_hidden_state,
-                                 attend, index, feature=feature, layout=layout)
+    out, last = apply_last_block(
+      config,
+      teacher_encoder_params,
+      trunk.last_hidden_state,
+      attend,
+      index,
+      feature=feature,
+      layout=layout,
+    )
     last = out if objective.target_type == "end_of_block" else last
-    below = (lower if index is None
-             else jax.vmap(lambda f: gather_positions(f, index, layout))(lower))
+    below = (
+      lower if index is None else jax.vmap(lambda f: gather_positions(f, index, layout))(lower)
+    )
     features = jnp.concatenate([below, last[None]], axis=0)  # [K, B, N, D] (or [K, G, C, D])
     y = make_targets(features, objective)
     return jax.lax.stop_gradient(packing.rows(y, layout) if index is None else y)

@@ -53,8 +53,10 @@ def _contract_canonical_bwd(c, residuals, dy):
   num_out = kernel.ndim - c
   # dx[b..., k...] = sum_o dy[b..., o...] kernel[k..., o...]
   dx = lax.dot_general(
-      dy, kernel, ((tuple(range(num_batch, num_batch + num_out)), tuple(range(c, c + num_out))),
-                   ((), ())))
+    dy,
+    kernel,
+    ((tuple(range(num_batch, num_batch + num_out)), tuple(range(c, c + num_out))), ((), ())),
+  )
   batch_axes = tuple(range(num_batch))
   if x.size <= dy.size:
     # dW[k..., o...] = sum_b x^T[k..., b...] dy[b..., o...], x^T materialised (module doc).
@@ -64,9 +66,11 @@ def _contract_canonical_bwd(c, residuals, dy):
     # dy is the smaller activation (e.g. the FFN's fc2, F > D): transpose it instead and
     # transpose the weight-sized product back, dW = (dy^T x)^T.
     dy_t = lax.optimization_barrier(
-        jnp.transpose(dy, tuple(range(num_batch, dy.ndim)) + batch_axes))
-    dw_t = lax.optimization_barrier(lax.dot_general(
-        dy_t, x, ((tuple(range(num_out, num_out + num_batch)), batch_axes), ((), ()))))
+      jnp.transpose(dy, tuple(range(num_batch, dy.ndim)) + batch_axes)
+    )
+    dw_t = lax.optimization_barrier(
+      lax.dot_general(dy_t, x, ((tuple(range(num_out, num_out + num_batch)), batch_axes), ((), ())))
+    )
     dw = jnp.transpose(dw_t, tuple(range(num_out, num_out + c)) + tuple(range(num_out)))
   return dx.astype(x.dtype), dw.astype(kernel.dtype)
 
@@ -74,8 +78,9 @@ def _contract_canonical_bwd(c, residuals, dy):
 _contract_canonical.defvjp(_contract_canonical_fwd, _contract_canonical_bwd)
 
 
-def contract(x: jax.Array, kernel: jax.Array, contract_ndim: int = 1,
-             canonical_weight_grad: bool | None = None) -> jax.Array:
+def contract(
+  x: jax.Array, kernel: jax.Array, contract_ndim: int = 1, canonical_weight_grad: bool | None = None
+) -> jax.Array:
   """`x ._c kernel` in the dtype of its (already promoted) operands.
 
   Args:
@@ -89,9 +94,11 @@ def contract(x: jax.Array, kernel: jax.Array, contract_ndim: int = 1,
   """
   if not 1 <= contract_ndim <= min(x.ndim, kernel.ndim):
     raise ValueError(f"contract_ndim={contract_ndim} for x {x.shape} and kernel {kernel.shape}")
-  if x.shape[x.ndim - contract_ndim:] != kernel.shape[:contract_ndim]:
-    raise ValueError(f"cannot contract the last {contract_ndim} axes of x {x.shape} with the "
-                     f"first {contract_ndim} of kernel {kernel.shape}")
+  if x.shape[x.ndim - contract_ndim :] != kernel.shape[:contract_ndim]:
+    raise ValueError(
+      f"cannot contract the last {contract_ndim} axes of x {x.shape} with the "
+      f"first {contract_ndim} of kernel {kernel.shape}"
+    )
   if canonical_weight_grad is None:
     canonical_weight_grad = jax.default_backend() == "cpu"
   if canonical_weight_grad:
@@ -126,11 +133,17 @@ class Projection(nn.Module):
     """
     c = self.contract_ndim
     kernel = self.param(
-        "kernel", nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), self.kernel_axes),
-        self.kernel_shape, self.param_dtype)
+      "kernel",
+      nn.with_logical_partitioning(nn.initializers.normal(INIT_STD), self.kernel_axes),
+      self.kernel_shape,
+      self.param_dtype,
+    )
     bias = self.param(
-        "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[c:]),
-        self.kernel_shape[c:], self.param_dtype)
+      "bias",
+      nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[c:]),
+      self.kernel_shape[c:],
+      self.param_dtype,
+    )
     if first_output is not None:
       if len(self.kernel_shape) == c:
         raise ValueError(f"first_output needs an output axis; kernel {self.kernel_shape} has none")

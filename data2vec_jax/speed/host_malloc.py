@@ -23,8 +23,11 @@ from typing import Mapping, MutableMapping
 
 # arena_max=1: every thread allocates from the main (sbrk) arena, the one where mmap_max=0 and
 # trim_threshold apply to large requests too (secondary arenas mmap anything over 64 MB).
-TUNABLES = ("glibc.malloc.arena_max=1", "glibc.malloc.mmap_max=0",
-            "glibc.malloc.trim_threshold=4294967296")
+TUNABLES = (
+  "glibc.malloc.arena_max=1",
+  "glibc.malloc.mmap_max=0",
+  "glibc.malloc.trim_threshold=4294967296",
+)
 OPT_OUT_VARIABLE = "D2V_MALLOC"
 
 
@@ -41,8 +44,9 @@ def tuned_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
   env = dict(os.environ if environ is None else environ)
   existing = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
   have = {t.split("=", 1)[0] for t in existing}
-  env["GLIBC_TUNABLES"] = ":".join(existing + [t for t in TUNABLES
-                                               if t.split("=", 1)[0] not in have])
+  env["GLIBC_TUNABLES"] = ":".join(
+    existing + [t for t in TUNABLES if t.split("=", 1)[0] not in have]
+  )
   return env
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -95,8 +96,10 @@ def make_layout(keep: jax.Array, spec: PackingSpec) -> TokenLayout:
   """
   rows, length = keep.shape
   if rows % spec.groups:
-    raise ValueError(f"cannot split {rows} rows into {spec.groups} packing groups "
-                     f"(PackingSpec.groups must divide the batch rows)")
+    raise ValueError(
+      f"cannot split {rows} rows into {spec.groups} packing groups "
+      f"(PackingSpec.groups must divide the batch rows)"
+    )
   per_group = (rows // spec.groups) * length
   keep = keep.reshape(spec.groups, per_group)
   rank = jnp.cumsum(keep, axis=1, dtype=jnp.int32) - 1  # slot of each real token
@@ -104,11 +107,15 @@ def make_layout(keep: jax.Array, spec: PackingSpec) -> TokenLayout:
   group = jnp.arange(spec.groups, dtype=jnp.int32)[:, None]
   positions = jnp.broadcast_to(jnp.arange(per_group, dtype=jnp.int32), keep.shape)
   # Each real token writes its own position into its slot (pads and overflow index C: dropped).
-  slot_position = jnp.full((spec.groups, spec.capacity), per_group, jnp.int32).at[
-      group, position_slot].set(positions, mode="drop")
+  slot_position = (
+    jnp.full((spec.groups, spec.capacity), per_group, jnp.int32)
+    .at[group, position_slot]
+    .set(positions, mode="drop")
+  )
   overflow = jnp.any(jnp.sum(keep, axis=1, dtype=jnp.int32) > spec.capacity)
-  return TokenLayout(slot_position=slot_position, position_slot=position_slot,
-                     overflow=overflow, length=length)
+  return TokenLayout(
+    slot_position=slot_position, position_slot=position_slot, overflow=overflow, length=length
+  )
 
 
 def _gather(x: jax.Array, index: jax.Array, fill_value=0) -> jax.Array:
@@ -180,14 +187,16 @@ def take(y: jax.Array, index: jax.Array, layout: TokenLayout) -> jax.Array:
 
 def _check_unpacked(x: jax.Array, layout: TokenLayout) -> None:
   if x.shape[:2] != (layout.rows, layout.length):
-    raise ValueError(f"expected an unpacked array [B={layout.rows}, T={layout.length}, ...], "
-                     f"got shape {x.shape}")
+    raise ValueError(
+      f"expected an unpacked array [B={layout.rows}, T={layout.length}, ...], got shape {x.shape}"
+    )
 
 
 def _check_packed(y: jax.Array, layout: TokenLayout) -> None:
   if y.shape[:2] != (layout.groups, layout.capacity):
-    raise ValueError(f"expected a packed array [G={layout.groups}, C={layout.capacity}, ...], "
-                     f"got shape {y.shape}")
+    raise ValueError(
+      f"expected a packed array [G={layout.groups}, C={layout.capacity}, ...], got shape {y.shape}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,14 +215,16 @@ def group_token_counts(row_tokens: np.ndarray, groups: int, micro_batches: int =
     raise ValueError(f"row_tokens must be [B] (real tokens per row), got shape {row_tokens.shape}")
   rows = row_tokens.shape[0]
   if rows % (micro_batches * groups):
-    raise ValueError(f"{rows} rows do not split into {micro_batches} micro-batches of "
-                     f"{groups} packing groups")
+    raise ValueError(
+      f"{rows} rows do not split into {micro_batches} micro-batches of {groups} packing groups"
+    )
   micro = np.stack([row_tokens[j::micro_batches] for j in range(micro_batches)])  # [k, B/k]
   return micro.reshape(micro_batches, groups, -1).sum(axis=2)
 
 
-def spec_for_batch(row_tokens: np.ndarray, *, seq_len: int, groups: int, micro_batches: int,
-                   buckets: int) -> PackingSpec | None:
+def spec_for_batch(
+  row_tokens: np.ndarray, *, seq_len: int, groups: int, micro_batches: int, buckets: int
+) -> PackingSpec | None:
   """The static packing of a global batch, or None when it would save nothing.
 
   row_tokens: [B] int real tokens of every row of the *global* batch (every process passes the
@@ -230,8 +241,10 @@ def spec_for_batch(row_tokens: np.ndarray, *, seq_len: int, groups: int, micro_b
   per_group = len(row_tokens) // (micro_batches * groups) * seq_len
   most = int(counts.max(initial=0))
   if most > per_group:
-    raise ValueError(f"a packing group holds {most} real tokens but has only {per_group} "
-                     f"positions: row_tokens do not describe [B, {seq_len}] rows")
+    raise ValueError(
+      f"a packing group holds {most} real tokens but has only {per_group} "
+      f"positions: row_tokens do not describe [B, {seq_len}] rows"
+    )
   step = max(1, math.ceil(per_group / buckets))
   capacity = max(step, math.ceil(most / step) * step)
   return None if capacity >= per_group else PackingSpec(groups, capacity)

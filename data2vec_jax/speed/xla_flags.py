@@ -26,8 +26,8 @@ from typing import Mapping, MutableMapping, Sequence
 # - triton gemm off: the dense layers of these shapes (d=768, ffn 3072, bf16) go to cuBLAS(Lt),
 #   which also removes GEMM autotuning variance between runs (NVIDIA's JAX containers did the same).
 GPU_FLAGS: tuple[str, ...] = (
-    "--xla_gpu_enable_latency_hiding_scheduler=true",
-    "--xla_gpu_enable_triton_gemm=false",
+  "--xla_gpu_enable_latency_hiding_scheduler=true",
+  "--xla_gpu_enable_triton_gemm=false",
 )
 OPT_OUT_VARIABLE = "D2V_XLA_FLAGS"
 

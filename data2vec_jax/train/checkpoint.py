@@ -70,7 +70,8 @@ def _path_key(path: tuple[Any, ...]) -> str:
 
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   leaves = jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
+    tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
+  )[0]
   return {_path_key(p): tuple(x.shape) for p, x in leaves if getattr(x, "shape", None) is not None}
 
 
@@ -85,50 +86,88 @@ def _all_processes_agree(ok: bool) -> bool:
   if jax.process_count() == 1:
     return ok
   from jax.experimental import multihost_utils
+
   return bool(np.all(multihost_utils.process_allgather(np.array([ok], np.int32))))
 
 
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
+
+
+class _FailedReadReports:
+  """Drops the reports of reads orphaned by a failed restore of a corrupt step.
+
+  When one array of a corrupt step fails, orbax closes its event loop while TensorStore still
+  completes the step's other reads. Each then reports, with a traceback, either an unraisable
+  `RuntimeError('Event loop is closed')` or, when its task is collected (possibly long after
+  the step was set aside, even at exit), asyncio's "exception was never retrieved": hundreds of
+  tracebacks that bury the one-line diagnosis. Dropped: exactly that RuntimeError, and errors
+  whose text names a step this process declared corrupt. Everything else is reported as usual.
+  Installed once per process (the reports can outlive the `Checkpointer`), at the first restore.
+  """
+
+  def __init__(self) -> None:
+    self.step_dirs: set[str] = set()
+    self._installed = False
+
+  def _expected(self, error: BaseException | None) -> bool:
+    if error is None:
+      return False
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+      return True
+    return any(d in str(error) for d in self.step_dirs)
+
+  def install(self) -> None:
+    if self._installed:
+      return
+    self._installed = True
+    previous = sys.unraisablehook
+
+    def unraisable(report) -> None:
+      if not self._expected(report.exc_value):
+        previous(report)
+
+    sys.unraisablehook = unraisable
+    reports = self
+
+    class AsyncioFilter(logging.Filter):
+      def filter(self, record: logging.LogRecord) -> bool:
+        return not reports._expected(record.exc_info[1] if record.exc_info else None)
+
+    logging.getLogger("asyncio").addFilter(AsyncioFilter())
+
+
+_FAILED_READS = _FailedReadReports()
 
 
 class Checkpointer:
   """Keep-last-K async checkpoints of (train state, data position) under `directory`."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 3, save_interval_steps: int = 1,
-               async_save: bool = True):
+  def __init__(
+    self,
+    directory: str,
+    *,
+    max_to_keep: int = 3,
+    save_interval_steps: int = 1,
+    async_save: bool = True,
+  ):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-        enable_async_checkpointing=async_save, create=True)
+      max_to_keep=max_to_keep,
+      save_interval_steps=save_interval_steps,
+      enable_async_checkpointing=async_save,
+      create=True,
+    )
     # Handlers registered up front: without them a fresh process cannot read a step's metadata
     # before the first restore, and the readable structure check below would never run.
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "data"), item_handlers=handlers)
+    self._manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=("state", "data"), item_handlers=handlers
+    )
     self._closed = False
-    self._previous_unraisablehook = None
-
-  def _quiet_orphaned_reads(self) -> None:
-    """Drops the "Event loop is closed" reports of reads orphaned by a failed restore.
-
-    When one array of a corrupt step fails, orbax closes its event loop while TensorStore still
-    completes the step's other reads; each then reports an unraisable RuntimeError (hundreds of
-    tracebacks that bury the one-line diagnosis). Only that exact error is dropped, from the
-    first restore until `close()`; everything else reaches the previous hook.
-    """
-    if self._previous_unraisablehook is not None:
-      return
-    previous = self._previous_unraisablehook = sys.unraisablehook
-
-    def hook(report):
-      value = report.exc_value
-      if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
-        previous(report)
-
-    sys.unraisablehook = hook
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -153,8 +192,12 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return False
     return self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      data=ocp.args.JsonSave(data_state)), force=force)
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+      ),
+      force=force,
+    )
 
   def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict]:
     """Restores one step into the shapes, dtypes and shardings of `abstract_state`.
@@ -166,7 +209,7 @@ class Checkpointer:
     if step is None:
       raise TrainingCheckpointError(f"no checkpoint in {self.directory}")
     where = os.path.join(self.directory, str(step))
-    self._quiet_orphaned_reads()  # they arrive during and shortly after a failed read
+    _FAILED_READS.install()  # before reading: the reports start during a failed read
     try:
       metadata = self._manager.item_metadata(step)
       stored = metadata["state"]
@@ -177,23 +220,28 @@ class Checkpointer:
     differences = structure_differences(getattr(stored, "tree", stored), abstract_state)
     if differences:
       raise CheckpointMismatchError(
-          f"{where} holds another model/optimizer state than this config builds ("
-          f"{'; '.join(differences)}; got = the checkpoint, expected = this config): resume with the config it was trained with, or train "
-          f"in a new --workdir")
+        f"{where} holds another model/optimizer state than this config builds ("
+        f"{'; '.join(differences)}; got = the checkpoint, expected = this config): resume with the config it was trained with, or train "
+        f"in a new --workdir"
+      )
     try:
       restored = self._manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                        data=ocp.args.JsonRestore()))
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+        ),
+      )
     except Exception as e:  # noqa: BLE001 - the tree matched, so a failed read is corruption
       raise CorruptCheckpointError(f"{where}: {_reason(e)}") from e
     data_state = restored["data"]
     if not isinstance(data_state, dict):
       raise CorruptCheckpointError(
-          f"{where}: the data iterator state is {type(data_state).__name__}, not a JSON object")
+        f"{where}: the data iterator state is {type(data_state).__name__}, not a JSON object"
+      )
     return restored["state"], data_state
 
   def restore_newest_intact(
-      self, abstract_state: Any, *, validate: Callable[[Any, dict], None] | None = None
+    self, abstract_state: Any, *, validate: Callable[[Any, dict], None] | None = None
   ) -> tuple[int, Any, dict] | None:
     """(step, state, data_state) of the newest intact checkpoint; None when there is none.
 
@@ -217,11 +265,13 @@ class Checkpointer:
         return step, state, data_state
       reason = str(error) if error is not None else "unreadable on another process"
       logging.error("checkpoint step %d is corrupt: %s", step, reason)
+      _FAILED_READS.step_dirs.add(os.path.join(self.directory, str(step)) + os.sep)
       set_aside.append(self.set_aside(step, "corrupt"))
     if set_aside:
       raise TrainingCheckpointError(
-          f"no intact checkpoint in {self.directory}: the corrupt ones were moved to "
-          f"{', '.join(set_aside)}; run again to start from step 0, or move an older copy back")
+        f"no intact checkpoint in {self.directory}: the corrupt ones were moved to "
+        f"{', '.join(set_aside)}; run again to start from step 0, or move an older copy back"
+      )
     return None
 
   def set_aside(self, step: int, why: str) -> str:
@@ -231,8 +281,11 @@ class Checkpointer:
     every process must call this (several processes synchronise around the move).
     """
     self._manager.wait_until_finished()
-    destination = os.path.join(os.path.dirname(self.directory), SET_ASIDE_DIR,
-                               f"{why}_step{step}_{time.strftime('%Y%m%d-%H%M%S')}")
+    destination = os.path.join(
+      os.path.dirname(self.directory),
+      SET_ASIDE_DIR,
+      f"{why}_step{step}_{time.strftime('%Y%m%d-%H%M%S')}",
+    )
     _sync(f"data2vec_jax: set aside {step}")
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(destination), exist_ok=True)
@@ -253,8 +306,6 @@ class Checkpointer:
       self._manager.wait_until_finished()
     finally:
       self._manager.close()
-      if self._previous_unraisablehook is not None:
-        sys.unraisablehook = self._previous_unraisablehook
     logging.info("checkpointer closed (%s)", self.directory)
 
 

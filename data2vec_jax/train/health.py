@@ -50,11 +50,11 @@ class HealthConfig(strict_config.StrictConfig):
   """The guards' settings (fields of the `train` config section)."""
 
   nan_guard: bool = True
-  explode_factor: float = 100.0   # 0 = only NaN/Inf
-  explode_window: int = 100       # healthy steps in the running median
+  explode_factor: float = 100.0  # 0 = only NaN/Inf
+  explode_window: int = 100  # healthy steps in the running median
   collapse_check_after: int = 5_000
-  min_target_var: float = 0.1     # 0 = off
-  min_pred_var: float = 0.01      # 0 = off
+  min_target_var: float = 0.1  # 0 = off
+  min_pred_var: float = 0.01  # 0 = off
   collapse_fraction: float = 0.1  # of the run's peak variance
 
   def __post_init__(self) -> None:
@@ -109,9 +109,12 @@ class HealthMonitor:
         reference = _median(recent)
         if reference > 0 and value > self.config.explode_factor * reference:
           raise TrainingError(
-              f"{key} exploded at step {step}: {value:.4g} is over train.explode_factor="
-              f"{self.config.explode_factor:g} times its median {reference:.4g} over the last "
-              f"{len(recent)} steps", step, diverged=True)
+            f"{key} exploded at step {step}: {value:.4g} is over train.explode_factor="
+            f"{self.config.explode_factor:g} times its median {reference:.4g} over the last "
+            f"{len(recent)} steps",
+            step,
+            diverged=True,
+          )
     self._remember(metrics)
 
   def check_window(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -124,10 +127,13 @@ class HealthMonitor:
         peak = self._peak.get(key, value)
         if value < floor and value < self.config.collapse_fraction * peak:
           raise TrainingError(
-              f"representation collapse at step {step}: {key}={value:.4g} is below "
-              f"train.{floor_name}={floor:g} and below {self.config.collapse_fraction:g} of this "
-              f"run's peak {peak:.4g}. Lower the learning rate, lengthen the warmup or raise "
-              f"the EMA decay (paper §6)", step, diverged=False)
+            f"representation collapse at step {step}: {key}={value:.4g} is below "
+            f"train.{floor_name}={floor:g} and below {self.config.collapse_fraction:g} of this "
+            f"run's peak {peak:.4g}. Lower the learning rate, lengthen the warmup or raise "
+            f"the EMA decay (paper §6)",
+            step,
+            diverged=False,
+          )
     self._raise_peaks(metrics)
 
 

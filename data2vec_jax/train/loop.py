@@ -22,17 +22,22 @@ import numpy as np
 
 from data2vec_jax.data import training_input
 from data2vec_jax.data.pipeline import GLOBAL_ROW_TOKENS
+from data2vec_jax.model import flops as flops_lib
 from data2vec_jax.objective import execution as execution_lib
 from data2vec_jax.train import checkpoint as checkpoint_lib
-from data2vec_jax.train import flops as flops_lib
 from data2vec_jax.train import health as health_lib
 from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train import state as train_state_lib
 from data2vec_jax.train import step as train_step_lib
 from data2vec_jax.train.metrics import MetricWriter, format_progress
 from data2vec_jax.train.optimizer import make_optimizer
-from data2vec_jax.train.recipe import (RECIPE_FILE, plan_from_config, recipe_from_config,
-                                       recipe_to_dict, validate_config)
+from data2vec_jax.train.recipe import (
+  RECIPE_FILE,
+  plan_from_config,
+  recipe_from_config,
+  recipe_to_dict,
+  validate_config,
+)
 from data2vec_jax.weights.export import export_model_dir
 
 
@@ -68,12 +73,14 @@ def initialize_distributed(cluster: Any) -> None:
   """
   cluster = dict(cluster)
   kwargs = {
-      "coordinator_address": cluster.get("coordinator_address") or None,
-      "num_processes": None if cluster.get("num_processes", -1) < 0 else cluster["num_processes"],
-      "process_id": None if cluster.get("process_id", -1) < 0 else cluster["process_id"],
+    "coordinator_address": cluster.get("coordinator_address") or None,
+    "num_processes": None if cluster.get("num_processes", -1) < 0 else cluster["num_processes"],
+    "process_id": None if cluster.get("process_id", -1) < 0 else cluster["process_id"],
   }
-  logging.info("jax.distributed.initialize(%s)",
-               ", ".join(f"{k}={v}" for k, v in kwargs.items() if v is not None) or "auto-detect")
+  logging.info(
+    "jax.distributed.initialize(%s)",
+    ", ".join(f"{k}={v}" for k, v in kwargs.items() if v is not None) or "auto-detect",
+  )
   jax.distributed.initialize(**kwargs)
 
 
@@ -93,8 +100,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_cfg = config.train
 
   try:
-    data = training_input.build(config, workdir, process_index=process_index,
-                                process_count=process_count)
+    data = training_input.build(
+      config, workdir, process_index=process_index, process_count=process_count
+    )
   except (ValueError, FileNotFoundError, UnicodeError) as e:
     raise InputDataError(f"data: {e}") from e
   try:
@@ -103,21 +111,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tx = make_optimizer(recipe.optimizer)
     mesh = sharding_lib.make_mesh(**dict(config.mesh))
     if is_chief:
-      logging.info("mesh %s on %d devices (%d processes)", dict(mesh.shape), jax.device_count(),
-                   process_count)
+      logging.info(
+        "mesh %s on %d devices (%d processes)", dict(mesh.shape), jax.device_count(), process_count
+      )
     seq_len = data.seq_len
     abstract_state, shardings = train_state_lib.state_shardings(recipe, tx, mesh, seq_len)
     checkpointer = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), max_to_keep=train_cfg.keep_checkpoints,
-        save_interval_steps=train_cfg.checkpoint_every, async_save=train_cfg.async_checkpoint)
+      os.path.join(workdir, "checkpoints"),
+      max_to_keep=train_cfg.keep_checkpoints,
+      save_interval_steps=train_cfg.checkpoint_every,
+      async_save=train_cfg.async_checkpoint,
+    )
     try:
       with sharding_lib.activate(mesh):
         state = _restore_or_create(checkpointer, abstract_state, data, recipe, tx, mesh, train_cfg)
         if is_chief:  # only now: a failed resume must not overwrite the run's own files
           _write_run_files(workdir, config, recipe, plan)
         step_fn = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
-        summary = _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mesh,
-                        is_chief)
+        summary = _loop(
+          config, workdir, recipe, plan, state, step_fn, data, checkpointer, mesh, is_chief
+        )
     except health_lib.TrainingError as e:
       raise _stopped_unhealthy(e, checkpointer, config) from e
     finally:
@@ -132,21 +145,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return summary
 
 
-def _write_run_files(workdir: str, config: ml_collections.ConfigDict,
-                     recipe: train_state_lib.Recipe, plan: execution_lib.ExecutionPlan) -> None:
+def _write_run_files(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  recipe: train_state_lib.Recipe,
+  plan: execution_lib.ExecutionPlan,
+) -> None:
   """config.json (as given) and recipe.json (the resolved step math, read by `export`)."""
   recipe_text = json.dumps(recipe_to_dict(recipe, plan.seq_len, plan), indent=2)
-  for name, text in (("config.json", config.to_json_best_effort(indent=2)),
-                     (RECIPE_FILE, recipe_text)):
+  for name, text in (
+    ("config.json", config.to_json_best_effort(indent=2)),
+    (RECIPE_FILE, recipe_text),
+  ):
     path = os.path.join(workdir, name)
     with open(path + ".tmp", "w") as f:
       f.write(text)
     os.replace(path + ".tmp", path)
 
 
-def _restore_or_create(checkpointer: checkpoint_lib.Checkpointer, abstract_state: Any,
-                       data: training_input.TrainingData, recipe: train_state_lib.Recipe, tx,
-                       mesh, train_cfg) -> train_state_lib.TrainState:
+def _restore_or_create(
+  checkpointer: checkpoint_lib.Checkpointer,
+  abstract_state: Any,
+  data: training_input.TrainingData,
+  recipe: train_state_lib.Recipe,
+  tx,
+  mesh,
+  train_cfg,
+) -> train_state_lib.TrainState:
   """The newest intact checkpoint's state (the pipeline positioned after it), or a new state.
 
   A corrupt newest step is set aside and an older one is used; a checkpoint of another model
@@ -157,26 +182,32 @@ def _restore_or_create(checkpointer: checkpoint_lib.Checkpointer, abstract_state
     saved = data_state.get("fingerprint")
     if isinstance(saved, str) and saved != current:
       raise checkpoint_lib.CheckpointMismatchError(
-          f"{checkpointer.directory}: its checkpoints were taken on other data or another "
-          f"pipeline config (data fingerprint {saved} vs {current} now): use the data and "
-          f"config it was trained with, or train in a new --workdir")
+        f"{checkpointer.directory}: its checkpoints were taken on other data or another "
+        f"pipeline config (data fingerprint {saved} vs {current} now): use the data and "
+        f"config it was trained with, or train in a new --workdir"
+      )
     try:
       data.iterator.set_state(data_state)
     except (ValueError, KeyError, TypeError) as e:
       raise checkpoint_lib.CorruptCheckpointError(
-          f"step {int(jax.device_get(state.step))}: unusable data iterator state ({e})") from e
+        f"step {int(jax.device_get(state.step))}: unusable data iterator state ({e})"
+      ) from e
 
   restored = checkpointer.restore_newest_intact(abstract_state, validate=position_pipeline)
   if restored is None:
-    return train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(train_cfg.seed),
-                                              mesh, data.seq_len)
+    return train_state_lib.create_train_state(
+      recipe, tx, jax.random.PRNGKey(train_cfg.seed), mesh, data.seq_len
+    )
   step, state, _ = restored
   logging.info("resumed from %s at step %d", checkpointer.directory, step)
   return state
 
 
-def _stopped_unhealthy(error: health_lib.TrainingError, checkpointer: checkpoint_lib.Checkpointer,
-                       config: ml_collections.ConfigDict) -> health_lib.TrainingError:
+def _stopped_unhealthy(
+  error: health_lib.TrainingError,
+  checkpointer: checkpoint_lib.Checkpointer,
+  config: ml_collections.ConfigDict,
+) -> health_lib.TrainingError:
   """The error to report for an unhealthy run; diverged checkpoints are set aside first.
 
   A diverged step's metrics come from the parameters after the step before it, so every
@@ -186,18 +217,26 @@ def _stopped_unhealthy(error: health_lib.TrainingError, checkpointer: checkpoint
   checkpointer.wait_until_finished()
   moved = []
   if error.diverged:
-    moved = [checkpointer.set_aside(s, "diverged") for s in checkpointer.all_steps()
-             if s >= error.anomaly_step - 1]
+    moved = [
+      checkpointer.set_aside(s, "diverged")
+      for s in checkpointer.all_steps()
+      if s >= error.anomaly_step - 1
+    ]
   good = checkpointer.latest_step()
   parts = [f"{error}; stopped"]
-  parts.append(f"newest checkpoint before the anomaly: step {good}" if good is not None
-               else "no checkpoint was written before the anomaly")
+  parts.append(
+    f"newest checkpoint before the anomaly: step {good}"
+    if good is not None
+    else "no checkpoint was written before the anomaly"
+  )
   if moved:
     parts.append(f"diverged checkpoints set aside in {os.path.dirname(moved[0])}")
   if error.diverged:
-    parts.append("common causes: learning rate too high, too short a warmup, bf16 overflow "
-                 f"(optimizer.lr={config.optimizer.lr}, optimizer.warmup_steps="
-                 f"{config.optimizer.warmup_steps})")
+    parts.append(
+      "common causes: learning rate too high, too short a warmup, bf16 overflow "
+      f"(optimizer.lr={config.optimizer.lr}, optimizer.warmup_steps="
+      f"{config.optimizer.warmup_steps})"
+    )
   return health_lib.TrainingError("; ".join(parts), error.anomaly_step, diverged=error.diverged)
 
 
@@ -206,14 +245,16 @@ def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mes
   total = int(train_cfg.num_steps)
   step = int(jax.device_get(state.step))
   first_step = step
-  writer = MetricWriter(workdir, enabled=is_chief, tensorboard=train_cfg.tensorboard,
-                        resume_step=step)
-  monitor = health_lib.HealthMonitor(health_lib.HealthConfig.from_train_config(train_cfg),
-                                     history=writer.history)
+  writer = MetricWriter(
+    workdir, enabled=is_chief, tensorboard=train_cfg.tensorboard, resume_step=step
+  )
+  monitor = health_lib.HealthMonitor(
+    health_lib.HealthConfig.from_train_config(train_cfg), history=writer.history
+  )
   batch_sharding = sharding_lib.batch_sharding(mesh)
   peak = train_cfg.peak_flops_per_device or flops_lib.peak_flops_per_device()
   pending: list[dict[str, jax.Array]] = []  # this window's metrics still on the devices
-  window: list[dict[str, float]] = []       # this window's metrics on the host, checked
+  window: list[dict[str, float]] = []  # this window's metrics on the host, checked
   last_metrics: dict[str, float] = {}
   t_window = time.time()
   steps_timed, time_timed = 0, 0.0
@@ -222,8 +263,10 @@ def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mes
   if plan.pack_tokens and groups % jax.process_count():
     # Each process must hold whole packing groups: then the fullest group of the pipeline's
     # row order is the fullest on the devices too, whatever order the mesh gives the processes.
-    raise ValueError(f"token packing needs the {groups} data shards spread evenly over "
-                     f"{jax.process_count()} processes; set execution.pack_tokens=False")
+    raise ValueError(
+      f"token packing needs the {groups} data shards spread evenly over "
+      f"{jax.process_count()} processes; set execution.pack_tokens=False"
+    )
   shapes_seen: dict[Any, int] = {}  # packing (None: unpacked) -> steps run with it
   try:
     with _PreemptionFlag() as preempted:
@@ -231,9 +274,13 @@ def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mes
         host_batch = next(data.iterator)
         global_row_tokens = host_batch.pop(GLOBAL_ROW_TOKENS)  # host-side only
         plan.check_host_batch(host_batch, config=recipe.model, objective=recipe.objective)
-        packing = plan.packing_for_batch(host_batch, global_row_tokens,
-                                         pad_id=recipe.model.pad_id, groups=groups,
-                                         process_index=jax.process_index())
+        packing = plan.packing_for_batch(
+          host_batch,
+          global_row_tokens,
+          pad_id=recipe.model.pad_id,
+          groups=groups,
+          process_index=jax.process_index(),
+        )
         if packing not in shapes_seen and is_chief and step > first_step:
           # A new static shape compiles once: say why the step pauses.
           logging.info("step %d: new packed shape %s, compiling", step + 1, packing)
@@ -267,10 +314,12 @@ def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mes
             if peak:
               # At the window's measured masked fraction: the head, and a pruned last block,
               # run only at the loss positions.
-              flops = plan.flops_per_token(recipe.model, recipe.objective,
-                                           masked_fraction=last_metrics["masked_fraction"])
-              last_metrics["mfu"] = (last_metrics["tokens_per_s"] * flops /
-                                     (peak * jax.device_count()))
+              flops = plan.flops_per_token(
+                recipe.model, recipe.objective, masked_fraction=last_metrics["masked_fraction"]
+              )
+              last_metrics["mfu"] = (
+                last_metrics["tokens_per_s"] * flops / (peak * jax.device_count())
+              )
           else:
             last_metrics["first_step_s"] = elapsed
           window = []
@@ -290,19 +339,25 @@ def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mes
     checkpointer.wait_until_finished()
   except health_lib.TrainingError as e:
     # The unhealthy step's own metrics go to the logs too, so the curve shows the anomaly.
-    bad = next((m for i, m in enumerate(window)
-                if step - len(window) + 1 + i == e.anomaly_step), None)
+    bad = next(
+      (m for i, m in enumerate(window) if step - len(window) + 1 + i == e.anomaly_step), None
+    )
     if bad is not None and e.anomaly_step > writer.last_step:
       writer.write(e.anomaly_step, bad)
     raise
   finally:
     writer.close()
-  summary = {"final_step": step, "stop_reason": stop_reason, "last_metrics": last_metrics,
-             "steps_per_s": steps_timed / time_timed if time_timed else None,
-             # Steps per packed capacity ("unpacked": batches with a full group, or packing off).
-             "packing_steps": {("unpacked" if p is None else str(p.capacity)): n
-                               for p, n in sorted(shapes_seen.items(),
-                                                  key=lambda kv: kv[0].capacity if kv[0] else 1e9)}}
+  summary = {
+    "final_step": step,
+    "stop_reason": stop_reason,
+    "last_metrics": last_metrics,
+    "steps_per_s": steps_timed / time_timed if time_timed else None,
+    # Steps per packed capacity ("unpacked": batches with a full group, or packing off).
+    "packing_steps": {
+      ("unpacked" if p is None else str(p.capacity)): n
+      for p, n in sorted(shapes_seen.items(), key=lambda kv: kv[0].capacity if kv[0] else 1e9)
+    },
+  }
   if stop_reason == "completed" and train_cfg.export_model:
     # Every process joins (gathering parameters that span processes is a collective).
     model_dir = export_model_dir(state, recipe, os.path.join(workdir, "model"))
@@ -310,6 +365,8 @@ def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mes
       summary["model_dir"] = model_dir
   if is_chief and train_cfg.plot:
     from data2vec_jax.train.plots import plot_training_curves
-    summary["plot"] = plot_training_curves(os.path.join(workdir, "metrics.jsonl"),
-                                           os.path.join(workdir, "training_curves.png"))
+
+    summary["plot"] = plot_training_curves(
+      os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "training_curves.png")
+    )
   return summary

@@ -21,8 +21,9 @@ from typing import Mapping
 class MetricWriter:
   """Appends `{'step': n, **metrics}` lines to `<workdir>/metrics.jsonl` and TensorBoard scalars."""
 
-  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
-               resume_step: int = 0):
+  def __init__(
+    self, workdir: str, *, enabled: bool = True, tensorboard: bool = True, resume_step: int = 0
+  ):
     """`resume_step`: the step the run starts from (its checkpoint); rows after it are dropped.
 
     `history` holds the earlier rows that were kept (for seeding the health guards).
@@ -41,15 +42,17 @@ class MetricWriter:
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                 purge_step=resume_step + 1)
+
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
       except ImportError:  # optional dependency: JSONL is always written
         logging.warning("tensorboardX not installed; writing metrics.jsonl only")
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    clean = {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in metrics.items()}
+    clean = {
+      k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in metrics.items()
+    }
     self._jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
     self.last_step = max(self.last_step, step)
     if self._tb is not None:
@@ -86,17 +89,28 @@ def _keep_rows_up_to(path: str, step: int) -> list[dict]:
     with open(temporary, "w") as f:
       f.writelines(lines)
     os.replace(temporary, path)
-    logging.info("metrics.jsonl: dropped %d rows after step %d (replayed by this run)", dropped,
-                 step)
+    logging.info(
+      "metrics.jsonl: dropped %d rows after step %d (replayed by this run)", dropped, step
+    )
   return kept
 
 
-def format_progress(step: int, total: int, metrics: Mapping[str, float], eta_s: float | None) -> str:
+def format_progress(
+  step: int, total: int, metrics: Mapping[str, float], eta_s: float | None
+) -> str:
   """One console line: step, loss, lr, EMA decay, collapse monitors, throughput, MFU, ETA."""
   parts = [f"step {step}/{total}"]
-  for key, fmt in (("loss", ".4f"), ("lr", ".3e"), ("ema_decay", ".6f"), ("target_var", ".3f"),
-                   ("pred_var", ".3f"), ("masked_fraction", ".3f"), ("grad_norm", ".3f"),
-                   ("accuracy", ".3f"), ("tokens_per_s", ",.0f")):
+  for key, fmt in (
+    ("loss", ".4f"),
+    ("lr", ".3e"),
+    ("ema_decay", ".6f"),
+    ("target_var", ".3f"),
+    ("pred_var", ".3f"),
+    ("masked_fraction", ".3f"),
+    ("grad_norm", ".3f"),
+    ("accuracy", ".3f"),
+    ("tokens_per_s", ",.0f"),
+  ):
     if key in metrics:
       parts.append(f"{key} {metrics[key]:{fmt}}")
   if "mfu" in metrics:

@@ -95,11 +95,13 @@ class OptimizerConfig(strict_config.StrictConfig):
       raise ValueError(f"schedule={self.schedule!r}; expected one of {SCHEDULES}")
     if self.tri_stage_decay not in TRI_STAGE_DECAYS:
       raise ValueError(
-          f"tri_stage_decay={self.tri_stage_decay!r}; expected one of {TRI_STAGE_DECAYS}")
+        f"tri_stage_decay={self.tri_stage_decay!r}; expected one of {TRI_STAGE_DECAYS}"
+      )
     object.__setattr__(self, "tri_stage_ratios", tuple(float(r) for r in self.tri_stage_ratios))
     if len(self.tri_stage_ratios) != 3 or abs(sum(self.tri_stage_ratios) - 1.0) > 1e-6:
-      raise ValueError(f"tri_stage_ratios must be 3 numbers summing to 1, got "
-                       f"{self.tri_stage_ratios}")
+      raise ValueError(
+        f"tri_stage_ratios must be 3 numbers summing to 1, got {self.tri_stage_ratios}"
+      )
     if self.warmup_steps < 0 or self.max_steps <= 0:
       raise ValueError("warmup_steps must be >= 0 and max_steps > 0")
     if self.schedule == "cosine" and self.warmup_steps >= self.max_steps:
@@ -128,14 +130,17 @@ def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
       if warmup == 0:
         return cosine
       return jnp.where(count < warmup, _warmup(count, min_lr, peak, warmup), cosine)
+
     return schedule
 
   if config.schedule == "constant":
+
     def schedule(count):
       count = jnp.asarray(count, jnp.float32)
       if warmup == 0:
         return jnp.full_like(count, peak)
       return jnp.where(count < warmup, _warmup(count, 0.0, peak, warmup), peak)
+
     return schedule
 
   # tri_stage, with fairseq's `phase_ratio` arithmetic and stage boundaries (`_decide_stage`).
@@ -152,9 +157,12 @@ def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
       decayed = peak * jnp.exp(math.log(config.final_lr_scale) / d * t)
     else:
       decayed = peak + (final_lr - peak) * t / d
-    return jnp.where(count < w, warm,
-                     jnp.where(count < w + h, peak,
-                               jnp.where(count <= w + h + d, decayed, final_lr)))
+    return jnp.where(
+      count < w,
+      warm,
+      jnp.where(count < w + h, peak, jnp.where(count <= w + h + d, decayed, final_lr)),
+    )
+
   return schedule
 
 
@@ -165,23 +173,30 @@ def weight_decay_mask(params: Any) -> Any:
   or not, and the MLM head's output bias) and any leaf with ndim <= 1. Works on boxed
   (`nn.Partitioned`) or plain trees: the result has the same structure with bool leaves.
   """
+
   def decide(path, leaf) -> bool:
     names = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
     name = names[-1] if names else ""
     return not (name in _NO_DECAY_NAMES or jnp.ndim(leaf) <= 1)
+
   return jax.tree_util.tree_map_with_path(decide, params)
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
   """AdamW(schedule, b1, b2, eps, weight_decay). Clipping is `apply_gradients`' job."""
   return optax.adamw(
-      learning_rate=learning_rate_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
-      weight_decay=config.weight_decay,
-      mask=None if config.decay_bias_and_norm else weight_decay_mask)
+    learning_rate=learning_rate_schedule(config),
+    b1=config.b1,
+    b2=config.b2,
+    eps=config.eps,
+    weight_decay=config.weight_decay,
+    mask=None if config.decay_bias_and_norm else weight_decay_mask,
+  )
 
 
-def gradient_scale(raw_norm: jax.Array, normalizer: jax.Array,
-                   clip_norm: float) -> tuple[jax.Array, jax.Array]:
+def gradient_scale(
+  raw_norm: jax.Array, normalizer: jax.Array, clip_norm: float
+) -> tuple[jax.Array, jax.Array]:
   """The one scalar that turns raw gradients into normalised, clipped ones.
 
   Args:
@@ -201,9 +216,14 @@ def gradient_scale(raw_norm: jax.Array, normalizer: jax.Array,
   return scale, grad_norm
 
 
-def apply_gradients(tx: optax.GradientTransformation, config: OptimizerConfig, params: Any,
-                    opt_state: Any, raw_grads: Any,
-                    normalizer: jax.Array | float = 1.0) -> tuple[Any, Any, jax.Array]:
+def apply_gradients(
+  tx: optax.GradientTransformation,
+  config: OptimizerConfig,
+  params: Any,
+  opt_state: Any,
+  raw_grads: Any,
+  normalizer: jax.Array | float = 1.0,
+) -> tuple[Any, Any, jax.Array]:
   """One update from un-normalised gradients: divide by `normalizer`, clip, AdamW (`tx`).
 
   Returns (new params, new opt_state, grad_norm of the normalised gradients before clipping).

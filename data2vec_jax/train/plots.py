@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import math
 
-_PANELS = (("loss", "loss"), ("target_var", "target / prediction std"), ("lr", "learning rate"),
-           ("tokens_per_s", "tokens / s"))
+_PANELS = (
+  ("loss", "loss"),
+  ("target_var", "target / prediction std"),
+  ("lr", "learning rate"),
+  ("tokens_per_s", "tokens / s"),
+)
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -24,14 +28,18 @@ def read_metrics(path: str) -> list[dict]:
 def plot_training_curves(metrics_path: str, out_png: str) -> str:
   """Writes a 2x2 figure (loss, target/pred variance, lr, throughput) to `out_png`."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   rows = read_metrics(metrics_path)
   fig, axes = plt.subplots(2, 2, figsize=(10, 7))
   for ax, (key, title) in zip(axes.flat, _PANELS):
-    series = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))
-              and math.isfinite(r[key])]
+    series = [
+      (r["step"], r[key])
+      for r in rows
+      if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+    ]
     if series:
       ax.plot(*zip(*series), label=key, marker="." if len(series) < 50 else None)
     if key == "target_var":

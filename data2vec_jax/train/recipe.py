@@ -30,12 +30,17 @@ RECIPE_FILE = "recipe.json"  # the resolved step math, for exporting from a chec
 _OLD_OBJECTIVE_SPEED_KEYS = ("head_positions_per_row", "prune_last_block", "head_overflow")
 
 
-def recipe_to_dict(recipe: train_state_lib.Recipe, seq_len: int,
-                   plan: execution_lib.ExecutionPlan | None = None) -> dict[str, Any]:
+def recipe_to_dict(
+  recipe: train_state_lib.Recipe, seq_len: int, plan: execution_lib.ExecutionPlan | None = None
+) -> dict[str, Any]:
   """recipe.json: the step's math (and, for the record, the execution plan it ran with)."""
-  values = {"model": recipe.model.to_dict(), "objective": dataclasses.asdict(recipe.objective),
-            "ema": dataclasses.asdict(recipe.ema),
-            "optimizer": dataclasses.asdict(recipe.optimizer), "seq_len": seq_len}
+  values = {
+    "model": recipe.model.to_dict(),
+    "objective": dataclasses.asdict(recipe.objective),
+    "ema": dataclasses.asdict(recipe.ema),
+    "optimizer": dataclasses.asdict(recipe.optimizer),
+    "seq_len": seq_len,
+  }
   if plan is not None:
     values["execution"] = dataclasses.asdict(plan)
   return values
@@ -44,12 +49,13 @@ def recipe_to_dict(recipe: train_state_lib.Recipe, seq_len: int,
 def recipe_from_dict(values: dict[str, Any]) -> tuple[train_state_lib.Recipe, int]:
   """Reads `recipe_to_dict`'s output (also that of runs from before the execution section)."""
   optimizer = {k: tuple(v) if isinstance(v, list) else v for k, v in values["optimizer"].items()}
-  objective = {k: v for k, v in values["objective"].items()
-               if k not in _OLD_OBJECTIVE_SPEED_KEYS}
+  objective = {k: v for k, v in values["objective"].items() if k not in _OLD_OBJECTIVE_SPEED_KEYS}
   recipe = train_state_lib.Recipe(
-      model=EncoderConfig.from_dict(values["model"]),
-      objective=ObjectiveConfig.from_dict(objective),
-      ema=EMAConfig.from_dict(values["ema"]), optimizer=OptimizerConfig.from_dict(optimizer))
+    model=EncoderConfig.from_dict(values["model"]),
+    objective=ObjectiveConfig.from_dict(objective),
+    ema=EMAConfig.from_dict(values["ema"]),
+    optimizer=OptimizerConfig.from_dict(optimizer),
+  )
   return recipe, int(values["seq_len"])
 
 
@@ -57,8 +63,9 @@ class ConfigError(ValueError):
   """The config is invalid; raised before any data, vocabulary or checkpoint is touched."""
 
 
-def recipe_from_config(config: ml_collections.ConfigDict, vocab_size: int,
-                       mask_id: int) -> train_state_lib.Recipe:
+def recipe_from_config(
+  config: ml_collections.ConfigDict, vocab_size: int, mask_id: int
+) -> train_state_lib.Recipe:
   """Turns the config sections into validated, hashable dataclasses (unknown keys rejected).
 
   The encoder's execution knobs (kernel, remat, unrolling) come from the `execution` section.
@@ -67,26 +74,33 @@ def recipe_from_config(config: ml_collections.ConfigDict, vocab_size: int,
   if model.get("vocab_size", -1) in (-1, None):
     model["vocab_size"] = vocab_size
   elif model["vocab_size"] < vocab_size:
-    raise ValueError(f"config.model.vocab_size={model['vocab_size']} is smaller than the "
-                     f"tokenizer's vocabulary ({vocab_size} ids incl. <mask>)")
+    raise ValueError(
+      f"config.model.vocab_size={model['vocab_size']} is smaller than the "
+      f"tokenizer's vocabulary ({vocab_size} ids incl. <mask>)"
+    )
   objective = dict(config.objective)
   if objective.get("mask_id", -1) in (-1, None):
     objective["mask_id"] = mask_id
   execution = execution_lib.ExecutionConfig.from_dict(dict(config.execution))
   return train_state_lib.Recipe(
-      model=execution.encoder_config(EncoderConfig.from_dict(model)),
-      objective=ObjectiveConfig.from_dict(objective),
-      ema=EMAConfig.from_dict(dict(config.ema)),
-      optimizer=OptimizerConfig.from_dict(dict(config.optimizer)))
+    model=execution.encoder_config(EncoderConfig.from_dict(model)),
+    objective=ObjectiveConfig.from_dict(objective),
+    ema=EMAConfig.from_dict(dict(config.ema)),
+    optimizer=OptimizerConfig.from_dict(dict(config.optimizer)),
+  )
 
 
-def plan_from_config(config: ml_collections.ConfigDict,
-                     recipe: train_state_lib.Recipe) -> execution_lib.ExecutionPlan:
+def plan_from_config(
+  config: ml_collections.ConfigDict, recipe: train_state_lib.Recipe
+) -> execution_lib.ExecutionPlan:
   """The run's `ExecutionPlan`: the `execution` section resolved for its objective, masking and
   sequence length."""
   return execution_lib.make_plan(
-      execution_lib.ExecutionConfig.from_dict(dict(config.execution)), recipe.objective,
-      MaskingConfig.from_dict(dict(config.masking)), int(config.data.tokens_per_sample))
+    execution_lib.ExecutionConfig.from_dict(dict(config.execution)),
+    recipe.objective,
+    MaskingConfig.from_dict(dict(config.masking)),
+    int(config.data.tokens_per_sample),
+  )
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -112,8 +126,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     shards = sharding_lib.data_parallel_size(mesh) * plan.micro_batches
     if config.data.global_batch_size % shards:
       raise ValueError(
-          f"data.global_batch_size={config.data.global_batch_size} must be divisible by "
-          f"data x fsdp = {sharding_lib.data_parallel_size(mesh)} times "
-          f"execution.micro_batches={plan.micro_batches}")
+        f"data.global_batch_size={config.data.global_batch_size} must be divisible by "
+        f"data x fsdp = {sharding_lib.data_parallel_size(mesh)} times "
+        f"execution.micro_batches={plan.micro_batches}"
+      )
   except (ValueError, TypeError, KeyError, AttributeError) as e:
     raise ConfigError(f"invalid config: {e}") from e

@@ -20,25 +20,26 @@ from typing import Any, Iterator, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis name -> mesh axes. Activations use `act_*` names so that fsdp shards weights
 # without also splitting activations along the model dimension.
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv", None),
-    ("layers", None),
-    ("act_embed", None),
-    ("act_mlp", "tensor"),
-    ("act_heads", "tensor"),
-    ("act_kv", None),
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("kv", None),
+  ("layers", None),
+  ("act_embed", None),
+  ("act_mlp", "tensor"),
+  ("act_heads", "tensor"),
+  ("act_kv", None),
 )
 
 
@@ -50,8 +51,9 @@ def activate(mesh: Mesh) -> Iterator[Mesh]:
     yield mesh
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 (= all remaining devices).
 
   Axis types are Auto (the `jax.make_mesh` default is Explicit in this JAX, which logical
@@ -60,7 +62,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
   devices = list(jax.devices() if devices is None else devices)
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+    raise ValueError(
+      f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}"
+    )
   known = math.prod(s for s in sizes if s != -1)
   if any(s == 0 or s < -1 for s in sizes):
     raise ValueError(f"mesh axis sizes must be positive or -1, got {sizes}")
@@ -70,11 +74,13 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
     raise ValueError(
-        f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} "
-        f"devices, but {len(devices)} are available")
+      f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} "
+      f"devices, but {len(devices)} are available"
+    )
   try:
     # Topology-aware placement on TPU/GPU (keeps `tensor` on the fastest links).
     from jax.experimental import mesh_utils
+
     device_grid = mesh_utils.create_device_mesh(sizes, devices=devices)
   except Exception:  # noqa: BLE001 - CPU / unusual topologies: plain row-major order is fine
     device_grid = np.asarray(devices).reshape(sizes)
@@ -95,16 +101,23 @@ def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str) -> P:
     axes_tuple = (axes,) if isinstance(axes, str) else tuple(axes)
     size = math.prod(mesh.shape[a] for a in axes_tuple)
     if dim % size:
-      logging.debug("replicating dim %d of %s (size %d not divisible by %s=%d)",
-                    len(fitted), name, dim, axes_tuple, size)
+      logging.debug(
+        "replicating dim %d of %s (size %d not divisible by %s=%d)",
+        len(fitted),
+        name,
+        dim,
+        axes_tuple,
+        size,
+      )
       fitted.append(None)
     else:
       fitted.append(axes)
   return P(*fitted)
 
 
-def logical_to_shardings(abstract_boxed_tree: Any, mesh: Mesh,
-                         rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES) -> Any:
+def logical_to_shardings(
+  abstract_boxed_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES
+) -> Any:
   """NamedShardings for a tree of (possibly `nn.Partitioned`-boxed) abstract arrays.
 
   Leaves without logical metadata (step counters, optimizer scalars, RNG keys) are replicated.
@@ -117,8 +130,9 @@ def logical_to_shardings(abstract_boxed_tree: Any, mesh: Mesh,
   spec_leaves = treedef.flatten_up_to(mesh_specs)
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(unboxed)[0]]
   shardings = [
-      NamedSharding(mesh, _fit_spec(spec if isinstance(spec, P) else P(), leaf.shape, mesh, path))
-      for leaf, spec, path in zip(leaves, spec_leaves, paths)]
+    NamedSharding(mesh, _fit_spec(spec if isinstance(spec, P) else P(), leaf.shape, mesh, path))
+    for leaf, spec, path in zip(leaves, spec_leaves, paths)
+  ]
   return jax.tree_util.tree_unflatten(treedef, shardings)
 
 
@@ -126,8 +140,10 @@ def strip_boxes(tree: Any) -> Any:
   """Removes `nn.Partitioned` boxes without `nn.meta.unbox`'s sharding constraint (which fails on
   abstract values outside jit when a mesh is set)."""
   return jax.tree_util.tree_map(
-      lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
-      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x,
+    tree,
+    is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
+  )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -16,13 +16,14 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.objective import ema as ema_lib
 from data2vec_jax.objective.ema import EMAConfig
-from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.objective.loss import ObjectiveConfig, PretrainingModel
+from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train.optimizer import OptimizerConfig
 
 
@@ -59,66 +60,63 @@ class TrainState:
   rng: jax.Array
 
 
-def _init_state_boxed(recipe: Recipe, tx: optax.GradientTransformation, rng: jax.Array,
-                      seq_len: int) -> TrainState:
+def _init_state_boxed(
+  recipe: Recipe, tx: optax.GradientTransformation, rng: jax.Array, seq_len: int
+) -> TrainState:
   """Builds the state with params still boxed in `nn.Partitioned` (for logical axis names)."""
   init_rng, state_rng = jax.random.split(rng)
   model = PretrainingModel(recipe.model, recipe.objective)
   dummy = jnp.full((1, seq_len), recipe.model.pad_id + 1, jnp.int32)
   boxed = model.init(init_rng, dummy)["params"]
-  params = nn.meta.unbox(boxed)
   ema = None
   if recipe.uses_teacher:
     # The teacher starts equal to the student (fairseq creates it by deep copy at update 0).
     ema = ema_lib.init_ema(boxed["encoder"], recipe.ema)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=boxed, ema_params=ema,
-                    opt_state=tx.init(params), rng=state_rng)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=boxed,
+    ema_params=ema,
+    # On the boxed parameters, so the Adam moments carry their parameter's logical axes and
+    # shard like it; the counters are unboxed and stay replicated.
+    opt_state=tx.init(boxed),
+    rng=state_rng,
+  )
 
 
-def _opt_state_shardings(abstract_opt_state: Any, param_shardings: Any, mesh: Mesh) -> Any:
-  """Optimizer leaves shaped like a parameter (Adam moments) get that parameter's sharding.
-
-  optax nests per-parameter trees (mu, nu) under its own state tuples, so a leaf's key path ends
-  with the key path of the parameter it mirrors; everything else (counts) is replicated.
-  """
-  by_path = {
-      tuple(path): (sharding, None)
-      for path, sharding in jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
-  replicated = NamedSharding(mesh, P())
-
-  def pick(path, leaf):
-    for start in range(len(path)):
-      match = by_path.get(tuple(path[start:]))
-      if match is not None:
-        return match[0]
-    return replicated
-
-  return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
-
-
-def state_shardings(recipe: Recipe, tx: optax.GradientTransformation, mesh: Mesh,
-                    seq_len: int = 8) -> tuple[TrainState, TrainState]:
+def state_shardings(
+  recipe: Recipe, tx: optax.GradientTransformation, mesh: Mesh, seq_len: int = 8
+) -> tuple[TrainState, TrainState]:
   """(abstract unboxed state, NamedSharding tree) without allocating any parameter."""
-  boxed = jax.eval_shape(lambda r: _init_state_boxed(recipe, tx, r, seq_len),
-                         jax.random.PRNGKey(0))
+  boxed = jax.eval_shape(lambda r: _init_state_boxed(recipe, tx, r, seq_len), jax.random.PRNGKey(0))
   param_shardings = sharding_lib.logical_to_shardings(boxed.params, mesh)
-  ema_shardings = (sharding_lib.logical_to_shardings(boxed.ema_params, mesh)
-                   if boxed.ema_params is not None else None)
+  ema_shardings = (
+    sharding_lib.logical_to_shardings(boxed.ema_params, mesh)
+    if boxed.ema_params is not None
+    else None
+  )
   replicated = NamedSharding(mesh, P())
   shardings = TrainState(
-      step=replicated, params=param_shardings, ema_params=ema_shardings,
-      opt_state=_opt_state_shardings(boxed.opt_state, param_shardings, mesh), rng=replicated)
+    step=replicated,
+    params=param_shardings,
+    ema_params=ema_shardings,
+    opt_state=sharding_lib.logical_to_shardings(boxed.opt_state, mesh),
+    rng=replicated,
+  )
   abstract = jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      sharding_lib.strip_boxes(boxed), shardings)
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    sharding_lib.strip_boxes(boxed),
+    shardings,
+  )
   return abstract, shardings
 
 
-def create_train_state(recipe: Recipe, tx: optax.GradientTransformation, rng: jax.Array,
-                       mesh: Mesh, seq_len: int = 8) -> TrainState:
+def create_train_state(
+  recipe: Recipe, tx: optax.GradientTransformation, rng: jax.Array, mesh: Mesh, seq_len: int = 8
+) -> TrainState:
   """Randomly initialised state, each leaf created directly with its sharding."""
   _, shardings = state_shardings(recipe, tx, mesh, seq_len)
-  init = jax.jit(lambda r: nn.meta.unbox(_init_state_boxed(recipe, tx, r, seq_len)),
-                 out_shardings=shardings)
+  init = jax.jit(
+    lambda r: nn.meta.unbox(_init_state_boxed(recipe, tx, r, seq_len)), out_shardings=shardings
+  )
   with sharding_lib.activate(mesh):
     return init(rng)

@@ -19,13 +19,15 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from data2vec_jax.objective import ema as ema_lib
 from data2vec_jax.objective import fast_loss
-from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.objective.execution import ExecutionPlan
 from data2vec_jax.speed.packing import PackingSpec
+from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.train import state as state_lib
 from data2vec_jax.train.optimizer import apply_gradients, learning_rate_schedule
 from data2vec_jax.train.state import Recipe, TrainState
 
@@ -39,21 +41,38 @@ def _split_micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.A
   Interleaving (rather than contiguous chunks) keeps every micro-batch spread evenly over the
   batch-sharded devices, so no rows move between devices.
   """
+
   def split(x):
     if x.shape[0] % k:
       raise ValueError(f"batch of {x.shape[0]} rows is not divisible into {k} micro-batches")
     x = x.reshape((x.shape[0] // k, k) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
+
   return jax.tree_util.tree_map(split, batch)
 
 
-def _grads_and_aux(recipe: Recipe, plan: ExecutionPlan, params: Any, teacher: Any,
-                   batch: dict[str, jax.Array], dropout_rng: jax.Array,
-                   packing: PackingSpec | None) -> tuple[Any, dict[str, jax.Array]]:
+def _grads_and_aux(
+  recipe: Recipe,
+  plan: ExecutionPlan,
+  params: Any,
+  teacher: Any,
+  batch: dict[str, jax.Array],
+  dropout_rng: jax.Array,
+  packing: PackingSpec | None,
+) -> tuple[Any, dict[str, jax.Array]]:
   """Summed (un-normalised) gradients and aux over `plan.micro_batches` micro-batches."""
+
   def one(params, micro_batch, rng):
-    return fast_loss.loss_fn(params, teacher, micro_batch, rng, config=recipe.model,
-                             objective=recipe.objective, plan=plan, packing=packing)
+    return fast_loss.loss_fn(
+      params,
+      teacher,
+      micro_batch,
+      rng,
+      config=recipe.model,
+      objective=recipe.objective,
+      plan=plan,
+      packing=packing,
+    )
 
   grad_fn = jax.grad(one, has_aux=True)
   k = plan.micro_batches
@@ -69,16 +88,22 @@ def _grads_and_aux(recipe: Recipe, plan: ExecutionPlan, params: Any, teacher: An
 
   first = jax.tree_util.tree_map(lambda x: x[0], micro)
   zeros = jax.tree_util.tree_map(
-      lambda s: jnp.zeros(s.shape, s.dtype),
-      jax.eval_shape(grad_fn, params, first, dropout_rng))
+    lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, first, dropout_rng)
+  )
   (grads, aux), _ = jax.lax.scan(body, zeros, (jnp.arange(k), micro))
   aux = {key: value if key in _SUMMED_AUX else value / k for key, value in aux.items()}
   return grads, aux
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], packing: PackingSpec | None = None,
-               *, recipe: Recipe, plan: ExecutionPlan, tx: optax.GradientTransformation
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  packing: PackingSpec | None = None,
+  *,
+  recipe: Recipe,
+  plan: ExecutionPlan,
+  tx: optax.GradientTransformation,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update. batch: {'source','target': int32 [B,T], 'selected': bool [B,T]} (global B).
 
   plan: how the loss runs (`execution.ExecutionPlan`: gathered heads, pruning, micro-batches).
@@ -98,15 +123,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], packing: PackingS
   # all micro-batches and workers -> the gradient of sum(loss) / (#loss positions, global).
   count = aux["num_masked"]
   denom = jnp.maximum(count, 1.0)
-  params, opt_state, grad_norm = apply_gradients(tx, recipe.optimizer, state.params,
-                                                 state.opt_state, grads, denom)
+  params, opt_state, grad_norm = apply_gradients(
+    tx, recipe.optimizer, state.params, state.opt_state, grads, denom
+  )
   step = state.step + 1
 
   metrics = {key: value.astype(jnp.float32) for key, value in aux.items()}
   metrics.update(
-      loss=aux["loss_sum"] / denom, grad_norm=grad_norm,
-      lr=learning_rate_schedule(recipe.optimizer)(state.step),
-      num_tokens=jnp.sum(batch["target"] != recipe.model.pad_id).astype(jnp.float32))
+    loss=aux["loss_sum"] / denom,
+    grad_norm=grad_norm,
+    lr=learning_rate_schedule(recipe.optimizer)(state.step),
+    num_tokens=jnp.sum(batch["target"] != recipe.model.pad_id).astype(jnp.float32),
+  )
   metrics["masked_fraction"] = count / jnp.maximum(metrics["num_tokens"], 1.0)
 
   ema_params = state.ema_params
@@ -114,13 +142,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], packing: PackingS
     decay = ema_lib.ema_decay(step, recipe.ema)
     ema_params = ema_lib.ema_update(state.ema_params, params["encoder"], decay, recipe.ema)
     metrics["ema_decay"] = decay
-  new_state = state.replace(step=step, params=params, ema_params=ema_params,
-                            opt_state=opt_state)
+  new_state = state.replace(step=step, params=params, ema_params=ema_params, opt_state=opt_state)
   return new_state, metrics
 
 
-def make_train_step(recipe: Recipe, plan: ExecutionPlan, tx: optax.GradientTransformation,
-                    mesh: Mesh, state_shardings: TrainState) -> Callable:
+def make_train_step(
+  recipe: Recipe,
+  plan: ExecutionPlan,
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  state_shardings: TrainState,
+) -> Callable:
   """The jitted, state-donating step `step(state, batch, packing=None)` with explicit in/out
   shardings on `mesh`; `packing` (a `PackingSpec` or None) is static.
 
@@ -129,6 +161,27 @@ def make_train_step(recipe: Recipe, plan: ExecutionPlan, tx: optax.GradientTrans
   """
   batch_sharding = sharding_lib.batch_sharding(mesh)
   step_fn = functools.partial(train_step, recipe=recipe, plan=plan, tx=tx)
-  return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                 out_shardings=(state_shardings, NamedSharding(mesh, P())),
-                 static_argnames=("packing",), donate_argnums=(0,))
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, batch_sharding),
+    out_shardings=(state_shardings, NamedSharding(mesh, P())),
+    static_argnames=("packing",),
+    donate_argnums=(0,),
+  )
+
+
+def new_state_and_step(
+  recipe: Recipe,
+  plan: ExecutionPlan,
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  rng: jax.Array,
+) -> tuple[TrainState, Callable]:
+  """A randomly initialised sharded state and the jitted step for it (`make_train_step`).
+
+  For a run from scratch (tests, benchmarks); the training loop restores a checkpoint into the
+  same shardings instead. Call inside `with sharding.activate(mesh):`.
+  """
+  _, shardings = state_lib.state_shardings(recipe, tx, mesh, plan.seq_len)
+  state = state_lib.create_train_state(recipe, tx, rng, mesh, plan.seq_len)
+  return state, make_train_step(recipe, plan, tx, mesh, shardings)

@@ -14,5 +14,11 @@ from data2vec_jax.weights.hf import EXPORT_ARCHITECTURES, load_hf_dir, save_hf_d
 from data2vec_jax.weights.layout import Converted
 from data2vec_jax.weights.torch_io import CheckpointError
 
-__all__ = ["CheckpointError", "Converted", "EXPORT_ARCHITECTURES", "load_fairseq", "load_hf_dir",
-           "save_hf_dir"]
+__all__ = [
+  "CheckpointError",
+  "Converted",
+  "EXPORT_ARCHITECTURES",
+  "load_fairseq",
+  "load_hf_dir",
+  "save_hf_dir",
+]

@@ -16,17 +16,18 @@ from typing import Any
 
 import jax
 
+from data2vec_jax.objective import ema as ema_lib
 from data2vec_jax.train import checkpoint as checkpoint_lib
 from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train import state as train_state_lib
 from data2vec_jax.train.optimizer import make_optimizer
 from data2vec_jax.train.recipe import RECIPE_FILE, recipe_from_dict
-from data2vec_jax.objective import ema as ema_lib
 from data2vec_jax.weights.pretrained import save_pretrained
 
 
-def export_from_checkpoint(workdir: str, output: str, *, step: int | None = None,
-                           use_ema: bool = False) -> tuple[str, int]:
+def export_from_checkpoint(
+  workdir: str, output: str, *, step: int | None = None, use_ema: bool = False
+) -> tuple[str, int]:
   """Restores checkpoint `step` (default: newest) of `workdir` and writes a model directory.
 
   Returns (output path, step exported). Raises CheckpointError for a missing/mismatched one.
@@ -40,8 +41,7 @@ def export_from_checkpoint(workdir: str, output: str, *, step: int | None = None
     raise ValueError(f"--ema: the {recipe.objective.kind!r} objective has no EMA teacher")
   tx = make_optimizer(recipe.optimizer)
   mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                             async_save=False)
+  checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
   try:
     with sharding_lib.activate(mesh):
       abstract, _ = train_state_lib.state_shardings(recipe, tx, mesh, seq_len)
@@ -59,11 +59,17 @@ def to_host(tree: Any) -> Any:
   if jax.process_count() == 1:
     return jax.device_get(tree)
   from jax.experimental import multihost_utils
+
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def export_model_dir(state: train_state_lib.TrainState, recipe: train_state_lib.Recipe,
-                     path: str, *, use_ema: bool = False) -> str:
+def export_model_dir(
+  state: train_state_lib.TrainState,
+  recipe: train_state_lib.Recipe,
+  path: str,
+  *,
+  use_ema: bool = False,
+) -> str:
   """Writes a data2vec-jax model directory (student, or the EMA teacher) for `load_pretrained`.
 
   On several processes every one must call it (the parameters are gathered with a collective);
@@ -79,23 +85,30 @@ def export_model_dir(state: train_state_lib.TrainState, recipe: train_state_lib.
     encoder = ema_lib.teacher_params(ema_params, encoder, recipe.ema)
   # Head names shared with the converters: fairseq's regression head / the (HF) LM head.
   head_name = "regression_head" if recipe.objective.kind == "data2vec" else "lm_head"
-  save_pretrained(path, recipe.model, encoder, head_params={head_name: params["head"]},
-                  metadata={"step": step,
-                            "objective": recipe.objective.kind, "weights": "ema" if use_ema
-                            else "student"})
+  save_pretrained(
+    path,
+    recipe.model,
+    encoder,
+    head_params={head_name: params["head"]},
+    metadata={
+      "step": step,
+      "objective": recipe.objective.kind,
+      "weights": "ema" if use_ema else "student",
+    },
+  )
   return path
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--workdir", required=True, help="training workdir (has checkpoints/)")
   parser.add_argument("--output", required=True, help="model directory to write")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
   parser.add_argument("--ema", action="store_true", help="export the EMA teacher's encoder")
   args = parser.parse_args(argv)
-  path, step = export_from_checkpoint(args.workdir, args.output, step=args.step,
-                                      use_ema=args.ema)
+  path, step = export_from_checkpoint(args.workdir, args.output, step=args.step, use_ema=args.ema)
   print(f"exported step {step} ({'EMA teacher' if args.ema else 'student'}) to {path}")
 
 

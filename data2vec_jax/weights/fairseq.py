@@ -39,11 +39,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.weights import layout
 from data2vec_jax.weights.layout import Converted
-from data2vec_jax.weights.torch_io import (CheckpointError, load_torch_pickle, plain_data,
-                                           to_numpy)
-from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.weights.torch_io import CheckpointError, load_torch_pickle, plain_data, to_numpy
 
 ENCODER_PREFIX = "encoder.sentence_encoder."
 EMA_KEY = "encoder._ema"
@@ -51,20 +50,20 @@ FAIRSEQ_PAD_ID = 1  # fairseq Dictionary: <s>=0, <pad>=1, </s>=2, <unk>=3
 FAIRSEQ_LAYER_NORM_EPS = 1e-5  # fairseq.modules.LayerNorm default; not configurable there
 
 _EMBEDDING_RENAMES = {
-    "embed_tokens.weight": "embeddings.word_embeddings.weight",
-    "embed_positions.weight": "embeddings.position_embeddings.weight",
-    "layernorm_embedding.weight": "embeddings.LayerNorm.weight",
-    "layernorm_embedding.bias": "embeddings.LayerNorm.bias",
+  "embed_tokens.weight": "embeddings.word_embeddings.weight",
+  "embed_positions.weight": "embeddings.position_embeddings.weight",
+  "layernorm_embedding.weight": "embeddings.LayerNorm.weight",
+  "layernorm_embedding.bias": "embeddings.LayerNorm.bias",
 }
 _LAYER_RENAMES = {
-    "self_attn.q_proj": "attention.self.query",
-    "self_attn.k_proj": "attention.self.key",
-    "self_attn.v_proj": "attention.self.value",
-    "self_attn.out_proj": "attention.output.dense",
-    "self_attn_layer_norm": "attention.output.LayerNorm",
-    "fc1": "intermediate.dense",
-    "fc2": "output.dense",
-    "final_layer_norm": "output.LayerNorm",
+  "self_attn.q_proj": "attention.self.query",
+  "self_attn.k_proj": "attention.self.key",
+  "self_attn.v_proj": "attention.self.value",
+  "self_attn.out_proj": "attention.output.dense",
+  "self_attn_layer_norm": "attention.output.LayerNorm",
+  "fc1": "intermediate.dense",
+  "fc2": "output.dense",
+  "final_layer_norm": "output.LayerNorm",
 }
 _IGNORED_ENCODER_KEYS = ("version",)
 
@@ -112,8 +111,9 @@ def _first(model_cfg: Any, root: Any, *paths: str) -> Any:
   return None
 
 
-def config_from_fairseq(checkpoint: Mapping[str, Any], state: Mapping[str, np.ndarray]
-                        ) -> tuple[EncoderConfig, list[str]]:
+def config_from_fairseq(
+  checkpoint: Mapping[str, Any], state: Mapping[str, np.ndarray]
+) -> tuple[EncoderConfig, list[str]]:
   """Reads the encoder hyper-parameters from `cfg['model']` or `args`; checks them vs shapes.
 
   Args:
@@ -132,14 +132,16 @@ def config_from_fairseq(checkpoint: Mapping[str, Any], state: Mapping[str, np.nd
     model_cfg = plain_data(checkpoint.get("args"))
     root, source = model_cfg, "args"
   if not isinstance(model_cfg, Mapping):
-    raise CheckpointError("checkpoint has neither cfg['model'] nor args: cannot read the "
-                          "encoder hyper-parameters (they are never guessed)")
+    raise CheckpointError(
+      "checkpoint has neither cfg['model'] nor args: cannot read the "
+      "encoder hyper-parameters (they are never guessed)"
+    )
   get = lambda *paths: _first(model_cfg, root, *paths)
   values = {
-      "hidden_size": get("transformer.encoder.embed_dim", "encoder_embed_dim"),
-      "num_layers": get("transformer.encoder.layers", "encoder_layers"),
-      "num_heads": get("transformer.encoder.attention_heads", "encoder_attention_heads"),
-      "intermediate_size": get("transformer.encoder.ffn_embed_dim", "encoder_ffn_embed_dim"),
+    "hidden_size": get("transformer.encoder.embed_dim", "encoder_embed_dim"),
+    "num_layers": get("transformer.encoder.layers", "encoder_layers"),
+    "num_heads": get("transformer.encoder.attention_heads", "encoder_attention_heads"),
+    "intermediate_size": get("transformer.encoder.ffn_embed_dim", "encoder_ffn_embed_dim"),
   }
   missing = [k for k, v in values.items() if v is None]
   if missing:
@@ -164,34 +166,42 @@ def config_from_fairseq(checkpoint: Mapping[str, Any], state: Mapping[str, np.nd
   tok = state.get("embed_tokens.weight")
   pos = state.get("embed_positions.weight")
   if tok is None or pos is None:
-    raise CheckpointError("checkpoint lacks encoder.sentence_encoder.embed_tokens.weight or "
-                          "embed_positions.weight")
+    raise CheckpointError(
+      "checkpoint lacks encoder.sentence_encoder.embed_tokens.weight or embed_positions.weight"
+    )
   max_positions = int(pos.shape[0])
-  cfg_max = get("max_positions", "transformer.max_source_positions", "max_source_positions",
-                "tokens_per_sample")
+  cfg_max = get(
+    "max_positions", "transformer.max_source_positions", "max_source_positions", "tokens_per_sample"
+  )
   if cfg_max is not None and int(cfg_max) + FAIRSEQ_PAD_ID + 1 != max_positions:
     raise CheckpointError(
-        f"{source} says max_positions={cfg_max}, so embed_positions should have "
-        f"{int(cfg_max) + FAIRSEQ_PAD_ID + 1} rows; it has {max_positions}")
+      f"{source} says max_positions={cfg_max}, so embed_positions should have "
+      f"{int(cfg_max) + FAIRSEQ_PAD_ID + 1} rows; it has {max_positions}"
+    )
   if int(tok.shape[1]) != int(values["hidden_size"]):
-    raise CheckpointError(f"{source} says embed_dim={values['hidden_size']} but embed_tokens "
-                          f"is {tuple(tok.shape)}")
+    raise CheckpointError(
+      f"{source} says embed_dim={values['hidden_size']} but embed_tokens is {tuple(tok.shape)}"
+    )
   found_layers = {int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k))}
   if found_layers and max(found_layers) + 1 != int(values["num_layers"]):
-    raise CheckpointError(f"{source} says {values['num_layers']} layers but the state dict has "
-                          f"{max(found_layers) + 1}")
+    raise CheckpointError(
+      f"{source} says {values['num_layers']} layers but the state dict has {max(found_layers) + 1}"
+    )
   defaults = EncoderConfig()
   dropouts = {
-      "dropout": get("transformer.dropout", "dropout"),
-      "attention_dropout": get("transformer.attention_dropout", "attention_dropout"),
-      "activation_dropout": get("transformer.activation_dropout", "activation_dropout"),
+    "dropout": get("transformer.dropout", "dropout"),
+    "attention_dropout": get("transformer.attention_dropout", "attention_dropout"),
+    "activation_dropout": get("transformer.activation_dropout", "activation_dropout"),
   }
   try:
     config = EncoderConfig(
-        vocab_size=int(tok.shape[0]), max_positions=max_positions, pad_id=FAIRSEQ_PAD_ID,
-        layer_norm_eps=FAIRSEQ_LAYER_NORM_EPS,
-        **{k: int(v) for k, v in values.items()},
-        **{k: float(v) if v is not None else getattr(defaults, k) for k, v in dropouts.items()})
+      vocab_size=int(tok.shape[0]),
+      max_positions=max_positions,
+      pad_id=FAIRSEQ_PAD_ID,
+      layer_norm_eps=FAIRSEQ_LAYER_NORM_EPS,
+      **{k: int(v) for k, v in values.items()},
+      **{k: float(v) if v is not None else getattr(defaults, k) for k, v in dropouts.items()},
+    )
   except (TypeError, ValueError) as e:
     raise CheckpointError(f"{source} values are inconsistent: {e}") from None
   return config, notes
@@ -203,16 +213,20 @@ def config_from_fairseq(checkpoint: Mapping[str, Any], state: Mapping[str, np.nd
 
 def _rename_legacy(key: str) -> str:
   if key.startswith("decoder."):
-    key = "encoder." + key[len("decoder."):]
+    key = "encoder." + key[len("decoder.") :]
   return key.replace(".emb_layer_norm.", ".layernorm_embedding.")
 
 
-def _head_from_fairseq(state: dict[str, np.ndarray], embed_tokens: np.ndarray,
-                       problems: list[str]) -> dict[str, Any]:
+def _head_from_fairseq(
+  state: dict[str, np.ndarray], embed_tokens: np.ndarray, problems: list[str]
+) -> dict[str, Any]:
   """Pops `encoder.regression_head.*` / `encoder.lm_head.*` from `state` into head params."""
   heads: dict[str, Any] = {}
-  reg = {k[len("encoder.regression_head."):]: state.pop(k) for k in list(state)
-         if k.startswith("encoder.regression_head.")}
+  reg = {
+    k[len("encoder.regression_head.") :]: state.pop(k)
+    for k in list(state)
+    if k.startswith("encoder.regression_head.")
+  }
   if reg:
     head = {}
     # nn.Sequential(Linear, GELU, Linear, ...): the k-th Linear becomes `dense_k`, the names of
@@ -227,34 +241,53 @@ def _head_from_fairseq(state: dict[str, np.ndarray], embed_tokens: np.ndarray,
     if reg:
       problems.append(f"unexpected keys {sorted('encoder.regression_head.' + k for k in reg)}")
     heads["regression_head"] = head
-  lm = {k[len("encoder.lm_head."):]: state.pop(k) for k in list(state)
-        if k.startswith("encoder.lm_head.")}
+  lm = {
+    k[len("encoder.lm_head.") :]: state.pop(k)
+    for k in list(state)
+    if k.startswith("encoder.lm_head.")
+  }
   if lm:
-    expected = {"dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "weight",
-                "bias"}
+    expected = {
+      "dense.weight",
+      "dense.bias",
+      "layer_norm.weight",
+      "layer_norm.bias",
+      "weight",
+      "bias",
+    }
     if set(lm) != expected:
       problems.append(f"encoder.lm_head keys {sorted(lm)}; expected {sorted(expected)}")
     else:
       d = embed_tokens.shape[1]
-      if (lm["dense.weight"].shape != (d, d) or lm["weight"].ndim != 2
-          or lm["weight"].shape[1] != d or lm["bias"].shape != (lm["weight"].shape[0],)):
+      if (
+        lm["dense.weight"].shape != (d, d)
+        or lm["weight"].ndim != 2
+        or lm["weight"].shape[1] != d
+        or lm["bias"].shape != (lm["weight"].shape[0],)
+      ):
         problems.append(
-            f"encoder.lm_head shapes: dense {lm['dense.weight'].shape}, weight "
-            f"{lm['weight'].shape}, bias {lm['bias'].shape} (D={d})")
+          f"encoder.lm_head shapes: dense {lm['dense.weight'].shape}, weight "
+          f"{lm['weight'].shape}, bias {lm['bias'].shape} (D={d})"
+        )
       else:
-        head = {"dense": layout.linear_from_torch(lm["dense.weight"], lm["dense.bias"]),
-                "layer_norm": layout.layer_norm_from_torch(lm["layer_norm.weight"],
-                                                           lm["layer_norm.bias"]),
-                "bias": np.asarray(lm["bias"])}
-        if not (lm["weight"].shape == embed_tokens.shape
-                and np.array_equal(lm["weight"], embed_tokens)):
+        head = {
+          "dense": layout.linear_from_torch(lm["dense.weight"], lm["dense.bias"]),
+          "layer_norm": layout.layer_norm_from_torch(
+            lm["layer_norm.weight"], lm["layer_norm.bias"]
+          ),
+          "bias": np.asarray(lm["bias"]),
+        }
+        if not (
+          lm["weight"].shape == embed_tokens.shape and np.array_equal(lm["weight"], embed_tokens)
+        ):
           head["decoder"] = {"kernel": np.ascontiguousarray(lm["weight"].T)}
         heads["lm_head"] = head
   return heads
 
 
-def convert_fairseq_checkpoint(checkpoint: Mapping[str, Any], *,
-                               use_ema: bool = False) -> Converted:
+def convert_fairseq_checkpoint(
+  checkpoint: Mapping[str, Any], *, use_ema: bool = False
+) -> Converted:
   """An unpickled fairseq checkpoint dict -> encoder params (student, or teacher with use_ema).
 
   Raises:
@@ -266,8 +299,9 @@ def convert_fairseq_checkpoint(checkpoint: Mapping[str, Any], *,
   raw = dict(checkpoint["model"])
   ema_raw = raw.pop(EMA_KEY, None)
   state = {_rename_legacy(k): to_numpy(v, k) for k, v in raw.items()}
-  student = {k[len(ENCODER_PREFIX):]: state.pop(k) for k in list(state)
-             if k.startswith(ENCODER_PREFIX)}
+  student = {
+    k[len(ENCODER_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(ENCODER_PREFIX)
+  }
   ignored = [ENCODER_PREFIX + k for k in _IGNORED_ENCODER_KEYS if k in student]
   for k in _IGNORED_ENCODER_KEYS:
     student.pop(k, None)
@@ -287,25 +321,35 @@ def convert_fairseq_checkpoint(checkpoint: Mapping[str, Any], *,
 
   if use_ema:
     if not isinstance(ema_raw, Mapping):
-      raise CheckpointError("use_ema=True but the checkpoint has no encoder._ema teacher "
-                            "weights")
+      raise CheckpointError("use_ema=True but the checkpoint has no encoder._ema teacher weights")
     ema = {k: to_numpy(v, f"{EMA_KEY}[{k}]") for k, v in ema_raw.items()}
     block_names = [fs for fs in names if fs.startswith("layers.")]
     missing = [k for k in block_names if k not in ema]
     unknown = sorted(set(ema) - set(names) - set(_IGNORED_ENCODER_KEYS))
-    bad = [f"{k}: got {tuple(ema[k].shape)}, expected {tuple(fs_shapes[k])}"
-           for k in block_names if k in ema and tuple(ema[k].shape) != tuple(fs_shapes[k])]
+    bad = [
+      f"{k}: got {tuple(ema[k].shape)}, expected {tuple(fs_shapes[k])}"
+      for k in block_names
+      if k in ema and tuple(ema[k].shape) != tuple(fs_shapes[k])
+    ]
     if missing or unknown or bad:
-      problems.append(f"{EMA_KEY}: missing keys {missing}, unexpected keys {unknown}, shape "
-                      f"mismatches {bad}")
+      problems.append(
+        f"{EMA_KEY}: missing keys {missing}, unexpected keys {unknown}, shape mismatches {bad}"
+      )
     else:
-      stale = [k for k in _EMBEDDING_RENAMES if k in ema and not (
-          ema[k].shape == student.get(k, np.empty(0)).shape and np.array_equal(ema[k],
-                                                                                student[k]))]
+      stale = [
+        k
+        for k in _EMBEDDING_RENAMES
+        if k in ema
+        and not (
+          ema[k].shape == student.get(k, np.empty(0)).shape and np.array_equal(ema[k], student[k])
+        )
+      ]
       student = {**student, **{k: ema[k] for k in block_names}}
-      notes.append("teacher: transformer blocks from encoder._ema, embeddings and embedding "
-                   "LayerNorm from the student (ema_transformer_layers_only)"
-                   + (f"; _ema's differing embedding entries ignored: {stale}" if stale else ""))
+      notes.append(
+        "teacher: transformer blocks from encoder._ema, embeddings and embedding "
+        "LayerNorm from the student (ema_transformer_layers_only)"
+        + (f"; _ema's differing embedding entries ignored: {stale}" if stale else "")
+      )
   elif ema_raw is not None:
     ignored.append(f"{EMA_KEY} ({len(ema_raw)} teacher tensors; use_ema=True selects them)")
   if problems:
@@ -313,12 +357,22 @@ def convert_fairseq_checkpoint(checkpoint: Mapping[str, Any], *,
 
   reference = {names[k]: v for k, v in student.items()}
   params = layout.params_from_reference(reference, config)
-  metadata = {"source_format": "fairseq", "teacher": bool(use_ema),
-              "hf_config": {"bos_token_id": 0, "eos_token_id": 2}}
+  metadata = {
+    "source_format": "fairseq",
+    "teacher": bool(use_ema),
+    "hf_config": {"bos_token_id": 0, "eos_token_id": 2},
+  }
   n_ema = len(ema_raw) if isinstance(ema_raw, Mapping) else 0
-  return Converted(config, params, heads, metadata, sorted(ignored), notes,
-                   source=f"fairseq ({'EMA teacher' if use_ema else 'student'})",
-                   num_source_tensors=len(raw) + n_ema)
+  return Converted(
+    config,
+    params,
+    heads,
+    metadata,
+    sorted(ignored),
+    notes,
+    source=f"fairseq ({'EMA teacher' if use_ema else 'student'})",
+    num_source_tensors=len(raw) + n_ema,
+  )
 
 
 def load_fairseq(path: str | os.PathLike[str], *, use_ema: bool = False) -> Converted:

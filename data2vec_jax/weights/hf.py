@@ -37,28 +37,39 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.weights import layout
 from data2vec_jax.weights.layout import Converted
 from data2vec_jax.weights.torch_io import CheckpointError, load_hf_state_dict
-from data2vec_jax.model.config import EncoderConfig
 
 # architecture -> (model_type, key prefix of the encoder inside the model).
 SUPPORTED_ARCHITECTURES = {
-    "Data2VecTextModel": ("data2vec-text", ""),
-    "Data2VecTextForMaskedLM": ("data2vec-text", "data2vec_text."),
-    "Data2VecTextForSequenceClassification": ("data2vec-text", "data2vec_text."),
-    "RobertaModel": ("roberta", ""),
-    "RobertaForMaskedLM": ("roberta", "roberta."),
-    "RobertaForSequenceClassification": ("roberta", "roberta."),
+  "Data2VecTextModel": ("data2vec-text", ""),
+  "Data2VecTextForMaskedLM": ("data2vec-text", "data2vec_text."),
+  "Data2VecTextForSequenceClassification": ("data2vec-text", "data2vec_text."),
+  "RobertaModel": ("roberta", ""),
+  "RobertaForMaskedLM": ("roberta", "roberta."),
+  "RobertaForSequenceClassification": ("roberta", "roberta."),
 }
-EXPORT_ARCHITECTURES = ("Data2VecTextModel", "Data2VecTextForMaskedLM",
-                        "Data2VecTextForSequenceClassification")
+EXPORT_ARCHITECTURES = (
+  "Data2VecTextModel",
+  "Data2VecTextForMaskedLM",
+  "Data2VecTextForSequenceClassification",
+)
 _TOKEN_TYPE = "embeddings.token_type_embeddings.weight"
 _IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 # config.json values that do not shape the encoder but are worth carrying through a round trip.
-_CARRIED_CONFIG_KEYS = ("bos_token_id", "eos_token_id", "mask_token_id", "initializer_range",
-                        "tokenizer_class", "id2label", "label2id", "classifier_dropout",
-                        "problem_type")
+_CARRIED_CONFIG_KEYS = (
+  "bos_token_id",
+  "eos_token_id",
+  "mask_token_id",
+  "initializer_range",
+  "tokenizer_class",
+  "id2label",
+  "label2id",
+  "classifier_dropout",
+  "problem_type",
+)
 
 
 def config_from_hf(hf: Mapping[str, Any]) -> EncoderConfig:
@@ -71,33 +82,49 @@ def config_from_hf(hf: Mapping[str, Any]) -> EncoderConfig:
   model_type = hf.get("model_type")
   if model_type not in ("data2vec-text", "roberta"):
     raise CheckpointError(
-        f"unsupported model_type {model_type!r}: expected 'data2vec-text' or 'roberta'")
+      f"unsupported model_type {model_type!r}: expected 'data2vec-text' or 'roberta'"
+    )
   if hf.get("hidden_act", "gelu") != "gelu":
     raise CheckpointError(
-        f"unsupported hidden_act {hf.get('hidden_act')!r}: the encoder uses exact (erf) 'gelu'")
+      f"unsupported hidden_act {hf.get('hidden_act')!r}: the encoder uses exact (erf) 'gelu'"
+    )
   if hf.get("position_embedding_type", "absolute") != "absolute":
     raise CheckpointError(
-        f"unsupported position_embedding_type {hf.get('position_embedding_type')!r}: "
-        "only 'absolute' learned positions are implemented")
+      f"unsupported position_embedding_type {hf.get('position_embedding_type')!r}: "
+      "only 'absolute' learned positions are implemented"
+    )
   if hf.get("is_decoder", False) or hf.get("add_cross_attention", False):
-    raise CheckpointError("decoder / cross-attention models are not supported (is_decoder or "
-                          "add_cross_attention is true)")
-  required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-              "intermediate_size", "max_position_embeddings", "layer_norm_eps", "pad_token_id")
+    raise CheckpointError(
+      "decoder / cross-attention models are not supported (is_decoder or "
+      "add_cross_attention is true)"
+    )
+  required = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "layer_norm_eps",
+    "pad_token_id",
+  )
   missing = [k for k in required if hf.get(k) is None]
   if missing:
     raise CheckpointError(f"config.json lacks {missing}; refusing to guess library defaults")
   defaults = EncoderConfig()
   try:
     return EncoderConfig(
-        vocab_size=int(hf["vocab_size"]), hidden_size=int(hf["hidden_size"]),
-        num_layers=int(hf["num_hidden_layers"]), num_heads=int(hf["num_attention_heads"]),
-        intermediate_size=int(hf["intermediate_size"]),
-        max_positions=int(hf["max_position_embeddings"]), pad_id=int(hf["pad_token_id"]),
-        layer_norm_eps=float(hf["layer_norm_eps"]),
-        dropout=float(hf.get("hidden_dropout_prob", defaults.dropout)),
-        attention_dropout=float(hf.get("attention_probs_dropout_prob",
-                                       defaults.attention_dropout)))
+      vocab_size=int(hf["vocab_size"]),
+      hidden_size=int(hf["hidden_size"]),
+      num_layers=int(hf["num_hidden_layers"]),
+      num_heads=int(hf["num_attention_heads"]),
+      intermediate_size=int(hf["intermediate_size"]),
+      max_positions=int(hf["max_position_embeddings"]),
+      pad_id=int(hf["pad_token_id"]),
+      layer_norm_eps=float(hf["layer_norm_eps"]),
+      dropout=float(hf.get("hidden_dropout_prob", defaults.dropout)),
+      attention_dropout=float(hf.get("attention_probs_dropout_prob", defaults.attention_dropout)),
+    )
   except ValueError as e:
     raise CheckpointError(f"config.json values are inconsistent: {e}") from None
 
@@ -106,19 +133,26 @@ def architecture_of(hf: Mapping[str, Any]) -> str:
   archs = hf.get("architectures") or []
   if len(archs) != 1:
     raise CheckpointError(
-        f"config.json 'architectures' is {archs!r}; expected exactly one of "
-        f"{sorted(SUPPORTED_ARCHITECTURES)}")
+      f"config.json 'architectures' is {archs!r}; expected exactly one of "
+      f"{sorted(SUPPORTED_ARCHITECTURES)}"
+    )
   if archs[0] not in SUPPORTED_ARCHITECTURES:
     raise CheckpointError(
-        f"unsupported architecture {archs[0]!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
+      f"unsupported architecture {archs[0]!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+    )
   if SUPPORTED_ARCHITECTURES[archs[0]][0] != hf.get("model_type"):
     raise CheckpointError(
-        f"architecture {archs[0]!r} does not match model_type {hf.get('model_type')!r}")
+      f"architecture {archs[0]!r} does not match model_type {hf.get('model_type')!r}"
+    )
   return archs[0]
 
 
-def convert_hf_state_dict(state: Mapping[str, np.ndarray], hf_config: Mapping[str, Any], *,
-                          drop_token_type_rows: bool = False) -> Converted:
+def convert_hf_state_dict(
+  state: Mapping[str, np.ndarray],
+  hf_config: Mapping[str, Any],
+  *,
+  drop_token_type_rows: bool = False,
+) -> Converted:
   """An HF state dict (numpy) + its config.json dict -> encoder params and heads.
 
   Every key of `state` is either converted, listed in `Converted.ignored` (buffers), or an error.
@@ -137,7 +171,7 @@ def convert_hf_state_dict(state: Mapping[str, np.ndarray], hf_config: Mapping[st
       prefix = candidate
       break
   remaining = dict(state)
-  ignored = [k for k in remaining if k[len(prefix):] in _IGNORED_BUFFERS and k.startswith(prefix)]
+  ignored = [k for k in remaining if k[len(prefix) :] in _IGNORED_BUFFERS and k.startswith(prefix)]
   for k in ignored:
     del remaining[k]
 
@@ -155,8 +189,9 @@ def convert_hf_state_dict(state: Mapping[str, np.ndarray], hf_config: Mapping[st
       if f"{p}pooler.dense.{leaf}" in remaining:
         pooler[f"pooler.dense.{leaf}"] = remaining.pop(f"{p}pooler.dense.{leaf}")
   if pooler:
-    heads["pooler"] = _linear_head(pooler, {"dense": "pooler.dense"}, config.hidden_size,
-                                   config.hidden_size, head_problems)
+    heads["pooler"] = _linear_head(
+      pooler, {"dense": "pooler.dense"}, config.hidden_size, config.hidden_size, head_problems
+    )
   word = np.asarray(encoder.get(prefix + "embeddings.word_embeddings.weight"))
   lm_keys = {k: remaining.pop(k) for k in list(remaining) if k.startswith("lm_head.")}
   if lm_keys:
@@ -168,39 +203,60 @@ def convert_hf_state_dict(state: Mapping[str, np.ndarray], hf_config: Mapping[st
   problems = layout.tree_problems(encoder, expected, extra_unexpected=remaining)
   problems.extend(head_problems)
   if problems:
-    raise CheckpointError(f"{arch} state dict does not match its config.json: "
-                          + "; ".join(problems))
+    raise CheckpointError(
+      f"{arch} state dict does not match its config.json: " + "; ".join(problems)
+    )
 
   notes = []
   token_types = np.asarray(encoder.pop(prefix + _TOKEN_TYPE))
   if type_vocab > 1 and np.any(token_types[1:] != 0):
     if not drop_token_type_rows:
       raise CheckpointError(
-          f"token_type_embeddings has {type_vocab} rows and rows >= 1 are non-zero; the "
-          "encoder has no token types (data2vec/RoBERTa feed all-zero token_type_ids). Pass "
-          "drop_token_type_rows=True to drop them knowingly.")
+        f"token_type_embeddings has {type_vocab} rows and rows >= 1 are non-zero; the "
+        "encoder has no token types (data2vec/RoBERTa feed all-zero token_type_ids). Pass "
+        "drop_token_type_rows=True to drop them knowingly."
+      )
     notes.append(f"dropped non-zero token_type_embeddings rows 1..{type_vocab - 1}")
-  reference = {k[len(prefix):]: v for k, v in encoder.items()}
+  reference = {k[len(prefix) :]: v for k, v in encoder.items()}
   if np.any(token_types[0] != 0):
     # What HF computes with token_type_ids == 0: word + type[0] (before position and LN).
     reference["embeddings.word_embeddings.weight"] = (
-        reference["embeddings.word_embeddings.weight"] + token_types[0][None, :])
-    notes.append("folded token_type_embeddings row 0 (non-zero) into the word embeddings; "
-                 "export will write a zero row, so tensors (not outputs) differ after a round trip")
+      reference["embeddings.word_embeddings.weight"] + token_types[0][None, :]
+    )
+    notes.append(
+      "folded token_type_embeddings row 0 (non-zero) into the word embeddings; "
+      "export will write a zero row, so tensors (not outputs) differ after a round trip"
+    )
     lm_head = heads.get("lm_head")
     if lm_head is not None and "decoder" not in lm_head:
       # HF ties the decoder to the *unfolded* word embeddings: keep them for the LM head.
       lm_head["decoder"] = {"kernel": np.ascontiguousarray(word.T)}
       notes.append("lm_head decoder stored untied (the token embedding now includes row 0)")
   params = layout.params_from_reference(reference, config)
-  metadata = {"source_format": "hf", "source_architecture": arch,
-              "hf_config": {k: hf_config[k] for k in _CARRIED_CONFIG_KEYS if k in hf_config}}
-  return Converted(config, params, heads, metadata, sorted(ignored), notes, source=f"hf:{arch}",
-                   num_source_tensors=len(state))
+  metadata = {
+    "source_format": "hf",
+    "source_architecture": arch,
+    "hf_config": {k: hf_config[k] for k in _CARRIED_CONFIG_KEYS if k in hf_config},
+  }
+  return Converted(
+    config,
+    params,
+    heads,
+    metadata,
+    sorted(ignored),
+    notes,
+    source=f"hf:{arch}",
+    num_source_tensors=len(state),
+  )
 
 
-def _linear_head(tensors: Mapping[str, np.ndarray], modules: Mapping[str, str], d_in: int,
-                 d_out: int, problems: list[str]) -> dict[str, Any]:
+def _linear_head(
+  tensors: Mapping[str, np.ndarray],
+  modules: Mapping[str, str],
+  d_in: int,
+  d_out: int,
+  problems: list[str],
+) -> dict[str, Any]:
   out = {}
   for leaf, torch_name in modules.items():
     w, b = tensors.get(f"{torch_name}.weight"), tensors.get(f"{torch_name}.bias")
@@ -208,19 +264,32 @@ def _linear_head(tensors: Mapping[str, np.ndarray], modules: Mapping[str, str], 
       problems.append(f"head {torch_name}: missing weight or bias")
       continue
     if tuple(w.shape) != (d_out, d_in) or tuple(b.shape) != (d_out,):
-      problems.append(f"head {torch_name}: got weight {tuple(w.shape)}, bias {tuple(b.shape)}, "
-                      f"expected ({d_out}, {d_in}), ({d_out},)")
+      problems.append(
+        f"head {torch_name}: got weight {tuple(w.shape)}, bias {tuple(b.shape)}, "
+        f"expected ({d_out}, {d_in}), ({d_out},)"
+      )
       continue
     out[leaf] = layout.linear_from_torch(w, b)
   return out
 
 
-def _lm_head_from_hf(t: dict[str, np.ndarray], word: np.ndarray, hf_config: Mapping[str, Any],
-                     config: EncoderConfig, problems: list[str]) -> dict[str, Any]:
+def _lm_head_from_hf(
+  t: dict[str, np.ndarray],
+  word: np.ndarray,
+  hf_config: Mapping[str, Any],
+  config: EncoderConfig,
+  problems: list[str],
+) -> dict[str, Any]:
   d, v = config.hidden_size, config.vocab_size
-  known = {"lm_head.dense.weight", "lm_head.dense.bias", "lm_head.layer_norm.weight",
-           "lm_head.layer_norm.bias", "lm_head.decoder.weight", "lm_head.decoder.bias",
-           "lm_head.bias"}
+  known = {
+    "lm_head.dense.weight",
+    "lm_head.dense.bias",
+    "lm_head.layer_norm.weight",
+    "lm_head.layer_norm.bias",
+    "lm_head.decoder.weight",
+    "lm_head.decoder.bias",
+    "lm_head.bias",
+  }
   unknown = sorted(set(t) - known)
   if unknown:
     problems.append(f"unexpected keys {unknown}")
@@ -246,16 +315,19 @@ def _lm_head_from_hf(t: dict[str, np.ndarray], word: np.ndarray, hf_config: Mapp
   return head
 
 
-def _classifier_from_hf(t: dict[str, np.ndarray], config: EncoderConfig,
-                        problems: list[str]) -> dict[str, Any]:
+def _classifier_from_hf(
+  t: dict[str, np.ndarray], config: EncoderConfig, problems: list[str]
+) -> dict[str, Any]:
   known = {f"classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")}
   if set(t) != known:
     problems.append(f"classifier keys {sorted(t)}; expected {sorted(known)}")
     return {}
   d = config.hidden_size
   n_labels = t["classifier.out_proj.weight"].shape[0]
-  return {**_linear_head(t, {"dense": "classifier.dense"}, d, d, problems),
-          **_linear_head(t, {"out_proj": "classifier.out_proj"}, d, n_labels, problems)}
+  return {
+    **_linear_head(t, {"dense": "classifier.dense"}, d, d, problems),
+    **_linear_head(t, {"out_proj": "classifier.out_proj"}, d, n_labels, problems),
+  }
 
 
 def read_hf_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -269,8 +341,9 @@ def read_hf_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     raise CheckpointError(f"{path}: not valid JSON: {e}") from None
 
 
-def load_hf_dir(directory: str | os.PathLike[str], *,
-                drop_token_type_rows: bool = False) -> Converted:
+def load_hf_dir(
+  directory: str | os.PathLike[str], *, drop_token_type_rows: bool = False
+) -> Converted:
   """Imports an HF model directory (config.json + weights). See the module docstring."""
   hf_config = read_hf_config(directory)
   state, source = load_hf_state_dict(directory)
@@ -283,33 +356,38 @@ def load_hf_dir(directory: str | os.PathLike[str], *,
 # Export.
 
 
-def hf_config_from(config: EncoderConfig, architecture: str, *, tied: bool = True,
-                   num_labels: int | None = None,
-                   carried: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def hf_config_from(
+  config: EncoderConfig,
+  architecture: str,
+  *,
+  tied: bool = True,
+  num_labels: int | None = None,
+  carried: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
   """The `config.json` dict of an exported model (released-model values where we have no other)."""
   hf = {
-      "architectures": [architecture],
-      "model_type": "data2vec-text",
-      "vocab_size": config.vocab_size,
-      "hidden_size": config.hidden_size,
-      "num_hidden_layers": config.num_layers,
-      "num_attention_heads": config.num_heads,
-      "intermediate_size": config.intermediate_size,
-      "hidden_act": "gelu",
-      "hidden_dropout_prob": config.dropout,
-      "attention_probs_dropout_prob": config.attention_dropout,
-      "max_position_embeddings": config.max_positions,
-      "type_vocab_size": 1,
-      "initializer_range": 0.02,
-      "layer_norm_eps": config.layer_norm_eps,
-      "pad_token_id": config.pad_id,
-      "bos_token_id": 0,
-      "eos_token_id": 2,
-      "position_embedding_type": "absolute",
-      "is_decoder": False,
-      "add_cross_attention": False,
-      "tie_word_embeddings": tied,
-      "dtype": "float32",
+    "architectures": [architecture],
+    "model_type": "data2vec-text",
+    "vocab_size": config.vocab_size,
+    "hidden_size": config.hidden_size,
+    "num_hidden_layers": config.num_layers,
+    "num_attention_heads": config.num_heads,
+    "intermediate_size": config.intermediate_size,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": config.dropout,
+    "attention_probs_dropout_prob": config.attention_dropout,
+    "max_position_embeddings": config.max_positions,
+    "type_vocab_size": 1,
+    "initializer_range": 0.02,
+    "layer_norm_eps": config.layer_norm_eps,
+    "pad_token_id": config.pad_id,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "position_embedding_type": "absolute",
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": tied,
+    "dtype": "float32",
   }
   for k, v in (carried or {}).items():
     if k in _CARRIED_CONFIG_KEYS:
@@ -322,9 +400,9 @@ def hf_config_from(config: EncoderConfig, architecture: str, *, tied: bool = Tru
   return hf
 
 
-def hf_state_dict_from(config: EncoderConfig, params: Any, heads: Mapping[str, Any] | None,
-                       architecture: str) -> tuple[dict[str, np.ndarray], dict[str, Any],
-                                                   list[str]]:
+def hf_state_dict_from(
+  config: EncoderConfig, params: Any, heads: Mapping[str, Any] | None, architecture: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any], list[str]]:
   """Encoder params (+ heads) -> (HF state dict, export facts, notes).
 
   Export facts: `tied` (LM decoder tied to the word embeddings), `num_labels`.
@@ -334,7 +412,8 @@ def hf_state_dict_from(config: EncoderConfig, params: Any, heads: Mapping[str, A
   """
   if architecture not in EXPORT_ARCHITECTURES:
     raise CheckpointError(
-        f"cannot export to {architecture!r}; supported: {list(EXPORT_ARCHITECTURES)}")
+      f"cannot export to {architecture!r}; supported: {list(EXPORT_ARCHITECTURES)}"
+    )
   heads = dict(heads or {})
   reference = layout.params_to_reference(params, config)
   reference[_TOKEN_TYPE] = np.zeros((1, config.hidden_size), np.float32)
@@ -348,8 +427,10 @@ def hf_state_dict_from(config: EncoderConfig, params: Any, heads: Mapping[str, A
       d = config.hidden_size
       state["pooler.dense.weight"] = np.zeros((d, d), np.float32)
       state["pooler.dense.bias"] = np.zeros((d,), np.float32)
-      notes.append("no pooler in the source: wrote a zero pooler so from_pretrained finds every "
-                   "key; pooler_output is all zeros and meaningless")
+      notes.append(
+        "no pooler in the source: wrote a zero pooler so from_pretrained finds every "
+        "key; pooler_output is all zeros and meaningless"
+      )
   else:
     state = {"data2vec_text." + k: v for k, v in reference.items()}
     if architecture == "Data2VecTextForMaskedLM":
@@ -357,9 +438,10 @@ def hf_state_dict_from(config: EncoderConfig, params: Any, heads: Mapping[str, A
       v, d = config.vocab_size, config.hidden_size
       if lm is None or np.shape(lm.get("bias")) != (v,):
         raise CheckpointError(
-            "cannot export Data2VecTextForMaskedLM: no LM head with a vocabulary-sized output "
-            f"(have heads {sorted(heads) + (['lm_head'] if lm is not None else [])}; a data2vec "
-            "regression head predicts features, not tokens)")
+          "cannot export Data2VecTextForMaskedLM: no LM head with a vocabulary-sized output "
+          f"(have heads {sorted(heads) + (['lm_head'] if lm is not None else [])}; a data2vec "
+          "regression head predicts features, not tokens)"
+        )
       state.update(layout.linear_to_torch(lm["dense"], "lm_head.dense"))
       state.update(layout.layer_norm_to_torch(lm["layer_norm"], "lm_head.layer_norm"))
       state["lm_head.bias"] = np.asarray(lm["bias"])
@@ -375,8 +457,10 @@ def hf_state_dict_from(config: EncoderConfig, params: Any, heads: Mapping[str, A
     else:  # Data2VecTextForSequenceClassification
       cls = heads.pop("classifier", None)
       if cls is None:
-        raise CheckpointError("cannot export Data2VecTextForSequenceClassification: no "
-                              f"classifier head (have {sorted(heads)})")
+        raise CheckpointError(
+          "cannot export Data2VecTextForSequenceClassification: no "
+          f"classifier head (have {sorted(heads)})"
+        )
       state.update(layout.linear_to_torch(cls["dense"], "classifier.dense"))
       state.update(layout.linear_to_torch(cls["out_proj"], "classifier.out_proj"))
       facts["num_labels"] = int(np.shape(cls["out_proj"]["bias"])[0])
@@ -386,18 +470,26 @@ def hf_state_dict_from(config: EncoderConfig, params: Any, heads: Mapping[str, A
   return state, facts, notes
 
 
-def save_hf_dir(directory: str | os.PathLike[str], config: EncoderConfig, params: Any, *,
-                heads: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
-                architecture: str = "Data2VecTextModel") -> list[str]:
+def save_hf_dir(
+  directory: str | os.PathLike[str],
+  config: EncoderConfig,
+  params: Any,
+  *,
+  heads: Mapping[str, Any] | None = None,
+  metadata: Mapping[str, Any] | None = None,
+  architecture: str = "Data2VecTextModel",
+) -> list[str]:
   """Writes `config.json` + `model.safetensors` that `transformers` loads with no missing keys.
 
   Returns the notes (what was dropped or synthesised).
   """
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
   state, facts, notes = hf_state_dict_from(config, params, heads, architecture)
   carried = dict((metadata or {}).get("hf_config", {}))
-  hf = hf_config_from(config, architecture, tied=facts["tied"], num_labels=facts["num_labels"],
-                      carried=carried)
+  hf = hf_config_from(
+    config, architecture, tied=facts["tied"], num_labels=facts["num_labels"], carried=carried
+  )
   directory = os.fspath(directory)
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from data2vec_jax import tree_diff
 from data2vec_jax.model.config import EncoderConfig
@@ -31,62 +32,51 @@ SEP = "/"
 
 # Token-type embeddings exist in HF only; they are handled by hf.py, not here.
 EMBEDDING_NAMES = {
-    "embeddings.word_embeddings.weight": "embeddings/token_embedding/embedding",
-    "embeddings.position_embeddings.weight": "embeddings/position_embedding/embedding",
-    "embeddings.LayerNorm.weight": "embeddings/layer_norm/scale",
-    "embeddings.LayerNorm.bias": "embeddings/layer_norm/bias",
+  "embeddings.word_embeddings.weight": "embeddings/token_embedding/embedding",
+  "embeddings.position_embeddings.weight": "embeddings/position_embedding/embedding",
+  "embeddings.LayerNorm.weight": "embeddings/layer_norm/scale",
+  "embeddings.LayerNorm.bias": "embeddings/layer_norm/bias",
 }
 # Per-layer tensors that map one-to-one (up to a transpose) onto a stacked Flax leaf.
 _LAYER_SIMPLE = {
-    "attention.output.dense.bias": "layers/attention/out/bias",
-    "attention.output.LayerNorm.weight": "layers/attention_layer_norm/scale",
-    "attention.output.LayerNorm.bias": "layers/attention_layer_norm/bias",
-    "intermediate.dense.weight": "layers/fc1/kernel",
-    "intermediate.dense.bias": "layers/fc1/bias",
-    "output.dense.weight": "layers/fc2/kernel",
-    "output.dense.bias": "layers/fc2/bias",
-    "output.LayerNorm.weight": "layers/ffn_layer_norm/scale",
-    "output.LayerNorm.bias": "layers/ffn_layer_norm/bias",
+  "attention.output.dense.bias": "layers/attention/out/bias",
+  "attention.output.LayerNorm.weight": "layers/attention_layer_norm/scale",
+  "attention.output.LayerNorm.bias": "layers/attention_layer_norm/bias",
+  "intermediate.dense.weight": "layers/fc1/kernel",
+  "intermediate.dense.bias": "layers/fc1/bias",
+  "output.dense.weight": "layers/fc2/kernel",
+  "output.dense.bias": "layers/fc2/bias",
+  "output.LayerNorm.weight": "layers/ffn_layer_norm/scale",
+  "output.LayerNorm.bias": "layers/ffn_layer_norm/bias",
 }
 _QKV = ("query", "key", "value")
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """{'a': {'b': x}} -> {'a/b': x}; leaves are whatever is not a Mapping."""
-  out: dict[str, Any] = {}
-  for key, value in tree.items():
-    name = f"{prefix}{SEP}{key}" if prefix else str(key)
-    if isinstance(value, Mapping):
-      out.update(flatten(value, name))
-    else:
-      out[name] = value
-  return out
+def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """{'a': {'b': x}} -> {'a/b': x}; leaves are whatever is not a dict."""
+  return traverse_util.flatten_dict(dict(tree), sep=SEP)
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   """Inverse of `flatten`."""
-  tree: dict[str, Any] = {}
-  for name, value in flat.items():
-    node = tree
-    *parents, leaf = name.split(SEP)
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
+  return traverse_util.unflatten_dict(dict(flat), sep=SEP)
 
 
 def param_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   """Flat name -> shape of every encoder parameter, derived from the model itself (no FLOPs)."""
   from data2vec_jax.model.encoder import init_params  # pylint: disable=import-outside-toplevel
+
   shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
   return {k: tuple(v.shape) for k, v in flatten(shapes).items()}
 
 
-def tree_problems(flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
-                  extra_unexpected: Any = ()) -> list[str]:
+def tree_problems(
+  flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], extra_unexpected: Any = ()
+) -> list[str]:
   """Missing keys, unexpected keys (plus `extra_unexpected` leftovers) and shape mismatches."""
-  return tree_diff.shape_problems({k: np.shape(v) for k, v in flat.items()}, expected,
-                                  extra_unexpected=extra_unexpected)
+  return tree_diff.shape_problems(
+    {k: np.shape(v) for k, v in flat.items()}, expected, extra_unexpected=extra_unexpected
+  )
 
 
 def check_tree(flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], what: str) -> None:
@@ -100,24 +90,24 @@ def reference_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   """Reference name -> torch shape of every encoder tensor (no token types, no pooler)."""
   d, f = config.hidden_size, config.intermediate_size
   shapes = {
-      "embeddings.word_embeddings.weight": (config.vocab_size, d),
-      "embeddings.position_embeddings.weight": (config.max_positions, d),
-      "embeddings.LayerNorm.weight": (d,),
-      "embeddings.LayerNorm.bias": (d,),
+    "embeddings.word_embeddings.weight": (config.vocab_size, d),
+    "embeddings.position_embeddings.weight": (config.max_positions, d),
+    "embeddings.LayerNorm.weight": (d,),
+    "embeddings.LayerNorm.bias": (d,),
   }
   per_layer = {
-      **{f"attention.self.{n}.weight": (d, d) for n in _QKV},
-      **{f"attention.self.{n}.bias": (d,) for n in _QKV},
-      "attention.output.dense.weight": (d, d),
-      "attention.output.dense.bias": (d,),
-      "attention.output.LayerNorm.weight": (d,),
-      "attention.output.LayerNorm.bias": (d,),
-      "intermediate.dense.weight": (f, d),
-      "intermediate.dense.bias": (f,),
-      "output.dense.weight": (d, f),
-      "output.dense.bias": (d,),
-      "output.LayerNorm.weight": (d,),
-      "output.LayerNorm.bias": (d,),
+    **{f"attention.self.{n}.weight": (d, d) for n in _QKV},
+    **{f"attention.self.{n}.bias": (d,) for n in _QKV},
+    "attention.output.dense.weight": (d, d),
+    "attention.output.dense.bias": (d,),
+    "attention.output.LayerNorm.weight": (d,),
+    "attention.output.LayerNorm.bias": (d,),
+    "intermediate.dense.weight": (f, d),
+    "intermediate.dense.bias": (f,),
+    "output.dense.weight": (d, f),
+    "output.dense.bias": (d,),
+    "output.LayerNorm.weight": (d,),
+    "output.LayerNorm.bias": (d,),
   }
   for i in range(config.num_layers):
     shapes.update({f"encoder.layer.{i}.{k}": v for k, v in per_layer.items()})
@@ -137,14 +127,21 @@ def params_from_reference(tensors: Mapping[str, np.ndarray], config: EncoderConf
     per = [layer(i, name) for i in range(n)]
     flat[target] = np.stack([w.T for w in per] if name.endswith("dense.weight") else per)
   # torch: y = x @ W.T + b with W [out=D, in=D]; Flax: y = einsum('btd,dkhe', x, K) + B.
-  flat["layers/attention/qkv/kernel"] = np.stack([
+  flat["layers/attention/qkv/kernel"] = np.stack(
+    [
       np.stack([layer(i, f"attention.self.{q}.weight").T.reshape(d, h, dh) for q in _QKV], axis=1)
-      for i in range(n)])
-  flat["layers/attention/qkv/bias"] = np.stack([
+      for i in range(n)
+    ]
+  )
+  flat["layers/attention/qkv/bias"] = np.stack(
+    [
       np.stack([layer(i, f"attention.self.{q}.bias").reshape(h, dh) for q in _QKV])
-      for i in range(n)])
-  flat["layers/attention/out/kernel"] = np.stack([
-      layer(i, "attention.output.dense.weight").T.reshape(h, dh, d) for i in range(n)])
+      for i in range(n)
+    ]
+  )
+  flat["layers/attention/out/kernel"] = np.stack(
+    [layer(i, "attention.output.dense.weight").T.reshape(h, dh, d) for i in range(n)]
+  )
   out = {k: np.ascontiguousarray(v) for k, v in flat.items()}
   check_tree(out, param_shapes(config), "converted params")
   return unflatten(out)
@@ -163,11 +160,14 @@ def params_to_reference(params: PyTree, config: EncoderConfig) -> dict[str, np.n
   for i in range(n):
     for j, q in enumerate(_QKV):
       out[f"encoder.layer.{i}.attention.self.{q}.weight"] = (
-          flat["layers/attention/qkv/kernel"][i, :, j].reshape(d, d).T)
-      out[f"encoder.layer.{i}.attention.self.{q}.bias"] = (
-          flat["layers/attention/qkv/bias"][i, j].reshape(d))
+        flat["layers/attention/qkv/kernel"][i, :, j].reshape(d, d).T
+      )
+      out[f"encoder.layer.{i}.attention.self.{q}.bias"] = flat["layers/attention/qkv/bias"][
+        i, j
+      ].reshape(d)
     out[f"encoder.layer.{i}.attention.output.dense.weight"] = (
-        flat["layers/attention/out/kernel"][i].reshape(d, d).T)
+      flat["layers/attention/out/kernel"][i].reshape(d, d).T
+    )
   return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
@@ -189,8 +189,10 @@ def linear_from_torch(weight: np.ndarray, bias: np.ndarray) -> dict[str, np.ndar
 
 
 def linear_to_torch(leaf: Mapping[str, Any], name: str) -> dict[str, np.ndarray]:
-  return {f"{name}.weight": np.ascontiguousarray(np.asarray(leaf["kernel"]).T),
-          f"{name}.bias": np.asarray(leaf["bias"])}
+  return {
+    f"{name}.weight": np.ascontiguousarray(np.asarray(leaf["kernel"]).T),
+    f"{name}.bias": np.asarray(leaf["bias"]),
+  }
 
 
 def layer_norm_from_torch(weight: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
@@ -229,11 +231,13 @@ class Converted:
     """A few lines for a CLI: tensor counts, shapes, heads, ignored keys, notes."""
     flat = flatten(self.params)
     n_params = sum(int(np.prod(np.shape(v))) for v in flat.values())
-    lines = [f"source: {self.source}, {self.num_source_tensors} tensors",
-             f"encoder: {len(flat)} arrays, {n_params:,} parameters "
-             f"(L={self.config.num_layers}, D={self.config.hidden_size}, "
-             f"H={self.config.num_heads}, F={self.config.intermediate_size}, "
-             f"V={self.config.vocab_size}, P={self.config.max_positions})"]
+    lines = [
+      f"source: {self.source}, {self.num_source_tensors} tensors",
+      f"encoder: {len(flat)} arrays, {n_params:,} parameters "
+      f"(L={self.config.num_layers}, D={self.config.hidden_size}, "
+      f"H={self.config.num_heads}, F={self.config.intermediate_size}, "
+      f"V={self.config.vocab_size}, P={self.config.max_positions})",
+    ]
     for name, head in sorted(self.heads.items()):
       leaves = flatten(head)
       shapes = ", ".join(f"{k}{list(np.shape(v))}" for k, v in sorted(leaves.items()))

@@ -29,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.model.encoder import Encoder
 from data2vec_jax.weights import layout
 from data2vec_jax.weights.layout import Converted
 from data2vec_jax.weights.torch_io import CheckpointError, load_safetensors
-from data2vec_jax.model.encoder import Encoder
-from data2vec_jax.model.config import EncoderConfig
 
 FORMAT = "data2vec-jax"
 FORMAT_VERSION = 1
@@ -42,9 +42,14 @@ PARAMS_FILE = "params.safetensors"
 HEADS_FILE = "heads.safetensors"
 
 
-def save_pretrained(path: str | os.PathLike[str], config: EncoderConfig, params: Any, *,
-                    head_params: Mapping[str, Any] | None = None,
-                    metadata: Mapping[str, Any] | None = None) -> None:
+def save_pretrained(
+  path: str | os.PathLike[str],
+  config: EncoderConfig,
+  params: Any,
+  *,
+  head_params: Mapping[str, Any] | None = None,
+  metadata: Mapping[str, Any] | None = None,
+) -> None:
   """Writes a data2vec-jax model directory (created if needed; existing files replaced).
 
   Args:
@@ -57,20 +62,32 @@ def save_pretrained(path: str | os.PathLike[str], config: EncoderConfig, params:
       not JSON-serialisable.
   """
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
   flat = {k: np.asarray(v) for k, v in layout.flatten(params).items()}
   layout.check_tree(flat, layout.param_shapes(config), "params")
   heads = {k: np.asarray(v) for k, v in layout.flatten(head_params or {}).items()}
-  document = {"format": FORMAT, "format_version": FORMAT_VERSION, "encoder": config.to_dict(),
-              "heads": sorted((head_params or {}).keys()), "metadata": dict(metadata or {})}
+  document = {
+    "format": FORMAT,
+    "format_version": FORMAT_VERSION,
+    "encoder": config.to_dict(),
+    "heads": sorted((head_params or {}).keys()),
+    "metadata": dict(metadata or {}),
+  }
   text = json.dumps(document, indent=2, sort_keys=True)  # fails before any file is written
   path = os.fspath(path)
   os.makedirs(path, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in flat.items()},
-            os.path.join(path, PARAMS_FILE), metadata={"format": FORMAT})
+  save_file(
+    {k: np.ascontiguousarray(v) for k, v in flat.items()},
+    os.path.join(path, PARAMS_FILE),
+    metadata={"format": FORMAT},
+  )
   heads_path = os.path.join(path, HEADS_FILE)
   if heads:
-    save_file({k: np.ascontiguousarray(v) for k, v in heads.items()}, heads_path,
-              metadata={"format": FORMAT})
+    save_file(
+      {k: np.ascontiguousarray(v) for k, v in heads.items()},
+      heads_path,
+      metadata={"format": FORMAT},
+    )
   elif os.path.exists(heads_path):
     os.remove(heads_path)  # a stale heads file would contradict config.json
   with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as f:
@@ -80,8 +97,9 @@ def save_pretrained(path: str | os.PathLike[str], config: EncoderConfig, params:
 def _load_own_dir(path: str, document: Mapping[str, Any]) -> Converted:
   version = document.get("format_version")
   if version != FORMAT_VERSION:
-    raise CheckpointError(f"{path}: format_version {version!r}; this library reads "
-                          f"{FORMAT_VERSION}")
+    raise CheckpointError(
+      f"{path}: format_version {version!r}; this library reads {FORMAT_VERSION}"
+    )
   try:
     config = EncoderConfig.from_dict(document["encoder"])
   except (KeyError, TypeError, ValueError) as e:
@@ -98,15 +116,23 @@ def _load_own_dir(path: str, document: Mapping[str, Any]) -> Converted:
   if os.path.exists(heads_path):
     heads = layout.unflatten(load_safetensors(heads_path, upcast=False))
   if sorted(heads) != declared:
-    raise CheckpointError(f"{path}: config.json declares heads {declared} but "
-                          f"{HEADS_FILE} holds {sorted(heads)}")
+    raise CheckpointError(
+      f"{path}: config.json declares heads {declared} but {HEADS_FILE} holds {sorted(heads)}"
+    )
   n_heads = len(layout.flatten(heads))
-  return Converted(config, layout.unflatten(flat), heads, dict(document.get("metadata", {})),
-                   source="data2vec-jax", num_source_tensors=len(flat) + n_heads)
+  return Converted(
+    config,
+    layout.unflatten(flat),
+    heads,
+    dict(document.get("metadata", {})),
+    source="data2vec-jax",
+    num_source_tensors=len(flat) + n_heads,
+  )
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, use_ema: bool = False,
-                    drop_token_type_rows: bool = False) -> Converted:
+def load_checkpoint(
+  path: str | os.PathLike[str], *, use_ema: bool = False, drop_token_type_rows: bool = False
+) -> Converted:
   """Loads encoder + heads from any supported source, dispatching on what `path` holds.
 
   - a directory whose config.json has `"format": "data2vec-jax"`: this library's format;
@@ -119,25 +145,32 @@ def load_checkpoint(path: str | os.PathLike[str], *, use_ema: bool = False,
   path = os.fspath(path)
   if os.path.isfile(path):
     from data2vec_jax.weights.fairseq import load_fairseq  # pylint: disable=import-outside-toplevel
+
     return load_fairseq(path, use_ema=use_ema)
   if not os.path.isdir(path):
     raise CheckpointError(f"{path}: no such file or directory")
   if use_ema:
-    raise CheckpointError(f"{path}: use_ema applies to fairseq checkpoints only (a directory "
-                          "holds a single set of weights)")
+    raise CheckpointError(
+      f"{path}: use_ema applies to fairseq checkpoints only (a directory "
+      "holds a single set of weights)"
+    )
   # pylint: disable-next=import-outside-toplevel
   from data2vec_jax.weights.hf import load_hf_dir, read_hf_config
+
   document = read_hf_config(path)
   if document.get("format") == FORMAT:
     return _load_own_dir(path, document)
   if "model_type" in document:
     return load_hf_dir(path, drop_token_type_rows=drop_token_type_rows)
-  raise CheckpointError(f"{path}/{CONFIG_FILE}: neither a data2vec-jax config (no "
-                        f"'format': '{FORMAT}') nor a Hugging Face config (no 'model_type')")
+  raise CheckpointError(
+    f"{path}/{CONFIG_FILE}: neither a data2vec-jax config (no "
+    f"'format': '{FORMAT}') nor a Hugging Face config (no 'model_type')"
+  )
 
 
-def load_pretrained(path: str | os.PathLike[str], *,
-                    use_ema: bool = False) -> tuple[EncoderConfig, Any]:
+def load_pretrained(
+  path: str | os.PathLike[str], *, use_ema: bool = False
+) -> tuple[EncoderConfig, Any]:
   """(config, encoder params as numpy) from a data2vec-jax dir, an HF dir or a fairseq `.pt`.
 
   Heads are not returned; use `load_checkpoint` for them and for the conversion report.
@@ -167,13 +200,16 @@ def _encode(config: EncoderConfig, params: Any, input_ids: jax.Array) -> Feature
   with jax.default_matmul_precision("highest"):  # parity over speed (TPU/GPU default is bf16/tf32)
     out = Encoder(config).apply({"params": params}, input_ids, deterministic=True)
   f32 = lambda x: x.astype(jnp.float32)
-  return Features(last_hidden_state=f32(out.last_hidden_state),
-                  hidden_states=tuple(f32(h) for h in out.hidden_states),
-                  ffn_outputs=tuple(f32(out.ffn_outputs[i]) for i in range(config.num_layers)))
+  return Features(
+    last_hidden_state=f32(out.last_hidden_state),
+    hidden_states=tuple(f32(h) for h in out.hidden_states),
+    ffn_outputs=tuple(f32(out.ffn_outputs[i]) for i in range(config.num_layers)),
+  )
 
 
-def encode(config: EncoderConfig, params: Any, input_ids: Any,
-           attention_mask: Any = None) -> Features:
+def encode(
+  config: EncoderConfig, params: Any, input_ids: Any, attention_mask: Any = None
+) -> Features:
   """Runs the encoder deterministically (no dropout) and returns float32 `Features`.
 
   Args:
@@ -192,8 +228,9 @@ def encode(config: EncoderConfig, params: Any, input_ids: Any,
   """
   ids = np.asarray(input_ids)
   if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-    raise ValueError(f"input_ids must be an integer [batch, length] array, got {ids.dtype} "
-                     f"{ids.shape}")
+    raise ValueError(
+      f"input_ids must be an integer [batch, length] array, got {ids.dtype} {ids.shape}"
+    )
   if attention_mask is not None:
     mask = np.asarray(attention_mask)
     if mask.shape != ids.shape:
@@ -202,9 +239,13 @@ def encode(config: EncoderConfig, params: Any, input_ids: Any,
   bad = (ids < 0) | (ids >= config.vocab_size)
   if bad.any():
     where = np.argwhere(bad)[0]
-    raise ValueError(f"token id {int(ids[tuple(where)])} at position {tuple(int(i) for i in where)}"
-                     f" is outside [0, vocab_size={config.vocab_size})")
+    raise ValueError(
+      f"token id {int(ids[tuple(where)])} at position {tuple(int(i) for i in where)}"
+      f" is outside [0, vocab_size={config.vocab_size})"
+    )
   if ids.shape[1] > config.max_sequence_length:
-    raise ValueError(f"sequence length {ids.shape[1]} exceeds {config.max_sequence_length} "
-                     f"(max_positions={config.max_positions})")
+    raise ValueError(
+      f"sequence length {ids.shape[1]} exceeds {config.max_sequence_length} "
+      f"(max_positions={config.max_positions})"
+    )
   return _encode(config, params, jnp.asarray(ids, jnp.int32))

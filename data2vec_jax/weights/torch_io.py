@@ -83,14 +83,16 @@ def _inert_class(module: str, name: str) -> type:
 def _allowed_globals() -> dict[str, Any]:
   """torch's weights-only allow-list ('module.name' -> object) plus argparse.Namespace."""
   import torch  # pylint: disable=import-outside-toplevel
+
   allowed: dict[str, Any] = {}
   try:
     # pylint: disable-next=protected-access
     allowed.update(torch._weights_only_unpickler._get_allowed_globals())
   except AttributeError as e:  # a future torch renamed it: fail loudly rather than allow more
     raise CheckpointError(
-        "this torch version does not expose its weights-only allow-list; "
-        "the restricted unpickler cannot be built") from e
+      "this torch version does not expose its weights-only allow-list; "
+      "the restricted unpickler cannot be built"
+    ) from e
   allowed["argparse.Namespace"] = argparse.Namespace
   # Plain builtin types: omegaconf metadata refers to them (e.g. object_type=dict); calling
   # them builds plain data only.
@@ -160,8 +162,11 @@ def plain_data(obj: Any) -> Any:
   if isinstance(obj, Mapping):
     return {k: plain_data(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
-    return type(obj)(plain_data(v) for v in obj) if isinstance(obj, list) else tuple(
-        plain_data(v) for v in obj)
+    return (
+      type(obj)(plain_data(v) for v in obj)
+      if isinstance(obj, list)
+      else tuple(plain_data(v) for v in obj)
+    )
   return obj
 
 
@@ -169,8 +174,11 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 # Lines of torch.load's errors that are boilerplate, not the reason: "Weights only load failed",
 # "Please file an issue ...", "Check the documentation ...", and the advice to re-run with
 # weights_only=False (for an untrusted file that is advice to run its code, so never relayed).
-_TORCH_BOILERPLATE = re.compile(r"weights.only|please file an issue|check the documentation|"
-                                r"trusted source", re.IGNORECASE)
+_TORCH_BOILERPLATE = re.compile(
+  r"weights.only|please file an issue|check the documentation|"
+  r"trusted source",
+  re.IGNORECASE,
+)
 # The first thing a legacy (pre-zip, torch < 1.6) `torch.save` file holds: a pickled int.
 _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 
@@ -187,6 +195,7 @@ def _refused_global(message: str) -> str | None:
 def _torch_reason(error: BaseException) -> str:
   """`type: reason` of a torch.load error, without torch's boilerplate and weights_only advice."""
   import torch  # pylint: disable=import-outside-toplevel
+
   text = str(error).replace(getattr(torch.serialization, "UNSAFE_MESSAGE", "\0"), "")
   for line in text.splitlines():
     if line.strip() and not _TORCH_BOILERPLATE.search(line):
@@ -243,8 +252,9 @@ def _not_a_checkpoint(path: str) -> str | None:
 
 def _unreadable(path: str, error: BaseException) -> CheckpointError:
   """The error for a file that looks like a checkpoint but cannot be read (cut, damaged)."""
-  return CheckpointError(f"{path}: cannot read as a PyTorch checkpoint (truncated or corrupt?): "
-                         f"{_torch_reason(error)}")
+  return CheckpointError(
+    f"{path}: cannot read as a PyTorch checkpoint (truncated or corrupt?): {_torch_reason(error)}"
+  )
 
 
 def load_torch_pickle(path: str | os.PathLike[str]) -> Any:
@@ -258,6 +268,7 @@ def load_torch_pickle(path: str | os.PathLike[str]) -> Any:
       refused global (named).
   """
   import torch  # pylint: disable=import-outside-toplevel
+
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: no such file")
@@ -272,14 +283,17 @@ def load_torch_pickle(path: str | os.PathLike[str]) -> Any:
     if refused is None:
       raise _unreadable(path, e) from None
     if refused.split(".")[0] not in _INERT_MODULE_PREFIXES:
-      raise CheckpointError(f"{path}: refused to unpickle: the file needs global {refused}, "
-                            "which is not on the allow-list") from None
+      raise CheckpointError(
+        f"{path}: refused to unpickle: the file needs global {refused}, "
+        "which is not on the allow-list"
+      ) from None
   except Exception as e:  # zip/storage errors on truncated or corrupt files
     raise _unreadable(path, e) from None
   # Stage 2: the file holds omegaconf/fairseq objects; read it with inert stand-ins.
   try:
-    return torch.load(path, map_location="cpu", weights_only=False,
-                      pickle_module=_RestrictedPickleModule)
+    return torch.load(
+      path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule
+    )
   except pickle.UnpicklingError as e:
     raise CheckpointError(f"{path}: refused to unpickle: {e}") from None
   except Exception as e:
@@ -302,6 +316,7 @@ def to_numpy(tensor: Any, name: str, *, upcast: bool = True) -> np.ndarray:
     array = tensor
   else:
     import torch  # pylint: disable=import-outside-toplevel
+
     if not isinstance(tensor, torch.Tensor):
       raise CheckpointError(f"{name}: expected a tensor, got {type(tensor).__name__}")
     tensor = tensor.detach().cpu()
@@ -314,13 +329,16 @@ def to_numpy(tensor: Any, name: str, *, upcast: bool = True) -> np.ndarray:
   if array.dtype.kind in "fc" or array.dtype.name.startswith(("bfloat", "float")):
     non_finite = array.size - int(np.count_nonzero(np.isfinite(array)))
     if non_finite:
-      raise CheckpointError(f"tensor {name!r} has {non_finite} NaN/Inf values; the checkpoint is "
-                            "corrupt or diverged, load an earlier one")
+      raise CheckpointError(
+        f"tensor {name!r} has {non_finite} NaN/Inf values; the checkpoint is "
+        "corrupt or diverged, load an earlier one"
+      )
   return array
 
 
-def arrays_from(path: str, tensors: Mapping[str, Any], *,
-                upcast: bool = True) -> dict[str, np.ndarray]:
+def arrays_from(
+  path: str, tensors: Mapping[str, Any], *, upcast: bool = True
+) -> dict[str, np.ndarray]:
   """`to_numpy` of every tensor read from `path`; its errors name the file as well."""
   try:
     return {name: to_numpy(tensor, name, upcast=upcast) for name, tensor in tensors.items()}
@@ -328,8 +346,7 @@ def arrays_from(path: str, tensors: Mapping[str, Any], *,
     raise CheckpointError(f"{path}: {e}") from None
 
 
-def load_safetensors(path: str | os.PathLike[str], *,
-                     upcast: bool = True) -> dict[str, np.ndarray]:
+def load_safetensors(path: str | os.PathLike[str], *, upcast: bool = True) -> dict[str, np.ndarray]:
   """All tensors of a `.safetensors` file as numpy (no torch needed).
 
   Args:
@@ -337,6 +354,7 @@ def load_safetensors(path: str | os.PathLike[str], *,
       stored dtype (bfloat16 as `ml_dtypes.bfloat16`).
   """
   from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: no such file")
@@ -345,7 +363,7 @@ def load_safetensors(path: str | os.PathLike[str], *,
       raw = {key: f.get_tensor(key) for key in f.keys()}
   except Exception as e:
     raise CheckpointError(
-        f"{path}: cannot read as safetensors (truncated or corrupt?): {type(e).__name__}: {e}"
+      f"{path}: cannot read as safetensors (truncated or corrupt?): {type(e).__name__}: {e}"
     ) from None
   return arrays_from(path, raw, upcast=upcast)
 
@@ -380,8 +398,11 @@ def load_hf_state_dict(directory: str | os.PathLike[str]) -> tuple[dict[str, np.
     state: dict[str, np.ndarray] = {}
     for shard in sorted(set(weight_map.values())):
       shard_path = os.path.join(directory, shard)
-      state.update(load_safetensors(shard_path) if shard.endswith(".safetensors")
-                   else _bin_state_dict(shard_path))
+      state.update(
+        load_safetensors(shard_path)
+        if shard.endswith(".safetensors")
+        else _bin_state_dict(shard_path)
+      )
     missing = sorted(set(weight_map) - set(state))
     if missing:
       raise CheckpointError(f"{index}: shards lack tensors the index lists: {missing}")
@@ -389,8 +410,9 @@ def load_hf_state_dict(directory: str | os.PathLike[str]) -> tuple[dict[str, np.
   if os.path.isfile(single_bin):
     return _bin_state_dict(single_bin), single_bin
   raise CheckpointError(
-      f"{directory}: no weights found (looked for model.safetensors, "
-      f"model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json)")
+    f"{directory}: no weights found (looked for model.safetensors, "
+    f"model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json)"
+  )
 
 
 def _bin_state_dict(path: str) -> dict[str, np.ndarray]:

@@ -14,15 +14,15 @@ from data2vec_jax.model.config import EncoderConfig
 
 # Dense bf16 peak per chip/GPU, FLOP/s. Keys are substrings of `jax.Device.device_kind`.
 PEAK_BF16_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6": 918e12,
+  "H200": 989e12,
+  "H100": 989e12,
+  "A100": 312e12,
+  "TPU v4": 275e12,
+  "TPU v5 lite": 197e12,
+  "TPU v5e": 197e12,
+  "TPU v5p": 459e12,
+  "TPU v5": 459e12,
+  "TPU v6": 918e12,
 }
 
 
@@ -52,10 +52,16 @@ def last_block_query_flops_per_token(cfg: EncoderConfig, seq_len: int) -> float:
   return 2.0 * (2 * d * d + 2 * d * f) + 4.0 * seq_len * d
 
 
-def train_flops_per_token(cfg: EncoderConfig, seq_len: int, *, kind: str = "data2vec",
-                          head_layers: int = 2, masked_fraction: float = 0.307,
-                          pruned_last_block: bool = False,
-                          pruned_teacher_last_block: bool = False) -> float:
+def train_flops_per_token(
+  cfg: EncoderConfig,
+  seq_len: int,
+  *,
+  kind: str = "data2vec",
+  head_layers: int = 2,
+  masked_fraction: float = 0.307,
+  pruned_last_block: bool = False,
+  pruned_teacher_last_block: bool = False,
+) -> float:
   """Model FLOPs of one update per real token (no rematerialisation counted).
 
   pruned_last_block / pruned_teacher_last_block: the student's / the teacher's last block runs

@@ -1,0 +1,58 @@
+"""Imports run one way: speed <- model <- objective <- train, and nothing but train.py imports the
+training loop (`weights.export` reads checkpoints through train.recipe / train.checkpoint).
+
+Read from the source with `ast` (no import side effects), so a new upward import fails here
+with the file and the line."""
+
+from __future__ import annotations
+
+import ast
+import glob
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(REPO, "data2vec_jax")
+# Subpackage -> the data2vec_jax subpackages it must not import.
+FORBIDDEN = {
+  "speed": {"model", "objective", "train", "weights", "data"},
+  "model": {"objective", "train", "weights", "data"},
+  "objective": {"train", "weights", "data"},
+  "data": {"model", "train", "weights"},
+  "weights": set(),
+  "train": set(),
+}
+
+
+def imported_modules(path: str) -> list[tuple[int, str]]:
+  """(line, 'data2vec_jax.x.y') for every import of the package in a file."""
+  out = []
+  for node in ast.walk(ast.parse(open(path).read(), path)):
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+      out += [(node.lineno, n) for n in names if n.startswith("data2vec_jax")]
+    elif isinstance(node, ast.Import):
+      out += [(node.lineno, a.name) for a in node.names if a.name.startswith("data2vec_jax")]
+  return out
+
+
+@pytest.mark.parametrize("subpackage", sorted(FORBIDDEN))
+def test_no_upward_imports(subpackage):
+  problems = []
+  for path in sorted(glob.glob(os.path.join(PACKAGE, subpackage, "*.py"))):
+    for line, module in imported_modules(path):
+      parts = module.split(".")
+      if len(parts) > 1 and parts[1] in FORBIDDEN[subpackage]:
+        problems.append(f"{os.path.relpath(path, REPO)}:{line} imports {module}")
+  assert not problems, "\n".join(problems)
+
+
+def test_only_the_launcher_imports_the_training_loop():
+  users = []
+  for path in glob.glob(os.path.join(REPO, "**", "*.py"), recursive=True):
+    if os.sep + ".venv" in path or path.endswith(os.path.join("train", "loop.py")):
+      continue
+    if any(m.startswith("data2vec_jax.train.loop") for _, m in imported_modules(path)):
+      users.append(os.path.relpath(path, REPO))
+  assert sorted(users) == ["train.py"], users
