@@ -21,6 +21,8 @@ import platform
 import sys
 from typing import Mapping, MutableMapping
 
+from data2vec_jax.speed.environ import with_settings
+
 # arena_max=1: every thread allocates from the main (sbrk) arena, the one where mmap_max=0 and
 # trim_threshold apply to large requests too (secondary arenas mmap anything over 64 MB).
 TUNABLES = (
@@ -41,13 +43,7 @@ def tuned_environ(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
   Settings the caller already has in GLIBC_TUNABLES win over ours.
   """
-  env = dict(os.environ if environ is None else environ)
-  existing = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-  have = {t.split("=", 1)[0] for t in existing}
-  env["GLIBC_TUNABLES"] = ":".join(
-    existing + [t for t in TUNABLES if t.split("=", 1)[0] not in have]
-  )
-  return env
+  return with_settings("GLIBC_TUNABLES", TUNABLES, separator=":", environ=environ)
 
 
 def is_tuned(environ: Mapping[str, str] | None = None) -> bool:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, MutableMapping, Sequence
 
+from data2vec_jax.speed.environ import with_settings
+
 # - latency hiding scheduler: lets XLA overlap the data-parallel / FSDP collectives (gradient
 #   reduce-scatter, parameter all-gather) with compute; NVIDIA's JAX containers set it by default.
 #   A no-op on one GPU, so single-GPU benchmarks run in the same setting as multi-GPU training.
@@ -32,20 +34,12 @@ GPU_FLAGS: tuple[str, ...] = (
 OPT_OUT_VARIABLE = "D2V_XLA_FLAGS"
 
 
-def _flag_name(flag: str) -> str:
-  return flag.split("=", 1)[0]
-
-
 def with_flags(flags: Sequence[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
   """A copy of `environ` (default os.environ) with `flags` appended to its XLA_FLAGS.
 
   A flag whose name the environment's XLA_FLAGS already sets is left out: the user's value wins.
   """
-  env = dict(os.environ if environ is None else environ)
-  existing = env.get("XLA_FLAGS", "").split()
-  have = {_flag_name(f) for f in existing}
-  env["XLA_FLAGS"] = " ".join(existing + [f for f in flags if _flag_name(f) not in have])
-  return env
+  return with_settings("XLA_FLAGS", flags, separator=" ", environ=environ)
 
 
 def with_gpu_flags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
