@@ -29,12 +29,14 @@ def reference_model(
   std: float = 0.05,
   attn_implementation: str = "eager",
   architecture: str = "Data2VecTextModel",
+  **hf_overrides: Any,
 ) -> Any:
   """A `transformers` model of `config`'s shape with random, non-trivial weights, in eval mode.
 
   Every parameter (weights, biases, LayerNorm scales and offsets, embeddings) is redrawn from
   N(0, std) — LayerNorm scales from N(1, std) — so a transposed or swapped tensor would show.
-  The token-type row is zero, as in the released model. No download happens.
+  The token-type row is zero, as in the released model. No download happens. `hf_overrides`
+  set further `Data2VecTextConfig` fields (e.g. num_labels for a classifier).
   """
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
@@ -42,7 +44,9 @@ def reference_model(
   hf = hf_config_from(config, architecture)
   hf.pop("architectures"), hf.pop("model_type"), hf.pop("dtype")
   hf_config = transformers.Data2VecTextConfig(
-    **hf, architectures=[architecture], attn_implementation=attn_implementation
+    **{**hf, **hf_overrides},
+    architectures=[architecture],
+    attn_implementation=attn_implementation,
   )
   torch.manual_seed(seed)
   model = getattr(transformers, architecture)(hf_config)
