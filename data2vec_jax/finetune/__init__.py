@@ -1,1 +1,2 @@
-"""Fine-tuning and GLUE evaluation (issue #15, in progress): so far the GLUE metrics."""
+"""Fine-tuning and GLUE evaluation (issue #15, in progress): GLUE metrics, the GLUE TSV reader,
+and the sentence classifier with its loss."""
