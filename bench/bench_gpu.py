@@ -101,9 +101,7 @@ def worker(args) -> dict:
   from data2vec_jax.model import encoder as model_lib
   from data2vec_jax.model import flops
   from data2vec_jax.objective.ema import EMAConfig
-  from data2vec_jax.objective.execution import ExecutionPlan
   from data2vec_jax.objective.loss import ObjectiveConfig
-  from data2vec_jax.objective.masking import MaskingConfig, max_selected_per_row
   from data2vec_jax.train import sharding as sharding_lib
   from data2vec_jax.train import state as train_state_lib
   from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
@@ -118,15 +116,9 @@ def worker(args) -> dict:
     ema=EMAConfig(),
     optimizer=OptimizerConfig(lr=2e-4, schedule="constant", warmup_steps=0),
   )
-  # The head on the gathered loss positions, as the trainer's 'auto' sizes it; with 'error' (the
-  # trainer's 'auto' for an exact masker bound) no fallback branch is compiled and the batches
-  # are checked on the host below.
-  plan = ExecutionPlan.for_objective(
+  plan = common.trainer_plan(
     recipe.objective,
     args.seq,
-    head_positions_per_row=max_selected_per_row(
-      MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq
-    ),
     prune_last_block=not args.no_prune_last_block,
     head_overflow=args.head_overflow,
   )

@@ -81,9 +81,8 @@ def jax_worker(args, overrides: dict) -> dict:
 
   from data2vec_jax.model.config import EncoderConfig
   from data2vec_jax.objective.ema import EMAConfig
-  from data2vec_jax.objective.execution import ExecutionPlan, real_tokens
+  from data2vec_jax.objective.execution import real_tokens
   from data2vec_jax.objective.loss import ObjectiveConfig
-  from data2vec_jax.objective.masking import MaskingConfig, max_selected_per_row
   from data2vec_jax.train import sharding as sharding_lib
   from data2vec_jax.train import state as train_state_lib
   from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
@@ -109,19 +108,12 @@ def jax_worker(args, overrides: dict) -> dict:
       warmup_steps=0,
     ),
   )
-  # The head on the gathered loss positions, as the trainer's 'auto' sizes it (the PyTorch step
-  # indexes x[masked] likewise); with 'error' (the trainer's 'auto' for an exact masker bound)
-  # no fallback branch is compiled and the batches are checked on the host below.
-  plan = ExecutionPlan.for_objective(
+  plan = common.trainer_plan(
     recipe.objective,
     args.seq,
-    head_positions_per_row=max_selected_per_row(
-      MaskingConfig(mask_prob=common.MASK_PROB, mask_multiple_length=1), args.seq
-    ),
     prune_last_block=not args.no_prune_last_block,
     head_overflow=args.head_overflow,
-    pack_tokens=args.pack_buckets > 0,
-    pack_buckets=max(args.pack_buckets, 1),
+    pack_buckets=args.pack_buckets,
   )
   tx = make_optimizer(recipe.optimizer)
   mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])

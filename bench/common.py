@@ -344,6 +344,33 @@ def parse_protocol_args(parser: Any, argv: Sequence[str] | None) -> Any:
   return args
 
 
+def trainer_plan(
+  objective: Any,
+  seq: int,
+  *,
+  prune_last_block: bool,
+  head_overflow: str,
+  pack_buckets: int = 0,
+) -> Any:
+  """The execution plan the trainer's 'auto' makes for this benchmark's masking: the head on
+  each row's gathered loss positions, K = the masker's per-row bound (the PyTorch step indexes
+  x[masked] likewise); with 'error' no fallback branch is compiled, so the caller checks every
+  host batch (`ExecutionPlan.check_host_batch`). pack_buckets 0 runs padded."""
+  from data2vec_jax.objective.execution import ExecutionPlan
+  from data2vec_jax.objective.masking import MaskingConfig, max_selected_per_row
+
+  k = max_selected_per_row(MaskingConfig(mask_prob=MASK_PROB, mask_multiple_length=1), seq)
+  return ExecutionPlan.for_objective(
+    objective,
+    seq,
+    head_positions_per_row=k,
+    prune_last_block=prune_last_block,
+    head_overflow=head_overflow,
+    pack_tokens=pack_buckets > 0,
+    pack_buckets=max(pack_buckets, 1),
+  )
+
+
 def jax_train_setup(
   recipe: Any, plan: Any, tx: Any, mesh: Any, host_batches: Sequence[dict]
 ) -> tuple:

@@ -359,7 +359,8 @@ class PrefetchIterator:
 # Building a BlockDataset from a config section
 # ----------------------------------------------------------------------------------------------
 
-_DATA_KEYS = {
+# The keys of the `data` section that choose and read the source (the rest are batching keys).
+SOURCE_KEYS = {
   "source",
   "path",
   "tfds_name",
@@ -408,9 +409,9 @@ def build_block_dataset(
   from data2vec_jax.data.tokenizer import load_tokenizer
 
   if strict_keys and isinstance(data_cfg, Mapping):
-    unknown = sorted(set(data_cfg) - _DATA_KEYS)
+    unknown = sorted(set(data_cfg) - SOURCE_KEYS)
     if unknown:
-      raise ValueError(f"unknown data config keys {unknown}; known: {sorted(_DATA_KEYS)}")
+      raise ValueError(f"unknown data config keys {unknown}; known: {sorted(SOURCE_KEYS)}")
   kind = _cfg_get(data_cfg, "source")
   get = lambda k, d=None: _cfg_get(data_cfg, k, d)  # noqa: E731
 

@@ -19,7 +19,7 @@ import ml_collections
 
 from data2vec_jax.data.dictionary import VocabInfo
 from data2vec_jax.data.pipeline import (
-  _DATA_KEYS,
+  SOURCE_KEYS,
   PipelineConfig,
   build_block_dataset,
   make_iterator,
@@ -34,7 +34,7 @@ SOURCES = ("fairseq_bin", "text", "tfds", "python_docs")
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Validates the `data` and `masking` sections without reading any data (ValueError)."""
   data_cfg = dict(config.data)
-  unknown = sorted(set(data_cfg) - _DATA_KEYS - _PIPELINE_KEYS - _LOCAL_KEYS)
+  unknown = sorted(set(data_cfg) - SOURCE_KEYS - _PIPELINE_KEYS - _LOCAL_KEYS)
   if unknown:
     raise ValueError(f"unknown data config keys {unknown}")
   source = data_cfg.get("source")

@@ -177,7 +177,7 @@ class Checkpointer:
 
   def should_save(self, step: int) -> bool:
     """True when `save(step, ...)` would write (interval reached, or a preemption sync point)."""
-    return step not in self._manager.all_steps() and self._manager.should_save(step)
+    return self._manager.should_save(step)  # False for a step already saved
 
   def reached_preemption(self, step: int) -> bool:
     """True on every host once any host has received a preemption notice (multi-host safe)."""

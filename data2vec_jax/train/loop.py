@@ -124,7 +124,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     try:
       with sharding_lib.activate(mesh):
-        state = _restore_or_create(checkpointer, abstract_state, data, recipe, tx, mesh, train_cfg)
+        state = _restore_or_create(
+          checkpointer, abstract_state, shardings, data, recipe, tx, mesh, train_cfg
+        )
         if is_chief:  # only now: a failed resume must not overwrite the run's own files
           _write_run_files(workdir, config, recipe, plan)
         step_fn = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
@@ -166,6 +168,7 @@ def _write_run_files(
 def _restore_or_create(
   checkpointer: checkpoint_lib.Checkpointer,
   abstract_state: Any,
+  shardings: train_state_lib.TrainState,
   data: training_input.TrainingData,
   recipe: train_state_lib.Recipe,
   tx,
@@ -196,7 +199,7 @@ def _restore_or_create(
   restored = checkpointer.restore_newest_intact(abstract_state, validate=position_pipeline)
   if restored is None:
     return train_state_lib.create_train_state(
-      recipe, tx, jax.random.PRNGKey(train_cfg.seed), mesh, data.seq_len
+      recipe, tx, jax.random.PRNGKey(train_cfg.seed), mesh, data.seq_len, shardings
     )
   step, state, _ = restored
   logging.info("resumed from %s at step %d", checkpointer.directory, step)

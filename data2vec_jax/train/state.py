@@ -111,10 +111,17 @@ def state_shardings(
 
 
 def create_train_state(
-  recipe: Recipe, tx: optax.GradientTransformation, rng: jax.Array, mesh: Mesh, seq_len: int = 8
+  recipe: Recipe,
+  tx: optax.GradientTransformation,
+  rng: jax.Array,
+  mesh: Mesh,
+  seq_len: int = 8,
+  shardings: TrainState | None = None,
 ) -> TrainState:
-  """Randomly initialised state, each leaf created directly with its sharding."""
-  _, shardings = state_shardings(recipe, tx, mesh, seq_len)
+  """Randomly initialised state, each leaf created directly with its sharding (`shardings`, from
+  `state_shardings`, when the caller has them already)."""
+  if shardings is None:
+    _, shardings = state_shardings(recipe, tx, mesh, seq_len)
   init = jax.jit(
     lambda r: nn.meta.unbox(_init_state_boxed(recipe, tx, r, seq_len)), out_shardings=shardings
   )

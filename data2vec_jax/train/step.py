@@ -183,5 +183,5 @@ def new_state_and_step(
   same shardings instead. Call inside `with sharding.activate(mesh):`.
   """
   _, shardings = state_lib.state_shardings(recipe, tx, mesh, plan.seq_len)
-  state = state_lib.create_train_state(recipe, tx, rng, mesh, plan.seq_len)
+  state = state_lib.create_train_state(recipe, tx, rng, mesh, plan.seq_len, shardings)
   return state, make_train_step(recipe, plan, tx, mesh, shardings)
