@@ -89,6 +89,39 @@ def test_constant_schedule():
   assert float(s(0)) == pytest.approx(2e-4)
 
 
+class FairseqPolynomialDecay:
+  """fairseq's PolynomialDecayLRSchedule (power 1, end lr 0) as a state machine, driven as the
+  trainer drives it: built (lr/W), `step_update(0)` at once (trainer._build_optimizer), then
+  `step_update(num_updates)` after each update."""
+
+  def __init__(self, lr, warmup, total):
+    self.lr, self.warmup, self.total = lr, warmup, total
+    self.current = lr / warmup if warmup > 0 else lr
+    self.step_update(0)
+
+  def step_update(self, n):
+    if self.warmup > 0 and n <= self.warmup:
+      self.current = self.lr * n / self.warmup
+    elif n >= self.total:
+      self.current = 0.0
+    else:
+      self.current = self.lr * (1 - (n - self.warmup) / (self.total - self.warmup))
+
+
+@pytest.mark.parametrize("warmup", [0, 7])
+def test_polynomial_decay_schedule_matches_fairseq_update_by_update(warmup):
+  # RTE's recipe shape: decay towards max_steps; the update after update n runs with the lr
+  # fairseq set in step_update(n) (the first with the build-time lr).
+  lr, total = 2e-5, 40
+  ours = learning_rate_schedule(
+    OptimizerConfig(schedule="polynomial_decay", lr=lr, warmup_steps=warmup, max_steps=total)
+  )
+  fairseq = FairseqPolynomialDecay(lr, warmup, total)
+  for count in range(total + 5):
+    assert float(ours(count)) == pytest.approx(fairseq.current, rel=1e-6, abs=1e-12), count
+    fairseq.step_update(count + 1)
+
+
 def _params(seed=0):
   r = np.random.default_rng(seed)
   return {

@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from data2vec_jax.finetune.examples import LabeledSplit
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskLayout:
@@ -54,26 +56,10 @@ TASKS: dict[str, TaskLayout] = {
 }
 
 
-@dataclasses.dataclass
-class GlueSplit:
-  """One split of a task.
-
-  texts: one tuple of strings per text column ([N] each: sentence A, and B for pair tasks).
-  labels: int64 [N] label ids, or float32 [N] scores for STS-B.
-  skipped: malformed rows skipped (QQP only; see the module docstring).
-  """
-
-  task: str
-  split: str
-  texts: tuple[tuple[str, ...], ...]
-  labels: np.ndarray
-  skipped: int = 0
-
-  def __len__(self) -> int:
-    return len(self.labels)
+GlueSplit = LabeledSplit  # the name this module used first
 
 
-def read_glue_split(task: str, directory: str, split: str) -> GlueSplit:
+def read_glue_split(task: str, directory: str, split: str) -> LabeledSplit:
   """Reads `<directory>/<file of split>` for `task` (a GLUE task directory, e.g. glue_data/RTE)."""
   if task not in TASKS:
     raise ValueError(f"unknown GLUE task {task!r}; known: {sorted(TASKS)}")
@@ -108,7 +94,14 @@ def read_glue_split(task: str, directory: str, split: str) -> GlueSplit:
         values.append(fields[column])
       labels.append(_label(fields[layout.label_column], layout, path, number, task))
   dtype = np.float32 if layout.labels is None else np.int64
-  return GlueSplit(task, split, tuple(tuple(v) for v in texts), np.asarray(labels, dtype), skipped)
+  return LabeledSplit(
+    task,
+    split,
+    tuple(tuple(v) for v in texts),
+    np.asarray(labels, dtype),
+    skipped,
+    label_names=_label_names(task, layout),
+  )
 
 
 def _label(value: str, layout: TaskLayout, path: str, number: int, task: str) -> float | int:
@@ -123,3 +116,20 @@ def _label(value: str, layout: TaskLayout, path: str, number: int, task: str) ->
       f"{path}:{number}: unknown {task} label {value!r}; expected one of {list(layout.labels)}"
     )
   return layout.labels.index(value)
+
+
+# TFDS / HF ClassLabel names of each task's label ids (docs/reference/finetuning_reference.md §4.3).
+LABEL_NAMES: dict[str, tuple[str, ...]] = {
+  "cola": ("unacceptable", "acceptable"),
+  "sst2": ("negative", "positive"),
+  "mrpc": ("not_equivalent", "equivalent"),
+  "qqp": ("not_duplicate", "duplicate"),
+  "mnli": ("entailment", "neutral", "contradiction"),
+  "qnli": ("entailment", "not_entailment"),
+  "rte": ("entailment", "not_entailment"),
+  "wnli": ("not_entailment", "entailment"),
+}
+
+
+def _label_names(task: str, layout: TaskLayout) -> tuple[str, ...] | None:
+  return None if layout.labels is None else LABEL_NAMES[task]

@@ -16,6 +16,12 @@ at the same count:
   ("15% linear decay"), interpolating linearly to the same end value. AMBIGUOUS in the sources.
   The first update runs with `init_lr_scale * lr` (fairseq default 0.01; 0 gives lr 0 there).
 - 'constant': linear warmup from 0 over `warmup_steps`, then `lr`.
+- 'polynomial_decay' (fairseq `PolynomialDecayLRSchedule`, power 1, end lr 0: the GLUE
+  fine-tuning recipe, docs/reference/finetuning_reference.md §1.3): `lr * n / W` for n <= W, then
+  `lr * (1 - (n - W) / (max_steps - W))`, and 0 from `max_steps` on. The scheduler's constructor
+  sets lr/W, but the trainer calls `step_update(0)` right after building it (fairseq
+  `trainer.py` `_build_optimizer`), so the first update runs with lr 0, not lr/W as the
+  reference's §1.3 says; read in fairseq HEAD 3d262bb2.
 
 AdamW: optax's `adamw` (decoupled weight decay `p -= lr * wd * p`, as fairseq's Adam and
 `torch.optim.AdamW`). One documented difference from fairseq's own Adam (docs/reference/data2vec_text_reference.md §4): fairseq
@@ -49,7 +55,7 @@ import optax
 
 from data2vec_jax import strict_config
 
-SCHEDULES = ("cosine", "tri_stage", "constant")
+SCHEDULES = ("cosine", "tri_stage", "constant", "polynomial_decay")
 TRI_STAGE_DECAYS = ("linear", "exponential")
 _NO_DECAY_NAMES = ("bias", "scale")  # Dense/LayerNorm biases and LayerNorm scales
 
@@ -64,7 +70,7 @@ class OptimizerConfig(strict_config.StrictConfig):
     weight_decay: decoupled weight decay coefficient.
     decay_bias_and_norm: decay biases and LayerNorm parameters too (fairseq v1 does).
     clip_norm: max global gradient norm; <= 0 disables clipping.
-    schedule: 'cosine' | 'tri_stage' | 'constant' (see module docstring).
+    schedule: 'cosine' | 'tri_stage' | 'constant' | 'polynomial_decay' (module docstring).
     warmup_steps: warmup updates of 'cosine' and 'constant'.
     max_steps: total updates (fairseq max_update); the cosine period ends here.
     min_lr: cosine floor and warmup start.
@@ -104,8 +110,8 @@ class OptimizerConfig(strict_config.StrictConfig):
       )
     if self.warmup_steps < 0 or self.max_steps <= 0:
       raise ValueError("warmup_steps must be >= 0 and max_steps > 0")
-    if self.schedule == "cosine" and self.warmup_steps >= self.max_steps:
-      raise ValueError("cosine needs warmup_steps < max_steps")
+    if self.schedule in ("cosine", "polynomial_decay") and self.warmup_steps >= self.max_steps:
+      raise ValueError(f"{self.schedule} needs warmup_steps < max_steps")
     if self.schedule == "tri_stage" and not 0.0 < self.final_lr_scale <= 1.0:
       raise ValueError("final_lr_scale must be in (0, 1] (fairseq takes its log)")
 
@@ -140,6 +146,18 @@ def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:
       if warmup == 0:
         return jnp.full_like(count, peak)
       return jnp.where(count < warmup, _warmup(count, 0.0, peak, warmup), peak)
+
+    return schedule
+
+  if config.schedule == "polynomial_decay":
+    total = config.max_steps
+
+    def schedule(count):
+      count = jnp.asarray(count, jnp.float32)
+      decay = peak * jnp.clip(1.0 - (count - warmup) / (total - warmup), 0.0, 1.0)
+      if warmup == 0:
+        return decay
+      return jnp.where(count <= warmup, _warmup(count, 0.0, peak, warmup), decay)
 
     return schedule
 
