@@ -24,12 +24,11 @@ if __name__ == "__main__":
 
 import logging  # noqa: E402
 import os  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import traceback  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from data2vec_jax import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
@@ -52,37 +51,8 @@ MOVED_FIELDS = {
 }
 
 
-def fail(message: str, code: int = 1) -> None:
-  """Ends the run with `message` as the last line of its output (no traceback after it)."""
-  sys.stdout.flush()
-  print(f"train.py: error: {message}", file=sys.stderr, flush=True)
-  sys.exit(code)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with a bad `--config...` override reported in one line, not a traceback."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    fail(f"{e} (python train.py --helpfull lists the flags)", 2)
-  except (AttributeError, KeyError) as e:  # an override of a field the config does not have
-    # ml_collections' message quotes the missing key (escaped several times over): find the
-    # override it belongs to.
-    paths = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    words = re.findall(r"\w+", str(e))
-    field = next((p for w in words for p in paths if w in p.split(".")), str(e))
-    if field in MOVED_FIELDS:
-      fail(f"config field {field!r} moved: use --config.{MOVED_FIELDS[field]}", 2)
-    suggestion = re.search(r'Did you mean "(\w+)"', str(e))
-    fail(
-      f"unknown config field {field!r}"
-      + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
-      + "; print the config's fields with: python -c \"from configs import pretrain; "
-      "print(pretrain.get_config())\"",
-      2,
-    )
-  except (TypeError, ValueError) as e:  # e.g. a string where the field holds a number
-    fail(f"bad --config override: {e}", 2)
+  return cli.parse_flags("train.py", argv, config_module="pretrain", moved=MOVED_FIELDS)
 
 
 def main(argv):
@@ -100,17 +70,12 @@ def main(argv):
   from data2vec_jax.train.loop import InputDataError, train_and_evaluate
   from data2vec_jax.train.recipe import ConfigError
 
-  try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (ConfigError, InputDataError, TrainingCheckpointError, TrainingError) as e:
-    if os.environ.get("D2V_TRACEBACK"):
-      traceback.print_exc()
-    fail(str(e))  # the messages say what went wrong and what to do; a traceback adds nothing
-  except KeyboardInterrupt:
-    fail("interrupted (Ctrl-C); re-run the same command to resume from the newest checkpoint", 130)
-  except Exception as e:  # noqa: BLE001 - unexpected: the traceback, then the one-line summary
-    traceback.print_exc()
-    fail(f"{type(e).__name__}: {e}".splitlines()[0])
+  cli.run_reporting_errors(
+    "train.py",
+    lambda: train_and_evaluate(FLAGS.config, FLAGS.workdir),
+    (ConfigError, InputDataError, TrainingCheckpointError, TrainingError),
+    "re-run the same command to resume from the newest checkpoint",
+  )
 
 
 if __name__ == "__main__":

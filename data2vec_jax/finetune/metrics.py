@@ -118,6 +118,25 @@ _METRIC_FUNCTIONS = {
 }
 
 
+# Metric sets a task of your own can be scored with (finetune config `data.metric`).
+METRIC_SETS: dict[str, tuple[str, ...]] = {
+  "accuracy": ("accuracy",),
+  "mcc": ("mcc",),
+  "accuracy_f1": ("accuracy", "f1"),
+  "pearson_spearman": ("pearson", "spearman"),
+}
+
+
+def metrics_of(names: tuple[str, ...], predictions, labels) -> dict[str, float]:
+  """The named metrics (see `_METRIC_FUNCTIONS`) and 'score', their mean, as fractions."""
+  unknown = [n for n in names if n not in _METRIC_FUNCTIONS]
+  if unknown or not names:
+    raise ValueError(f"unknown metrics {unknown or names}; known: {sorted(_METRIC_FUNCTIONS)}")
+  values = {name: _METRIC_FUNCTIONS[name](predictions, labels) for name in names}
+  values["score"] = float(np.mean(list(values.values())))
+  return values
+
+
 def task_metrics(task: str, predictions, labels) -> dict[str, float]:
   """The task's metrics and its paper score ('score': their mean), as fractions.
 
@@ -126,9 +145,7 @@ def task_metrics(task: str, predictions, labels) -> dict[str, float]:
   """
   if task not in TASK_METRICS:
     raise ValueError(f"unknown GLUE task {task!r}; known: {sorted(TASK_METRICS)}")
-  values = {name: _METRIC_FUNCTIONS[name](predictions, labels) for name in TASK_METRICS[task]}
-  values["score"] = float(np.mean(list(values.values())))
-  return values
+  return metrics_of(TASK_METRICS[task], predictions, labels)
 
 
 def glue_average(scores: Mapping[str, float], *, mnli: float | None = None) -> dict[str, float]:

@@ -1,0 +1,73 @@
+"""What the launchers (train.py, finetune.py) share: one-line failures and config-flag parsing.
+
+Every failure of a launcher ends its output with one line `<prog>: error: ...` (exit 1; 2 for bad
+flags; 130 for Ctrl-C). Expected failures print only that line (D2V_TRACEBACK=1 adds the
+traceback); unexpected ones print the traceback, then the line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import traceback
+from typing import Callable, Mapping
+
+from absl import flags
+
+
+def fail(prog: str, message: str, code: int = 1) -> None:
+  """Ends the run with `message` as the last line of its output (no traceback after it)."""
+  sys.stdout.flush()
+  print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def parse_flags(
+  prog: str, argv: list[str], *, config_module: str, moved: Mapping[str, str] | None = None
+) -> list[str]:
+  """absl's parsing, with a bad `--config...` override reported in one line, not a traceback.
+
+  `moved`: config fields that were renamed -> what to use now. `config_module`: the configs/
+  module whose fields the message tells the user how to list.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(prog, f"{e} (python {prog} --helpfull lists the flags)", 2)
+  except (AttributeError, KeyError) as e:  # an override of a field the config does not have
+    # ml_collections' message quotes the missing key (escaped several times over): find the
+    # override it belongs to.
+    paths = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    words = re.findall(r"\w+", str(e))
+    field = next((p for w in words for p in paths if w in p.split(".")), str(e))
+    if moved and field in moved:
+      fail(prog, f"config field {field!r} moved: use --config.{moved[field]}", 2)
+    suggestion = re.search(r'Did you mean "(\w+)"', str(e))
+    fail(
+      prog,
+      f"unknown config field {field!r}"
+      + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
+      + f"; print the config's fields with: python -c \"from configs import {config_module}; "
+      f"print({config_module}.get_config())\"",
+      2,
+    )
+  except (TypeError, ValueError) as e:  # e.g. a string where the field holds a number
+    fail(prog, f"bad --config override: {e}", 2)
+
+
+def run_reporting_errors(
+  prog: str, body: Callable[[], object], expected: tuple[type[BaseException], ...], resume_hint: str
+) -> None:
+  """Runs `body`; expected errors end in one line, anything else in its traceback + one line."""
+  try:
+    body()
+  except expected as e:
+    if os.environ.get("D2V_TRACEBACK"):
+      traceback.print_exc()
+    fail(prog, str(e))  # the messages say what went wrong and what to do
+  except KeyboardInterrupt:
+    fail(prog, f"interrupted (Ctrl-C); {resume_hint}", 130)
+  except Exception as e:  # noqa: BLE001 - unexpected: the traceback, then the one-line summary
+    traceback.print_exc()
+    fail(prog, f"{type(e).__name__}: {e}".splitlines()[0])

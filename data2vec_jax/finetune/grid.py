@@ -1,0 +1,265 @@
+"""Fine-tuning grids (tasks x lrs x seeds) and their summary table: the paper's protocol.
+
+Each run lives in `<workdir>/<task>/lr<lr>_seed<seed>/` and is an ordinary fine-tuning run (its
+own results.json, checkpoints, resume). The summary (`summarize`, written to
+`<workdir>/summary.json` and `summary.md` after every run, and by
+`python -m data2vec_jax.finetune.grid --workdir W`) gives, per task and lr, the mean, median and
+standard deviation of the runs' reported dev scores (each run's best evaluation by default,
+`train.report`), and then the lr choice:
+
+* `global` (default; the paper's §4.3 read literally): one lr for every task, the one with the
+  best average over the tasks of the per-task means;
+* `per_task` (fairseq's `glue_lr.py`): each task's best lr.
+
+With all eight tasks the table ends in the paper's GLUE average (Table 4: MNLI counted once, as
+dev matched; MRPC/QQP (acc+F1)/2; STS-B (P+S)/2; CoLA MCC) and the average without RTE that
+fairseq's tools also print; with the mean over seeds (the paper) and the median (RoBERTa).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from data2vec_jax.finetune import recipes
+from data2vec_jax.finetune.loop import RESULTS_FILE, FinetuneError, finetune_and_evaluate
+from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, glue_average
+
+SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
+LR_CHOICES = ("global", "per_task")
+
+
+def grid_runs(config: ml_collections.ConfigDict) -> list[tuple[str, float | None, int]]:
+  """(task, lr or None for the task's own, seed) of every run the config asks for."""
+  tasks = tuple(config.grid.tasks) or (config.task,)
+  if config.task != "glue" and tasks != (config.task,):
+    raise FinetuneError(
+      f"grid.tasks={list(tasks)} with task={config.task}: the config holds {config.task}'s "
+      "recipe; for several tasks start from configs/finetune.py:task=glue (each task's recipe "
+      "is then its own) and set --config.grid.tasks"
+    )
+  if config.task == "glue" and not config.grid.tasks:
+    raise FinetuneError("task=glue needs grid.tasks (configs/finetune.py:task=glue sets them)")
+  if config.grid.lr_choice not in LR_CHOICES:
+    raise FinetuneError(f"grid.lr_choice={config.grid.lr_choice!r}; expected one of {LR_CHOICES}")
+  lrs = tuple(float(x) for x in config.grid.lrs) or (None,)
+  seeds = tuple(int(s) for s in config.grid.seeds) or (int(config.train.seed),)
+  return [(t, lr, s) for t in tasks for lr in lrs for s in seeds]
+
+
+def run_directory(workdir: str, task: str, lr: float | None, seed: int) -> str:
+  return os.path.join(workdir, task, f"lr{'task' if lr is None else f'{lr:g}'}_seed{seed}")
+
+
+def _finished(path: str) -> dict[str, Any] | None:
+  try:
+    with open(os.path.join(path, RESULTS_FILE)) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return results if results.get("stop_reason") == "completed" else None
+
+
+def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """One run in `workdir`, or the grid's runs under it followed by the summary."""
+  runs = grid_runs(config)
+  if len(runs) == 1 and config.task != "glue":
+    _, lr, seed = runs[0]
+    results = finetune_and_evaluate(_run_config(config, *runs[0]), workdir)
+    _log_result(results)
+    return results
+  for number, (task, lr, seed) in enumerate(runs, start=1):
+    directory = run_directory(workdir, task, lr, seed)
+    if _finished(directory) is not None:
+      logging.info("[%d/%d] %s: finished before, kept", number, len(runs), directory)
+      continue
+    logging.info("[%d/%d] %s", number, len(runs), directory)
+    _log_result(finetune_and_evaluate(_run_config(config, task, lr, seed), directory))
+    write_summary(workdir, str(config.grid.lr_choice))
+  summary = write_summary(workdir, str(config.grid.lr_choice))
+  logging.info("summary: %s\n%s", os.path.join(workdir, SUMMARY_MD), summary["markdown"])
+  return summary
+
+
+def _run_config(config, task: str, lr: float | None, seed: int) -> ml_collections.ConfigDict:
+  run = copy.deepcopy(config)
+  run.task = task
+  if lr is not None:
+    run.optimizer.lr = lr
+  run.train.seed = seed
+  return run
+
+
+def _log_result(results: dict[str, Any]) -> None:
+  reported = results.get("reported") or {}
+  logging.info(
+    "%s lr %.1e seed %d: dev score %.2f (%s evaluation, update %s of %d)",
+    results["task"],
+    results["lr"],
+    results["seed"],
+    100 * (results["score"] or float("nan")),
+    results["report"],
+    reported.get("update"),
+    results["total_updates"],
+  )
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary
+
+
+def collect(workdir: str) -> dict[str, dict[float, list[dict[str, Any]]]]:
+  """task -> lr -> the finished runs' results.json, from `<workdir>/<task>/<run>/`."""
+  table: dict[str, dict[float, list[dict[str, Any]]]] = {}
+  if not os.path.isdir(workdir):
+    raise FinetuneError(f"{workdir}: no such directory")
+  for task in sorted(os.listdir(workdir)):
+    task_dir = os.path.join(workdir, task)
+    if not os.path.isdir(task_dir):
+      continue
+    for run in sorted(os.listdir(task_dir)):
+      results = _finished(os.path.join(task_dir, run))
+      if results is not None and results.get("score") is not None:
+        table.setdefault(results["task"], {}).setdefault(float(results["lr"]), []).append(results)
+  return table
+
+
+def _split_scores(results: dict[str, Any]) -> dict[str, float]:
+  return {split: m["score"] for split, m in results["reported"]["splits"].items()}
+
+
+def _aggregate(values: list[float]) -> dict[str, Any]:
+  a = np.asarray(values, np.float64)
+  return {
+    "mean": float(a.mean()),
+    "median": float(np.median(a)),
+    "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+    "n": len(a),
+    "runs": [float(x) for x in a],
+  }
+
+
+def summarize(workdir: str, lr_choice: str = "global") -> dict[str, Any]:
+  """The grid's table: per task and lr the aggregated scores, the chosen lrs, the averages."""
+  if lr_choice not in LR_CHOICES:
+    raise FinetuneError(f"lr_choice={lr_choice!r}; expected one of {LR_CHOICES}")
+  table = collect(workdir)
+  cells: dict[str, dict[str, Any]] = {}
+  for task, by_lr in table.items():
+    cells[task] = {}
+    for lr, runs in sorted(by_lr.items()):
+      per_split: dict[str, list[float]] = {}
+      for r in runs:
+        for split, score in _split_scores(r).items():
+          per_split.setdefault(split, []).append(score)
+      cells[task][f"{lr:g}"] = {
+        "score": _aggregate([r["score"] for r in runs]),
+        "splits": {s: _aggregate(v) for s, v in per_split.items()},
+        "seeds": sorted(int(r["seed"]) for r in runs),
+      }
+  chosen: dict[str, dict[str, Any]] = {}
+  for statistic in ("mean", "median"):
+    chosen[statistic] = _choose(cells, lr_choice, statistic)
+  return {"lr_choice": lr_choice, "tasks": cells, "chosen": chosen}
+
+
+def _choose(cells, lr_choice: str, statistic: str) -> dict[str, Any]:
+  """The chosen lr per task and the resulting scores and averages, by `statistic` over seeds."""
+  if not cells:
+    return {"lrs": {}, "scores": {}}
+  if lr_choice == "per_task":
+    lrs = {t: max(c, key=lambda lr: c[lr]["score"][statistic]) for t, c in cells.items()}
+  else:
+    common = set.intersection(*(set(c) for c in cells.values()))
+    if not common:
+      raise FinetuneError("lr_choice=global: no lr was run for every task; use per_task")
+    best = max(
+      sorted(common), key=lambda lr: np.mean([c[lr]["score"][statistic] for c in cells.values()])
+    )
+    lrs = {t: best for t in cells}
+  scores = {t: cells[t][lrs[t]]["score"][statistic] for t in cells}
+  out: dict[str, Any] = {"lrs": lrs, "scores": scores}
+  if "mnli" in cells:
+    splits = cells["mnli"][lrs["mnli"]]["splits"]
+    if "validation_mismatched" in splits:
+      out["mnli_mismatched"] = splits["validation_mismatched"][statistic]
+  if all(t in scores for t in GLUE_AVERAGE_TASKS):
+    out.update(glue_average(scores))
+  else:
+    out["average_of_tasks_run"] = float(np.mean(list(scores.values())))
+  return out
+
+
+def markdown(summary: dict[str, Any]) -> str:
+  """The summary as a Markdown table (scores x100, as the paper prints them)."""
+  cells = summary["tasks"]
+  lrs = sorted({lr for c in cells.values() for lr in c}, key=float)
+  lines = [
+    f"Reported dev score per run: see each run's results.json. Cells: mean ± std over seeds "
+    f"(n runs). lr choice: {summary['lr_choice']}.",
+    "",
+    "| task | " + " | ".join(f"lr {lr}" for lr in lrs) + " |",
+    "|---|" + "---|" * len(lrs),
+  ]
+  order = [t for t in recipes.PAPER_TASKS if t in cells] + sorted(
+    t for t in cells if t not in recipes.PAPER_TASKS
+  )
+  for task in order:
+    row = []
+    for lr in lrs:
+      cell = cells[task].get(lr)
+      if cell is None:
+        row.append("")
+        continue
+      s = cell["score"]
+      text = f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} ({s['n']})"
+      if task == "mnli" and "validation_mismatched" in cell["splits"]:
+        text += f" mm {100 * cell['splits']['validation_mismatched']['mean']:.1f}"
+      row.append(text)
+    lines.append(f"| {task} | " + " | ".join(row) + " |")
+  for statistic in ("mean", "median"):
+    chosen = summary["chosen"][statistic]
+    if not chosen["scores"]:
+      continue
+    lines += ["", f"Chosen lrs by the {statistic} over seeds:", ""]
+    lines.append("| " + " | ".join(chosen["scores"]) + " | average |")
+    lines.append("|---" * (len(chosen["scores"]) + 1) + "|")
+    values = [f"{100 * v:.1f} (lr {chosen['lrs'][t]})" for t, v in chosen["scores"].items()]
+    if "average" in chosen:
+      average = (
+        f"GLUE Avg-8 {100 * chosen['average']:.1f}; without RTE "
+        f"{100 * chosen['average_without_rte']:.1f}"
+      )
+    else:
+      average = f"{100 * chosen['average_of_tasks_run']:.1f} (of the tasks run; not the GLUE Avg)"
+    lines.append("| " + " | ".join(values) + f" | {average} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_summary(workdir: str, lr_choice: str = "global") -> dict[str, Any]:
+  summary = summarize(workdir, lr_choice)
+  summary["markdown"] = markdown(summary)
+  with open(os.path.join(workdir, SUMMARY_JSON), "w") as f:
+    json.dump(summary, f, indent=2)
+  with open(os.path.join(workdir, SUMMARY_MD), "w") as f:
+    f.write(summary["markdown"])
+  return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description="Summarise a fine-tuning grid's finished runs.")
+  parser.add_argument("--workdir", required=True, help="the grid's --workdir")
+  parser.add_argument("--lr_choice", default="global", choices=LR_CHOICES)
+  args = parser.parse_args(argv)
+  print(write_summary(args.workdir, args.lr_choice)["markdown"], end="")
+
+
+if __name__ == "__main__":
+  main()

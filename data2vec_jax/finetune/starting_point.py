@@ -1,0 +1,169 @@
+"""Where a fine-tuning run starts: the pretrained weights (and their tokenizer).
+
+`init` may be anything `weights.load_checkpoint` reads (a data2vec-jax model directory, a Hugging
+Face directory, a fairseq `.pt`) or a pretraining workdir (train.py's `--workdir`), whose newest
+checkpoint is exported first to `<finetune workdir>/init_model` (the student by default, as the
+paper fine-tunes it; the EMA teacher with `init_ema`).
+
+The tokenizer must be the pretrained model's own. With `tokenizer.kind='auto'` it is found next to
+`init`: a pretraining workdir's data config (its sentencepiece model, or its BPE files), or
+tokenizer files in the model directory or its parent (`*.model` sentencepiece, or `vocab.json` +
+`merges.txt` [+ `dict.txt`]). Anything else is an error that says which settings to give.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import os
+from typing import Any, Mapping
+
+import jax
+
+from data2vec_jax.data.tokenizer import Tokenizer, load_tokenizer
+from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.train.recipe import RECIPE_FILE
+from data2vec_jax.weights.export import export_from_checkpoint
+from data2vec_jax.weights.pretrained import load_checkpoint
+from data2vec_jax.weights.torch_io import CheckpointError
+
+TOKENIZER_KINDS = ("auto", "sentencepiece", "bpe", "none")
+
+
+@dataclasses.dataclass
+class StartingPoint:
+  """config: the pretrained encoder's config. encoder_params: numpy tree (None: from scratch).
+  heads: the checkpoint's heads (e.g. an HF fine-tuned 'classifier'). source: what was read."""
+
+  config: EncoderConfig
+  encoder_params: Any | None
+  heads: dict[str, Any]
+  metadata: dict[str, Any]
+  source: str
+  model_path: str  # the model directory / file actually loaded
+
+
+def is_pretraining_workdir(path: str) -> bool:
+  return os.path.isdir(path) and os.path.isfile(os.path.join(path, RECIPE_FILE))
+
+
+def load_starting_point(
+  init: str, workdir: str, *, use_ema: bool = False, from_scratch: bool = False
+) -> StartingPoint:
+  """Reads `init` (see the module docstring). Raises CheckpointError with what to fix."""
+  if not init:
+    raise CheckpointError(
+      "config.init is empty: give the pretrained model (a data2vec-jax or Hugging Face model "
+      "directory, a fairseq .pt, or a pretraining workdir); with from_scratch=True it still "
+      "supplies the architecture and the tokenizer"
+    )
+  path = os.path.abspath(os.path.expanduser(init))
+  if not os.path.exists(path):
+    raise CheckpointError(f"config.init={init}: no such file or directory")
+  model_path = path
+  if is_pretraining_workdir(path):
+    model_path = os.path.join(workdir, "init_model" + ("_ema" if use_ema else ""))
+    if jax.process_index() == 0:
+      _, step = export_from_checkpoint(path, model_path, use_ema=use_ema)
+      logging.info(
+        "init: %s step %d (%s) exported to %s",
+        path,
+        step,
+        "EMA teacher" if use_ema else "student",
+        model_path,
+      )
+    _sync("data2vec_jax: init exported")
+    use_ema = False  # the exported directory already holds the chosen weights
+  loaded = load_checkpoint(model_path, use_ema=use_ema)
+  return StartingPoint(
+    config=loaded.config,
+    encoder_params=None if from_scratch else loaded.params,
+    heads={} if from_scratch else dict(loaded.heads),
+    metadata=dict(loaded.metadata),
+    source=loaded.source,
+    model_path=model_path,
+  )
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def resolve_tokenizer(settings: Mapping[str, Any], init: str) -> Tokenizer | None:
+  """The pretrained model's tokenizer from `settings` (config.tokenizer) and `init`."""
+  kind = settings.get("kind", "auto")
+  if kind not in TOKENIZER_KINDS:
+    raise ValueError(f"tokenizer.kind={kind!r}; expected one of {TOKENIZER_KINDS}")
+  if kind == "none":
+    return None
+  files = {
+    k: settings.get(k) or None
+    for k in ("sentencepiece_model", "vocab_json", "merges_txt", "dict_txt")
+  }
+  if kind != "auto":
+    return load_tokenizer(kind, **files)
+  for directory in _candidate_dirs(init):
+    found = _tokenizer_next_to(directory)
+    if found is not None:
+      kind, files = found
+      logging.info("tokenizer: %s %s", kind, {k: v for k, v in files.items() if v})
+      return load_tokenizer(kind, **files)
+  raise ValueError(
+    f"cannot tell which tokenizer {init or 'the model'} was trained with: set "
+    "--config.tokenizer.kind=sentencepiece --config.tokenizer.sentencepiece_model=PATH, or "
+    "--config.tokenizer.kind=bpe with vocab_json, merges_txt (and dict_txt for GPT-2 ids)"
+  )
+
+
+def _candidate_dirs(init: str) -> list[str]:
+  if not init:
+    return []
+  path = os.path.abspath(os.path.expanduser(init))
+  here = path if os.path.isdir(path) else os.path.dirname(path)
+  return [here, os.path.dirname(here)]
+
+
+def _tokenizer_next_to(directory: str) -> tuple[str, dict[str, str | None]] | None:
+  """(kind, files) of the tokenizer a pretraining workdir used, or of tokenizer files here."""
+  config_path = os.path.join(directory, "config.json")
+  if is_pretraining_workdir(directory) and os.path.isfile(config_path):
+    with open(config_path) as f:
+      data = json.load(f).get("data", {})
+    if data.get("source") == "python_docs":  # the offline demo's corpus and vocabulary
+      model = os.path.join(directory, "data", f"spm{int(data['sentencepiece_vocab_size'])}.model")
+      return "sentencepiece", {"sentencepiece_model": model}
+    kind = data.get("tokenizer") or "bpe"
+    return kind, {
+      k: data.get(k) or None
+      for k in ("sentencepiece_model", "vocab_json", "merges_txt", "dict_txt")
+    }
+  models = sorted(glob.glob(os.path.join(directory, "*.model")))
+  if len(models) == 1:
+    return "sentencepiece", {"sentencepiece_model": models[0]}
+  vocab, merges = (os.path.join(directory, n) for n in ("vocab.json", "merges.txt"))
+  if os.path.isfile(vocab) and os.path.isfile(merges):
+    dict_txt = os.path.join(directory, "dict.txt")
+    return "bpe", {
+      "vocab_json": vocab,
+      "merges_txt": merges,
+      "dict_txt": dict_txt if os.path.isfile(dict_txt) else None,
+    }
+  return None
+
+
+def check_tokenizer_fits(tokenizer: Tokenizer | None, config: EncoderConfig) -> None:
+  """The tokenizer's ids must be the model's: same vocabulary size and pad id."""
+  if tokenizer is None:
+    return
+  vocab = tokenizer.vocab
+  if vocab.vocab_size != config.vocab_size or vocab.pad_id != config.pad_id:
+    raise ValueError(
+      f"the tokenizer has {vocab.vocab_size} ids (pad {vocab.pad_id}) but the model's embedding "
+      f"table has {config.vocab_size} rows (pad {config.pad_id}): use the tokenizer the model "
+      "was pretrained with (config.tokenizer)"
+    )
