@@ -66,3 +66,86 @@ def write_sst2_tsv(directory: str, *, n_train: int, n_dev: int, shuffle_labels: 
       f.write("sentence\tlabel\n")
       f.writelines(f"{t}\t{y}\n" for t, y in zip(texts, labels))
   return directory
+
+
+def sentiment_splits(n_train: int, n_dev: int) -> dict[str, tuple[list[str], np.ndarray]]:
+  """The rows `write_sst2_tsv` writes, by TFDS split name."""
+  return {"train": sentiment_examples(n_train, 1), "validation": sentiment_examples(n_dev, 2)}
+
+
+_TFDS_BUILDERS: dict = {}
+
+
+def glue_sst2_tfds(data_dir: str, *, n_train: int, n_dev: int) -> str:
+  """Prepares TFDS builder 'glue_sst2_for_d2v' (TFDS glue/sst2's features, config `sst2`)."""
+  import tensorflow_datasets as tfds
+
+  splits = sentiment_splits(n_train, n_dev)
+  name = "glue_sst2_for_d2v"
+  if name in _TFDS_BUILDERS:  # a builder name registers once per process
+    _TFDS_BUILDERS[name].splits = splits
+    _TFDS_BUILDERS[name](
+      config="sst2", data_dir=data_dir, file_format="array_record"
+    ).download_and_prepare()
+    return name
+
+  class GlueSst2ForD2v(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="sst2")]
+
+    def _info(self):
+      features = {
+        "sentence": tfds.features.Text(),
+        "label": tfds.features.ClassLabel(names=["negative", "positive"]),
+        "idx": np.int32,
+      }
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+      return {split: self._generate_examples(split) for split in self.splits}
+
+    def _generate_examples(self, split):
+      texts, labels = self.splits[split]
+      for i, (text, label) in enumerate(zip(texts, labels)):
+        yield i, {"sentence": text, "label": int(label), "idx": i}
+
+  GlueSst2ForD2v.splits = splits
+  _TFDS_BUILDERS[name] = GlueSst2ForD2v
+  GlueSst2ForD2v(
+    config="sst2", data_dir=data_dir, file_format="array_record"
+  ).download_and_prepare()
+  return name
+
+
+def glue_sst2_fairseq_bin(directory: str, spm_model: str, *, n_train: int, n_dev: int) -> str:
+  """fairseq's SST-2-bin layout of the sentiment task, binarized with the model's dictionary.
+
+  label/dict.txt lists '1' first when it is the more frequent train label (fairseq's order), so
+  fairseq's class ids differ from TFDS's whenever that happens."""
+  from data2vec_jax.data.dictionary import Dictionary
+  from data2vec_jax.data.sources import MMapIndexedDatasetBuilder
+  from data2vec_jax.data.tokenizer import SentencePieceTokenizer, sentencepiece_dictionary
+
+  tokenizer = SentencePieceTokenizer(spm_model)
+  root = os.path.join(directory, "SST-2-bin")
+  for sub in ("input0", "label"):
+    os.makedirs(os.path.join(root, sub), exist_ok=True)
+  # input0/dict.txt without <mask> (fairseq's task adds it when it loads the dictionary).
+  model_dict = sentencepiece_dictionary(tokenizer)
+  Dictionary.from_symbols(model_dict.symbols[4 : model_dict.mask_index], add_mask=False).save(
+    os.path.join(root, "input0", "dict.txt")
+  )
+  splits = sentiment_splits(n_train, n_dev)
+  train_labels = splits["train"][1]
+  order = sorted(("0", "1"), key=lambda s: (-int(np.sum(train_labels == int(s))), s))
+  with open(os.path.join(root, "label", "dict.txt"), "w") as f:
+    f.writelines(f"{s} {int(np.sum(train_labels == int(s)))}\n" for s in order)
+  for split, prefix in (("train", "train"), ("validation", "valid")):
+    texts, labels = splits[split]
+    with MMapIndexedDatasetBuilder(os.path.join(root, "input0", prefix), np.uint16) as b:
+      for text in texts:
+        b.add_item(np.append(tokenizer.encode(text), 2).astype(np.int64))
+    with MMapIndexedDatasetBuilder(os.path.join(root, "label", prefix), np.uint16) as b:
+      for label in labels:
+        b.add_item(np.asarray([4 + order.index(str(label)), 2], np.int64))
+  return directory

@@ -31,13 +31,15 @@ import numpy as np
 from data2vec_jax.finetune import recipes
 from data2vec_jax.finetune.loop import RESULTS_FILE, FinetuneError, finetune_and_evaluate
 from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, glue_average
+from data2vec_jax.finetune.settings import GENERIC_DEFAULTS
 
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
 LR_CHOICES = ("global", "per_task")
 
 
-def grid_runs(config: ml_collections.ConfigDict) -> list[tuple[str, float | None, int]]:
-  """(task, lr or None for the task's own, seed) of every run the config asks for."""
+def grid_runs(config: ml_collections.ConfigDict) -> list[tuple[str, float, int]]:
+  """(task, lr, seed) of every run the config asks for (no grid.lrs: the configured lr, else
+  the task's recipe lr)."""
   tasks = tuple(config.grid.tasks) or (config.task,)
   if config.task != "glue" and tasks != (config.task,):
     raise FinetuneError(
@@ -49,13 +51,21 @@ def grid_runs(config: ml_collections.ConfigDict) -> list[tuple[str, float | None
     raise FinetuneError("task=glue needs grid.tasks (configs/finetune.py:task=glue sets them)")
   if config.grid.lr_choice not in LR_CHOICES:
     raise FinetuneError(f"grid.lr_choice={config.grid.lr_choice!r}; expected one of {LR_CHOICES}")
-  lrs = tuple(float(x) for x in config.grid.lrs) or (None,)
   seeds = tuple(int(s) for s in config.grid.seeds) or (int(config.train.seed),)
-  return [(t, lr, s) for t in tasks for lr in lrs for s in seeds]
+
+  def lrs(task: str) -> tuple[float, ...]:
+    if config.grid.lrs:
+      return tuple(float(x) for x in config.grid.lrs)
+    if config.optimizer.lr is not None:
+      return (float(config.optimizer.lr),)
+    recipe = recipes.GLUE_RECIPES.get(task)
+    return (recipe.lr if recipe else GENERIC_DEFAULTS["lr"],)
+
+  return [(t, lr, s) for t in tasks for lr in lrs(t) for s in seeds]
 
 
-def run_directory(workdir: str, task: str, lr: float | None, seed: int) -> str:
-  return os.path.join(workdir, task, f"lr{'task' if lr is None else f'{lr:g}'}_seed{seed}")
+def run_directory(workdir: str, task: str, lr: float, seed: int) -> str:
+  return os.path.join(workdir, task, f"lr{lr:g}_seed{seed}")
 
 
 def _finished(path: str) -> dict[str, Any] | None:
@@ -71,7 +81,6 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   """One run in `workdir`, or the grid's runs under it followed by the summary."""
   runs = grid_runs(config)
   if len(runs) == 1 and config.task != "glue":
-    _, lr, seed = runs[0]
     results = finetune_and_evaluate(_run_config(config, *runs[0]), workdir)
     _log_result(results)
     return results
@@ -88,11 +97,10 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   return summary
 
 
-def _run_config(config, task: str, lr: float | None, seed: int) -> ml_collections.ConfigDict:
+def _run_config(config, task: str, lr: float, seed: int) -> ml_collections.ConfigDict:
   run = copy.deepcopy(config)
   run.task = task
-  if lr is not None:
-    run.optimizer.lr = lr
+  run.optimizer.lr = lr
   run.train.seed = seed
   return run
 

@@ -2,9 +2,10 @@
 
 Import (`load_hf_dir`) reads `config.json` + `model.safetensors` (or sharded safetensors, or
 `pytorch_model.bin`, read weights-only) of `Data2VecTextModel`, `Data2VecTextForMaskedLM`,
-`Data2VecTextForSequenceClassification` and the same three `Roberta*` classes. Hyper-parameters
-come from `config.json` only (the `transformers` library defaults differ from the released model:
-eps 1e-12, 2 token types), and anything the Flax encoder cannot compute is refused.
+`Data2VecTextForSequenceClassification`, `Data2VecTextForTokenClassification` and the same four
+`Roberta*` classes. Hyper-parameters come from `config.json` only (the `transformers` library
+defaults differ from the released model: eps 1e-12, 2 token types), and anything the Flax encoder
+cannot compute is refused.
 
 Decisions:
 - **Token types.** HF adds `token_type_embeddings[token_type_ids]` to every token; with the
@@ -19,21 +20,29 @@ Decisions:
   export to `Data2VecTextModel` (which always builds a pooler), a missing pooler is written as
   zeros, so `from_pretrained` reports no missing keys; its `pooler_output` is then meaningless
   (tanh(0) = 0), and the export report says so.
-- **Heads.** `lm_head.*` -> head `lm_head`, `classifier.*` -> head `classifier` (Flax layout, see
-  `layout.py`). A decoder tied to the word embeddings is not stored.
+- **Heads.** `lm_head.*` -> head `lm_head`; the sentence classifier's
+  `classifier.{dense,out_proj}.*` -> head `classifier`; the token classifier's
+  `classifier.{weight,bias}` -> head `token_classifier` ({kernel [D, C], bias [C]}). Both HF
+  heads are called `classifier`, so the keys decide which one a checkpoint holds, and the token
+  head gets its own name so one heads dict (and a data2vec-jax directory) can never confuse the
+  two. Flax layout, see `layout.py`. A decoder tied to the word embeddings is not stored.
 - Non-persistent buffers some old checkpoints carry (`position_ids`, `token_type_ids`) are
   ignored and listed.
 
 Export (`save_hf_dir`) writes `config.json` + `model.safetensors` for `Data2VecTextModel`,
-`Data2VecTextForMaskedLM` (needs an `lm_head` with vocabulary-sized output) or
-`Data2VecTextForSequenceClassification` (needs a `classifier` head).
+`Data2VecTextForMaskedLM` (needs an `lm_head` with vocabulary-sized output),
+`Data2VecTextForSequenceClassification` (needs a `classifier` head) or
+`Data2VecTextForTokenClassification` (needs a `token_classifier` head). For the two classifiers
+it can write a fine-tuned config: `id2label`/`label2id` from label names (in the order of the
+output rows), `problem_type`, `classifier_dropout`, `finetuning_task`
+(docs/reference/finetuning_reference.md §2.2).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -47,15 +56,31 @@ SUPPORTED_ARCHITECTURES = {
   "Data2VecTextModel": ("data2vec-text", ""),
   "Data2VecTextForMaskedLM": ("data2vec-text", "data2vec_text."),
   "Data2VecTextForSequenceClassification": ("data2vec-text", "data2vec_text."),
+  "Data2VecTextForTokenClassification": ("data2vec-text", "data2vec_text."),
   "RobertaModel": ("roberta", ""),
   "RobertaForMaskedLM": ("roberta", "roberta."),
   "RobertaForSequenceClassification": ("roberta", "roberta."),
+  "RobertaForTokenClassification": ("roberta", "roberta."),
 }
 EXPORT_ARCHITECTURES = (
   "Data2VecTextModel",
   "Data2VecTextForMaskedLM",
   "Data2VecTextForSequenceClassification",
+  "Data2VecTextForTokenClassification",
 )
+# Architectures with a label-sized output, and the head each one exports.
+CLASSIFIER_HEADS = {
+  "Data2VecTextForSequenceClassification": "classifier",
+  "Data2VecTextForTokenClassification": "token_classifier",
+}
+# What each head looks like (for error messages).
+CLASSIFIER_HINT = {
+  "classifier": "a sentence classifier head is {'dense', 'out_proj'} (finetune.SequenceClassifier)",
+  "token_classifier": "a token classifier head is {'kernel', 'bias'} (finetune.TokenClassifier; "
+  "the HF importer names it 'token_classifier')",
+}
+# transformers' `problem_type` values (the sequence classifier's loss; §2.2).
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 _TOKEN_TYPE = "embeddings.token_type_embeddings.weight"
 _IGNORED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 # config.json values that do not shape the encoder but are worth carrying through a round trip.
@@ -69,6 +94,7 @@ _CARRIED_CONFIG_KEYS = (
   "label2id",
   "classifier_dropout",
   "problem_type",
+  "finetuning_task",
 )
 
 
@@ -197,7 +223,9 @@ def convert_hf_state_dict(
   if lm_keys:
     heads["lm_head"] = _lm_head_from_hf(lm_keys, word, hf_config, config, head_problems)
   cls_keys = {k: remaining.pop(k) for k in list(remaining) if k.startswith("classifier.")}
-  if cls_keys:
+  if set(cls_keys) == _TOKEN_CLASSIFIER_KEYS:
+    heads["token_classifier"] = _token_classifier_from_hf(cls_keys, config, head_problems)
+  elif cls_keys:
     heads["classifier"] = _classifier_from_hf(cls_keys, config, head_problems)
 
   problems = layout.tree_problems(encoder, expected, extra_unexpected=remaining)
@@ -320,7 +348,10 @@ def _classifier_from_hf(
 ) -> dict[str, Any]:
   known = {f"classifier.{m}.{p}" for m in ("dense", "out_proj") for p in ("weight", "bias")}
   if set(t) != known:
-    problems.append(f"classifier keys {sorted(t)}; expected {sorted(known)}")
+    problems.append(
+      f"classifier keys {sorted(t)}; expected {sorted(known)} (sequence classifier) or "
+      f"{sorted(_TOKEN_CLASSIFIER_KEYS)} (token classifier)"
+    )
     return {}
   d = config.hidden_size
   n_labels = t["classifier.out_proj.weight"].shape[0]
@@ -328,6 +359,20 @@ def _classifier_from_hf(
     **_linear_head(t, {"dense": "classifier.dense"}, d, d, problems),
     **_linear_head(t, {"out_proj": "classifier.out_proj"}, d, n_labels, problems),
   }
+
+
+_TOKEN_CLASSIFIER_KEYS = {"classifier.weight", "classifier.bias"}
+
+
+def _token_classifier_from_hf(
+  t: dict[str, np.ndarray], config: EncoderConfig, problems: list[str]
+) -> dict[str, Any]:
+  """`classifier.{weight [C, D], bias [C]}` -> {kernel [D, C], bias [C]}."""
+  shape = np.shape(t["classifier.weight"])
+  n_labels = shape[0] if shape else 0  # a misshapen weight is reported by _linear_head
+  return _linear_head(t, {"classifier": "classifier"}, config.hidden_size, n_labels, problems).get(
+    "classifier", {}
+  )
 
 
 def read_hf_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -363,8 +408,31 @@ def hf_config_from(
   tied: bool = True,
   num_labels: int | None = None,
   carried: Mapping[str, Any] | None = None,
+  label_names: Sequence[str] | None = None,
+  problem_type: str | None = None,
+  classifier_dropout: float | None = None,
+  finetuning_task: str | None = None,
 ) -> dict[str, Any]:
-  """The `config.json` dict of an exported model (released-model values where we have no other)."""
+  """The `config.json` dict of an exported model (released-model values where we have no other).
+
+  Args:
+    config: the encoder config.
+    architecture: the transformers class name written to `architectures`.
+    tied: whether the LM decoder is tied to the word embeddings.
+    num_labels: size of the classifier output (None: no label output).
+    carried: config.json values of the source (only `_CARRIED_CONFIG_KEYS` are kept); the
+      arguments below override them.
+    label_names: the name of each output row, in row order -> `id2label`/`label2id`. None keeps
+      carried labels of the right length, else writes `LABEL_{i}` (transformers' default).
+    problem_type: one of `PROBLEM_TYPES` (sequence classification only; None: carried or unset,
+      and transformers infers it from the labels at the first loss).
+    classifier_dropout: the head's dropout probability (None: carried or unset, and
+      transformers then uses `hidden_dropout_prob`).
+    finetuning_task: free-form task name (e.g. 'mnli'), None: carried or unset.
+  Raises:
+    CheckpointError: label names of the wrong count, duplicated or given without a label
+      output; an unknown or inapplicable problem_type; a dropout outside [0, 1).
+  """
   hf = {
     "architectures": [architecture],
     "model_type": "data2vec-text",
@@ -394,10 +462,53 @@ def hf_config_from(
       hf[k] = v
   if num_labels is not None:
     labels = hf.get("id2label")
-    if not isinstance(labels, Mapping) or len(labels) != num_labels:
+    if label_names is not None:
+      names = _checked_label_names(label_names, num_labels, architecture)
+      hf["id2label"] = {str(i): name for i, name in enumerate(names)}
+      hf["label2id"] = {name: i for i, name in enumerate(names)}
+    elif not isinstance(labels, Mapping) or len(labels) != num_labels:
       hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
       hf["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+  elif label_names is not None:
+    raise CheckpointError(f"label_names given, but {architecture} has no label output")
+  if problem_type is not None:
+    if architecture != "Data2VecTextForSequenceClassification":
+      raise CheckpointError(
+        f"problem_type applies to Data2VecTextForSequenceClassification only, not "
+        f"{architecture} (its loss does not read it)"
+      )
+    if problem_type not in PROBLEM_TYPES:
+      raise CheckpointError(
+        f"unknown problem_type {problem_type!r}; expected one of {PROBLEM_TYPES}"
+      )
+    if problem_type != "regression" and num_labels == 1:
+      raise CheckpointError(
+        f"problem_type {problem_type!r} with a single output; one output is 'regression' (STS-B)"
+      )
+    hf["problem_type"] = problem_type
+  if classifier_dropout is not None:
+    if not 0.0 <= float(classifier_dropout) < 1.0:
+      raise CheckpointError(f"classifier_dropout {classifier_dropout!r} is not in [0, 1)")
+    hf["classifier_dropout"] = float(classifier_dropout)
+  if finetuning_task is not None:
+    hf["finetuning_task"] = str(finetuning_task)
   return hf
+
+
+def _checked_label_names(names: Sequence[str], num_labels: int, architecture: str) -> list[str]:
+  if isinstance(names, str):  # list('abc') would silently give three labels
+    raise CheckpointError(f"label names must be a sequence of strings, got the string {names!r}")
+  names = list(names)
+  if len(names) != num_labels:
+    raise CheckpointError(
+      f"{len(names)} label names {names} for a {architecture} with {num_labels} outputs; "
+      "give one name per output row, in row order"
+    )
+  if not all(isinstance(n, str) and n for n in names):
+    raise CheckpointError(f"label names must be non-empty strings, got {names}")
+  if len(set(names)) != len(names):
+    raise CheckpointError(f"label names {names} are not unique (label2id would lose rows)")
+  return names
 
 
 def hf_state_dict_from(
@@ -454,20 +565,58 @@ def hf_state_dict_from(
         # lm_head.bias, so both are written.
         state["lm_head.decoder.bias"] = np.asarray(lm["bias"])
         facts["tied"] = False
-    else:  # Data2VecTextForSequenceClassification
-      cls = heads.pop("classifier", None)
+    else:  # Data2VecTextFor{Sequence,Token}Classification
+      name = CLASSIFIER_HEADS[architecture]
+      cls = heads.pop(name, None)
       if cls is None:
         raise CheckpointError(
-          "cannot export Data2VecTextForSequenceClassification: no "
-          f"classifier head (have {sorted(heads)})"
+          f"cannot export {architecture}: no {name!r} head (have {sorted(heads)}); "
+          + CLASSIFIER_HINT[name]
         )
-      state.update(layout.linear_to_torch(cls["dense"], "classifier.dense"))
-      state.update(layout.linear_to_torch(cls["out_proj"], "classifier.out_proj"))
-      facts["num_labels"] = int(np.shape(cls["out_proj"]["bias"])[0])
+      facts["num_labels"] = _check_classifier_head(cls, name, config.hidden_size, architecture)
+      if name == "classifier":
+        state.update(layout.linear_to_torch(cls["dense"], "classifier.dense"))
+        state.update(layout.linear_to_torch(cls["out_proj"], "classifier.out_proj"))
+      else:
+        state.update(layout.linear_to_torch(cls, "classifier"))
   if heads:
     notes.append(f"heads not part of {architecture}, not exported: {sorted(heads)}")
   state = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in state.items()}
   return state, facts, notes
+
+
+def classifier_head_problems(head: Any, name: str, hidden_size: int) -> tuple[int, list[str]]:
+  """(C, problems): the number of outputs of a classifier head and what is wrong with its tree.
+
+  `name` 'classifier' (sentence head): dense {kernel [D, D], bias [D]}, out_proj {kernel [D, C],
+  bias [C]}; 'token_classifier': {kernel [D, C], bias [C]}. C is read from the output bias (0 if
+  there is none); problems lists missing/unexpected leaves and shape mismatches, empty if fine.
+  """
+  d = hidden_size
+  flat = layout.flatten(head) if isinstance(head, Mapping) else {}
+  prefix = "out_proj/" if name == "classifier" else ""
+  bias = flat.get(f"{prefix}bias")
+  num_labels = int(np.shape(bias)[0]) if np.ndim(bias) == 1 else 0
+  expected = {f"{prefix}kernel": (d, num_labels), f"{prefix}bias": (num_labels,)}
+  if name == "classifier":
+    expected.update({"dense/kernel": (d, d), "dense/bias": (d,)})
+  problems = layout.tree_problems(flat, expected)
+  if not problems and num_labels < 1:
+    problems.append("the output has no units")
+  return num_labels, problems
+
+
+def _check_classifier_head(head: Any, name: str, d: int, architecture: str) -> int:
+  """The head's number of outputs, or CheckpointError listing every problem of its tree."""
+  num_labels, problems = classifier_head_problems(head, name, d)
+  if problems:
+    raise CheckpointError(
+      f"cannot export {architecture}: its {name!r} head does not fit hidden size {d}: "
+      + "; ".join(problems)
+      + "; "
+      + CLASSIFIER_HINT[name]
+    )
+  return num_labels
 
 
 def save_hf_dir(
@@ -478,17 +627,42 @@ def save_hf_dir(
   heads: Mapping[str, Any] | None = None,
   metadata: Mapping[str, Any] | None = None,
   architecture: str = "Data2VecTextModel",
+  label_names: Sequence[str] | None = None,
+  problem_type: str | None = None,
+  classifier_dropout: float | None = None,
+  finetuning_task: str | None = None,
 ) -> list[str]:
   """Writes `config.json` + `model.safetensors` that `transformers` loads with no missing keys.
 
+  Args:
+    directory: created if needed; existing files are replaced.
+    config, params: the encoder.
+    heads: head params by name (`lm_head`, `pooler`, `classifier`, `token_classifier`, ...);
+      the ones `architecture` has no place for are listed in the notes.
+    metadata: `Converted.metadata`; its `hf_config` values (labels, dropout, ...) are carried.
+    architecture: one of `EXPORT_ARCHITECTURES`.
+    label_names, problem_type, classifier_dropout, finetuning_task: fine-tuned config fields
+      for the classifier architectures, overriding carried values (see `hf_config_from`; None
+      keeps the carried value or leaves the field out).
   Returns the notes (what was dropped or synthesised).
+  Raises:
+    CheckpointError: the architecture's head is missing or misshapen, or a config field is
+      invalid (checked before anything is written).
   """
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
   state, facts, notes = hf_state_dict_from(config, params, heads, architecture)
   carried = dict((metadata or {}).get("hf_config", {}))
   hf = hf_config_from(
-    config, architecture, tied=facts["tied"], num_labels=facts["num_labels"], carried=carried
+    config,
+    architecture,
+    tied=facts["tied"],
+    num_labels=facts["num_labels"],
+    carried=carried,
+    label_names=label_names,
+    problem_type=problem_type,
+    classifier_dropout=classifier_dropout,
+    finetuning_task=finetuning_task,
   )
   directory = os.fspath(directory)
   os.makedirs(directory, exist_ok=True)
