@@ -107,6 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "report": "best",  # best (over evaluations; RoBERTa's early stopping) | last
       "select_by": "score",  # score (the task's GLUE number) | accuracy (fairseq's glue_lr.py)
       "export_model": True,  # <workdir>/model: the reported evaluation's weights
+      "export_hf": False,  # and <workdir>/hf: the same as an HF sequence-classifier directory
       "tensorboard": True,
     }
   )

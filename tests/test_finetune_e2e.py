@@ -85,7 +85,7 @@ def make_config(assets, **overrides):
 @pytest.fixture(scope="module")
 def tsv_run(assets, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("tsv_run"))
-  return workdir, finetune_and_evaluate(make_config(assets), workdir)
+  return workdir, finetune_and_evaluate(make_config(assets, **{"train.export_hf": True}), workdir)
 
 
 def dev_scores(results):
@@ -138,6 +138,11 @@ def test_outputs_model_dir_and_eval_only(assets, tsv_run, tmp_path):
   loaded = load_checkpoint(os.path.join(workdir, "model"))
   assert loaded.metadata["label_names"] == ["negative", "positive"]
   assert loaded.metadata["update"] == tsv["best"]["update"]
+  with open(os.path.join(workdir, "hf", "config.json")) as f:  # and as an HF classifier
+    hf_config = json.load(f)
+  assert hf_config["architectures"] == ["Data2VecTextForSequenceClassification"]
+  assert hf_config["id2label"] == {"0": "negative", "1": "positive"}
+  assert hf_config["finetuning_task"] == "sst2"
   # Scoring that directory (eval_only, its own classifier) reproduces the best dev score.
   config = make_config(assets, init=os.path.join(workdir, "model"), eval_only=True)
   config.tokenizer.kind = "sentencepiece"

@@ -330,3 +330,31 @@ def test_import_errors_say_what_is_wrong(tmp_path):
     classifier_params_from_checkpoint(tmp_path / "jax", "token")
   with pytest.raises(ValueError, match="kind must be one of"):
     classifier_params_from_checkpoint(tmp_path / "jax", "ner")
+
+
+def test_a_fine_tuning_runs_model_dir_exports_with_the_regression_scale_undone(tmp_path):
+  """finetune.py's model/ (metadata: label names, task, STS-B's training target scale 1/5) ->
+  `python -m data2vec_jax.finetune.hf_io`: HF predicts on the raw 0-5 scale, i.e. our
+  output / 0.2, and the run's settings land in config.json."""
+  from data2vec_jax.finetune.hf_io import main as export_main
+
+  params = random_params("sequence", 1, seed=11)
+  model_dir = str(tmp_path / "model")
+  save_pretrained(
+    model_dir,
+    CONFIG,
+    params["encoder"],
+    head_params={"classifier": params["classifier"]},
+    metadata={
+      "task": "stsb",
+      "label_names": None,
+      "regression_scale": 0.2,
+      "classifier_dropout": 0.0,
+    },
+  )
+  export_main(["--model_dir", model_dir, "--output", str(tmp_path / "hf")])
+  model = load_hf("sequence", tmp_path / "hf")
+  assert model.config.problem_type == "regression" and model.config.finetuning_task == "stsb"
+  assert model.config.classifier_dropout == 0.0
+  ids, mask = padded_batch(CONFIG, (9, 5, 7), seed=2)
+  close(our_logits("sequence", params, ids) / 0.2, hf_logits(model, ids, mask), "stsb logits")

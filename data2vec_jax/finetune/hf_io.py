@@ -27,6 +27,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.weights import CheckpointError, hf
@@ -242,3 +243,54 @@ def classifier_params_from_checkpoint(
   labels = _label_names(loaded.metadata, n, path)
   params = {"encoder": loaded.params, "classifier": head}
   return loaded.config, params, labels
+
+
+def export_finetuned_to_hf(model_dir: str, output: str) -> list[str]:
+  """A fine-tuning run's `model/` directory (finetune.py) -> an HF sequence-classifier directory.
+
+  Uses the run's metadata: label names (-> id2label), the task (-> finetuning_task) and the
+  regression target scale: fairseq trains STS-B on score / 5, so the output layer is divided by
+  that scale here, and the exported model predicts raw 0-5 scores like HF-trained STS-B models
+  (docs/reference/finetuning_reference.md §2.2). Returns the export notes.
+  """
+  config, params, labels = classifier_params_from_checkpoint(model_dir, "sequence")
+  metadata = load_checkpoint(model_dir).metadata
+  scale = float(metadata.get("regression_scale", 1.0) or 1.0)
+  notes = []
+  head = params["classifier"]
+  if int(np.shape(head["out_proj"]["bias"])[0]) == 1 and scale != 1.0:
+    head = dict(head)
+    head["out_proj"] = {k: np.asarray(v) / scale for k, v in head["out_proj"].items()}
+    params = {"encoder": params["encoder"], "classifier": head}
+    notes.append(f"regression output divided by the training target scale {scale:g}")
+  return notes + export_classifier_to_hf(
+    output,
+    config,
+    params,
+    kind="sequence",
+    label_names=labels,
+    finetuning_task=metadata.get("task"),
+    classifier_dropout=metadata.get("classifier_dropout"),
+  )
+
+
+def main(argv: list[str] | None = None) -> None:
+  import argparse
+
+  parser = argparse.ArgumentParser(
+    description="Export a fine-tuned model directory (finetune.py's <workdir>/model) to a "
+    "Hugging Face Data2VecTextForSequenceClassification directory."
+  )
+  parser.add_argument("--model_dir", required=True, help="the run's <workdir>/model")
+  parser.add_argument("--output", required=True, help="the HF directory to write")
+  args = parser.parse_args(argv)
+  try:
+    for note in export_finetuned_to_hf(args.model_dir, args.output):
+      print(note)
+  except CheckpointError as e:
+    raise SystemExit(f"hf_io: error: {e}") from None
+  print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+  main()

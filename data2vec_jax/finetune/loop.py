@@ -11,7 +11,8 @@ checkpoint left off and reaches the same dev scores as an uninterrupted run.
 Outputs in the workdir: metrics.jsonl + tensorboard/ (train loss, lr, grad norm every
 `log_every` updates; `dev/...` rows at each evaluation), results.json (every evaluation, the
 best and the last, the reported score), checkpoints/, model/ (the reported evaluation's weights
-with the classifier head and label names) and config.json.
+with the classifier head and label names), hf/ (the same as a Hugging Face
+Data2VecTextForSequenceClassification directory, with `train.export_hf`) and config.json.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from data2vec_jax.finetune import batches as batches_lib
 from data2vec_jax.finetune import data as data_lib
 from data2vec_jax.finetune import state as state_lib
 from data2vec_jax.finetune import step as step_lib
+from data2vec_jax.finetune.hf_io import export_finetuned_to_hf
 from data2vec_jax.finetune.metrics import metrics_of
 from data2vec_jax.finetune.model import SequenceClassifier
 from data2vec_jax.finetune.settings import RunSettings, resolve_settings
@@ -346,12 +348,15 @@ class _Run:
       head_params={"classifier": params["classifier"]},
       metadata={
         "task": self.settings.task,
-        "label_names": list(self.settings.label_names or []),
+        "label_names": None
+        if self.settings.label_names is None
+        else list(self.settings.label_names),
         "regression_scale": self.settings.regression_scale,
         "update": evaluation["update"],
         "dev": evaluation["splits"],
         "init": self.config.init,
         "init_source": start.source,
+        "classifier_dropout": float(self.config.model.classifier_dropout),
       },
     )
     old = target + ".old"
@@ -360,6 +365,10 @@ class _Run:
       os.replace(target, old)
     os.replace(partial, target)
     shutil.rmtree(old, ignore_errors=True)
+    if self.config.train.export_hf:
+      hf_dir = os.path.join(self.workdir, "hf")
+      shutil.rmtree(hf_dir, ignore_errors=True)
+      export_finetuned_to_hf(target, hf_dir)
 
   def results(self, evaluations, step, total, stop_reason, timed_steps, timed_s) -> dict[str, Any]:
     settings = self.settings
