@@ -81,13 +81,21 @@ def read_labeled_split(
     task,
     split,
     path=os.path.join(path, f"{split}.{data.format}"),
-    text_columns=tuple(data.text_columns),
+    text_columns=text_columns(data.text_columns),
     label_column=data.label_column,
     label_names=label_names,
     regression=bool(data.regression),
     skip_malformed=bool(data.skip_malformed),
     format=data.format,
   )
+
+
+def text_columns(value) -> tuple[str, ...]:
+  """data.text_columns as a tuple; a string is comma-separated (`--config.data.text_columns=a,b`
+  on the command line, where ml_collections would otherwise need a Python tuple literal)."""
+  if isinstance(value, str):
+    return tuple(c.strip() for c in value.split(",") if c.strip())
+  return tuple(value)
 
 
 def load_task_data(

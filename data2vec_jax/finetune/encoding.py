@@ -106,7 +106,7 @@ def encode_split(
   if len(split) == 0:
     raise ValueError(f"{split.task}/{split.split} has no examples")
   columns = tokenize_columns(split, tokenizer)
-  specials = 2 + 3 * (len(columns) - 1)  # <s> A </s> [</s> B </s>]
+  specials = 2 + 2 * (len(columns) - 1)  # <s> A </s> [</s> B </s>]
   tokens, rows, num_too_long = [], [], 0
   for row in range(len(split)):
     parts = [np.asarray(c[row], np.int32) for c in columns]
