@@ -151,6 +151,19 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
     )
   )
 
+  # Held-out loss during pretraining (fairseq's valid_subset; data2vec_jax/train/validation.py):
+  # the training loss, dropout off, current EMA teacher, masks drawn once from `seed`, logged as
+  # valid/loss, valid/target_var, ... every `every` steps and at the last step.
+  c.validation = ml_collections.ConfigDict(
+    dict(
+      path="",  # fairseq_bin: the valid prefix (data/bin/valid); text: held-out text file(s)
+      tfds_split="",  # tfds: the held-out split, e.g. 'validation'
+      every=0,  # evaluate every N steps (and at the last step); 0 = off
+      max_batches=50,  # at most this many global batches of the split, in file order; 0 = all
+      seed=1,  # the held-out masks' seed: the same masks at every evaluation
+    )
+  )
+
   c.train = ml_collections.ConfigDict(
     dict(
       num_steps=1_000_000,

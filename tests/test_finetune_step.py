@@ -277,3 +277,22 @@ def test_bf16_compute_stays_close_to_float32():
   assert jax.tree_util.tree_leaves(bf16)[0].dtype == jnp.float32  # parameters stay float32
   # bf16 has an 8-bit mantissa: the loss agrees to ~1e-2 relative, not to float32 rounding.
   assert float(m16["loss"]) == pytest.approx(float(m32["loss"]), rel=2e-2)
+
+
+@pytest.mark.parametrize("task", sorted(finetune_config.recipes.GLUE_RECIPES) + ["glue"])
+@pytest.mark.parametrize("grid", ["none", "paper"])
+def test_every_finetune_config_resolves(task, grid):
+  from data2vec_jax.finetune.grid import grid_runs
+
+  c = finetune_config.get_config(f"task={task},grid={grid}")
+  c.init, c.data.path = "/m", "/d"
+  runs = grid_runs(c)
+  tasks = finetune_config.recipes.PAPER_TASKS if task == "glue" else (task,)
+  assert len(runs) == len(tasks) * (20 if grid == "paper" else 1)
+  for t, lr, seed in runs:
+    settings = resolve_settings(c, task=t)
+    assert settings.task == t and settings.num_labels == (
+      1 if t == "stsb" else len(finetune_config.recipes.label_names(t))
+    )
+    if grid == "none":
+      assert lr == finetune_config.recipes.GLUE_RECIPES[t].lr and seed == 1

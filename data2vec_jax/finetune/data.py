@@ -93,9 +93,8 @@ def read_labeled_split(
 def text_columns(value) -> tuple[str, ...]:
   """data.text_columns as a tuple; a string is comma-separated (`--config.data.text_columns=a,b`
   on the command line, where ml_collections would otherwise need a Python tuple literal)."""
-  if isinstance(value, str):
-    return tuple(c.strip() for c in value.split(",") if c.strip())
-  return tuple(value)
+  items = [value] if isinstance(value, str) else list(value)
+  return tuple(c.strip() for item in items for c in str(item).split(",") if c.strip())
 
 
 def load_task_data(

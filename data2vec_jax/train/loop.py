@@ -4,6 +4,11 @@ config -> data -> model/objective -> sharded state -> jitted step -> loop -> che
 Everything the run needs to resume exactly is in the orbax checkpoint (params, EMA teacher,
 optimizer state, step, RNG key, data position); restarting the same command in the same workdir
 continues from the newest checkpoint.
+
+With `validation.every` > 0 the held-out loss (`data2vec_jax/train/validation.py`) is evaluated
+every that many steps and at the last step, on batches built once: it reads the state and
+changes nothing, so the training trajectory is the same with it on or off, and a resumed run
+evaluates to the same values as an uninterrupted one at the same step.
 """
 
 from __future__ import annotations
@@ -11,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -29,8 +32,10 @@ from data2vec_jax.train import health as health_lib
 from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train import state as train_state_lib
 from data2vec_jax.train import step as train_step_lib
+from data2vec_jax.train import validation as validation_lib
 from data2vec_jax.train.metrics import MetricWriter, format_progress
 from data2vec_jax.train.optimizer import make_optimizer
+from data2vec_jax.train.preemption import PreemptionFlag
 from data2vec_jax.train.recipe import (
   RECIPE_FILE,
   plan_from_config,
@@ -43,23 +48,6 @@ from data2vec_jax.weights.export import export_model_dir
 
 class InputDataError(ValueError):
   """The configured data cannot be read or used (missing or malformed files, empty corpus)."""
-
-
-class _PreemptionFlag:
-  """Set by SIGTERM (cluster preemption notice); the loop then saves and exits cleanly."""
-
-  def __init__(self):
-    self.event = threading.Event()
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _host_batch_to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -130,8 +118,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if is_chief:  # only now: a failed resume must not overwrite the run's own files
           _write_run_files(workdir, config, recipe, plan)
         step_fn = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
+        eval_fn = None
+        if data.validation is not None:
+          eval_fn = validation_lib.make_eval_step(recipe, plan, mesh, shardings)
         summary = _loop(
-          config, workdir, recipe, plan, state, step_fn, data, checkpointer, mesh, is_chief
+          config,
+          workdir,
+          recipe,
+          plan,
+          state,
+          step_fn,
+          data,
+          checkpointer,
+          mesh,
+          is_chief,
+          eval_fn=eval_fn,
         )
     except health_lib.TrainingError as e:
       raise _stopped_unhealthy(e, checkpointer, config) from e
@@ -243,7 +244,11 @@ def _stopped_unhealthy(
   return health_lib.TrainingError("; ".join(parts), error.anomaly_step, diverged=error.diverged)
 
 
-def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mesh, is_chief):
+def _loop(
+  config, workdir, recipe, plan, state, step_fn, data, checkpointer, mesh, is_chief, eval_fn=None
+):
+  """Trains from `state` to `train.num_steps`; `eval_fn` (`validation.make_eval_step`, with
+  `data.validation`) evaluates the held-out loss every `validation.every` steps."""
   train_cfg = config.train
   total = int(train_cfg.num_steps)
   step = int(jax.device_get(state.step))
@@ -271,8 +276,18 @@ def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mes
       f"{jax.process_count()} processes; set execution.pack_tokens=False"
     )
   shapes_seen: dict[Any, int] = {}  # packing (None: unpacked) -> steps run with it
+  valid_every = 0
+  valid_batches: list[dict[str, jax.Array]] = []
+  last_validation: dict[str, float] | None = None
+  unwritten = None  # (step, metrics, progress line) of a log row waiting for its validation
   try:
-    with _PreemptionFlag() as preempted:
+    if eval_fn is not None:
+      valid_every = data.validation.config.every
+      for host_batch in data.validation.batches:
+        plan.check_host_batch(host_batch, config=recipe.model, objective=recipe.objective)
+      # On the devices once, sharded like the training batches (each process its own rows).
+      valid_batches = [_host_batch_to_global(b, batch_sharding) for b in data.validation.batches]
+    with PreemptionFlag() as preempted:
       while step < total:
         host_batch = next(data.iterator)
         global_row_tokens = host_batch.pop(GLOBAL_ROW_TOKENS)  # host-side only
@@ -295,7 +310,12 @@ def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mes
         is_last = step == total
         stopping = preempted.event.is_set() or checkpointer.reached_preemption(step)
         saving = is_last or stopping or checkpointer.should_save(step)
-        logging_now = step % train_cfg.log_every == 0 or is_last or step == first_step + 1
+        # Not on a preemption notice (the run saves and exits at once). A validation step is
+        # also a log step: the held-out metrics go into that step's one row.
+        validating = valid_every > 0 and (step % valid_every == 0 or is_last) and not stopping
+        logging_now = (
+          step % train_cfg.log_every == 0 or is_last or step == first_step + 1 or validating
+        )
         if saving or logging_now:
           # Every step's metrics pass the divergence guard before a checkpoint of its state
           # is written (one transfer per log window or save, not per step).
@@ -327,20 +347,41 @@ def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mes
             last_metrics["first_step_s"] = elapsed
           window = []
           eta = (total - step) * time_timed / steps_timed if steps_timed else None
-          writer.write(step, last_metrics)
-          if is_chief:
-            logging.info(format_progress(step, total, last_metrics, eta))
+          line = format_progress(step, total, last_metrics, eta)
+          if validating:
+            # This step's row waits for the held-out metrics, after the save below.
+            unwritten = (step, last_metrics, line)
+          else:
+            writer.write(step, last_metrics)
+            if is_chief:
+              logging.info(line)
           monitor.check_window(step, last_metrics)
           t_window = time.time()
         if saving:
           # A step already saved is not saved again (a notice right after a scheduled save).
           checkpointer.save(step, state, data.iterator.get_state(), force=is_last or stopping)
+        if validating:
+          # After the (asynchronous) save: a failing evaluation costs no checkpoint. Its time is
+          # in no window's throughput (the window restarts after it).
+          valid = validation_lib.evaluate(eval_fn, state, valid_batches)
+          last_validation = {"step": step, **valid}
+          prefixed = {validation_lib.PREFIX + k: v for k, v in valid.items()}
+          writer.write(step, {**last_metrics, **prefixed})
+          if is_chief:
+            logging.info(f"{line} | {validation_lib.format_validation(valid)}")
+          unwritten = None
+          t_window = time.time()
         if stopping:
           stop_reason = "preempted"
           logging.warning("preemption notice: saved step %d, exiting", step)
           break
     checkpointer.wait_until_finished()
   except health_lib.TrainingError as e:
+    if unwritten is not None and unwritten[0] > writer.last_step:
+      # A collapse found at a validation step: its row, without the held-out metrics.
+      writer.write(unwritten[0], unwritten[1])
+      if is_chief:
+        logging.info(unwritten[2])
     # The unhealthy step's own metrics go to the logs too, so the curve shows the anomaly.
     bad = next(
       (m for i, m in enumerate(window) if step - len(window) + 1 + i == e.anomaly_step), None
@@ -354,6 +395,9 @@ def _loop(config, workdir, recipe, plan, state, step_fn, data, checkpointer, mes
     "final_step": step,
     "stop_reason": stop_reason,
     "last_metrics": last_metrics,
+    # The newest held-out metrics of this invocation ({"step": n, "loss": ...}); None when
+    # validation is off or did not run.
+    "last_validation": last_validation,
     "steps_per_s": steps_timed / time_timed if time_timed else None,
     # Steps per packed capacity ("unpacked": batches with a full group, or packing off).
     "packing_steps": {
