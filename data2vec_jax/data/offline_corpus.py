@@ -33,9 +33,14 @@ def _is_prose(paragraph: str) -> bool:
 
 def topic_documents(max_docs: int | None = None) -> list[list[str]]:
   """Documents (lists of sentences) of the Python reference-manual topics, in sorted topic order."""
+  return [sentences for _, sentences in named_topic_documents(max_docs)]
+
+
+def named_topic_documents(max_docs: int | None = None) -> list[tuple[str, list[str]]]:
+  """`topic_documents`, each with the name of the pydoc topic it comes from (e.g. 'typesseq')."""
   from pydoc_data.topics import topics
 
-  docs: list[list[str]] = []
+  docs: list[tuple[str, list[str]]] = []
   for name in sorted(topics):
     lines = topics[name].splitlines()
     # Split into sections at headings: a text line followed by an underline of one character.
@@ -70,7 +75,7 @@ def topic_documents(max_docs: int | None = None) -> list[list[str]]:
           sentences.extend(s for s in split_sentences(prose) if len(s.split()) >= 3)
         para = []
       if sentences:
-        docs.append(sentences)
+        docs.append((name, sentences))
         if max_docs is not None and len(docs) >= max_docs:
           return docs
   return docs
