@@ -13,9 +13,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# The main job on an embedded default: tiny data2vec pretraining on an offline corpus.
+# The main job on an embedded default: tiny data2vec pretraining on an offline corpus, then
+# fine-tuning the result and the same model from random weights on an offline task.
 demo: $(STAMP)
 	$(BIN)/python train.py --config configs/demo.py --workdir demo_out
+	$(BIN)/python finetune.py --config configs/finetune_demo.py --workdir demo_out/finetune
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests

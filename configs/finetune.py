@@ -116,6 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "tasks": (),  # () = (task,)
       "lrs": (),  # () = the task's yaml lr
       "seeds": (),  # () = (train.seed,)
+      "from_scratch": (),  # () = (from_scratch,); (False, True): pretrained vs random weights
       "lr_choice": "global",  # global: one lr for all tasks (paper) | per_task (glue_lr.py)
     }
   )

@@ -290,3 +290,29 @@ def test_a_bad_config_is_one_line(assets, tmp_path, override, message):
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("finetune.py: error: ") and message in last, out.stderr[-2000:]
   assert "Traceback" not in out.stderr
+
+
+def test_the_demo_compares_pretrained_with_random_weights(assets, tmp_path):
+  """configs/finetune_demo.py: the offline task (python_topics) from the init's weights and from
+  random ones, side by side in summary.md and dev_curves.png."""
+  from configs import finetune_demo
+
+  config = finetune_demo.get_config(f"init={assets['model']}")
+  config.optimizer.max_epochs = 1
+  config.train.tensorboard = False
+  config.data.eval_too_long = "truncate"  # the tiny model has 64 positions
+  workdir = str(tmp_path / "demo")
+  summary = run_finetuning(config, workdir)
+  assert set(summary["tasks"]) == set(summary["from_scratch"]["tasks"]) == {"python_topics"}
+  runs = {}
+  for name in ("lr0.001_seed1", "lr0.001_seed1_scratch"):
+    with open(os.path.join(workdir, "python_topics", name, "results.json")) as f:
+      runs[name] = json.load(f)
+  assert runs["lr0.001_seed1"]["from_scratch"] is False
+  assert runs["lr0.001_seed1_scratch"]["from_scratch"] is True
+  assert summary["tasks"]["python_topics"]["0.001"]["score"]["runs"] == [
+    runs["lr0.001_seed1"]["score"]
+  ]
+  text = open(os.path.join(workdir, "summary.md")).read()
+  assert "from pretrained weights" in text and "from random weights" in text
+  assert os.path.getsize(os.path.join(workdir, "dev_curves.png")) > 1000

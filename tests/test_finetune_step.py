@@ -289,7 +289,7 @@ def test_every_finetune_config_resolves(task, grid):
   runs = grid_runs(c)
   tasks = finetune_config.recipes.PAPER_TASKS if task == "glue" else (task,)
   assert len(runs) == len(tasks) * (20 if grid == "paper" else 1)
-  for t, lr, seed in runs:
+  for t, lr, seed, scratch in runs:
     settings = resolve_settings(c, task=t)
     assert settings.task == t and settings.num_labels == (
       1 if t == "stsb" else len(finetune_config.recipes.label_names(t))

@@ -3,7 +3,9 @@
 Where `data.path` points, per source: `glue_tsv` the GLUE download (`glue_data/`, holding `RTE/`,
 `MNLI/`, ...) or one task's folder; `fairseq_bin` the folder holding `<TASK>-bin/` folders (e.g.
 `RTE-bin`) or one of them; `generic` a folder with `train.<format>` and `<split>.<format>` for
-each dev split; `tfds` reads `data.tfds_name/<task>` from `data.tfds_data_dir`.
+each dev split; `tfds` reads `data.tfds_name/<task>` from `data.tfds_data_dir`; `python_topics`
+writes the offline demo's task (finetune/demo_task.py) to `<workdir>/task_data` and reads it as
+`generic` files.
 """
 
 from __future__ import annotations
@@ -65,10 +67,27 @@ def task_path(source: str, root: str, task: str) -> str:
 
 
 def read_labeled_split(
-  data: ml_collections.ConfigDict, task: str, split: str, label_names: tuple[str, ...] | None
+  data: ml_collections.ConfigDict,
+  task: str,
+  split: str,
+  label_names: tuple[str, ...] | None,
+  *,
+  workdir: str = "",
 ):
   """One split of the configured source (`sources.read_split` with the config's options)."""
   source = data.source
+  if source == "python_topics":
+    path = os.path.join(workdir, "task_data")
+    return sources_lib.read_split(
+      "generic",
+      task,
+      split,
+      path=os.path.join(path, f"{split}.tsv"),
+      text_columns=("sentence",),
+      label_column="label",
+      label_names=label_names,
+      format="tsv",
+    )
   if source == "tfds":
     return sources_lib.read_split(
       source, task, split, data_dir=data.tfds_data_dir or None, builder=data.tfds_name
@@ -103,10 +122,18 @@ def load_task_data(
   tokenizer,
   model_config: EncoderConfig,
   *,
+  workdir: str,
   log: bool = True,
 ) -> TaskData:
   """Reads and encodes the train split and every dev split of `settings.task`."""
   data = config.data
+  if settings.source == "python_topics" and not os.path.isfile(
+    os.path.join(workdir, "task_data", "validation.tsv")
+  ):
+    from data2vec_jax.finetune.demo_task import write_topic_task
+
+    counts = write_topic_task(os.path.join(workdir, "task_data"))
+    logging.info("python_topics: wrote the demo task to %s/task_data: %s", workdir, counts)
   if settings.source == "fairseq_bin":
     _check_fairseq_dictionary(data, settings.task, model_config)
   encode = lambda split, too_long: encode_split(  # noqa: E731
@@ -118,7 +145,9 @@ def load_task_data(
     too_long=too_long,
     label_scale=settings.regression_scale,
   )
-  raw_train = read_labeled_split(data, settings.task, "train", settings.label_names)
+  raw_train = read_labeled_split(
+    data, settings.task, "train", settings.label_names, workdir=workdir
+  )
   if settings.num_labels == 0:  # a generic task's classes: the train split's labels
     names = raw_train.label_names
     settings = dataclasses.replace(settings, label_names=names, num_labels=len(names))
@@ -130,7 +159,7 @@ def load_task_data(
   train = encode(raw_train, data.train_too_long)
   evals = {}
   for split in settings.eval_splits:
-    raw = read_labeled_split(data, settings.task, split, settings.label_names)
+    raw = read_labeled_split(data, settings.task, split, settings.label_names, workdir=workdir)
     evals[split] = encode(raw, data.eval_too_long)
   result = TaskData(train=train, evals=evals, settings=settings)
   if log:

@@ -14,6 +14,10 @@ standard deviation of the runs' reported dev scores (each run's best evaluation 
 With all eight tasks the table ends in the paper's GLUE average (Table 4: MNLI counted once, as
 dev matched; MRPC/QQP (acc+F1)/2; STS-B (P+S)/2; CoLA MCC) and the average without RTE that
 fairseq's tools also print; with the mean over seeds (the paper) and the median (RoBERTa).
+
+`grid.from_scratch=(False, True)` also runs every cell from random weights (the architecture and
+tokenizer of `init`, the same recipe): the summary then has a second table, and
+`dev_curves.png` shows both, the question "how much does pretraining add?" answered per task.
 """
 
 from __future__ import annotations
@@ -37,9 +41,9 @@ SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
 LR_CHOICES = ("global", "per_task")
 
 
-def grid_runs(config: ml_collections.ConfigDict) -> list[tuple[str, float, int]]:
-  """(task, lr, seed) of every run the config asks for (no grid.lrs: the configured lr, else
-  the task's recipe lr)."""
+def grid_runs(config: ml_collections.ConfigDict) -> list[tuple[str, float, int, bool]]:
+  """(task, lr, seed, from_scratch) of every run the config asks for (no grid.lrs: the
+  configured lr, else the task's recipe lr; no grid.from_scratch: config.from_scratch)."""
   tasks = tuple(config.grid.tasks) or (config.task,)
   if config.task != "glue" and tasks != (config.task,):
     raise FinetuneError(
@@ -61,11 +65,13 @@ def grid_runs(config: ml_collections.ConfigDict) -> list[tuple[str, float, int]]
     recipe = recipes.GLUE_RECIPES.get(task)
     return (recipe.lr if recipe else GENERIC_DEFAULTS["lr"],)
 
-  return [(t, lr, s) for t in tasks for lr in lrs(t) for s in seeds]
+  inits = tuple(bool(x) for x in config.grid.from_scratch) or (bool(config.from_scratch),)
+  return [(t, lr, s, z) for z in inits for t in tasks for lr in lrs(t) for s in seeds]
 
 
-def run_directory(workdir: str, task: str, lr: float, seed: int) -> str:
-  return os.path.join(workdir, task, f"lr{lr:g}_seed{seed}")
+def run_directory(workdir: str, task: str, lr: float, seed: int, from_scratch: bool) -> str:
+  name = f"lr{lr:g}_seed{seed}" + ("_scratch" if from_scratch else "")
+  return os.path.join(workdir, task, name)
 
 
 def _finished(path: str) -> dict[str, Any] | None:
@@ -84,24 +90,27 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     results = finetune_and_evaluate(_run_config(config, *runs[0]), workdir)
     _log_result(results)
     return results
-  for number, (task, lr, seed) in enumerate(runs, start=1):
-    directory = run_directory(workdir, task, lr, seed)
+  for number, (task, lr, seed, scratch) in enumerate(runs, start=1):
+    directory = run_directory(workdir, task, lr, seed, scratch)
     if _finished(directory) is not None:
       logging.info("[%d/%d] %s: finished before, kept", number, len(runs), directory)
       continue
     logging.info("[%d/%d] %s", number, len(runs), directory)
-    _log_result(finetune_and_evaluate(_run_config(config, task, lr, seed), directory))
+    _log_result(finetune_and_evaluate(_run_config(config, task, lr, seed, scratch), directory))
     write_summary(workdir, str(config.grid.lr_choice))
   summary = write_summary(workdir, str(config.grid.lr_choice))
   logging.info("summary: %s\n%s", os.path.join(workdir, SUMMARY_MD), summary["markdown"])
   return summary
 
 
-def _run_config(config, task: str, lr: float, seed: int) -> ml_collections.ConfigDict:
+def _run_config(
+  config, task: str, lr: float, seed: int, from_scratch: bool
+) -> ml_collections.ConfigDict:
   run = copy.deepcopy(config)
   run.task = task
   run.optimizer.lr = lr
   run.train.seed = seed
+  run.from_scratch = from_scratch
   return run
 
 
@@ -123,8 +132,9 @@ def _log_result(results: dict[str, Any]) -> None:
 # Summary
 
 
-def collect(workdir: str) -> dict[str, dict[float, list[dict[str, Any]]]]:
-  """task -> lr -> the finished runs' results.json, from `<workdir>/<task>/<run>/`."""
+def collect(workdir: str, *, from_scratch: bool = False) -> dict[str, dict[float, list[dict]]]:
+  """task -> lr -> the finished runs' results.json, from `<workdir>/<task>/<run>/`: the runs
+  from pretrained weights, or (`from_scratch`) those from random ones."""
   table: dict[str, dict[float, list[dict[str, Any]]]] = {}
   if not os.path.isdir(workdir):
     raise FinetuneError(f"{workdir}: no such directory")
@@ -134,7 +144,9 @@ def collect(workdir: str) -> dict[str, dict[float, list[dict[str, Any]]]]:
       continue
     for run in sorted(os.listdir(task_dir)):
       results = _finished(os.path.join(task_dir, run))
-      if results is not None and results.get("score") is not None:
+      if results is None or bool(results.get("from_scratch")) != from_scratch:
+        continue
+      if results.get("score") is not None:
         table.setdefault(results["task"], {}).setdefault(float(results["lr"]), []).append(results)
   return table
 
@@ -155,10 +167,18 @@ def _aggregate(values: list[float]) -> dict[str, Any]:
 
 
 def summarize(workdir: str, lr_choice: str = "global") -> dict[str, Any]:
-  """The grid's table: per task and lr the aggregated scores, the chosen lrs, the averages."""
+  """The grid's table: per task and lr the aggregated scores, the chosen lrs, the averages; the
+  same for runs from random weights under 'from_scratch' when there are any."""
   if lr_choice not in LR_CHOICES:
     raise FinetuneError(f"lr_choice={lr_choice!r}; expected one of {LR_CHOICES}")
-  table = collect(workdir)
+  summary = _summarize_runs(collect(workdir), lr_choice)
+  scratch = collect(workdir, from_scratch=True)
+  if scratch:
+    summary["from_scratch"] = _summarize_runs(scratch, lr_choice)
+  return summary
+
+
+def _summarize_runs(table, lr_choice: str) -> dict[str, Any]:
   cells: dict[str, dict[str, Any]] = {}
   for task, by_lr in table.items():
     cells[task] = {}
@@ -206,10 +226,19 @@ def _choose(cells, lr_choice: str, statistic: str) -> dict[str, Any]:
 
 
 def markdown(summary: dict[str, Any]) -> str:
-  """The summary as a Markdown table (scores x100, as the paper prints them)."""
+  """The summary as Markdown tables (scores x100, as the paper prints them)."""
+  text = _markdown_group(summary, "from pretrained weights")
+  if "from_scratch" in summary:
+    text += "\n" + _markdown_group(summary["from_scratch"], "from random weights (same recipe)")
+  return text
+
+
+def _markdown_group(summary: dict[str, Any], title: str) -> str:
   cells = summary["tasks"]
   lrs = sorted({lr for c in cells.values() for lr in c}, key=float)
   lines = [
+    f"### Runs {title}",
+    "",
     f"Reported dev score per run: see each run's results.json. Cells: mean ± std over seeds "
     f"(n runs). lr choice: {summary['lr_choice']}.",
     "",
@@ -251,8 +280,53 @@ def markdown(summary: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def plot_dev_curves(workdir: str, out_png: str) -> str | None:
+  """One panel per task: every finished run's dev score over its evaluations (x: epoch), from
+  pretrained weights (solid) and from random ones (dashed); None when there is no run."""
+  runs = [
+    (task, r)
+    for scratch in (False, True)
+    for task, by_lr in collect(workdir, from_scratch=scratch).items()
+    for group in by_lr.values()
+    for r in group
+  ]
+  if not runs:
+    return None
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  tasks = sorted({t for t, _ in runs})
+  fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+  for ax, task in zip(axes[0], tasks):
+    for _, r in sorted(
+      ((t, r) for t, r in runs if t == task),
+      key=lambda item: (bool(item[1].get("from_scratch")), item[1]["lr"], item[1]["seed"]),
+    ):
+      scratch = bool(r.get("from_scratch"))
+      points = [(e["epoch"], 100 * e["score"]) for e in r.get("evaluations", [])]
+      if points:
+        ax.plot(
+          *zip(*points),
+          linestyle="--" if scratch else "-",
+          marker=".",
+          label=f"{'from scratch' if scratch else 'pretrained'} lr {r['lr']:g} seed {r['seed']}",
+        )
+    ax.set_title(f"{task}: dev score")
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=100)
+  plt.close(fig)
+  return out_png
+
+
 def write_summary(workdir: str, lr_choice: str = "global") -> dict[str, Any]:
+  """summary.json, summary.md and dev_curves.png in `workdir`; returns the summary."""
   summary = summarize(workdir, lr_choice)
+  summary["plot"] = plot_dev_curves(workdir, os.path.join(workdir, "dev_curves.png"))
   summary["markdown"] = markdown(summary)
   with open(os.path.join(workdir, SUMMARY_JSON), "w") as f:
     json.dump(summary, f, indent=2)

@@ -81,7 +81,9 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     dtype=str(config.model.dtype),
   )
   try:
-    task_data = data_lib.load_task_data(config, settings, tokenizer, model_config, log=is_chief)
+    task_data = data_lib.load_task_data(
+      config, settings, tokenizer, model_config, workdir=workdir, log=is_chief
+    )
   except (ValueError, FileNotFoundError, UnicodeError) as e:
     raise FinetuneError(f"data: {e}") from e
   settings = task_data.settings.with_data(len(task_data.train))
@@ -378,6 +380,8 @@ class _Run:
       "task": settings.task,
       "lr": settings.lr,
       "seed": settings.seed,
+      "init": self.config.init,
+      "from_scratch": bool(self.config.from_scratch),
       "batch_size": settings.batch_size,
       "updates": step,
       "total_updates": total,

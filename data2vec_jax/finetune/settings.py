@@ -19,7 +19,10 @@ from data2vec_jax.finetune.encoding import TOO_LONG
 from data2vec_jax.finetune.metrics import METRIC_SETS, TASK_METRICS
 from data2vec_jax.finetune.state import HEAD_INITS
 
-SOURCES = ("glue_tsv", "tfds", "fairseq_bin", "generic")
+SOURCES = ("glue_tsv", "tfds", "fairseq_bin", "generic", "python_topics")
+# Sources of tasks of your own (no GLUE recipe): python_topics is the offline demo's task,
+# written into the run's workdir as generic TSV files (finetune/demo_task.py).
+OWN_TASK_SOURCES = ("generic", "python_topics")
 REPORTS = ("best", "last")
 SELECT_BY = ("score", "accuracy")
 DTYPES = ("float32", "bfloat16")
@@ -86,7 +89,8 @@ def resolve_settings(
   data, opt, train = config.data, config.optimizer, config.train
   source = _check_choice(data.source, SOURCES, "data.source")
   is_glue = task in recipes.GLUE_RECIPES
-  if not is_glue and source != "generic":
+  own = source in OWN_TASK_SOURCES
+  if not is_glue and not own:
     raise ValueError(
       f"unknown GLUE task {task!r} (known: {sorted(recipes.GLUE_RECIPES)}); a task of your own "
       "needs data.source='generic'"
@@ -94,7 +98,7 @@ def resolve_settings(
   if task == "glue":
     raise ValueError("task=glue runs a grid: use finetune.py (it runs every task)")
   recipe = recipes.GLUE_RECIPES.get(task)
-  if is_glue and source != "generic":
+  if is_glue and not own:
     num_labels = recipe.num_labels
     names = recipes.label_names(task)
     metric_names = TASK_METRICS[task]
@@ -106,9 +110,7 @@ def resolve_settings(
     metric_names = METRIC_SETS[_check_choice(metric, tuple(METRIC_SETS), "data.metric")]
   pick = lambda value, default: default if value is None else value  # noqa: E731
   eval_splits = tuple(
-    pick(
-      data.eval_splits, recipe.eval_splits if recipe and source != "generic" else ("validation",)
-    )
+    pick(data.eval_splits, recipe.eval_splits if recipe and not own else ("validation",))
   )
   settings = RunSettings(
     task=task,
@@ -152,6 +154,6 @@ def resolve_settings(
       "config.init is empty: give the pretrained model (model dir, HF dir, fairseq .pt or "
       "pretraining workdir)"
     )
-  if source != "tfds" and not data.path:
+  if source not in ("tfds", "python_topics") and not data.path:
     raise ValueError(f"data.path must be set for data.source={source!r}")
   return settings
