@@ -177,6 +177,12 @@ class TrainingData:
     return self.vocab.mask_id
 
 
+def python_docs_sentencepiece_path(data_dir: str, vocab_size: int) -> str:
+  """Where the demo source's sentencepiece model is (`<workdir>/data/...`): fine-tuning finds a
+  demo model's tokenizer here."""
+  return os.path.join(data_dir, f"python_docs_spm{vocab_size}.model")
+
+
 def prepare_python_docs(data_dir: str, vocab_size: int) -> tuple[str, str, str]:
   """Writes the offline corpus, split, and trains its sentencepiece model once.
 
@@ -195,7 +201,7 @@ def prepare_python_docs(data_dir: str, vocab_size: int) -> tuple[str, str, str]:
   # run is never mistaken for a split one.
   train_path = os.path.join(data_dir, "python_docs_train.txt")
   valid_path = os.path.join(data_dir, "python_docs_valid.txt")
-  model_path = os.path.join(data_dir, f"python_docs_spm{vocab_size}.model")
+  model_path = python_docs_sentencepiece_path(data_dir, vocab_size)
   suffix = f".tmp{os.getpid()}"
   if not (os.path.exists(train_path) and os.path.exists(valid_path)):
     # Each distinct document once: some sections appear under several topics, and a copy in

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import jax
 
 from data2vec_jax.data.tokenizer import Tokenizer, load_tokenizer
+from data2vec_jax.data.training_input import python_docs_sentencepiece_path
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.train.recipe import RECIPE_FILE
 from data2vec_jax.weights.export import export_from_checkpoint
@@ -135,7 +136,11 @@ def _tokenizer_next_to(directory: str) -> tuple[str, dict[str, str | None]] | No
     with open(config_path) as f:
       data = json.load(f).get("data", {})
     if data.get("source") == "python_docs":  # the offline demo's corpus and vocabulary
-      model = os.path.join(directory, "data", f"spm{int(data['sentencepiece_vocab_size'])}.model")
+      model = python_docs_sentencepiece_path(
+        os.path.join(directory, "data"), int(data["sentencepiece_vocab_size"])
+      )
+      if not os.path.isfile(model):  # a demo workdir from before the held-out split
+        model = os.path.join(directory, "data", f"spm{int(data['sentencepiece_vocab_size'])}.model")
       return "sentencepiece", {"sentencepiece_model": model}
     kind = data.get("tokenizer") or "bpe"
     return kind, {
