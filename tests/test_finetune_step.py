@@ -296,3 +296,14 @@ def test_every_finetune_config_resolves(task, grid):
     )
     if grid == "none":
       assert lr == finetune_config.recipes.GLUE_RECIPES[t].lr and seed == 1
+
+
+def test_the_demo_config_resolves():
+  from configs import finetune_demo
+  from data2vec_jax.finetune.grid import grid_runs
+
+  c = finetune_demo.get_config()
+  assert c.init == "demo_out" and c.data.source == "python_topics"
+  assert [r[3] for r in grid_runs(c)] == [False, True]  # pretrained, then from random weights
+  settings = resolve_settings(c)
+  assert settings.num_labels == 0  # the classes come from the train split
