@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import collections
 
+import pytest
+
 from data2vec_jax.data.offline_corpus import named_topic_documents
 from data2vec_jax.finetune.demo_task import TOPIC_CLASSES, topic_examples, write_topic_task
 from data2vec_jax.finetune.sources import read_generic_split
 
 
-def test_topic_task_is_well_formed_and_deterministic(tmp_path):
-  splits = topic_examples()
-  assert splits == topic_examples()  # same Python -> same task
+@pytest.mark.parametrize("split_by", ["sentence", "document"])
+def test_topic_task_is_well_formed_and_deterministic(tmp_path, split_by):
+  splits = topic_examples(split_by=split_by)
+  assert splits == topic_examples(split_by=split_by)  # same Python -> same task
   train, dev = splits["train"], splits["validation"]
   assert len(train) > 1000 and len(dev) > 150
   train_sentences = {s for s, _ in train}
@@ -25,7 +28,7 @@ def test_topic_task_is_well_formed_and_deterministic(tmp_path):
   class_of = {t: c for c, topics in TOPIC_CLASSES.items() for t in topics}
   assert all(class_of[topic_of[s]] == y for s, y in train[:200] + dev[:200])
 
-  counts = write_topic_task(str(tmp_path), max_train=300)
+  counts = write_topic_task(str(tmp_path), max_train=300, split_by=split_by)
   assert counts == {"train": 300, "validation": len(dev)}
   read = read_generic_split(
     str(tmp_path / "train.tsv"), text_columns=("sentence",), label_column="label"

@@ -304,6 +304,7 @@ def test_the_demo_config_resolves():
 
   c = finetune_demo.get_config()
   assert c.init == "demo_out" and c.data.source == "python_topics"
-  assert [r[3] for r in grid_runs(c)] == [False, True]  # pretrained, then from random weights
+  # pretrained, then from random weights, 3 seeds each
+  assert [(r[2], r[3]) for r in grid_runs(c)] == [(s, z) for z in (False, True) for s in (1, 2, 3)]
   settings = resolve_settings(c)
   assert settings.num_labels == 0  # the classes come from the train split

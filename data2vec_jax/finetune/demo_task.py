@@ -8,11 +8,13 @@ and their methods) and `datamodel` (special method names, attribute access, ...)
 of them are left out. Sentences of 6 to 40 words.
 
 It is a low-resource task on purpose (a few hundred labelled sentences, like RTE or MRPC): the
-point of the demo is how much a pretrained encoder adds when labels are few. Dev sentences come
-from whole documents the training sentences do not (about a sixth of each class's documents),
-and a dev sentence that also occurs in a training document (the manual repeats itself) is left
-out of dev. The pretraining corpus does contain the dev documents' text, unlabelled: the
-comparison is in-domain pretraining vs none.
+point of the demo is how much a pretrained encoder adds when labels are few. The demo splits by
+sentence (`split_by='sentence'`: a sixth of each class's sentences, drawn at random, are dev);
+`split_by='document'` holds out whole documents instead, a harder, out-of-distribution test
+whose score depends much on which documents land in dev. Either way a dev sentence that also
+occurs among the training sentences (the manual repeats itself) is left out of dev. The
+pretraining corpus contains the dev text, unlabelled: the comparison is in-domain pretraining vs
+none.
 
   python -m data2vec_jax.finetune.demo_task OUT_DIR  ->  OUT_DIR/{train,validation}.tsv
   (generic TSV with the header `sentence<TAB>label`: data.source=generic)
@@ -85,9 +87,14 @@ MIN_WORDS, MAX_WORDS = 6, 40
 
 
 def topic_examples(
-  *, dev_fraction: float = 1 / 6, seed: int = 0
+  *, dev_fraction: float = 1 / 6, seed: int = 0, split_by: str = "document"
 ) -> dict[str, list[tuple[str, str]]]:
-  """{'train': [(sentence, class)], 'validation': [...]}, each shuffled (fixed by `seed`)."""
+  """{'train': [(sentence, class)], 'validation': [...]}, each shuffled (fixed by `seed`).
+
+  split_by: 'document' (dev documents unseen in training) or 'sentence' (dev sentences drawn from
+  the same documents as the training ones: an in-distribution split)."""
+  if split_by not in ("document", "sentence"):
+    raise ValueError(f"split_by={split_by!r}; expected 'document' or 'sentence'")
   rng = np.random.default_rng(seed)
   topic_class = {t: c for c, topics in TOPIC_CLASSES.items() for t in topics}
   by_class: dict[str, list[list[str]]] = {c: [] for c in TOPIC_CLASSES}
@@ -99,6 +106,8 @@ def topic_examples(
   train: list[tuple[str, str]] = []
   dev: list[tuple[str, str]] = []
   for label, documents in by_class.items():
+    if split_by == "sentence":
+      documents = [[s] for doc in documents for s in doc]
     order = rng.permutation(len(documents))
     n_dev = max(1, int(round(dev_fraction * len(documents))))
     for rank, i in enumerate(order):
@@ -112,11 +121,11 @@ def topic_examples(
 
 
 def write_topic_task(
-  directory: str, *, max_train: int | None = 300, seed: int = 0
+  directory: str, *, max_train: int | None = 300, seed: int = 0, split_by: str = "sentence"
 ) -> dict[str, int]:
   """Writes `<directory>/{train,validation}.tsv` (the first `max_train` training sentences);
   returns the number of examples per split."""
-  splits = topic_examples(seed=seed)
+  splits = topic_examples(seed=seed, split_by=split_by)
   splits["train"] = splits["train"][:max_train]
   os.makedirs(directory, exist_ok=True)
   for split, rows in splits.items():

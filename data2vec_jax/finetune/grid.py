@@ -90,6 +90,7 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     results = finetune_and_evaluate(_run_config(config, *runs[0]), workdir)
     _log_result(results)
     return results
+  _share_compilations(workdir)
   for number, (task, lr, seed, scratch) in enumerate(runs, start=1):
     directory = run_directory(workdir, task, lr, seed, scratch)
     if _finished(directory) is not None:
@@ -101,6 +102,20 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   summary = write_summary(workdir, str(config.grid.lr_choice))
   logging.info("summary: %s\n%s", os.path.join(workdir, SUMMARY_MD), summary["markdown"])
   return summary
+
+
+def _share_compilations(workdir: str) -> None:
+  """The grid's runs of one task compile the same programs: JAX's persistent compilation cache
+  (in `<workdir>/.jax_cache`, unless JAX_COMPILATION_CACHE_DIR / jax_compilation_cache_dir is
+  set already) lets every run after the first load them instead of compiling again."""
+  import jax
+
+  if jax.config.jax_compilation_cache_dir:
+    return
+  jax.config.update(
+    "jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), ".jax_cache")
+  )
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def _run_config(
