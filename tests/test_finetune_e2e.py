@@ -316,4 +316,5 @@ def test_the_demo_compares_pretrained_with_random_weights(assets, tmp_path):
   ]
   text = open(os.path.join(workdir, "summary.md")).read()
   assert "from pretrained weights" in text and "from random weights" in text
+  assert "| python_topics | 0.001 | " in text.split("### Runs")[0]  # side by side first
   assert os.path.getsize(os.path.join(workdir, "dev_curves.png")) > 1000

@@ -242,10 +242,36 @@ def _choose(cells, lr_choice: str, statistic: str) -> dict[str, Any]:
 
 def markdown(summary: dict[str, Any]) -> str:
   """The summary as Markdown tables (scores x100, as the paper prints them)."""
-  text = _markdown_group(summary, "from pretrained weights")
+  text = ""
+  if "from_scratch" in summary:
+    text = _markdown_comparison(summary) + "\n"
+  text += _markdown_group(summary, "from pretrained weights")
   if "from_scratch" in summary:
     text += "\n" + _markdown_group(summary["from_scratch"], "from random weights (same recipe)")
   return text
+
+
+def _markdown_comparison(summary: dict[str, Any]) -> str:
+  """Pretrained vs random weights side by side: per task and lr, mean ± std over seeds."""
+  scratch = summary["from_scratch"]["tasks"]
+  lines = [
+    "### Does pretraining help? Dev score, mean ± std over seeds (n runs)",
+    "",
+    "| task | lr | from pretrained weights | from random weights | difference |",
+    "|---|---|---|---|---|",
+  ]
+  for task, cells in summary["tasks"].items():
+    for lr, cell in cells.items():
+      other = scratch.get(task, {}).get(lr)
+      if other is None:
+        continue
+      a, b = cell["score"], other["score"]
+      lines.append(
+        f"| {task} | {lr} | {100 * a['mean']:.1f} ± {100 * a['std']:.1f} ({a['n']}) | "
+        f"{100 * b['mean']:.1f} ± {100 * b['std']:.1f} ({b['n']}) | "
+        f"{100 * (a['mean'] - b['mean']):+.1f} |"
+      )
+  return "\n".join(lines) + "\n"
 
 
 def _markdown_group(summary: dict[str, Any], title: str) -> str:
