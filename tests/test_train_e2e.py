@@ -160,6 +160,22 @@ def test_train_resume_export(tmp_path):
     np.asarray(teacher["layers"]["fc1"]["kernel"]) - np.asarray(params["layers"]["fc1"]["kernel"])
   ).max()
   assert diff > 0  # the teacher lags the student
+  # Fine-tuning starts from a pretraining workdir: its newest checkpoint's student (the paper),
+  # or with init_ema its teacher, and finds the workdir's own tokenizer.
+  from data2vec_jax.finetune.starting_point import load_starting_point, resolve_tokenizer
+  from data2vec_jax.weights.export import export_from_checkpoint
+
+  student = load_starting_point(workdir, str(tmp_path / "ft"))
+  assert np.array_equal(
+    student.encoder_params["layers"]["fc1"]["kernel"], params["layers"]["fc1"]["kernel"]
+  )
+  newest_teacher_dir, _ = export_from_checkpoint(workdir, str(tmp_path / "t6"), use_ema=True)
+  _, newest_teacher = data2vec_jax.load_pretrained(newest_teacher_dir)
+  ema = load_starting_point(workdir, str(tmp_path / "ft_ema"), use_ema=True)
+  assert np.array_equal(
+    ema.encoder_params["layers"]["fc1"]["kernel"], newest_teacher["layers"]["fc1"]["kernel"]
+  )
+  assert resolve_tokenizer({"kind": "auto"}, workdir).vocab.vocab_size == config.vocab_size
   # ... and converts to a Hugging Face directory that transformers loads.
   hf_dir = str(tmp_path / "hf")
   conv = subprocess.run(
