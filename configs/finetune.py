@@ -80,6 +80,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "classifier_dropout": 0.0,  # fairseq pooler_dropout (HF classifier_dropout)
       "head_init": "torch_default",  # torch_default (fairseq) | bert (HF: N(0, 0.02), zero bias)
       "dtype": "float32",  # compute dtype: float32 | bfloat16 (parameters stay float32)
+      # Blocks per iteration of the scan over the blocks: 'all' (unrolled, as pretraining's
+      # execution.scan_unroll default) or an int (1: one scanned block, faster compiles).
+      "scan_unroll": "all",
     }
   )
   c.optimizer = ml_collections.ConfigDict(

@@ -308,3 +308,14 @@ def test_the_demo_config_resolves():
   assert [(r[2], r[3]) for r in grid_runs(c)] == [(s, z) for z in (False, True) for s in (1, 2, 3)]
   settings = resolve_settings(c)
   assert settings.num_labels == 0  # the classes come from the train split
+
+
+def test_scan_unroll_setting():
+  c = finetune_config.get_config("task=rte")
+  c.init, c.data.path = "/m", "/d"
+  for ok in ("all", "2"):  # a str field: --config.model.scan_unroll=2 arrives as "2"
+    c.model.scan_unroll = ok
+    resolve_settings(c)
+  c.model.scan_unroll = "0"
+  with pytest.raises(ValueError, match="model.scan_unroll must be 'all' or an int >= 1"):
+    resolve_settings(c)

@@ -79,6 +79,11 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     dropout=float(config.model.dropout),
     attention_dropout=float(config.model.attention_dropout),
     dtype=str(config.model.dtype),
+    scan_unroll=(
+      start.config.num_layers
+      if config.model.scan_unroll == "all"
+      else int(config.model.scan_unroll)
+    ),
   )
   try:
     task_data = data_lib.load_task_data(

@@ -137,6 +137,10 @@ def resolve_settings(
   _check_choice(data.eval_too_long, TOO_LONG, "data.eval_too_long")
   _check_choice(config.model.head_init, HEAD_INITS, "model.head_init")
   _check_choice(config.model.dtype, DTYPES, "model.dtype")
+  unroll = config.model.scan_unroll
+  # A string field: `--config.model.scan_unroll=2` arrives as "2".
+  if not (unroll == "all" or (str(unroll).isdigit() and int(unroll) >= 1)):
+    raise ValueError(f"model.scan_unroll must be 'all' or an int >= 1, got {unroll!r}")
   for field, value, low in (
     ("optimizer.lr", settings.lr, 0.0),
     ("train.batch_size", settings.batch_size, 0),
