@@ -176,6 +176,25 @@ def test_train_resume_export(tmp_path):
     ema.encoder_params["layers"]["fc1"]["kernel"], newest_teacher["layers"]["fc1"]["kernel"]
   )
   assert resolve_tokenizer({"kind": "auto"}, workdir).vocab.vocab_size == config.vocab_size
+  # A grid exports the pretraining checkpoint once for all its runs (not once per run), with the
+  # workdir's tokenizer, and a re-run keeps that export.
+  from configs import finetune_demo
+  from data2vec_jax.finetune.grid import run_finetuning
+
+  grid_config = finetune_demo.get_config(f"init={workdir}")
+  grid_config.grid.seeds, grid_config.grid.from_scratch = (1,), (False,)
+  grid_config.optimizer.max_epochs = 1
+  grid_config.data.eval_too_long = "truncate"  # the tiny model has 64 positions
+  grid_config.train.tensorboard = False
+  grid_dir = str(tmp_path / "grid")
+  run_finetuning(grid_config, grid_dir)
+  exported = os.path.join(grid_dir, "init_model", "params.safetensors")
+  first_export = os.path.getmtime(exported)
+  assert not glob.glob(os.path.join(grid_dir, "python_topics", "*", "init_model"))
+  grid_config.grid.seeds = (1, 2)
+  run_finetuning(grid_config, grid_dir)
+  assert os.path.getmtime(exported) == first_export
+  assert os.path.exists(os.path.join(grid_dir, "python_topics", "lr0.001_seed2", "results.json"))
   # ... and converts to a Hugging Face directory that transformers loads.
   hf_dir = str(tmp_path / "hf")
   conv = subprocess.run(

@@ -36,6 +36,12 @@ from data2vec_jax.finetune import recipes
 from data2vec_jax.finetune.loop import RESULTS_FILE, FinetuneError, finetune_and_evaluate
 from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, glue_average
 from data2vec_jax.finetune.settings import GENERIC_DEFAULTS
+from data2vec_jax.finetune.starting_point import (
+  find_tokenizer,
+  is_pretraining_workdir,
+  sync_processes,
+)
+from data2vec_jax.weights.export import export_from_checkpoint
 
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
 LR_CHOICES = ("global", "per_task")
@@ -91,6 +97,7 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     _log_result(results)
     return results
   _share_compilations(workdir)
+  config = _export_init_once(config, workdir)
   for number, (task, lr, seed, scratch) in enumerate(runs, start=1):
     directory = run_directory(workdir, task, lr, seed, scratch)
     if _finished(directory) is not None:
@@ -116,6 +123,44 @@ def _share_compilations(workdir: str) -> None:
     "jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), ".jax_cache")
   )
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _export_init_once(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+  """A grid starting from a pretraining workdir exports its checkpoint once, to
+  `<workdir>/init_model[_ema]`, instead of once per run (160 copies of a Base model for the
+  paper's grid); the runs then start from that directory, with the workdir's tokenizer. A grid
+  re-run keeps the export it made first, so runs added later start from the same weights even
+  if pretraining has gone on since."""
+  if not is_pretraining_workdir(os.path.abspath(os.path.expanduser(config.init))):
+    return config
+  import jax
+
+  pretraining = os.path.abspath(os.path.expanduser(config.init))
+  config = copy.deepcopy(config)
+  if config.tokenizer.kind == "auto":
+    found = find_tokenizer(pretraining)
+    if found is not None:
+      kind, files = found
+      config.tokenizer.kind = kind
+      for key, value in files.items():
+        config.tokenizer[key] = value or ""
+  exported = os.path.join(
+    os.path.abspath(workdir), "init_model" + ("_ema" if config.init_ema else "")
+  )
+  if os.path.isfile(os.path.join(exported, "config.json")):
+    logging.info("init: %s, exported before (kept for every run)", exported)
+  else:
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      _, step = export_from_checkpoint(pretraining, exported + ".partial", use_ema=config.init_ema)
+      os.replace(exported + ".partial", exported)  # never a half-written init for later runs
+      logging.info(
+        "init: %s step %d exported once for every run, to %s", pretraining, step, exported
+      )
+    sync_processes("data2vec_jax: grid init exported")
+  config.init = exported
+  config.init_ema = False
+  return config
 
 
 def _run_config(

@@ -75,7 +75,7 @@ def load_starting_point(
         "EMA teacher" if use_ema else "student",
         model_path,
       )
-    _sync("data2vec_jax: init exported")
+    sync_processes("data2vec_jax: init exported")
     use_ema = False  # the exported directory already holds the chosen weights
   loaded = load_checkpoint(model_path, use_ema=use_ema)
   return StartingPoint(
@@ -88,7 +88,8 @@ def load_starting_point(
   )
 
 
-def _sync(name: str) -> None:
+def sync_processes(name: str) -> None:
+  """Every process waits here until all arrive (a no-op with one process)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
@@ -108,17 +109,25 @@ def resolve_tokenizer(settings: Mapping[str, Any], init: str) -> Tokenizer | Non
   }
   if kind != "auto":
     return load_tokenizer(kind, **files)
-  for directory in _candidate_dirs(init):
-    found = _tokenizer_next_to(directory)
-    if found is not None:
-      kind, files = found
-      logging.info("tokenizer: %s %s", kind, {k: v for k, v in files.items() if v})
-      return load_tokenizer(kind, **files)
+  found = find_tokenizer(init)
+  if found is not None:
+    kind, files = found
+    logging.info("tokenizer: %s %s", kind, {k: v for k, v in files.items() if v})
+    return load_tokenizer(kind, **files)
   raise ValueError(
     f"cannot tell which tokenizer {init or 'the model'} was trained with: set "
     "--config.tokenizer.kind=sentencepiece --config.tokenizer.sentencepiece_model=PATH, or "
     "--config.tokenizer.kind=bpe with vocab_json, merges_txt (and dict_txt for GPT-2 ids)"
   )
+
+
+def find_tokenizer(init: str) -> tuple[str, dict[str, str | None]] | None:
+  """(kind, files) of the tokenizer found next to `init` (module docstring), or None."""
+  for directory in _candidate_dirs(init):
+    found = _tokenizer_next_to(directory)
+    if found is not None:
+      return found
+  return None
 
 
 def _candidate_dirs(init: str) -> list[str]:
