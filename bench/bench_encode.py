@@ -141,47 +141,19 @@ def main(argv=None) -> int:
   load_before = common.load_avg()
   results, rows = [], []
   for config in args.configs.split(","):
-    runs = {"jax": [], "torch": []}
-    errors = []
-    for r in range(args.rounds):
-      for fw in ("jax", "torch") if r % 2 == 0 else ("torch", "jax"):
-        res = common.run_worker(
-          os.path.abspath(__file__),
-          [
-            "--worker",
-            fw,
-            "--config",
-            config,
-            "--batch",
-            str(args.batch),
-            "--seq",
-            str(args.seq),
-            "--steps",
-            str(args.steps),
-            "--warmup",
-            str(args.warmup),
-            "--threads",
-            str(args.threads),
-            "--attention_impl",
-            args.attention_impl,
-            "--pin_cores",
-            str(args.pin_cores),
-          ]
-          + ["--full_rows"] * args.full_rows,
-          timeout=args.timeout,
-          malloc=args.malloc,
-        )
-        if "error" in res:
-          errors.append({"framework": fw, "round": r, **res})
-          print(
-            f"[{config}/{fw}] ERROR {res['error']}\n{res.get('stderr_tail', '')}", file=sys.stderr
-          )
-        else:
-          runs[fw].append(res)
-          print(
-            f"[{config}/{fw} round {r}] median {common.median(res['times_s']):.4f}s",
-            file=sys.stderr,
-          )
+    worker_args = ["--config", config, "--batch", str(args.batch), "--seq", str(args.seq)]
+    worker_args += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    worker_args += ["--threads", str(args.threads), "--attention_impl", args.attention_impl]
+    worker_args += ["--pin_cores", str(args.pin_cores)] + ["--full_rows"] * args.full_rows
+    runs, errors = common.run_rounds(
+      os.path.abspath(__file__),
+      config,
+      ("jax", "torch"),
+      args.rounds,
+      worker_args,
+      timeout=args.timeout,
+      malloc=args.malloc,
+    )
     entry = {
       "config": config,
       "model": model_kwargs(config, args.attention_impl),
@@ -228,9 +200,9 @@ def main(argv=None) -> int:
   if not args.no_record:
     common.append_result(
       "encode",
-      f"host CPU, {common.available_cores()} cores (JAX CPU backend vs PyTorch "
-      f"eager CPU inference_mode, {args.threads} torch threads"
-      + (f", every worker pinned to {args.pin_cores} core(s))" if args.pin_cores else ")"),
+      common.cpu_device_label(
+        "JAX CPU backend vs PyTorch eager CPU inference_mode", args.threads, args.pin_cores
+      ),
       results,
       load_avg_before=load_before,
       note=args.note,

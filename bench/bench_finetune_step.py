@@ -284,23 +284,10 @@ def torch_worker(args) -> dict:
 
 
 def summarize(runs: list[dict], batch: int) -> dict:
-  times = [t for r in runs for t in r["times_s"]]
-  tokens = [n for r in runs for n in r["real_tokens"]]
-  med = common.median(times)
-  return {
-    "median_step_s": med,
-    "sentences_per_s": batch / med,
-    "tokens_per_s": common.median(tokens) / med,
-    "round_medians_s": [common.median(r["times_s"]) for r in runs],
-    "min_step_s": min(times),
-    "max_step_s": max(times),
-    "timed_steps": len(times),
-    "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
-    "rss_base_mib": max(r["rss_base_mib"] for r in runs),
-    "first_call_s": common.median([r["first_call_s"] for r in runs]),
-    "minor_faults_per_step": common.median([r["minor_faults_per_step"] for r in runs]),
-    "final_loss": runs[-1]["losses"][-1],
-  }
+  out = common.summarize_step_runs(runs)
+  out["sentences_per_s"] = batch / out["median_step_s"]
+  out["minor_faults_per_step"] = common.median([r["minor_faults_per_step"] for r in runs])
+  return out
 
 
 def main(argv=None) -> int:
@@ -347,39 +334,22 @@ def main(argv=None) -> int:
   for model in args.model.split(","):
     for task in args.tasks.split(","):
       batch = task_recipe(task).batch_size
-      runs = {f: [] for f in frameworks}
-      errors = []
-      for r in range(args.rounds):
-        order = frameworks if r % 2 == 0 else frameworks[::-1]
-        for fw in order:
-          worker_args = ["--worker", fw, "--config", model, "--task", task]
-          worker_args += ["--seq", str(args.seq), "--steps", str(args.steps)]
-          worker_args += ["--warmup", str(args.warmup), "--threads", str(args.threads)]
-          worker_args += ["--pin_cores", str(args.pin_cores), "--scan_unroll", args.scan_unroll]
-          worker_args += ["--classifier_dropout", str(args.classifier_dropout)]
-          worker_args += ["--full_rows"] * args.full_rows
-          res = common.run_worker(
-            os.path.abspath(__file__),
-            worker_args,
-            timeout=args.timeout,
-            env=env,
-            malloc=args.malloc,
-          )
-          if "error" in res:
-            errors.append({"framework": fw, "round": r, **res})
-            print(
-              f"[{model}/{task}/{fw} round {r}] ERROR: {res['error']}\n"
-              f"{res.get('stderr_tail', '')}",
-              file=sys.stderr,
-            )
-          else:
-            runs[fw].append(res)
-            print(
-              f"[{model}/{task}/{fw} round {r}] median {common.median(res['times_s']):.4f}s "
-              f"first {res['first_call_s']:.2f}s peak RSS {res['peak_rss_mib']:.0f} MiB "
-              f"minor faults/step {res['minor_faults_per_step']:.0f}",
-              file=sys.stderr,
-            )
+      worker_args = ["--config", model, "--task", task]
+      worker_args += ["--seq", str(args.seq), "--steps", str(args.steps)]
+      worker_args += ["--warmup", str(args.warmup), "--threads", str(args.threads)]
+      worker_args += ["--pin_cores", str(args.pin_cores), "--scan_unroll", args.scan_unroll]
+      worker_args += ["--classifier_dropout", str(args.classifier_dropout)]
+      worker_args += ["--full_rows"] * args.full_rows
+      runs, errors = common.run_rounds(
+        os.path.abspath(__file__),
+        f"{model}/{task}",
+        frameworks,
+        args.rounds,
+        worker_args,
+        timeout=args.timeout,
+        malloc=args.malloc,
+        env=env,
+      )
       entry = {
         "config": model,
         "task": task,
@@ -391,11 +361,6 @@ def main(argv=None) -> int:
       for fw in frameworks:
         if runs[fw]:
           entry[fw] = summarize(runs[fw], batch)
-          entry[fw]["worker_info"] = {
-            k: v
-            for k, v in runs[fw][0].items()
-            if k not in ("times_s", "warmup_s", "real_tokens", "losses")
-          }
       if "jax" in entry:
         entry["jax"]["compile_s"] = entry["jax"]["first_call_s"] - entry["jax"]["median_step_s"]
       if "jax" in entry and "torch" in entry:
@@ -418,9 +383,7 @@ def main(argv=None) -> int:
   if not args.no_record:
     common.append_result(
       "finetune_step",
-      f"host CPU, {common.available_cores()} cores (JAX CPU backend vs PyTorch eager CPU, "
-      f"{args.threads} torch threads"
-      + (f", every worker pinned to {args.pin_cores} core(s))" if args.pin_cores else ")"),
+      common.cpu_device_label("JAX CPU backend vs PyTorch eager CPU", args.threads, args.pin_cores),
       results,
       load_avg_before=load_before,
       note=args.note,

@@ -289,25 +289,6 @@ def torch_worker(args, overrides: dict) -> dict:
 # Orchestrator
 
 
-def summarize(runs: list[dict]) -> dict:
-  times = [t for r in runs for t in r["times_s"]]
-  tokens = [n for r in runs for n in r["real_tokens"]]
-  med = common.median(times)
-  out = {
-    "median_step_s": med,
-    "tokens_per_s": common.median(tokens) / med,
-    "round_medians_s": [common.median(r["times_s"]) for r in runs],
-    "min_step_s": min(times),
-    "max_step_s": max(times),
-    "timed_steps": len(times),
-    "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
-    "rss_base_mib": max(r["rss_base_mib"] for r in runs),
-    "first_call_s": common.median([r["first_call_s"] for r in runs]),
-    "final_loss": runs[-1]["losses"][-1],
-  }
-  return out
-
-
 def parse_overrides(items: list[str]) -> dict:
   out = {}
   for item in items:
@@ -366,51 +347,24 @@ def main(argv=None) -> int:
   load_before = common.load_avg()
   rows, results = [], []
   for config in args.configs.split(","):
-    runs = {f: [] for f in frameworks}
-    errors = []
-    for r in range(args.rounds):
-      order = frameworks if r % 2 == 0 else frameworks[::-1]
-      for fw in order:
-        worker_args = [
-          "--worker",
-          fw,
-          "--config",
-          config,
-          "--batch",
-          str(args.batch),
-          "--seq",
-          str(args.seq),
-          "--steps",
-          str(args.steps),
-          "--warmup",
-          str(args.warmup),
-          "--threads",
-          str(args.threads),
-          "--pin_cores",
-          str(args.pin_cores),
-        ]
-        worker_args += ["--full_rows"] * args.full_rows
-        worker_args += ["--no_prune_last_block"] * args.no_prune_last_block
-        worker_args += ["--head_overflow", args.head_overflow]
-        worker_args += ["--pack_buckets", str(args.pack_buckets)]
-        for o in args.override:
-          worker_args += ["--override", o]
-        res = common.run_worker(
-          os.path.abspath(__file__), worker_args, timeout=args.timeout, malloc=args.malloc
-        )
-        if "error" in res:
-          errors.append({"framework": fw, "round": r, **res})
-          print(
-            f"[{config}/{fw} round {r}] ERROR: {res['error']}\n{res.get('stderr_tail', '')}",
-            file=sys.stderr,
-          )
-        else:
-          runs[fw].append(res)
-          print(
-            f"[{config}/{fw} round {r}] median {common.median(res['times_s']):.4f}s "
-            f"first {res['first_call_s']:.2f}s peak RSS {res['peak_rss_mib']:.0f} MiB",
-            file=sys.stderr,
-          )
+    worker_args = ["--config", config, "--batch", str(args.batch), "--seq", str(args.seq)]
+    worker_args += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    worker_args += ["--threads", str(args.threads), "--pin_cores", str(args.pin_cores)]
+    worker_args += ["--full_rows"] * args.full_rows
+    worker_args += ["--no_prune_last_block"] * args.no_prune_last_block
+    worker_args += ["--head_overflow", args.head_overflow]
+    worker_args += ["--pack_buckets", str(args.pack_buckets)]
+    for o in args.override:
+      worker_args += ["--override", o]
+    runs, errors = common.run_rounds(
+      os.path.abspath(__file__),
+      config,
+      frameworks,
+      args.rounds,
+      worker_args,
+      timeout=args.timeout,
+      malloc=args.malloc,
+    )
     entry = {
       "config": config,
       "model": model_kwargs(config, overrides),
@@ -420,12 +374,7 @@ def main(argv=None) -> int:
     }
     for fw in frameworks:
       if runs[fw]:
-        entry[fw] = summarize(runs[fw])
-        entry[fw]["worker_info"] = {
-          k: v
-          for k, v in runs[fw][0].items()
-          if k not in ("times_s", "warmup_s", "real_tokens", "losses")
-        }
+        entry[fw] = common.summarize_step_runs(runs[fw])
     if "jax" in entry:
       entry["jax"]["compile_s"] = entry["jax"]["first_call_s"] - entry["jax"]["median_step_s"]
     if "jax" in entry and "torch" in entry:
@@ -446,9 +395,7 @@ def main(argv=None) -> int:
   if not args.no_record:
     common.append_result(
       "train_step",
-      f"host CPU, {common.available_cores()} cores (JAX CPU backend vs PyTorch "
-      f"eager CPU, {args.threads} torch threads"
-      + (f", every worker pinned to {args.pin_cores} core(s))" if args.pin_cores else ")"),
+      common.cpu_device_label("JAX CPU backend vs PyTorch eager CPU", args.threads, args.pin_cores),
       results,
       load_avg_before=load_before,
       note=args.note,

@@ -221,6 +221,80 @@ def run_worker(
   }
 
 
+def run_rounds(
+  script: str,
+  label: str,
+  frameworks: Sequence[str],
+  rounds: int,
+  worker_args: Sequence[str],
+  *,
+  timeout: float,
+  malloc: str = "tuned",
+  env: dict[str, str] | None = None,
+) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+  """The benchmarks' protocol: `rounds` rounds, one worker subprocess per framework per round,
+  the order alternating between rounds (so neither framework always runs on a warmer machine).
+
+  worker_args: the arguments every worker gets after `--worker <framework>`. Returns (framework
+  -> the workers' results, errors); each round's outcome is printed to stderr as it ends.
+  """
+  runs: dict[str, list[dict[str, Any]]] = {f: [] for f in frameworks}
+  errors: list[dict[str, Any]] = []
+  for r in range(rounds):
+    for fw in frameworks if r % 2 == 0 else list(frameworks)[::-1]:
+      res = run_worker(
+        script, ["--worker", fw, *worker_args], timeout=timeout, env=env, malloc=malloc
+      )
+      if "error" in res:
+        errors.append({"framework": fw, "round": r, **res})
+        print(
+          f"[{label}/{fw} round {r}] ERROR: {res['error']}\n{res.get('stderr_tail', '')}",
+          file=sys.stderr,
+        )
+        continue
+      runs[fw].append(res)
+      parts = [f"median {median(res['times_s']):.4f}s"]
+      if "first_call_s" in res:
+        parts.append(f"first {res['first_call_s']:.2f}s")
+      if "peak_rss_mib" in res:
+        parts.append(f"peak RSS {res['peak_rss_mib']:.0f} MiB")
+      if "minor_faults_per_step" in res:
+        parts.append(f"minor faults/step {res['minor_faults_per_step']:.0f}")
+      print(f"[{label}/{fw} round {r}] " + " ".join(parts), file=sys.stderr)
+  return runs, errors
+
+
+def summarize_step_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """One framework's training-step workers (times_s, real_tokens, rss, first_call_s, losses)
+  -> the medians and spreads every step benchmark records, plus `worker_info` (the first
+  worker's own facts)."""
+  times = [t for r in runs for t in r["times_s"]]
+  tokens = [n for r in runs for n in r["real_tokens"]]
+  med = median(times)
+  return {
+    "median_step_s": med,
+    "tokens_per_s": median(tokens) / med,
+    "round_medians_s": [median(r["times_s"]) for r in runs],
+    "min_step_s": min(times),
+    "max_step_s": max(times),
+    "timed_steps": len(times),
+    "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+    "rss_base_mib": max(r["rss_base_mib"] for r in runs),
+    "first_call_s": median([r["first_call_s"] for r in runs]),
+    "final_loss": runs[-1]["losses"][-1],
+    "worker_info": {
+      k: v for k, v in runs[0].items() if k not in ("times_s", "warmup_s", "real_tokens", "losses")
+    },
+  }
+
+
+def cpu_device_label(what: str, threads: int, pin_cores: int) -> str:
+  """The `device` field of a CPU benchmark's results.jsonl row."""
+  return f"host CPU, {available_cores()} cores ({what}, {threads} torch threads" + (
+    f", every worker pinned to {pin_cores} core(s))" if pin_cores else ")"
+  )
+
+
 def median(xs: Sequence[float]) -> float:
   return float(statistics.median(xs)) if xs else float("nan")
 
