@@ -32,7 +32,6 @@ from data2vec_jax.data.pipeline import (
   GLOBAL_ROW_TOKENS,
   SOURCE_KEYS,
   Batch,
-  BatchIterator,
   PipelineConfig,
   build_block_dataset,
   make_iterator,
@@ -251,6 +250,13 @@ def _prepare_python_docs_once(
   return prepare_python_docs(data_dir, vocab_size)  # no-op where the files are already there
 
 
+def masking_fn(masking: MaskingConfig, seed: int, vocab: VocabInfo):
+  """The pipeline's `mask_fn`: fairseq's masking of one sequence, keyed by `seed`."""
+  return functools.partial(
+    mask_tokens, config=masking, seed=seed, mask_id=vocab.mask_id, vocab_size=vocab.vocab_size
+  )
+
+
 def validation_batches(
   blocks: BlockDataset,
   vocab: VocabInfo,
@@ -272,21 +278,14 @@ def validation_batches(
   config = dataclasses.replace(
     pipeline, shuffle=False, drop_remainder=False, seed=int(validation.seed)
   )
-  mask_fn = functools.partial(
-    mask_tokens,
-    config=masking,
-    seed=int(validation.seed),
-    mask_id=vocab.mask_id,
-    vocab_size=vocab.vocab_size,
-  )
-  iterator = BatchIterator(
+  iterator = make_iterator(
     blocks,
     config,
-    mask_fn=mask_fn,
-    pad_id=vocab.pad_id,
-    bos_id=vocab.bos_id,
+    vocab,
+    mask_fn=masking_fn(masking, int(validation.seed), vocab),
     process_index=process_index,
     process_count=process_count,
+    prefetch=0,  # built once, here: a BatchIterator, no prefetch thread
   )
   count = iterator.batches_per_epoch
   if validation.max_batches:
@@ -388,13 +387,7 @@ def build(
   validation = _build_validation(
     config, source_cfg, valid_text, vocab, pipeline_cfg, process_index, process_count
   )
-  mask_fn = functools.partial(
-    mask_tokens,
-    config=MaskingConfig.from_dict(dict(config.masking)),
-    seed=pipeline_cfg.seed,
-    mask_id=vocab.mask_id,
-    vocab_size=vocab.vocab_size,
-  )
+  mask_fn = masking_fn(MaskingConfig.from_dict(dict(config.masking)), pipeline_cfg.seed, vocab)
   iterator = make_iterator(
     blocks,
     pipeline_cfg,
