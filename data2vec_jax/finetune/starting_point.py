@@ -66,16 +66,20 @@ def load_starting_point(
   model_path = path
   if is_pretraining_workdir(path):
     model_path = os.path.join(workdir, "init_model" + ("_ema" if use_ema else ""))
-    if jax.process_index() == 0:
-      _, step = export_from_checkpoint(path, model_path, use_ema=use_ema)
-      logging.info(
-        "init: %s step %d (%s) exported to %s",
-        path,
-        step,
-        "EMA teacher" if use_ema else "student",
-        model_path,
-      )
-    sync_processes("data2vec_jax: init exported")
+    # Exported once per run directory: a resumed run keeps the weights it started from (and
+    # does not write a whole model again), even if pretraining has gone on since.
+    if not os.path.isfile(os.path.join(model_path, "config.json")):
+      if jax.process_index() == 0:
+        _, step = export_from_checkpoint(path, model_path + ".partial", use_ema=use_ema)
+        os.replace(model_path + ".partial", model_path)
+        logging.info(
+          "init: %s step %d (%s) exported to %s",
+          path,
+          step,
+          "EMA teacher" if use_ema else "student",
+          model_path,
+        )
+      sync_processes("data2vec_jax: init exported")
     use_ema = False  # the exported directory already holds the chosen weights
   loaded = load_checkpoint(model_path, use_ema=use_ema)
   return StartingPoint(

@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.train.checkpoint import structure_differences
 
 HEAD_INITS = ("torch_default", "bert")
 
@@ -143,17 +144,6 @@ def _cast_like(tree: Any, like: Any) -> Any:
 
 
 def _check_same_tree(given: Any, expected: Any, what: str) -> None:
-  got = {
-    jax.tree_util.keystr(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(given)
-  }
-  want = {
-    jax.tree_util.keystr(p): tuple(x.shape)
-    for p, x in jax.tree_util.tree_leaves_with_path(expected)
-  }
-  if got != want:
-    diff = sorted(
-      f"{k}: got {got.get(k)}, expected {want.get(k)}"
-      for k in set(got) | set(want)
-      if got.get(k) != want.get(k)
-    )
-    raise ValueError(f"{what} does not fit the model: {'; '.join(diff[:5])}")
+  problems = structure_differences(given, expected)
+  if problems:
+    raise ValueError(f"{what} does not fit the model: {'; '.join(problems)}")
