@@ -9,6 +9,12 @@
   python convert_torch_weights.py --from auto out/d2v --to hf --output out/hf \
       --hf-architecture Data2VecTextForMaskedLM
 
+The model's tokenizer travels with it: the one INPUT carries (a data2vec-jax or HF directory's,
+or tokenizer files next to a .pt), or --tokenizer PATH (a model directory, a directory of
+`vocab.json` + `merges.txt` [+ `dict.txt`] or fairseq's `encoder.json` + `vocab.bpe` +
+`dict.txt`, or a sentencepiece `.model`). Writing an HF directory without one is refused unless
+--no-tokenizer says so (`AutoTokenizer` would otherwise build a useless default).
+
 All logic lives in `data2vec_jax.weights` and `data2vec_jax.weights.pretrained`; this is argument parsing.
 """
 
@@ -18,9 +24,11 @@ import argparse
 import os
 import sys
 
+from data2vec_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer
 from data2vec_jax.weights import EXPORT_ARCHITECTURES, CheckpointError, save_hf_dir
 from data2vec_jax.weights.fairseq import load_fairseq
 from data2vec_jax.weights.hf import load_hf_dir
+from data2vec_jax.weights.model_tokenizer import load_model_tokenizer
 from data2vec_jax.weights.pretrained import load_checkpoint, save_pretrained
 
 
@@ -53,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     action="store_true",
     help="HF only: drop non-zero token_type_embeddings rows >= 1",
   )
+  parser.add_argument(
+    "--tokenizer",
+    default=None,
+    help="the model's tokenizer, when INPUT carries none (see above)",
+  )
+  parser.add_argument(
+    "--no-tokenizer",
+    action="store_true",
+    help="write no tokenizer (weights only), even if one is found",
+  )
   args = parser.parse_args(argv)
 
   try:
@@ -70,6 +88,17 @@ def main(argv: list[str] | None = None) -> int:
       )
     print(f"read {args.input}")
     print(converted.summary())
+    tokenizer = None if args.no_tokenizer else _tokenizer(args.tokenizer or args.input)
+    if args.tokenizer and not args.no_tokenizer and tokenizer is None:
+      raise CheckpointError(f"--tokenizer {args.tokenizer}: no tokenizer files found there")
+    if tokenizer is not None:
+      print(f"tokenizer: {tokenizer.kind} {sorted(tokenizer.files)} ({tokenizer.vocab})")
+    elif args.to == "hf" and not args.no_tokenizer:
+      raise CheckpointError(
+        f"{args.tokenizer or args.input} has no tokenizer, and an HF directory without one is "
+        "unusable (AutoTokenizer builds a 5-token default): give --tokenizer PATH, or "
+        "--no-tokenizer to write weights only"
+      )
     if args.to == "jax":
       save_pretrained(
         args.output,
@@ -77,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         converted.params,
         head_params=converted.heads or None,
         metadata=converted.metadata,
+        tokenizer=tokenizer,
       )
+      if tokenizer is None and not args.no_tokenizer:
+        print("note: no tokenizer found; the directory has none (give --tokenizer PATH)")
       print(f"wrote data2vec-jax directory {args.output}")
     else:
       notes = save_hf_dir(
@@ -87,14 +119,25 @@ def main(argv: list[str] | None = None) -> int:
         heads=converted.heads,
         metadata=converted.metadata,
         architecture=args.hf_architecture,
+        tokenizer=tokenizer,
       )
       for note in notes:
         print(f"note: {note}")
       print(f"wrote Hugging Face {args.hf_architecture} directory {args.output}")
-  except CheckpointError as e:
+  except (CheckpointError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0
+
+
+def _tokenizer(path: str) -> Tokenizer | None:
+  """The tokenizer at `path`: a sentencepiece `.model` file, or what a model directory carries
+  (or loose tokenizer files in it, or next to a `.pt`)."""
+  if os.path.isfile(path) and path.endswith(".model"):
+    return SentencePieceTokenizer(path)
+  if not os.path.exists(path):
+    raise CheckpointError(f"--tokenizer {path}: no such file or directory")
+  return load_model_tokenizer(path)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 # stays cheap and submodules can import each other without cycles.
 _LAZY = {
   "encode": "data2vec_jax.weights.pretrained",
+  "load_model_tokenizer": "data2vec_jax.weights.model_tokenizer",
   "load_pretrained": "data2vec_jax.weights.pretrained",
   "save_pretrained": "data2vec_jax.weights.pretrained",
 }

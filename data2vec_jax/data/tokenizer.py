@@ -10,6 +10,11 @@
 * `SentencePieceTokenizer`: a sentencepiece model trained by `train_sentencepiece` with the fairseq
   special ids fixed (<s>=0 <pad>=1 </s>=2 <unk>=3) and `<mask>` as the LAST id, so spm ids are the
   model's ids and `vocab_size` is the embedding-table size.
+* `TokenizersJsonTokenizer`: a `tokenizers` `tokenizer.json` whose ids are the model's (what a
+  Hugging Face directory without `vocab.json`/`merges.txt` carries).
+
+Every tokenizer names its `kind` and its source `files` (role -> path), so a model directory can
+carry a copy (`data2vec_jax.weights.model_tokenizer`).
 
 `encode(text)` returns the ids of the text without specials; `encode_line(text)` appends `</s>`,
 which is how every fairseq sentence line is stored.
@@ -48,6 +53,8 @@ class Tokenizer(Protocol):
   """What the data pipeline needs from a tokenizer."""
 
   vocab: VocabInfo
+  kind: str  # 'bpe' | 'sentencepiece' | 'tokenizers_json'
+  files: dict[str, str]  # role (load_tokenizer's keyword) -> path of the file read
 
   def encode(self, text: str) -> np.ndarray:  # int32 [n]
     ...
@@ -75,6 +82,9 @@ def _require_file(path: str | os.PathLike | None, what: str) -> str:
 class BPETokenizer:
   """GPT-2 byte-level BPE from local `vocab.json` + `merges.txt`, producing fairseq ids.
 
+  `gpt2_to_fairseq` (int32 [n_bpe], or None for a RoBERTa-style vocab.json) maps a BPE token's
+  GPT-2 id to its fairseq id, `<unk>` (3) for tokens the dictionary lacks.
+
   Args:
     vocab_json: path to `vocab.json` (token -> id).
     merges_txt: path to `merges.txt`.
@@ -94,14 +104,18 @@ class BPETokenizer:
 
     vocab_json = _require_file(vocab_json, "BPE vocab.json")
     merges_txt = _require_file(merges_txt, "BPE merges.txt")
+    self.kind = "bpe"
+    self.files = {"vocab_json": vocab_json, "merges_txt": merges_txt}
     with open(vocab_json, encoding="utf-8") as f:
       vocab: dict[str, int] = json.load(f)
+    self.bpe_vocab = vocab
     # add_prefix_space=False and the GPT-2 regex pre-tokenizer: identical to RobertaTokenizer,
     # which never adds a leading space. trim_offsets only affects offsets, not ids.
     self._tok = ByteLevelBPETokenizer(vocab_json, merges_txt, add_prefix_space=False)
     self._lut: np.ndarray | None = None
     if dict_txt is not None:
-      self.dictionary = Dictionary.load(_require_file(dict_txt, "fairseq dict.txt"))
+      self.files["dict_txt"] = _require_file(dict_txt, "fairseq dict.txt")
+      self.dictionary = Dictionary.load(self.files["dict_txt"])
       # GPT-2 id -> fairseq id, through the decimal-string symbols of dict.txt.
       n = max(vocab.values()) + 1
       self._lut = np.array([self.dictionary.index(str(i)) for i in range(n)], dtype=np.int32)
@@ -140,6 +154,10 @@ class BPETokenizer:
           f"(found {mask_id}, vocabulary has {len(vocab)} entries)"
         )
 
+  @property
+  def gpt2_to_fairseq(self) -> np.ndarray | None:
+    return self._lut
+
   def _map(self, ids: Sequence[int]) -> np.ndarray:
     arr = np.asarray(ids, dtype=np.int32)
     return self._lut[arr] if self._lut is not None else arr
@@ -166,6 +184,8 @@ class SentencePieceTokenizer:
     import sentencepiece as spm
 
     model_file = _require_file(model_file, "sentencepiece model")
+    self.kind = "sentencepiece"
+    self.files = {"sentencepiece_model": model_file}
     self._sp = spm.SentencePieceProcessor(model_file=model_file)
     ids = {s: self._sp.piece_to_id(s) for s in (*SPECIAL_SYMBOLS, MASK)}
     expected = {BOS: 0, PAD: 1, EOS: 2, UNK: 3, MASK: self._sp.get_piece_size() - 1}
@@ -194,6 +214,41 @@ class SentencePieceTokenizer:
 
   def pieces(self) -> list[str]:
     return [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
+
+
+class TokenizersJsonTokenizer:
+  """A `tokenizers` `tokenizer.json` whose ids are the model's, fairseq's special layout
+  (<s>=0 <pad>=1 </s>=2 <unk>=3, a `<mask>` token). Specials it would add (its post-processor)
+  are left out: `encode` returns the text's ids only, like the other tokenizers."""
+
+  def __init__(self, tokenizer_json: str | os.PathLike) -> None:
+    from tokenizers import Tokenizer as RustTokenizer
+
+    tokenizer_json = _require_file(tokenizer_json, "tokenizer.json")
+    self.kind = "tokenizers_json"
+    self.files = {"tokenizer_json": tokenizer_json}
+    self._tok = RustTokenizer.from_file(tokenizer_json)
+    ids = {s: self._tok.token_to_id(s) for s in (*SPECIAL_SYMBOLS, MASK)}
+    if [ids[s] for s in SPECIAL_SYMBOLS] != [0, 1, 2, 3] or ids[MASK] is None:
+      raise DataError(
+        f"{tokenizer_json}: special ids {ids} are not fairseq's layout (<s>=0 <pad>=1 </s>=2 "
+        "<unk>=3 and a <mask> token); it is not a data2vec/RoBERTa tokenizer"
+      )
+    self.vocab = VocabInfo(
+      vocab_size=self._tok.get_vocab_size(with_added_tokens=True), mask_id=ids[MASK]
+    )
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    return [
+      np.asarray(e.ids, dtype=np.int32)
+      for e in self._tok.encode_batch(list(texts), add_special_tokens=False)
+    ]
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._tok.decode([int(i) for i in ids])
 
 
 def train_sentencepiece(
@@ -352,10 +407,16 @@ def load_tokenizer(
   merges_txt: str | None = None,
   dict_txt: str | None = None,
   sentencepiece_model: str | None = None,
+  tokenizer_json: str | None = None,
 ) -> Tokenizer:
-  """Build a tokenizer from config values: kind is 'bpe' or 'sentencepiece'."""
+  """Build a tokenizer from config values: kind is 'bpe', 'sentencepiece' or 'tokenizers_json'
+  (the keywords are the tokenizers' `files` roles)."""
   if kind == "bpe":
     return BPETokenizer(vocab_json, merges_txt, dict_txt)
   if kind == "sentencepiece":
     return SentencePieceTokenizer(sentencepiece_model)
-  raise ValueError(f"unknown tokenizer {kind!r}; expected 'bpe' or 'sentencepiece'")
+  if kind == "tokenizers_json":
+    return TokenizersJsonTokenizer(tokenizer_json)
+  raise ValueError(
+    f"unknown tokenizer {kind!r}; expected 'bpe', 'sentencepiece' or 'tokenizers_json'"
+  )

@@ -6,16 +6,16 @@ checkpoint is exported first to `<finetune workdir>/init_model` (the student by 
 paper fine-tunes it; the EMA teacher with `init_ema`).
 
 The tokenizer must be the pretrained model's own. With `tokenizer.kind='auto'` it is found next to
-`init`: a pretraining workdir's data config (its sentencepiece model, or its BPE files), or
-tokenizer files in the model directory or its parent (`*.model` sentencepiece, or `vocab.json` +
-`merges.txt` [+ `dict.txt`]). Anything else is an error that says which settings to give.
+`init` (`weights.model_tokenizer.find_tokenizer`): the tokenizer a model directory carries, a
+Hugging Face directory's tokenizer files, a pretraining workdir's data config (its sentencepiece
+model, or its BPE files), or tokenizer files in the model directory or its parent (`*.model`
+sentencepiece, or `vocab.json` + `merges.txt` [+ `dict.txt`]). Anything else is an error that
+says which settings to give.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import logging
 import os
 from typing import Any, Mapping
@@ -23,9 +23,9 @@ from typing import Any, Mapping
 import jax
 
 from data2vec_jax.data.tokenizer import Tokenizer, load_tokenizer
-from data2vec_jax.data.training_input import python_docs_sentencepiece_path
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.train.recipe import RECIPE_FILE
+from data2vec_jax.weights import model_tokenizer
 from data2vec_jax.weights.export import export_from_checkpoint
 from data2vec_jax.weights.pretrained import load_checkpoint
 from data2vec_jax.weights.torch_io import CheckpointError
@@ -127,61 +127,10 @@ def resolve_tokenizer(settings: Mapping[str, Any], init: str) -> Tokenizer | Non
 
 def find_tokenizer(init: str) -> tuple[str, dict[str, str | None]] | None:
   """(kind, files) of the tokenizer found next to `init` (module docstring), or None."""
-  for directory in _candidate_dirs(init):
-    found = _tokenizer_next_to(directory)
-    if found is not None:
-      return found
-  return None
-
-
-def _candidate_dirs(init: str) -> list[str]:
-  if not init:
-    return []
-  path = os.path.abspath(os.path.expanduser(init))
-  here = path if os.path.isdir(path) else os.path.dirname(path)
-  return [here, os.path.dirname(here)]
-
-
-def _tokenizer_next_to(directory: str) -> tuple[str, dict[str, str | None]] | None:
-  """(kind, files) of the tokenizer a pretraining workdir used, or of tokenizer files here."""
-  config_path = os.path.join(directory, "config.json")
-  if is_pretraining_workdir(directory) and os.path.isfile(config_path):
-    with open(config_path) as f:
-      data = json.load(f).get("data", {})
-    if data.get("source") == "python_docs":  # the offline demo's corpus and vocabulary
-      model = python_docs_sentencepiece_path(
-        os.path.join(directory, "data"), int(data["sentencepiece_vocab_size"])
-      )
-      if not os.path.isfile(model):  # a demo workdir from before the held-out split
-        model = os.path.join(directory, "data", f"spm{int(data['sentencepiece_vocab_size'])}.model")
-      return "sentencepiece", {"sentencepiece_model": model}
-    kind = data.get("tokenizer") or "bpe"
-    return kind, {
-      k: data.get(k) or None
-      for k in ("sentencepiece_model", "vocab_json", "merges_txt", "dict_txt")
-    }
-  models = sorted(glob.glob(os.path.join(directory, "*.model")))
-  if len(models) == 1:
-    return "sentencepiece", {"sentencepiece_model": models[0]}
-  vocab, merges = (os.path.join(directory, n) for n in ("vocab.json", "merges.txt"))
-  if os.path.isfile(vocab) and os.path.isfile(merges):
-    dict_txt = os.path.join(directory, "dict.txt")
-    return "bpe", {
-      "vocab_json": vocab,
-      "merges_txt": merges,
-      "dict_txt": dict_txt if os.path.isfile(dict_txt) else None,
-    }
-  return None
+  return model_tokenizer.find_tokenizer(init, search_parent=True)
 
 
 def check_tokenizer_fits(tokenizer: Tokenizer | None, config: EncoderConfig) -> None:
   """The tokenizer's ids must be the model's: same vocabulary size and pad id."""
-  if tokenizer is None:
-    return
-  vocab = tokenizer.vocab
-  if vocab.vocab_size != config.vocab_size or vocab.pad_id != config.pad_id:
-    raise ValueError(
-      f"the tokenizer has {vocab.vocab_size} ids (pad {vocab.pad_id}) but the model's embedding "
-      f"table has {config.vocab_size} rows (pad {config.pad_id}): use the tokenizer the model "
-      "was pretrained with (config.tokenizer)"
-    )
+  if tokenizer is not None:
+    model_tokenizer.check_tokenizer_fits(tokenizer, config)

@@ -44,6 +44,7 @@ from data2vec_jax.train.recipe import (
   validate_config,
 )
 from data2vec_jax.weights.export import export_model_dir
+from data2vec_jax.weights.model_tokenizer import workdir_tokenizer
 
 
 class InputDataError(ValueError):
@@ -407,7 +408,10 @@ def _loop(
   }
   if stop_reason == "completed" and train_cfg.export_model:
     # Every process joins (gathering parameters that span processes is a collective).
-    model_dir = export_model_dir(state, recipe, os.path.join(workdir, "model"))
+    # With the data's tokenizer: the directory alone turns text into features.
+    model_dir = export_model_dir(
+      state, recipe, os.path.join(workdir, "model"), tokenizer=workdir_tokenizer(workdir)
+    )
     if is_chief:
       summary["model_dir"] = model_dir
   if is_chief and train_cfg.plot:

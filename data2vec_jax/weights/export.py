@@ -3,7 +3,8 @@
   python -m data2vec_jax.weights.export --workdir runs/base --output models/step50k [--step 50000] [--ema]
 
 Writes a data2vec-jax model directory (student weights, or the EMA teacher with `--ema`, plus
-the head) that `data2vec_jax.load_pretrained` reads and `convert_torch_weights.py --to hf`
+the head, plus the tokenizer the workdir's data config names) that `data2vec_jax.load_pretrained`
+reads, `python -m data2vec_jax.embed` embeds text with, and `convert_torch_weights.py --to hf`
 exports to Hugging Face. The checkpoint is restored onto this host's first device.
 """
 
@@ -16,12 +17,14 @@ from typing import Any
 
 import jax
 
+from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.objective import ema as ema_lib
 from data2vec_jax.train import checkpoint as checkpoint_lib
 from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train import state as train_state_lib
 from data2vec_jax.train.optimizer import make_optimizer
 from data2vec_jax.train.recipe import RECIPE_FILE, recipe_from_dict
+from data2vec_jax.weights.model_tokenizer import workdir_tokenizer
 from data2vec_jax.weights.pretrained import save_pretrained
 
 
@@ -49,7 +52,8 @@ def export_from_checkpoint(
       state, _ = checkpointer.restore(step, abstract)
   finally:
     checkpointer.close()
-  export_model_dir(state, recipe, output, use_ema=use_ema)
+  tokenizer = workdir_tokenizer(workdir)
+  export_model_dir(state, recipe, output, use_ema=use_ema, tokenizer=tokenizer)
   return output, int(jax.device_get(state.step))
 
 
@@ -69,8 +73,10 @@ def export_model_dir(
   path: str,
   *,
   use_ema: bool = False,
+  tokenizer: Tokenizer | None = None,
 ) -> str:
-  """Writes a data2vec-jax model directory (student, or the EMA teacher) for `load_pretrained`.
+  """Writes a data2vec-jax model directory (student, or the EMA teacher) for `load_pretrained`,
+  with `tokenizer`'s files when given (`model_tokenizer.workdir_tokenizer` finds a workdir's).
 
   On several processes every one must call it (the parameters are gathered with a collective);
   process 0 writes.
@@ -95,6 +101,7 @@ def export_model_dir(
       "objective": recipe.objective.kind,
       "weights": "ema" if use_ema else "student",
     },
+    tokenizer=tokenizer,
   )
   return path
 

@@ -29,7 +29,8 @@ Decisions:
 - Non-persistent buffers some old checkpoints carry (`position_ids`, `token_type_ids`) are
   ignored and listed.
 
-Export (`save_hf_dir`) writes `config.json` + `model.safetensors` for `Data2VecTextModel`,
+Export (`save_hf_dir`) writes `config.json` + `model.safetensors` (+ the tokenizer files when a
+tokenizer is given, `hf_tokenizer`) for `Data2VecTextModel`,
 `Data2VecTextForMaskedLM` (needs an `lm_head` with vocabulary-sized output),
 `Data2VecTextForSequenceClassification` (needs a `classifier` head) or
 `Data2VecTextForTokenClassification` (needs a `token_classifier` head). For the two classifiers
@@ -46,8 +47,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.weights import layout
+from data2vec_jax.weights.hf_tokenizer import save_hf_tokenizer
 from data2vec_jax.weights.layout import Converted
 from data2vec_jax.weights.torch_io import CheckpointError, load_hf_state_dict
 
@@ -631,6 +634,7 @@ def save_hf_dir(
   problem_type: str | None = None,
   classifier_dropout: float | None = None,
   finetuning_task: str | None = None,
+  tokenizer: Tokenizer | None = None,
 ) -> list[str]:
   """Writes `config.json` + `model.safetensors` that `transformers` loads with no missing keys.
 
@@ -644,10 +648,13 @@ def save_hf_dir(
     label_names, problem_type, classifier_dropout, finetuning_task: fine-tuned config fields
       for the classifier architectures, overriding carried values (see `hf_config_from`; None
       keeps the carried value or leaves the field out).
+    tokenizer: the model's tokenizer, written as HF tokenizer files (`hf_tokenizer`); None
+      writes weights only (`AutoTokenizer` then has nothing to load).
   Returns the notes (what was dropped or synthesised).
   Raises:
-    CheckpointError: the architecture's head is missing or misshapen, or a config field is
-      invalid (checked before anything is written).
+    CheckpointError: the architecture's head is missing or misshapen, a config field is
+      invalid, or the tokenizer cannot be represented in HF (checked before the weights are
+      written).
   """
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
@@ -665,6 +672,8 @@ def save_hf_dir(
     finetuning_task=finetuning_task,
   )
   directory = os.fspath(directory)
+  if tokenizer is not None:
+    notes = notes + save_hf_tokenizer(directory, tokenizer, config)
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf, f, indent=2, sort_keys=True)

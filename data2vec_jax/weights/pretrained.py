@@ -7,9 +7,12 @@ A **data2vec-jax model directory** holds:
                       `embeddings/token_embedding/embedding` [V, D],
                       `layers/fc1/kernel` [L, D, F]: blocks stacked as in the model)
   heads.safetensors   optional head params, flattened the same way (`lm_head/dense/kernel`, ...)
+  tokenizer files     optional: what turns text into the model's ids (config.json's
+                      "tokenizer" section names them; see `model_tokenizer`)
 
 `load_pretrained` also accepts a Hugging Face model directory or a fairseq `.pt` file and
-dispatches on what is there; every load checks every key and shape against the config and lists
+dispatches on what is there (`model_tokenizer.load_model_tokenizer` reads the tokenizer that
+belongs to any of them); every load checks every key and shape against the config and lists
 all missing/unexpected keys and mismatched shapes in one error, and refuses a tensor holding
 NaN/Inf (naming the file and the tensor).
 
@@ -29,9 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.model.encoder import Encoder
-from data2vec_jax.weights import layout
+from data2vec_jax.weights import layout, model_tokenizer
 from data2vec_jax.weights.layout import Converted
 from data2vec_jax.weights.torch_io import CheckpointError, load_safetensors
 
@@ -49,6 +53,7 @@ def save_pretrained(
   *,
   head_params: Mapping[str, Any] | None = None,
   metadata: Mapping[str, Any] | None = None,
+  tokenizer: Tokenizer | None = None,
 ) -> None:
   """Writes a data2vec-jax model directory (created if needed; existing files replaced).
 
@@ -56,10 +61,12 @@ def save_pretrained(
     config: the encoder config the params belong to.
     params: nested encoder params (jax or numpy arrays); checked against `config` first.
     head_params: optional nested dict of head params, one top-level key per head.
-    metadata: optional JSON-serialisable dict (provenance, tokenizer ids, ...).
+    metadata: optional JSON-serialisable dict (provenance, ...).
+    tokenizer: the model's tokenizer; its files are copied in (None: the directory has none,
+      and stale tokenizer files of an earlier save are removed).
   Raises:
-    ValueError: params do not match config (missing/unexpected keys, shapes), or metadata is
-      not JSON-serialisable.
+    ValueError: params do not match config (missing/unexpected keys, shapes), metadata is not
+      JSON-serialisable, or the tokenizer's vocabulary is not the model's.
   """
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
@@ -73,9 +80,16 @@ def save_pretrained(
     "heads": sorted((head_params or {}).keys()),
     "metadata": dict(metadata or {}),
   }
-  text = json.dumps(document, indent=2, sort_keys=True)  # fails before any file is written
+  json.dumps(document)  # fails before any file is written
+  if tokenizer is not None:
+    model_tokenizer.check_tokenizer_fits(tokenizer, config)
   path = os.fspath(path)
   os.makedirs(path, exist_ok=True)
+  if tokenizer is not None:
+    document[model_tokenizer.SECTION] = model_tokenizer.write_tokenizer(path, tokenizer, config)
+  else:
+    model_tokenizer.remove_tokenizer_files(path)
+  text = json.dumps(document, indent=2, sort_keys=True)
   save_file(
     {k: np.ascontiguousarray(v) for k, v in flat.items()},
     os.path.join(path, PARAMS_FILE),
