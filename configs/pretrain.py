@@ -5,7 +5,7 @@ Usage:
 
 `arg` is a comma-separated list of key=value:
   model  = tiny | small | base | large                     (default base)
-  recipe = release | paper | roberta                       (default release)
+  recipe = release | paper | roberta | data2vec2           (default release)
     release: fairseq examples/data2vec/config/text/pretraining/base.yaml (the published code's
              recipe; = the paper's "+ wav2vec 2.0 masking" row of Table 4: span masking p=0.35
              len 4, cosine LR with 10k warmup, EMA 0.999 -> 0.9999 over 300k updates).
@@ -13,6 +13,14 @@ Usage:
              tri-stage LR 5/80/15 %, EMA tau_n = 100k.
     roberta: the paper's retrained RoBERTa baseline of Table 4 (MLM, BERT masking, same
              optimisation as the paper row), for same-setup comparisons.
+    data2vec2: data2vec 2.0 (fairseq examples/data2vec/config/v2/base_text_only_task.yaml; with
+             model=large, large_text_only_task.yaml): 8 clones per sentence, 48% masked (50%
+             large) and dropped from the student, conv decoder, targets from every block (IN
+             per layer; large: LN per layer then IN), MSE summed over dims, EMA 0.9999 ->
+             0.99999 over 100k, lr 2e-4 (1e-4 large), cosine with 4k warmup, clip 1, 64
+             sequences per update (docs/reference/data2vec2_text_reference.md). Ablation axes:
+             --config.objective.{clone_batch, mask_prob, decoder_layers, decoder_kernel,
+             decoder_dim, average_top_k_layers, ...}.
 
 Every switch keeps fairseq's option name (average_top_k_layers, layer_norm_target_layer,
 loss_beta, ema_decay, ...), so a fairseq yaml maps key by key. Teacher input defaults to the
@@ -31,7 +39,7 @@ MODEL_SIZES = {
   "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
   "large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
 }
-RECIPES = ("release", "paper", "roberta")
+RECIPES = ("release", "paper", "roberta", "data2vec2")
 
 
 def parse_arg(arg: str | None, defaults: dict[str, str]) -> dict[str, str]:
@@ -85,6 +93,19 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       loss_scale=1.0,
       teacher_input="unmasked",
       mask_id=-1,
+      # data2vec 2.0 only (recipe=data2vec2; objective/data2vec2.py): masking on the device,
+      # the clones and the conv decoder, fairseq's names and text-yaml values.
+      clone_batch=8,
+      mask_prob=0.48,
+      mask_noise_std=0.01,
+      decoder_dim=768,
+      decoder_kernel=9,
+      decoder_layers=5,
+      decoder_groups=1,
+      decoder_residual=False,
+      projection_layers=2,
+      projection_ratio=2.0,
+      decoder_input_dropout=0.1,
     )
   )
   c.objective.average_top_k_layers = min(
@@ -214,6 +235,9 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       scan_unroll="all",
       remat_policy="none",
       attention_impl="auto",
+      # data2vec2: the student's blocks run on the kept tokens only (fairseq's); False encodes
+      # every position with the masked keys hidden (the plain form, same values).
+      drop_masked_tokens=True,
     ),
     # Not type safe: head_positions and scan_unroll take a name or an int.
     type_safe=False,
@@ -238,7 +262,40 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
     c.objective.kind = "mlm"
     c.train.min_target_var = 0.0
     c.train.min_pred_var = 0.0
+  if recipe == "data2vec2":
+    data2vec2_recipe(c, large=model == "large")
   return c
+
+
+def data2vec2_recipe(c: ml_collections.ConfigDict, large: bool = False) -> None:
+  """data2vec 2.0's text yamls applied to `c` in place (see the module docstring)."""
+  mask_prob = 0.5 if large else 0.48
+  c.objective.update(
+    kind="data2vec2",
+    average_top_k_layers=c.model.num_layers,  # every block
+    instance_norm_target_layer=not large,
+    layer_norm_target_layer=large,
+    instance_norm_targets=large,
+    loss_beta=0.0,
+    loss_scale=1.0,
+    clone_batch=8,
+    mask_prob=mask_prob,
+  )
+  # v2 masks on the device (objective.mask_prob); the host masker's output is not read.
+  c.masking.update(mask_prob=mask_prob, mask_multiple_length=1)
+  c.ema.update(ema_decay=0.9999, ema_end_decay=0.99999, ema_anneal_end_step=100_000)
+  c.optimizer.update(
+    lr=1e-4 if large else 2e-4,
+    schedule="cosine",
+    warmup_steps=4_000,
+    max_steps=600_000 if large else 1_000_000,
+    clip_norm=1.0,
+    # fairseq's no-decay overrides for biases and norms are dead code: it decays everything
+    # (docs/reference/data2vec2_text_reference.md §8.2, §14.1).
+    decay_bias_and_norm=True,
+  )
+  c.data.update(break_mode="none", global_batch_size=64)
+  c.train.num_steps = c.optimizer.max_steps
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

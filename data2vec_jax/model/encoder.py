@@ -120,10 +120,12 @@ class Embeddings(nn.Module):
   """Token + learned position embeddings -> LayerNorm -> dropout -> zero the pads.
 
   input_ids [B, T] -> [B, T, D], or [G, C, D] with a packing `layout` (positions are counted
-  on the unpacked rows first, so they are the same).
+  on the unpacked rows first, so they are the same). `zero_pads=False` keeps the pad rows as
+  they are (data2vec 2.0's `TextLocalEncoder` does not zero them).
   """
 
   config: EncoderConfig
+  zero_pads: bool = True
 
   @nn.compact
   def __call__(
@@ -156,8 +158,10 @@ class Embeddings(nn.Module):
     x = token_embedding(input_ids) + position_embedding(positions)
     x = layer_norm(cfg, "layer_norm")(x)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
-    # fairseq zeroes pad positions after the LayerNorm; HF does not. Only pad outputs differ.
-    x = jnp.where(is_pad[..., None], jnp.zeros((), x.dtype), x)
+    # fairseq zeroes pad positions after the LayerNorm; HF and data2vec 2.0 do not. Only pad
+    # outputs differ.
+    if self.zero_pads:
+      x = jnp.where(is_pad[..., None], jnp.zeros((), x.dtype), x)
     return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
 
@@ -321,10 +325,13 @@ class Encoder(nn.Module):
     config: shape and numerics.
     feature: which per-block feature `ffn_outputs` holds: 'ffn' (fc2 output, the data2vec
       target) or 'ffn_residual' (FFN output + residual, before the block's final LayerNorm).
+    zero_pads: zero the embedding output at pads (fairseq's `TransformerEncoder`: RoBERTa and
+      data2vec v1); data2vec 2.0 does not (docs/reference/data2vec2_text_reference.md §9.4).
   """
 
   config: EncoderConfig
   feature: str = "ffn"
+  zero_pads: bool = True
 
   def token_table(self) -> jax.Array:
     """[V, D] the token embedding table (param_dtype), for a decoder tied to it (the MLM
@@ -339,8 +346,23 @@ class Encoder(nn.Module):
     deterministic: bool = True,
     skip_last_block: bool = False,
     layout: packing.TokenLayout | None = None,
+    clones: int = 1,
+    keep_index: jax.Array | None = None,
+    embedded: jax.Array | None = None,
+    key_mask: jax.Array | None = None,
   ) -> EncoderOutput:
     """input_ids: [B, T] int32 (pads = `config.pad_id`). Dropout needs the 'dropout' rng.
+
+    data2vec 2.0's student and teacher (docs/reference/data2vec2_text_reference.md §3.5, §5.1):
+      clones: M; the embedding output is repeated M times along the batch (row b*M+m is clone m
+        of row b, torch's `repeat_interleave`) before the blocks.
+      keep_index: [B*M, K] int32; the blocks then run on the K gathered positions of each
+        (cloned) row only ([B*M, K, D] outputs; the key-padding mask is gathered the same way).
+        `embedding_output` stays the un-cloned, un-gathered [B, T, D] embedding output.
+      embedded: [B, T, D] used instead of the embeddings (they do not run and need no
+        parameters): the data2vec 2.0 teacher, fed the student's embedding output.
+      key_mask: [B*M, T] bool, False at keys no position may attend to (besides pads): the
+        plain form of the gather, every position computed, the masked ones invisible.
 
     layout: run packed (`packing.make_layout(input_ids != pad_id, spec)`): the outputs are then
       [G, C, D] (`EncoderOutput.unpacked` for [B, T, D]), real tokens equal to the unpacked run's.
@@ -365,7 +387,23 @@ class Encoder(nn.Module):
       raise ValueError(
         f"packing layout is for [{layout.rows}, {layout.length}] inputs, got {input_ids.shape}"
       )
-    x = Embeddings(cfg, name="embeddings")(input_ids, deterministic, layout)
+    if embedded is None:
+      x = Embeddings(cfg, self.zero_pads, name="embeddings")(input_ids, deterministic, layout)
+    else:
+      x = embedded
+    embedding_output = x
+    if clones > 1 or keep_index is not None or key_mask is not None:
+      if layout is not None or skip_last_block:
+        raise ValueError("clones / keep_index do not combine with packing or skip_last_block")
+      if clones > 1:
+        x = jnp.repeat(x, clones, axis=0)
+        attend = jnp.repeat(attend, clones, axis=0)
+      if key_mask is not None:
+        attend = attend & key_mask
+      if keep_index is not None:
+        x = take_positions(x, keep_index)
+        attend = take_positions(attend, keep_index)
+      x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
     block = EncoderBlock
     if cfg.remat_policy != "none":
@@ -375,7 +413,7 @@ class Encoder(nn.Module):
       empty = jnp.zeros((0,) + x.shape, x.dtype)
       return EncoderOutput(
         last_hidden_state=x,
-        embedding_output=x,
+        embedding_output=embedding_output,
         block_outputs=empty,
         ffn_outputs=empty,
         layout=layout,
@@ -399,7 +437,7 @@ class Encoder(nn.Module):
     )
     return EncoderOutput(
       last_hidden_state=last,
-      embedding_output=x,
+      embedding_output=embedding_output,
       block_outputs=block_outputs,
       ffn_outputs=ffn_outputs,
       layout=layout,

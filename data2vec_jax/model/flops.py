@@ -4,9 +4,17 @@ Encoder forward FLOPs per token: 2*N + 4*L*s*d, N = matmul parameters without em
 data2vec v1 update ~ student forward+backward (3F) + teacher forward (F) + the regression head on
 the masked tokens (3 x its forward); with a pruned last block (student or teacher), that block's
 query-side work also counts at the masked fraction. Count only real (non-pad) tokens when using these.
+
+A data2vec 2.0 update (`data2vec2_train_flops_per_token`) per sentence token: the student
+forward+backward on M clones of the K = int(T(1 - mask_prob)) kept tokens (attention over K
+keys), the teacher forward once per sentence on all T, and the convolutional decoder
+forward+backward on all T positions of every clone.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 
@@ -75,6 +83,70 @@ def train_flops_per_token(
   teacher = (forward - skipped * pruned_teacher_last_block) if kind == "data2vec" else 0.0
   head = 3.0 * head_forward_flops_per_token(cfg, head_layers, kind) * masked_fraction
   return 3.0 * student + teacher + head
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderShape:
+  """The FLOP-relevant shape of data2vec 2.0's `Decoder1d`."""
+
+  dim: int = 768
+  kernel: int = 9
+  layers: int = 5
+  groups: int = 1
+  projection_layers: int = 2
+  projection_ratio: float = 2.0
+
+  @classmethod
+  def of(cls, objective: Any) -> "DecoderShape":
+    """From an `ObjectiveConfig` (its decoder_* / projection_* fields)."""
+    return cls(
+      dim=objective.decoder_dim,
+      kernel=objective.decoder_kernel,
+      layers=objective.decoder_layers,
+      groups=objective.decoder_groups,
+      projection_layers=objective.projection_layers,
+      projection_ratio=objective.projection_ratio,
+    )
+
+
+def decoder_forward_flops_per_position(cfg: EncoderConfig, decoder: DecoderShape) -> float:
+  """Convolutions (2 k in dim / groups each) and the projection, per decoded position."""
+  d = cfg.hidden_size
+  conv = 0.0
+  in_dim = d
+  for _ in range(decoder.layers):
+    conv += 2.0 * decoder.kernel * in_dim * decoder.dim / decoder.groups
+    in_dim = decoder.dim
+  proj, dim = 0.0, decoder.dim
+  for i in range(decoder.projection_layers - 1):
+    nxt = int(dim * decoder.projection_ratio) if i == 0 else dim
+    proj += 2.0 * dim * nxt
+    dim = nxt
+  return conv + proj + 2.0 * dim * d
+
+
+def data2vec2_train_flops_per_token(
+  cfg: EncoderConfig,
+  seq_len: int,
+  *,
+  clone_batch: int = 8,
+  mask_prob: float = 0.48,
+  decoder: DecoderShape = DecoderShape(),
+  dropped_masked: bool = True,
+) -> float:
+  """Model FLOPs of one data2vec 2.0 update per sentence token (no rematerialisation).
+
+  dropped_masked: the student encodes the K kept tokens of each clone (fairseq's); False
+  credits the plain path's full T positions per clone.
+  """
+  kept = int(seq_len * (1 - mask_prob))
+  if dropped_masked:
+    student = clone_batch * kept / seq_len * encoder_forward_flops_per_token(cfg, kept)
+  else:
+    student = clone_batch * encoder_forward_flops_per_token(cfg, seq_len)
+  teacher = encoder_forward_flops_per_token(cfg, seq_len)
+  dec = clone_batch * decoder_forward_flops_per_position(cfg, decoder)
+  return 3.0 * student + teacher + 3.0 * dec
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> float | None:

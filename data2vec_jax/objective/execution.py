@@ -11,7 +11,10 @@ tests/test_execution.py proves each against that reference) for less work:
   the targets are per position) runs only at those slots;
 * token packing (`data2vec_jax/speed/packing.py`): the encoders run on the real tokens only, in one of a few
   static capacities per sequence length;
-* micro-batches, rematerialisation, scan unrolling and the attention kernel.
+* micro-batches, rematerialisation, scan unrolling and the attention kernel;
+* data2vec 2.0 (`objective/data2vec2.py`): the student's blocks on each row's kept tokens only
+  (`drop_masked_tokens`, a gather into the static K = int(T * (1 - mask_prob)) slots). Its
+  student input is then dense, so gathered heads and packing do not apply to it.
 
 `ExecutionPlan` owns every such decision for one run (made once, from the execution config,
 the objective, the masking and the sequence length): the trainer asks it which host checks to
@@ -60,6 +63,8 @@ class ExecutionConfig(strict_config.StrictConfig):
       fastest step, longest compile) or an int (1 = one scanned block, fastest compile).
     remat_policy: rematerialisation of each block in the backward pass (`EncoderConfig`).
     attention_impl: 'auto', 'xla', 'cudnn' or 'reference' (`EncoderConfig`).
+    drop_masked_tokens: data2vec 2.0 only: the student's blocks run on the kept tokens only
+      (fairseq's); False runs every position with the masked keys hidden (the plain form).
   """
 
   head_positions: Any = "auto"
@@ -71,6 +76,7 @@ class ExecutionConfig(strict_config.StrictConfig):
   scan_unroll: Any = "all"
   remat_policy: str = "none"
   attention_impl: str = "auto"
+  drop_masked_tokens: bool = True
 
   def __post_init__(self) -> None:
     if not (
@@ -129,6 +135,7 @@ class ExecutionPlan:
     pack_teacher: a packed step packs the teacher too (per-position targets only: instance and
       batch norm average over the pads).
     micro_batches: gradient accumulation steps per update.
+    drop_masked_tokens: data2vec 2.0's student runs on the kept tokens only.
   """
 
   seq_len: int
@@ -140,6 +147,7 @@ class ExecutionPlan:
   pack_buckets: int = 16
   pack_teacher: bool = False
   micro_batches: int = 1
+  drop_masked_tokens: bool = True
 
   @classmethod
   def for_objective(
@@ -153,6 +161,7 @@ class ExecutionPlan:
     pack_tokens: bool = False,
     pack_buckets: int = 16,
     micro_batches: int = 1,
+    drop_masked_tokens: bool = True,
   ) -> "ExecutionPlan":
     """A plan with K resolved by the caller; pruning and teacher packing follow from the
     objective (the teacher's last block and packing need per-position targets)."""
@@ -161,6 +170,12 @@ class ExecutionPlan:
     if head_positions_per_row < 0:
       raise ValueError(
         f"head_positions_per_row must be >= 0 (0 = every position), got {head_positions_per_row}"
+      )
+    if objective.kind == "data2vec2":
+      # Every row keeps the same K tokens: the student input is dense already, and the
+      # instance-normalised targets and the decoder need every position.
+      return cls(
+        seq_len=seq_len, micro_batches=micro_batches, drop_masked_tokens=drop_masked_tokens
       )
     per_position = objective.kind == "data2vec" and targets_are_per_position(objective)
     prune = prune_last_block and 0 < head_positions_per_row < seq_len
@@ -239,6 +254,15 @@ class ExecutionPlan:
     self, model: EncoderConfig, objective: ObjectiveConfig, *, masked_fraction: float
   ) -> float:
     """Model FLOPs per real token of the step this plan executes (pruned blocks not credited)."""
+    if objective.kind == "data2vec2":
+      return flops_lib.data2vec2_train_flops_per_token(
+        model,
+        self.seq_len,
+        clone_batch=objective.clone_batch,
+        mask_prob=objective.mask_prob,
+        decoder=flops_lib.DecoderShape.of(objective),
+        dropped_masked=self.drop_masked_tokens,
+      )
     return flops_lib.train_flops_per_token(
       model,
       self.seq_len,
@@ -263,6 +287,13 @@ def make_plan(
 
   Raises ValueError when head_overflow='error' is asked for a K the masker may exceed.
   """
+  if objective.kind == "data2vec2":
+    return ExecutionPlan.for_objective(
+      objective,
+      seq_len,
+      micro_batches=execution.micro_batches,
+      drop_masked_tokens=execution.drop_masked_tokens,
+    )
   bound = max_selected_per_row(masking, seq_len)
   if execution.head_positions == "auto":
     k = bound

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.model.encoder import apply_last_block, gather_positions, take_positions
+from data2vec_jax.objective import data2vec2
 from data2vec_jax.objective import loss as objective_lib
 from data2vec_jax.objective.execution import ExecutionPlan
 from data2vec_jax.objective.loss import ObjectiveConfig, PretrainingModel
@@ -49,7 +50,22 @@ def loss_fn(
   """`objective.loss_fn` (same arguments and outputs) run as `plan` says, packed by `packing`.
 
   aux adds 'head_gathered': 1 if the head ran on gathered positions, 0 if on every position.
+  data2vec 2.0 (`objective/data2vec2.py`) runs its own loss, on the kept tokens when
+  `plan.drop_masked_tokens`.
   """
+  if objective.kind == "data2vec2":
+    if packing is not None:
+      raise ValueError("data2vec2 runs unpacked (its student input is already dense)")
+    loss_sum, aux = data2vec2.loss_fn(
+      params,
+      teacher_encoder_params,
+      batch,
+      dropout_rng,
+      config=config,
+      objective=objective,
+      drop_masked=plan.drop_masked_tokens,
+    )
+    return loss_sum, {**aux, "head_gathered": jnp.float32(0)}
   if not plan.gathers_head_positions and packing is None:
     # Nothing to speed up: the reference path itself.
     loss_sum, aux = objective_lib.loss_fn(

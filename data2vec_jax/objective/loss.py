@@ -43,12 +43,13 @@ import jax.numpy as jnp
 
 from data2vec_jax import strict_config
 from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.model.decoder import Decoder1d
 from data2vec_jax.model.encoder import Encoder, EncoderOutput
 from data2vec_jax.model.heads import MaskedLMHead, RegressionHead
 from data2vec_jax.objective.targets import TARGET_TYPES, teacher_targets
 from data2vec_jax.speed import packing as packing_lib
 
-KINDS = ("data2vec", "mlm")
+KINDS = ("data2vec", "mlm", "data2vec2")
 TEACHER_INPUTS = ("unmasked", "masked_only")
 LOSS_POSITIONS = ("mask_token", "selected")
 VAR_EPS = 1e-6  # data2vec 2.0 compute_var
@@ -73,6 +74,17 @@ class ObjectiveConfig(strict_config.StrictConfig):
     teacher_input: 'unmasked' (paper) or 'masked_only' (published fairseq code), see module doc.
     loss_positions: 'mask_token' (reference: source == <mask>) or 'selected'; data2vec only.
     mask_id: id of <mask> (50264 in the released dictionary).
+
+  data2vec 2.0 only (kind 'data2vec2', `data2vec_jax/objective/data2vec2.py`; fairseq's names,
+  docs/reference/data2vec2_text_reference.md §3.4, §4):
+    clone_batch: M masked views of each sentence, one teacher pass per sentence (yaml 8).
+    mask_prob: fraction of each (padded) row masked on the device; every row keeps exactly
+      int(T * (1 - mask_prob)) tokens (yaml 0.48: 266 of 512).
+    mask_noise_std: std of the Gaussian noise in the decoder's masked slots (yaml 0.01).
+    decoder_dim, decoder_kernel, decoder_layers, decoder_groups, decoder_residual,
+      projection_layers, projection_ratio: `model.decoder.Decoder1d` (yaml 768, 9, 5, 1, False,
+      2, 2.0).
+    decoder_input_dropout: dropout on the encoder output before the decoder (yaml 0.1).
   """
 
   kind: str = "data2vec"
@@ -89,6 +101,17 @@ class ObjectiveConfig(strict_config.StrictConfig):
   teacher_input: str = "unmasked"
   loss_positions: str = "mask_token"
   mask_id: int = 50264
+  clone_batch: int = 8
+  mask_prob: float = 0.48
+  mask_noise_std: float = 0.01
+  decoder_dim: int = 768
+  decoder_kernel: int = 9
+  decoder_layers: int = 5
+  decoder_groups: int = 1
+  decoder_residual: bool = False
+  projection_layers: int = 2
+  projection_ratio: float = 2.0
+  decoder_input_dropout: float = 0.1
 
   def __post_init__(self):
     for name, allowed in (
@@ -105,13 +128,27 @@ class ObjectiveConfig(strict_config.StrictConfig):
       raise ValueError(f"head_layers must be >= 1, got {self.head_layers}")
     if self.loss_beta < 0:
       raise ValueError(f"loss_beta must be >= 0, got {self.loss_beta}")
+    if self.clone_batch < 1:
+      raise ValueError(f"clone_batch must be >= 1, got {self.clone_batch}")
+    if not 0.0 < self.mask_prob < 1.0:
+      raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+    if self.mask_noise_std < 0:
+      raise ValueError(f"mask_noise_std must be >= 0, got {self.mask_noise_std}")
+    for name in ("decoder_dim", "decoder_layers", "decoder_groups", "projection_layers"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.decoder_kernel < 1 or self.decoder_kernel % 2 == 0:
+      raise ValueError(f"decoder_kernel must be odd and >= 1, got {self.decoder_kernel}")
+    if not 0.0 <= self.decoder_input_dropout < 1.0:
+      raise ValueError(f"decoder_input_dropout must be in [0, 1), got {self.decoder_input_dropout}")
 
 
 class PretrainingModel(nn.Module):
   """Student encoder + head. Params: {'encoder': Encoder tree, 'head': head tree}.
 
-  `head` is a `RegressionHead` (data2vec) or a `MaskedLMHead` (mlm, decoder tied to
-  encoder/embeddings/token_embedding). Every parameter carries logical axis names, so
+  `head` is a `RegressionHead` (data2vec), a `MaskedLMHead` (mlm, decoder tied to
+  encoder/embeddings/token_embedding) or data2vec 2.0's convolutional `Decoder1d` (data2vec2,
+  whose encoder does not zero the pad embeddings). Every parameter carries logical axis names, so
   `.init(rng, tokens)` returns `nn.Partitioned`-boxed params. `encode` and `predict` run the two
   halves separately (same parameter paths and dropout streams), so the loss can gather positions
   between them.
@@ -121,9 +158,23 @@ class PretrainingModel(nn.Module):
   objective: ObjectiveConfig
 
   def setup(self):
-    self.encoder = Encoder(self.config)
-    if self.objective.kind == "data2vec":
-      self.head = RegressionHead(self.config, self.objective.head_layers)
+    obj = self.objective
+    self.encoder = Encoder(self.config, zero_pads=obj.kind != "data2vec2")
+    if obj.kind == "data2vec":
+      self.head = RegressionHead(self.config, obj.head_layers)
+    elif obj.kind == "data2vec2":
+      self.head = Decoder1d(
+        self.config.hidden_size,
+        dim=obj.decoder_dim,
+        kernel=obj.decoder_kernel,
+        layers=obj.decoder_layers,
+        groups=obj.decoder_groups,
+        residual=obj.decoder_residual,
+        projection_layers=obj.projection_layers,
+        projection_ratio=obj.projection_ratio,
+        dtype=jnp.dtype(self.config.dtype),
+        param_dtype=jnp.dtype(self.config.param_dtype),
+      )
     else:
       self.head = MaskedLMHead(self.config)
 
@@ -134,17 +185,27 @@ class PretrainingModel(nn.Module):
     deterministic: bool = True,
     skip_last_block: bool = False,
     layout: packing_lib.TokenLayout | None = None,
+    clones: int = 1,
+    keep_index: jax.Array | None = None,
+    key_mask: jax.Array | None = None,
   ) -> EncoderOutput:
     """tokens: [B, T] int32 student input. Dropout needs the 'dropout' rng. With a packing
-    `layout` the outputs are packed [G, C, D] (`Encoder`)."""
+    `layout` the outputs are packed [G, C, D]; `clones` / `keep_index` / `key_mask` are
+    data2vec 2.0's cloned, gathered student (`Encoder`)."""
     return self.encoder(
-      tokens, deterministic=deterministic, skip_last_block=skip_last_block, layout=layout
+      tokens,
+      deterministic=deterministic,
+      skip_last_block=skip_last_block,
+      layout=layout,
+      clones=clones,
+      keep_index=keep_index,
+      key_mask=key_mask,
     )
 
   def predict(self, features: jax.Array) -> jax.Array:
     """features: [..., D] student features -> predictions [..., D] in the compute dtype
     (data2vec) or float32 logits [..., V] (mlm)."""
-    if self.objective.kind == "data2vec":
+    if self.objective.kind in ("data2vec", "data2vec2"):
       return self.head(features)
     return self.head(features, self.encoder.token_table())
 
@@ -226,6 +287,8 @@ def loss_fn(
       which is not the variance of the whole batch). mlm: 'accuracy' (fraction of loss positions
       whose argmax is the target, in this micro-batch; also averaged over micro-batches).
   """
+  if objective.kind == "data2vec2":
+    raise ValueError("kind='data2vec2' has its own loss: data2vec_jax.objective.data2vec2.loss_fn")
   model = PretrainingModel(config, objective)
   variables = {"params": params}
   rngs = {} if dropout_rng is None else {"dropout": dropout_rng}

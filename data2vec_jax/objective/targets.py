@@ -96,16 +96,24 @@ def teacher_layer_features(
   config: EncoderConfig,
   target_type: str,
   layout: packing.TokenLayout | None = None,
+  embedded: jax.Array | None = None,
 ) -> jax.Array:
   """The teacher's per-block features [L, B, T, D] (eval mode: no dropout); [L, G, C, D] packed
   with `layout`.
+
+  embedded: [B, T, D] the blocks' input instead of the teacher's own embeddings (data2vec 2.0:
+  the student's embedding output; `teacher_encoder_params` then needs only 'layers').
 
   target_type: 'ffn' (fc2 output before dropout/residual/LN: the data2vec target), 'ffn_residual'
   (that plus the block's residual input, before the final LayerNorm) or 'end_of_block' (the
   block output): the paper's Table 5 ablation.
   """
   out = Encoder(config, feature=_encoder_feature(target_type)).apply(
-    {"params": teacher_encoder_params}, teacher_tokens, deterministic=True, layout=layout
+    {"params": teacher_encoder_params},
+    teacher_tokens,
+    deterministic=True,
+    layout=layout,
+    embedded=embedded,
   )
   return _per_block_features(out, target_type)
 

@@ -43,7 +43,7 @@ class Recipe:
 
   @property
   def uses_teacher(self) -> bool:
-    return self.objective.kind == "data2vec"
+    return self.objective.kind in ("data2vec", "data2vec2")
 
 
 @flax.struct.dataclass

@@ -89,8 +89,11 @@ def export_model_dir(
   encoder = params["encoder"]
   if use_ema:  # the teacher: EMA blocks (+ the student's embeddings when only blocks are EMA'd)
     encoder = ema_lib.teacher_params(ema_params, encoder, recipe.ema)
-  # Head names shared with the converters: fairseq's regression head / the (HF) LM head.
-  head_name = "regression_head" if recipe.objective.kind == "data2vec" else "lm_head"
+  # Head names shared with the converters: fairseq's regression head / the (HF) LM head /
+  # data2vec 2.0's conv decoder (`model.decoder.Decoder1d`, `weights.fairseq_v2`).
+  head_name = {"data2vec": "regression_head", "data2vec2": "decoder"}.get(
+    recipe.objective.kind, "lm_head"
+  )
   save_pretrained(
     path,
     recipe.model,
