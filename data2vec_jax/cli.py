@@ -29,18 +29,17 @@ def parse_flags(
   """absl's parsing, with a bad `--config...` override reported in one line, not a traceback.
 
   `moved`: config fields that were renamed -> what to use now. `config_module`: the configs/
-  module whose fields the message tells the user how to list.
+  module (dotted below configs/) whose fields the message tells the user how to list.
   """
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    if "Traceback" in str(e):  # the config file raised: its own message is the last line
+      fail(prog, f"{flag_of(e)}: {str(e).strip().splitlines()[-1]}", 2)
     fail(prog, f"{e} (python {prog} --helpfull lists the flags)", 2)
   except (AttributeError, KeyError) as e:  # an override of a field the config does not have
-    # ml_collections' message quotes the missing key (escaped several times over): find the
-    # override it belongs to.
-    paths = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    words = re.findall(r"\w+", str(e))
-    field = next((p for w in words for p in paths if w in p.split(".")), str(e))
+    package, _, name = f"configs.{config_module}".rpartition(".")
+    field = unknown_field(e, argv)
     if moved and field in moved:
       fail(prog, f"config field {field!r} moved: use --config.{moved[field]}", 2)
     suggestion = re.search(r'Did you mean "(\w+)"', str(e))
@@ -48,12 +47,26 @@ def parse_flags(
       prog,
       f"unknown config field {field!r}"
       + (f" (did you mean {suggestion.group(1)!r}?)" if suggestion else "")
-      + f"; print the config's fields with: python -c \"from configs import {config_module}; "
-      f"print({config_module}.get_config())\"",
+      + f"; print the config's fields with: python -c \"from {package} import {name}; "
+      f"print({name}.get_config())\"",
       2,
     )
   except (TypeError, ValueError) as e:  # e.g. a string where the field holds a number
     fail(prog, f"bad --config override: {e}", 2)
+
+
+def flag_of(error: Exception) -> str:
+  """'--config=path:arg' from absl's "flag --config=...: Error whilst parsing..." message."""
+  match = re.match(r"flag (\S+?):? ", str(error))
+  return match.group(1) if match else "--config"
+
+
+def unknown_field(error: Exception, argv: list[str]) -> str:
+  """The --config.* override an unknown-field error (ml_collections' KeyError/AttributeError,
+  which quotes only the missing key) belongs to."""
+  paths = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  words = re.findall(r"\w+", str(error))
+  return next((p for w in words for p in paths if w in p.split(".")), str(error))
 
 
 def run_reporting_errors(

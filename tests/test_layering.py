@@ -1,5 +1,5 @@
-"""Imports run one way: speed <- model <- objective <- train <- finetune, and nothing but train.py
-imports the training loop (`weights.export` reads checkpoints through train.recipe /
+"""Imports run one way: speed <- model <- objective <- train <- finetune <- sweep, and nothing but
+train.py imports the training loop (`weights.export` reads checkpoints through train.recipe /
 train.checkpoint). Fine-tuning builds on everything below it; nothing below imports it.
 
 Read from the source with `ast` (no import side effects), so a new upward import fails here
@@ -17,13 +17,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "data2vec_jax")
 # Subpackage -> the data2vec_jax subpackages it must not import.
 FORBIDDEN = {
-  "speed": {"model", "objective", "train", "weights", "data", "finetune"},
-  "model": {"objective", "train", "weights", "data", "finetune"},
-  "objective": {"train", "weights", "data", "finetune"},
-  "data": {"model", "train", "weights", "finetune"},
-  "weights": {"finetune"},
-  "train": {"finetune"},
-  "finetune": set(),
+  "speed": {"model", "objective", "train", "weights", "data", "finetune", "sweep"},
+  "model": {"objective", "train", "weights", "data", "finetune", "sweep"},
+  "objective": {"train", "weights", "data", "finetune", "sweep"},
+  "data": {"model", "train", "weights", "finetune", "sweep"},
+  "weights": {"finetune", "sweep"},
+  "train": {"finetune", "sweep"},
+  "finetune": {"sweep"},
+  # The sweep runs the launchers as processes; it reads fine-tuning summaries, nothing more.
+  "sweep": {"train", "model", "objective", "speed", "weights", "data"},
 }
 
 

@@ -80,6 +80,15 @@ def run_directory(workdir: str, task: str, lr: float, seed: int, from_scratch: b
   return os.path.join(workdir, task, name)
 
 
+def progress(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, int]:
+  """(finished, planned) runs of the config's grid (or its single run) in `workdir`."""
+  runs = grid_runs(config)
+  if len(runs) == 1 and config.task != "glue":
+    return int(_finished(workdir) is not None), 1
+  done = sum(_finished(run_directory(workdir, *run)) is not None for run in runs)
+  return done, len(runs)
+
+
 def _finished(path: str) -> dict[str, Any] | None:
   try:
     with open(os.path.join(path, RESULTS_FILE)) as f:
@@ -104,8 +113,19 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
       logging.info("[%d/%d] %s: finished before, kept", number, len(runs), directory)
       continue
     logging.info("[%d/%d] %s", number, len(runs), directory)
-    _log_result(finetune_and_evaluate(_run_config(config, task, lr, seed, scratch), directory))
+    results = finetune_and_evaluate(_run_config(config, task, lr, seed, scratch), directory)
+    _log_result(results)
     write_summary(workdir, str(config.grid.lr_choice))
+    if results["stop_reason"] != "completed":
+      # A preemption notice (SIGTERM) stops the grid, not only the run it arrived in: the
+      # process is about to be killed, and the next run would be lost work.
+      logging.warning(
+        "grid stopped at run %d/%d (%s); re-run the same command to resume",
+        number,
+        len(runs),
+        results["stop_reason"],
+      )
+      return summarize(workdir, str(config.grid.lr_choice))
   summary = write_summary(workdir, str(config.grid.lr_choice))
   logging.info("summary: %s\n%s", os.path.join(workdir, SUMMARY_MD), summary["markdown"])
   return summary
@@ -198,16 +218,19 @@ def collect(workdir: str, *, from_scratch: bool = False) -> dict[str, dict[float
   table: dict[str, dict[float, list[dict[str, Any]]]] = {}
   if not os.path.isdir(workdir):
     raise FinetuneError(f"{workdir}: no such directory")
-  for task in sorted(os.listdir(workdir)):
-    task_dir = os.path.join(workdir, task)
-    if not os.path.isdir(task_dir):
+  # A single run's workdir (results.json at the top) summarises as a grid of one.
+  run_dirs = [workdir] + [
+    os.path.join(workdir, task, run)
+    for task in sorted(os.listdir(workdir))
+    if os.path.isdir(os.path.join(workdir, task))
+    for run in sorted(os.listdir(os.path.join(workdir, task)))
+  ]
+  for path in run_dirs:
+    results = _finished(path)
+    if results is None or bool(results.get("from_scratch")) != from_scratch:
       continue
-    for run in sorted(os.listdir(task_dir)):
-      results = _finished(os.path.join(task_dir, run))
-      if results is None or bool(results.get("from_scratch")) != from_scratch:
-        continue
-      if results.get("score") is not None:
-        table.setdefault(results["task"], {}).setdefault(float(results["lr"]), []).append(results)
+    if results.get("score") is not None:
+      table.setdefault(results["task"], {}).setdefault(float(results["lr"]), []).append(results)
   return table
 
 
@@ -251,6 +274,8 @@ def _summarize_runs(table, lr_choice: str) -> dict[str, Any]:
         "score": _aggregate([r["score"] for r in runs]),
         "splits": {s: _aggregate(v) for s, v in per_split.items()},
         "seeds": sorted(int(r["seed"]) for r in runs),
+        # seed -> score: matches runs of different tasks by seed (the spread of an average).
+        "by_seed": {str(r["seed"]): r["score"] for r in sorted(runs, key=lambda r: r["seed"])},
       }
   chosen: dict[str, dict[str, Any]] = {}
   for statistic in ("mean", "median"):

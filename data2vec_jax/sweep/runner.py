@@ -1,0 +1,288 @@
+"""Running a sweep's cells: each stage is the launcher a user would run (train.py, then
+finetune.py), in its own process, so a cell behaves exactly as the two commands run by hand
+(they resume by themselves) and a crash in one cell cannot take the sweep's process with it.
+
+A cell's stage is skipped when its outputs say it finished (pretraining: summary.json with
+stop_reason 'completed' at train.num_steps; fine-tuning: every run of its grid finished), so a
+re-run of the sweep costs nothing for finished cells and resumes the interrupted one.
+
+Failure paths:
+* kill -9 of the whole job (a scheduler's hard kill): the stages resume from their newest
+  checkpoints on the next run.
+* kill -9 of the sweep's process alone: its running stage gets SIGTERM from the kernel (Linux
+  parent-death signal), saves and exits; a new sweep waits for it (the cell's lock, held by the
+  stage too) instead of running the same cell twice.
+* SIGTERM (a preemption notice): forwarded to the running stage, which saves and exits; the
+  sweep then stops with the cell unfinished.
+* A stage that fails: its log's last line is reported and the sweep goes on to the next cell; the
+  sweep exits non-zero at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Iterator
+
+import ml_collections
+
+from data2vec_jax.finetune import grid
+from data2vec_jax.sweep.definition import REPO, Cell, SweepError, load_stage_config
+
+STAGES = ("pretrain", "finetune")
+LAUNCHERS = {"pretrain": "train.py", "finetune": "finetune.py"}
+STATUS_FILE = "status.json"
+
+
+def stage_command(cell: Cell, stage: str) -> list[str]:
+  flags = cell.pretrain_flags if stage == "pretrain" else cell.finetune_flags
+  return [sys.executable, os.path.join(REPO, LAUNCHERS[stage]), *flags]
+
+
+def cell_command(config_flags: list[str], workdir: str, cell: Cell) -> str:
+  """The shell command that runs one cell (what `--list` prints, one per cell); config_flags:
+  the sweep's own --config=... and --config.*=... flags."""
+  script = os.path.join(REPO, "sweep.py")
+  words = ["python", script, *config_flags, f"--workdir={workdir}", f"--cell={cell.index}"]
+  return shlex.join(words)
+
+
+class StageConfigs:
+  """Each cell's two stage configs, parsed once (they decide when a stage is finished)."""
+
+  def __init__(self, cells: list[Cell]):
+    self._configs: dict[tuple[str, str], ml_collections.ConfigDict] = {}
+    for cell in cells:
+      self.get(cell, "pretrain")
+      self.get(cell, "finetune")
+
+  def get(self, cell: Cell, stage: str) -> ml_collections.ConfigDict:
+    key = (cell.name, stage)
+    if key not in self._configs:
+      flags = cell.pretrain_flags if stage == "pretrain" else cell.finetune_flags
+      what = f"cell {cell.index} ({cell.name}): the {stage} config"
+      self._configs[key] = load_stage_config(flags, what)
+    return self._configs[key]
+
+
+def pretraining_finished(cell: Cell, config: ml_collections.ConfigDict) -> bool:
+  summary = read_json(os.path.join(cell.pretrain_dir, "summary.json"))
+  return bool(
+    summary
+    and summary.get("stop_reason") == "completed"
+    and int(summary.get("final_step", -1)) >= int(config.train.num_steps)
+  )
+
+
+def finetuning_progress(cell: Cell, config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(finished, planned) fine-tuning runs of the cell."""
+  try:
+    return grid.progress(config, cell.finetune_dir)
+  except grid.FinetuneError as e:
+    raise SweepError(f"cell {cell.index} ({cell.name}): the finetune config: {e}") from e
+
+
+def stage_finished(cell: Cell, stage: str, configs: StageConfigs) -> bool:
+  config = configs.get(cell, stage)
+  if stage == "pretrain":
+    return pretraining_finished(cell, config)
+  done, planned = finetuning_progress(cell, config)
+  return done == planned
+
+
+def run_cells(cells: list[Cell], configs: StageConfigs, *, echo: bool = True) -> dict[str, str]:
+  """Runs the cells one after another; cell name -> 'kept' | 'done' | 'failed' | 'preempted'.
+  Stops at a preemption notice (SIGTERM) after the running stage has saved."""
+  outcomes: dict[str, str] = {}
+  with _Preemption() as preemption:
+    for number, cell in enumerate(cells, start=1):
+      logging.info("[cell %d/%d] %s: %s", number, len(cells), cell.name, cell.directory)
+      outcomes[cell.name] = run_cell(cell, configs, preemption, echo=echo)
+      if outcomes[cell.name] == "preempted":
+        logging.warning("preemption notice: stopped in cell %s; re-run to resume", cell.name)
+        break
+  return outcomes
+
+
+def run_cell(cell: Cell, configs: StageConfigs, preemption=None, *, echo: bool = True) -> str:
+  """Both stages of one cell, each skipped if finished; 'kept' when there was nothing to do."""
+  os.makedirs(cell.directory, exist_ok=True)
+  if all(stage_finished(cell, s, configs) for s in STAGES):
+    logging.info("%s: finished before, kept", cell.name)
+    return "kept"
+  with _cell_lock(cell) as lock_fd:
+    for stage in STAGES:
+      if preemption is not None and preemption.is_set():
+        return "preempted"
+      if stage_finished(cell, stage, configs):
+        logging.info("%s: %s finished before, kept", cell.name, stage)
+        continue
+      code = _run_stage(cell, stage, lock_fd, preemption, echo=echo)
+      finished = stage_finished(cell, stage, configs)
+      state = "done" if finished else ("failed" if code else "stopped")
+      _write_status(cell, stage, state, code)
+      if finished:
+        continue
+      if code == 0 or (preemption is not None and preemption.is_set()):
+        return "preempted"  # the launcher saved and exited at a preemption notice
+      log = _log_path(cell, stage)
+      logging.error(
+        "%s: %s failed (exit %d): %s (log: %s)", cell.name, stage, code, _last(log), log
+      )
+      return "failed"
+  return "done"
+
+
+def _run_stage(cell: Cell, stage: str, lock_fd: int, preemption, *, echo: bool) -> int:
+  """One launcher process, its output appended to <cell>/<stage>.log (and echoed, prefixed)."""
+  command = stage_command(cell, stage)
+  log_path = _log_path(cell, stage)
+  _write_status(cell, stage, "running", None, command)
+  logging.info("%s: %s: %s", cell.name, stage, " ".join(command))
+  with open(log_path, "ab") as log:
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+    log.flush()
+    start = log.tell()
+    process = subprocess.Popen(
+      command,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      stdin=subprocess.DEVNULL,
+      pass_fds=(lock_fd,),  # the stage holds the cell's lock too, even if the sweep dies first
+      preexec_fn=_terminate_with_parent,
+    )
+  if preemption is not None:
+    preemption.child = process
+  try:
+    with open(log_path, "rb") as reader:
+      reader.seek(start)
+      while True:
+        code = process.poll()
+        _echo(reader, f"[{cell.name} {stage}] ", echo)
+        if code is not None:
+          _echo(reader, f"[{cell.name} {stage}] ", echo)
+          return code
+        time.sleep(0.5)
+  finally:
+    if preemption is not None:
+      preemption.child = None
+
+
+def _echo(reader, prefix: str, echo: bool) -> None:
+  text = reader.read().decode(errors="replace")
+  if echo and text:
+    for line in text.splitlines():
+      print(prefix + line, flush=True)
+
+
+def _terminate_with_parent() -> None:
+  """In the stage's process before exec: SIGTERM when the sweep's process dies (Linux), so a
+  killed sweep leaves no orphan training on; the stage saves and exits as on a preemption."""
+  if sys.platform.startswith("linux"):
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _cell_lock(cell: Cell) -> Iterator[int]:
+  """An exclusive lock on the cell for this host: a second sweep (or a job array task given the
+  same cell) waits rather than writing into the same workdirs. Per host, so the processes of one
+  multi-host cell, which run on different hosts, do not wait for each other."""
+  path = os.path.join(cell.directory, f".lock.{socket.gethostname()}")
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.warning("%s: another process runs this cell; waiting for it (%s)", cell.name, path)
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    yield fd
+  finally:
+    os.close(fd)
+
+
+class _Preemption:
+  """SIGTERM while a stage runs: passed on to the stage (which saves and exits), and remembered
+  so the sweep stops after it instead of starting the next stage."""
+
+  def __init__(self):
+    self.event = threading.Event()
+    self.child: subprocess.Popen | None = None
+    self._previous = None
+
+  def is_set(self) -> bool:
+    return self.event.is_set()
+
+  def _handle(self, *_):
+    self.event.set()
+    child = self.child
+    if child is not None and child.poll() is None:
+      child.send_signal(signal.SIGTERM)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _log_path(cell: Cell, stage: str) -> str:
+  return os.path.join(cell.directory, f"{stage}.log")
+
+
+def _last(path: str) -> str:
+  try:
+    with open(path, errors="replace") as f:
+      lines = [line.strip() for line in f if line.strip()]
+    return lines[-1] if lines else "(empty log)"
+  except OSError:
+    return "(no log)"
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def read_status(cell: Cell) -> dict[str, Any]:
+  return read_json(os.path.join(cell.directory, STATUS_FILE)) or {}
+
+
+def _write_status(cell: Cell, stage: str, state: str, code, command=None) -> None:
+  status = read_status(cell)
+  entry = dict(status.get(stage, {}))
+  entry.update(state=state, exit_code=code, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+  if command is not None:
+    entry["command"] = command
+  entry["log"] = _log_path(cell, stage)
+  status[stage] = entry
+  write_json_atomically(os.path.join(cell.directory, STATUS_FILE), status)
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+  write_text_atomically(path, json.dumps(value, indent=2) + "\n")
+
+
+def write_text_atomically(path: str, text: str) -> None:
+  """Readers (an aggregation running beside the cells) see the old file or the new, never half."""
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)

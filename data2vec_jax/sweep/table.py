@@ -1,0 +1,289 @@
+"""The sweep's table: one row per cell from whatever cells have finished runs.
+
+Per cell, the fine-tuning grid's summary (data2vec_jax/finetune/grid.py) gives each task's score at
+the chosen lr (the grid's lr_choice, `global` by default: one lr for all tasks, the paper's §4.3)
+as the mean over fine-tuning seeds of each run's reported dev score, and its standard deviation
+over the seeds. The average is the paper's GLUE Avg-8 when the eight tasks are there (MNLI dev
+matched counted once), else the mean of the tasks run; its spread is the standard deviation over
+seeds of the per-seed averages (seed s: every task's run with seed s at the chosen lr). Runs from
+random weights (grid.from_scratch) are not part of the table.
+
+Written to the sweep's workdir: results.csv (full precision, one row per cell), results.md (the
+table beside the paper's numbers), results.json (the same rows) and axis_plot.png (the axis
+against the average, with the seeds' spread and the paper's points).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from data2vec_jax.finetune import grid, recipes
+from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, glue_average
+from data2vec_jax.sweep import paper
+from data2vec_jax.sweep.definition import Cell, label
+from data2vec_jax.sweep.runner import (
+  StageConfigs,
+  finetuning_progress,
+  pretraining_finished,
+  read_json,
+  read_status,
+  write_json_atomically,
+  write_text_atomically,
+)
+
+RESULTS_CSV, RESULTS_MD, RESULTS_JSON, AXIS_PLOT = (
+  "results.csv",
+  "results.md",
+  "results.json",
+  "axis_plot.png",
+)
+
+
+def cell_row(sweep: ml_collections.ConfigDict, cell: Cell, configs: StageConfigs) -> dict[str, Any]:
+  """The cell's status and scores (x100); scores are None until a run has finished."""
+  finetune_config = configs.get(cell, "finetune")
+  done, planned = finetuning_progress(cell, finetune_config)
+  row: dict[str, Any] = {
+    "cell": cell.index,
+    "value": cell.value,
+    "name": cell.name,
+    "status": _status(cell, configs, done, planned),
+    "finetune_runs": f"{done}/{planned}",
+    "tasks": {},
+    "average": None,
+    "average_std": None,
+    "average_kind": None,
+    "seeds": 0,
+    "lrs": {},
+  }
+  paper_row = dict(sweep.get("paper_rows", {})).get(cell.value)
+  row["paper_row"] = paper_row
+  row["paper"] = dict(paper.TABLE4[paper_row]) if paper_row else {}
+  if done == 0:
+    return row
+  summary = grid.summarize(cell.finetune_dir, str(finetune_config.grid.lr_choice))
+  chosen = summary["chosen"]["mean"]
+  if not chosen["scores"]:
+    return row
+  cells = summary["tasks"]
+  for task, lr in chosen["lrs"].items():
+    score = cells[task][lr]["score"]
+    row["tasks"][task] = {"mean": 100 * score["mean"], "std": 100 * score["std"], "n": score["n"]}
+  row["lrs"] = dict(chosen["lrs"])
+  row["average_kind"] = "glue_avg8" if "average" in chosen else "tasks_run"
+  row["average"] = 100 * chosen.get("average", chosen.get("average_of_tasks_run"))
+  per_seed = _per_seed_averages(cells, chosen["lrs"])
+  row["seeds"] = len(per_seed)
+  if len(per_seed) > 1:
+    row["average_std"] = 100 * float(np.std(per_seed, ddof=1))
+  return row
+
+
+def _per_seed_averages(cells: dict[str, Any], lrs: dict[str, str]) -> list[float]:
+  """The average over tasks of each seed's runs (seeds that every task has at its chosen lr)."""
+  by_seed = {task: cells[task][lr]["by_seed"] for task, lr in lrs.items()}
+  seeds = sorted(set.intersection(*(set(s) for s in by_seed.values())), key=int)
+  out = []
+  for seed in seeds:
+    scores = {task: runs[seed] for task, runs in by_seed.items()}
+    if all(t in scores for t in GLUE_AVERAGE_TASKS):
+      out.append(glue_average(scores)["average"])
+    else:
+      out.append(float(np.mean(list(scores.values()))))
+  return out
+
+
+def _status(cell: Cell, configs: StageConfigs, done: int, planned: int) -> str:
+  status = read_status(cell)
+  for stage in ("pretrain", "finetune"):
+    if status.get(stage, {}).get("state") == "failed":
+      return f"failed ({stage})"
+  if not pretraining_finished(cell, configs.get(cell, "pretrain")):
+    started = os.path.isdir(cell.pretrain_dir)
+    return "pretraining" if started else "not started"
+  return "done" if done == planned else f"fine-tuning {done}/{planned}"
+
+
+def task_order(rows: list[dict[str, Any]]) -> list[str]:
+  present = {t for r in rows for t in r["tasks"]}
+  return [t for t in recipes.PAPER_TASKS if t in present] + sorted(
+    present - set(recipes.PAPER_TASKS)
+  )
+
+
+def to_csv(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]) -> str:
+  tasks = task_order(rows)
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator="\n")
+  writer.writerow(
+    ["cell", label(sweep), "status", "finetune_runs"]
+    + [c for t in tasks for c in (t, f"{t}_std", f"{t}_n")]
+    + ["average", "average_std", "average_kind", "seeds", "lrs", "paper_row", "paper_average"]
+  )
+  for r in rows:
+    task_cells = []
+    for t in tasks:
+      s = r["tasks"].get(t)
+      task_cells += [_number(s and s["mean"]), _number(s and s["std"]), s["n"] if s else ""]
+    writer.writerow(
+      [r["cell"], r["value"], r["status"], r["finetune_runs"]]
+      + task_cells
+      + [
+        _number(r["average"]),
+        _number(r["average_std"]),
+        r["average_kind"] or "",
+        r["seeds"],
+        ";".join(f"{t}:{lr}" for t, lr in r["lrs"].items()),
+        r["paper_row"] or "",
+        _number(r["paper"].get("average")),
+      ]
+    )
+  return out.getvalue()
+
+
+def _number(x) -> str:
+  return "" if x is None else repr(float(x))
+
+
+def to_markdown(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]) -> str:
+  tasks = task_order(rows)
+  kinds = {r["average_kind"] for r in rows if r["average_kind"]}
+  average_name = "GLUE Avg-8" if kinds == {"glue_avg8"} else "average of the tasks run"
+  has_paper = any(r["paper_row"] for r in rows)
+  lines = [
+    f"## Sweep `{sweep.name}`: {sweep.get('description', '')}".rstrip(": "),
+    "",
+    f"Axis `{sweep.axis}` ({len(rows)} cells); pretraining `{sweep.pretrain.config}`"
+    + (f" with `{sweep.pretrain.args}`" if sweep.pretrain.args else "")
+    + f"; fine-tuning `{sweep.finetune.config}`.",
+    "Each task: mean ± std over fine-tuning seeds of each run's reported dev score (x100) at the "
+    "chosen lr; the average's ± is its std over seeds.",
+    "",
+    f"| {label(sweep)} | status | "
+    + "".join(f"{t} | " for t in tasks)
+    + f"{average_name} |"
+    + (" paper |" if has_paper else ""),
+    "|---|---|" + "---|" * len(tasks) + "---|" + ("---|" if has_paper else ""),
+  ]
+  for r in rows:
+    cells = []
+    for t in tasks:
+      s = r["tasks"].get(t)
+      cells.append(f"{s['mean']:.1f} ± {s['std']:.1f}" if s else "")
+    average = ""
+    if r["average"] is not None:
+      spread = f" ± {r['average_std']:.1f}" if r["average_std"] is not None else ""
+      average = f"{r['average']:.1f}{spread} ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})"
+    paper_cell = ""
+    if r["paper_row"]:
+      paper_cell = f" {r['paper']['average']:.1f} ({r['paper_row']}) |"
+    elif has_paper:
+      paper_cell = " |"
+    lines.append(
+      f"| {r['value']} | {r['status']} | "
+      + "".join(f"{c} | " for c in cells)
+      + f"{average} |"
+      + paper_cell
+    )
+  if has_paper:
+    lines += ["", f"Paper: {paper.SOURCE}, per task:", ""]
+    paper_tasks = [t for t in recipes.PAPER_TASKS]
+    lines.append(f"| {label(sweep)} | row | " + " | ".join(paper_tasks) + " | Avg. |")
+    lines.append("|---|---|" + "---|" * (len(paper_tasks) + 1))
+    for r in rows:
+      if r["paper_row"]:
+        values = " | ".join(f"{r['paper'][t]:.1f}" for t in paper_tasks)
+        lines.append(
+          f"| {r['value']} | {r['paper_row']} | {values} | {r['paper']['average']:.1f} |"
+        )
+  elif sweep.get("paper_note", ""):
+    lines += ["", f"Paper: {sweep.paper_note}"]
+  return "\n".join(lines) + "\n"
+
+
+def plot(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]], out_png: str) -> str | None:
+  """The axis against the average (error bars: std over seeds), and the paper's points; with
+  several tasks a second panel shows each task. None when no cell has a score yet."""
+  scored = [r for r in rows if r["average"] is not None]
+  if not scored:
+    return None
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  numeric = all(_is_number(r["value"]) for r in rows)
+  position = {
+    r["value"]: (float(r["value"]) if numeric else i) for i, r in enumerate(rows)
+  }  # categorical axes: the values in sweep order
+  tasks = task_order(rows)
+  panels = 2 if len(tasks) > 1 else 1
+  fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+  ax = axes[0][0]
+  x = [position[r["value"]] for r in scored]
+  y = [r["average"] for r in scored]
+  err = [r["average_std"] or 0.0 for r in scored]
+  ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label="this sweep (mean ± std over seeds)")
+  with_paper = [r for r in rows if r["paper"].get("average") is not None]
+  if with_paper:
+    ax.scatter(
+      [position[r["value"]] for r in with_paper],
+      [r["paper"]["average"] for r in with_paper],
+      marker="x",
+      color="red",
+      zorder=3,
+      label="paper",
+    )
+  kinds = {r["average_kind"] for r in scored}
+  ax.set_ylabel("GLUE Avg-8 (dev)" if kinds == {"glue_avg8"} else "average dev score")
+  if panels == 2:
+    ax2 = axes[0][1]
+    for task in tasks:
+      points = [
+        (position[r["value"]], r["tasks"][task]["mean"]) for r in rows if task in r["tasks"]
+      ]
+      ax2.plot(*zip(*points), marker=".", label=task)
+    ax2.set_ylabel("dev score (mean over seeds)")
+    ax2.legend(fontsize=7)
+  for a in axes[0]:
+    a.set_xlabel(label(sweep))
+    if not numeric:
+      a.set_xticks(range(len(rows)), [r["value"] for r in rows], rotation=20)
+    a.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  ax.set_title(f"sweep {sweep.name}")
+  fig.tight_layout()
+  fig.savefig(out_png, dpi=100)
+  plt.close(fig)
+  return out_png
+
+
+def _is_number(text: str) -> bool:
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
+
+
+def write_tables(
+  sweep: ml_collections.ConfigDict, cells: list[Cell], configs: StageConfigs, workdir: str
+) -> list[dict[str, Any]]:
+  """results.{csv,md,json} and axis_plot.png in `workdir`; returns the rows."""
+  rows = [cell_row(sweep, cell, configs) for cell in cells]
+  os.makedirs(workdir, exist_ok=True)
+  write_text_atomically(os.path.join(workdir, RESULTS_CSV), to_csv(sweep, rows))
+  write_text_atomically(os.path.join(workdir, RESULTS_MD), to_markdown(sweep, rows))
+  write_json_atomically(os.path.join(workdir, RESULTS_JSON), rows)
+  plot(sweep, rows, os.path.join(workdir, AXIS_PLOT))
+  return rows
+
+
+def read_rows(workdir: str) -> list[dict[str, Any]] | None:
+  return read_json(os.path.join(workdir, RESULTS_JSON))
