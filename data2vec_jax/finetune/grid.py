@@ -59,6 +59,12 @@ def grid_runs(config: ml_collections.ConfigDict) -> list[tuple[str, float, int, 
     )
   if config.task == "glue" and not config.grid.tasks:
     raise FinetuneError("task=glue needs grid.tasks (configs/finetune.py:task=glue sets them)")
+  unknown = [t for t in tasks if config.task == "glue" and t not in recipes.GLUE_RECIPES]
+  if unknown:
+    raise FinetuneError(
+      f"grid.tasks has {unknown}, not GLUE tasks (known: {sorted(recipes.GLUE_RECIPES)}); a "
+      "task of your own runs with configs/finetune.py:task=<name> and data.source=generic"
+    )
   if config.grid.lr_choice not in LR_CHOICES:
     raise FinetuneError(f"grid.lr_choice={config.grid.lr_choice!r}; expected one of {LR_CHOICES}")
   seeds = tuple(int(s) for s in config.grid.seeds) or (int(config.train.seed),)

@@ -72,7 +72,13 @@ class StageConfigs:
     if key not in self._configs:
       flags = cell.pretrain_flags if stage == "pretrain" else cell.finetune_flags
       what = f"cell {cell.index} ({cell.name}): the {stage} config"
-      self._configs[key] = load_stage_config(flags, what)
+      config = load_stage_config(flags, what)
+      if stage == "finetune":
+        try:
+          grid.grid_runs(config)  # the grid's own checks, before any cell starts
+        except grid.FinetuneError as e:
+          raise SweepError(f"{what}: {e}") from e
+      self._configs[key] = config
     return self._configs[key]
 
 

@@ -154,7 +154,8 @@ def _number(x) -> str:
 def to_markdown(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]) -> str:
   tasks = task_order(rows)
   kinds = {r["average_kind"] for r in rows if r["average_kind"]}
-  average_name = "GLUE Avg-8" if kinds == {"glue_avg8"} else "average of the tasks run"
+  # A cell still fine-tuning has only some tasks: its average is marked as not the Avg-8.
+  average_name = "GLUE Avg-8" if "glue_avg8" in kinds else "average of the tasks run"
   has_paper = any(r["paper_row"] for r in rows)
   lines = [
     f"## Sweep `{sweep.name}`: {sweep.get('description', '')}".rstrip(": "),
@@ -175,11 +176,16 @@ def to_markdown(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]) ->
     cells = []
     for t in tasks:
       s = r["tasks"].get(t)
-      cells.append(f"{s['mean']:.1f} ± {s['std']:.1f}" if s else "")
+      if s is None:
+        cells.append("")
+      else:  # one seed has no spread to show
+        cells.append(f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s["n"] > 1 else ""))
     average = ""
     if r["average"] is not None:
       spread = f" ± {r['average_std']:.1f}" if r["average_std"] is not None else ""
       average = f"{r['average']:.1f}{spread} ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})"
+      if average_name == "GLUE Avg-8" and r["average_kind"] != "glue_avg8":
+        average += ", of the tasks run so far"
     paper_cell = ""
     if r["paper_row"]:
       paper_cell = f" {r['paper']['average']:.1f} ({r['paper_row']}) |"
