@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench-cpu bench-gpu clean
+.PHONY: demo sweep-demo test test-fast bench-cpu bench-gpu clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python train.py --config configs/demo.py --workdir demo_out
 	$(BIN)/python finetune.py --config configs/finetune_demo.py --workdir demo_out/finetune
+
+# An ablation sweep offline: K in {1, 2, 4}, each pretrained as in `demo` and fine-tuned on its task.
+sweep-demo: $(STAMP)
+	$(BIN)/python sweep.py --config configs/sweeps/demo_top_k.py --workdir demo_sweep
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
@@ -34,4 +38,4 @@ bench-gpu: $(STAMP)
 	$(BIN)/python bench/bench_gpu.py
 
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out demo_sweep .pytest_cache

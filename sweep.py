@@ -4,6 +4,7 @@
       --workdir runs/sweep_top_k                  # every cell, one after another, then the table
   python sweep.py --config ... --workdir ... --list        # one command per cell (job arrays)
   python sweep.py --config ... --workdir ... --cell 3      # cell 3 only (0-based)
+  python sweep.py --config ... --workdir ... --cell 3 --stage pretrain   # one stage of it
   python sweep.py --config ... --workdir ... --aggregate   # the table from the finished cells
 
 A cell is `train.py` (in <workdir>/cells/<axis>=<value>/pretrain) then `finetune.py` (its grid in
@@ -31,6 +32,12 @@ config_flags.DEFINE_config_file("config", None, "Sweep definition file (path[:ar
 flags.DEFINE_string("workdir", None, "Directory of the sweep: cells/ and the results.")
 flags.DEFINE_boolean("list", False, "Print one command per cell and exit.")
 flags.DEFINE_integer("cell", None, "Run this cell only (0-based index; see --list).")
+flags.DEFINE_enum(
+  "stage",
+  "all",
+  ["all", "pretrain", "finetune"],
+  "Run only this stage of the cells (multi-host: pretrain on every host, fine-tune on one).",
+)
 flags.DEFINE_boolean("aggregate", False, "Only write the table from the cells finished so far.")
 flags.DEFINE_boolean("echo", True, "Echo the stages' output, prefixed by the cell (logs: cells/).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -58,7 +65,8 @@ def run() -> None:
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(workdir, ".jax_cache"))
   outcomes = {}
   if not FLAGS.aggregate:
-    outcomes = runner.run_cells(chosen, configs, echo=FLAGS.echo)
+    stages = runner.STAGES if FLAGS.stage == "all" else (FLAGS.stage,)
+    outcomes = runner.run_cells(chosen, configs, stages=stages, echo=FLAGS.echo)
   if FLAGS.cell is None:
     rows = table.write_tables(sweep, cells, configs, workdir)
     with open(os.path.join(workdir, table.RESULTS_MD)) as f:

@@ -258,6 +258,7 @@ def test_list_prints_one_runnable_command_per_cell(tmp_path):
   [
     (["--cell=3"], "--cell=3: the sweep has cells 0..2"),
     (["--config.pretrain.overrides=('foo.bar=1',)"], "unknown config field 'foo.bar'"),
+    (["--cell=0", "--stage=finetune"], "k=1: its pretraining has not finished"),
   ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path):

@@ -107,28 +107,44 @@ def stage_finished(cell: Cell, stage: str, configs: StageConfigs) -> bool:
   return done == planned
 
 
-def run_cells(cells: list[Cell], configs: StageConfigs, *, echo: bool = True) -> dict[str, str]:
-  """Runs the cells one after another; cell name -> 'kept' | 'done' | 'failed' | 'preempted'.
-  Stops at a preemption notice (SIGTERM) after the running stage has saved."""
+def run_cells(
+  cells: list[Cell],
+  configs: StageConfigs,
+  *,
+  stages: tuple[str, ...] = STAGES,
+  echo: bool = True,
+) -> dict[str, str]:
+  """Runs `stages` of the cells one after another; cell name -> 'kept' | 'done' | 'failed' |
+  'preempted'. Stops at a preemption notice (SIGTERM) after the running stage has saved."""
   outcomes: dict[str, str] = {}
   with _Preemption() as preemption:
     for number, cell in enumerate(cells, start=1):
       logging.info("[cell %d/%d] %s: %s", number, len(cells), cell.name, cell.directory)
-      outcomes[cell.name] = run_cell(cell, configs, preemption, echo=echo)
+      outcomes[cell.name] = run_cell(cell, configs, preemption, stages=stages, echo=echo)
       if outcomes[cell.name] == "preempted":
         logging.warning("preemption notice: stopped in cell %s; re-run to resume", cell.name)
         break
   return outcomes
 
 
-def run_cell(cell: Cell, configs: StageConfigs, preemption=None, *, echo: bool = True) -> str:
-  """Both stages of one cell, each skipped if finished; 'kept' when there was nothing to do."""
+def run_cell(
+  cell: Cell,
+  configs: StageConfigs,
+  preemption=None,
+  *,
+  stages: tuple[str, ...] = STAGES,
+  echo: bool = True,
+) -> str:
+  """The cell's `stages` in order, each skipped if finished; 'kept' when there was nothing to
+  do. Fine-tuning needs the pretraining finished (run alone, it checks that first)."""
   os.makedirs(cell.directory, exist_ok=True)
-  if all(stage_finished(cell, s, configs) for s in STAGES):
+  if all(stage_finished(cell, s, configs) for s in stages):
     logging.info("%s: finished before, kept", cell.name)
     return "kept"
+  if "pretrain" not in stages and not stage_finished(cell, "pretrain", configs):
+    raise SweepError(f"{cell.name}: its pretraining has not finished; run --stage=pretrain first")
   with _cell_lock(cell) as lock_fd:
-    for stage in STAGES:
+    for stage in stages:
       if preemption is not None and preemption.is_set():
         return "preempted"
       if stage_finished(cell, stage, configs):
