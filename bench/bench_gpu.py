@@ -212,6 +212,124 @@ def worker(args) -> dict:
   }
 
 
+def torch_worker(args) -> dict:
+  """The PyTorch reference step of bench_train_step.py (HF Data2VecTextModel with SDPA attention,
+  fused AdamW, the same objective) on the same device, same shape and batch: under bf16 autocast
+  when --dtype is bfloat16, eager or `torch.compile`d (framework `torch_compile`)."""
+  import numpy as np
+  import torch
+
+  from bench import bench_train_step
+
+  cfg = model_config(args)
+  kw = dict(
+    vocab_size=cfg.vocab_size,
+    hidden_size=cfg.hidden_size,
+    num_layers=cfg.num_layers,
+    num_heads=cfg.num_heads,
+    intermediate_size=cfg.intermediate_size,
+    max_positions=cfg.max_positions,
+    pad_id=cfg.pad_id,
+    layer_norm_eps=cfg.layer_norm_eps,
+    dropout=cfg.dropout,
+    attention_dropout=cfg.attention_dropout,
+  )
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  host = [
+    common.make_batch(args.batch_value, args.seq, cfg.vocab_size, seed=s, full_rows=not args.pad)
+    for s in range(2)
+  ]
+  info = {
+    "framework": args.framework_value,
+    "batch": args.batch_value,
+    "seq": args.seq,
+    "dtype": args.dtype,
+    "attention_dropout": cfg.attention_dropout,
+    "device_kind": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+  }
+  try:
+    step, step_info = bench_train_step.build_torch_step(
+      kw,
+      host,
+      device=device,
+      autocast_bf16=args.dtype == "bfloat16",
+      compile_model=args.framework_value == "torch_compile",
+    )
+    info.update(step_info)
+    t0 = time.perf_counter()
+    step()
+    first_s = time.perf_counter() - t0
+    common.timed_loop(step, max(0, args.warmup - 1))
+    times = common.timed_loop(step, args.steps)
+    loss = step()
+  except Exception as e:  # noqa: BLE001 - an OOM is a result of the sweep, anything else an error
+    msg = f"{type(e).__name__}: {e}"
+    return {
+      **info,
+      "oom": any(m in msg for m in OOM_MARKERS),
+      "error": msg[:2000],
+      "traceback": traceback.format_exc()[-3000:],
+    }
+  med = float(np.median(times))
+  tok = float(np.mean([common.real_tokens(b) for b in host]))
+  return {
+    **info,
+    "oom": False,
+    "median_step_s": med,
+    "min_step_s": float(min(times)),
+    "steps": len(times),
+    "first_call_s": first_s,
+    "compile_s": first_s - med,
+    "real_tokens_per_step": tok,
+    "tokens_per_s": tok / med,
+    "peak_bytes_in_use": torch.cuda.max_memory_allocated() if device == "cuda" else None,
+    "loss": loss,
+  }
+
+
+def add_ratios(results: list[dict]) -> None:
+  """Adds to each JAX point `ratio_jax_over_<framework>` (tokens/s; > 1: JAX faster) for every
+  PyTorch point of the same batch and attention dropout, and to each PyTorch point its MFU with
+  the JAX point's model FLOPs per token (the same yardstick: the work the math needs)."""
+  jax_points = [r for r in results if r.get("framework", "jax") == "jax" and not r.get("error")]
+  for other in results:
+    if other.get("framework", "jax") == "jax" or other.get("error"):
+      continue
+    for r in jax_points:
+      if (r["batch"], r["attention_dropout"]) != (other["batch"], other["attention_dropout"]):
+        continue
+      r[f"ratio_jax_over_{other['framework']}"] = r["tokens_per_s"] / other["tokens_per_s"]
+      if r.get("peak_flops") and r.get("remat") == "none":
+        other["mfu"] = r["model_flops_per_token"] * other["tokens_per_s"] / r["peak_flops"]
+
+
+def summary_row(res: dict) -> dict:
+  """One printed table row of a successful sweep point."""
+  row = {
+    k: res.get(k)
+    for k in (
+      "framework",
+      "remat",
+      "attention_dropout",
+      "batch",
+      "median_step_s",
+      "tokens_per_s",
+      "mfu",
+      "hfu",
+      "compile_s",
+    )
+  }
+  row["peak_GiB"] = res["peak_bytes_in_use"] / 2**30 if res.get("peak_bytes_in_use") else None
+  if "resolved_attention" in res:
+    row["attn(student/teacher)"] = "{student}/{teacher}".format(**res["resolved_attention"])
+  else:
+    row["attn(student/teacher)"] = res.get("attn_implementation")
+  for k, v in res.items():
+    if k.startswith("ratio_jax_over_"):
+      row[k.replace("ratio_jax_over_", "jax/")] = v
+  return row
+
+
 def csv(s: str, cast=str) -> list:
   return [cast(x) for x in s.split(",") if x.strip()]
 
@@ -256,9 +374,16 @@ def main(argv=None) -> int:
     help="run on CPU when no GPU is present (smoke test of the code path)",
   )
   p.add_argument("--tiny", action="store_true", help="tiny model (2 x 64): smoke test")
+  p.add_argument(
+    "--frameworks",
+    default="jax",
+    help="comma list of jax, torch (the PyTorch reference step, eager), torch_compile (the "
+    "same under torch.compile); PyTorch points run once per attention dropout (no remat)",
+  )
   p.add_argument("--no_record", action="store_true")
   p.add_argument("--note", default="")
   p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--framework_value", default="jax", help=argparse.SUPPRESS)
   p.add_argument("--batch_value", type=int, help=argparse.SUPPRESS)
   p.add_argument("--remat_value", default="none", help=argparse.SUPPRESS)
   p.add_argument("--attn_dropout_value", type=float, default=0.1, help=argparse.SUPPRESS)
@@ -266,8 +391,12 @@ def main(argv=None) -> int:
   if args.tiny and args.seq == SEQ:
     args.seq = 128
 
+  frameworks = csv(args.frameworks)
+  unknown = set(frameworks) - {"jax", "torch", "torch_compile"}
+  if unknown or not frameworks:
+    p.error(f"--frameworks: unknown {sorted(unknown)}; use jax, torch, torch_compile")
   if args.worker:
-    common.emit(worker(args))
+    common.emit(worker(args) if args.framework_value == "jax" else torch_worker(args))
     return 0
 
   has_gpu, desc = detect_gpu()
@@ -296,82 +425,53 @@ def main(argv=None) -> int:
   sweep = explicit or [b for b in (2**i for i in range(3, 20)) if b <= args.max_batch]
   if args.tiny and not explicit:
     sweep = [2, 4]
-  results, rows = [], []
-  for remat in csv(args.remat):
-    for attn_dropout in csv(args.attention_dropout, float):
-      for batch in sweep:
-        worker_args = (
-          [
-            "--worker",
-            "--batch_value",
-            str(batch),
-            "--remat_value",
-            remat,
-            "--attn_dropout_value",
-            str(attn_dropout),
-            "--seq",
-            str(args.seq),
-            "--steps",
-            str(args.steps),
-            "--warmup",
-            str(args.warmup),
-            "--dtype",
-            args.dtype,
-            "--attention_impl",
-            args.attention_impl,
-          ]
-          + ["--tiny"] * args.tiny
-          + ["--pad"] * args.pad
-          + ["--no_prune_last_block"] * args.no_prune_last_block
-          + ["--head_overflow", args.head_overflow]
-        )
-        res = common.run_worker(
-          os.path.abspath(__file__), worker_args, timeout=args.timeout, env=env
-        )
-        res.setdefault("batch", batch)
-        res.setdefault("remat", remat)
-        res.setdefault("attention_dropout", attn_dropout)
-        results.append(res)
-        if res.get("error"):
-          kind = "OOM" if res.get("oom") else "ERROR"
-          print(
-            f"[remat={remat} attn_dropout={attn_dropout} batch={batch}] {kind}: "
-            f"{res['error'][:500]}",
-            file=sys.stderr,
-          )
-          if not res.get("oom"):
-            print(res.get("traceback") or res.get("stderr_tail", ""), file=sys.stderr)
-          break  # larger batches of this series will not fit either
-        rows.append(
-          {
-            k: res.get(k)
-            for k in (
-              "remat",
-              "attention_dropout",
-              "batch",
-              "median_step_s",
-              "tokens_per_s",
-              "mfu",
-              "hfu",
-              "compile_s",
-            )
-          }
-          | {
-            "peak_GiB": (res["peak_bytes_in_use"] / 2**30)
-            if res.get("peak_bytes_in_use")
-            else None,
-            "attn(student/teacher)": "{student}/{teacher}".format(**res["resolved_attention"]),
-          }
-        )
-        print(
-          f"[remat={remat} attn_dropout={attn_dropout} batch={batch}] "
-          f"{res['median_step_s']:.4f}s {res['tokens_per_s']:.0f} tok/s "
-          f"MFU {res['mfu'] if res['mfu'] is not None else '-'}",
-          file=sys.stderr,
-        )
+  results = []
+  series = [
+    (fw, remat, attn_dropout)
+    for remat in csv(args.remat)
+    for attn_dropout in csv(args.attention_dropout, float)
+    for fw in frameworks
+    if fw == "jax" or remat == csv(args.remat)[0]  # PyTorch runs no remat: once per dropout
+  ]
+  for fw, remat, attn_dropout in series:
+    for batch in sweep:
+      worker_args = (
+        [
+          *("--worker", "--framework_value", fw, "--batch_value", str(batch)),
+          *("--remat_value", remat, "--attn_dropout_value", str(attn_dropout)),
+          *("--seq", str(args.seq), "--steps", str(args.steps), "--warmup", str(args.warmup)),
+          *("--dtype", args.dtype, "--attention_impl", args.attention_impl),
+        ]
+        + ["--tiny"] * args.tiny
+        + ["--pad"] * args.pad
+        + ["--no_prune_last_block"] * args.no_prune_last_block
+        + ["--head_overflow", args.head_overflow]
+      )
+      res = common.run_worker(os.path.abspath(__file__), worker_args, timeout=args.timeout, env=env)
+      res.setdefault("framework", fw)
+      res.setdefault("batch", batch)
+      res.setdefault("remat", remat if fw == "jax" else "none")
+      res.setdefault("attention_dropout", attn_dropout)
+      results.append(res)
+      label = f"[{fw} remat={res['remat']} attn_dropout={attn_dropout} batch={batch}]"
+      if res.get("error"):
+        kind = "OOM" if res.get("oom") else "ERROR"
+        print(f"{label} {kind}: {res['error'][:500]}", file=sys.stderr)
+        if not res.get("oom"):
+          print(res.get("traceback") or res.get("stderr_tail", ""), file=sys.stderr)
+        break  # larger batches of this series will not fit either
+      mfu = res.get("mfu")
+      print(
+        f"{label} {res['median_step_s']:.4f}s {res['tokens_per_s']:.0f} tok/s "
+        f"MFU {mfu if mfu is not None else '-'}",
+        file=sys.stderr,
+      )
+  add_ratios(results)
+  rows = [summary_row(r) for r in results if not r.get("error")]
   if rows:
     print()
-    common.print_table(rows, list(rows[0].keys()))
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    common.print_table(rows, columns)
   ok = [r for r in results if not r.get("error")]
   if not args.no_record:
     common.append_result(
@@ -389,7 +489,13 @@ def main(argv=None) -> int:
         "full_rows": not args.pad,
       },
       versions=common.library_versions(
-        "jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax"
+        "jax",
+        "jaxlib",
+        "jax-cuda12-plugin",
+        "jax-cuda13-plugin",
+        "flax",
+        "optax",
+        *(("torch", "transformers") if frameworks != ["jax"] else ()),
       ),
     )
   if not ok:

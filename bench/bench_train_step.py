@@ -34,6 +34,7 @@ is the RSS after imports, before the model is built).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -169,21 +170,28 @@ def jax_worker(args, overrides: dict) -> dict:
 # PyTorch worker
 
 
-def torch_worker(args, overrides: dict) -> dict:
+def build_torch_step(
+  kw: dict,
+  host_batches: list,
+  *,
+  device: str = "cpu",
+  autocast_bf16: bool = False,
+  compile_model: bool = False,
+) -> tuple:
+  """The PyTorch reference step on `device`: (one, info). `one()` runs one full step on the next
+  batch, waits for the device, and returns the loss.
+
+  kw: `model_kwargs(...)`. autocast_bf16: forward passes under `torch.autocast(bfloat16)` (the
+  loss, LayerNorm'd targets and AdamW stay float32), as mixed-precision GPU training runs.
+  compile_model: `torch.compile` (default mode) of the student and teacher encoders and the head.
+  """
   import copy
 
   import torch
   import torch.nn.functional as F
   import transformers
 
-  torch.set_num_threads(args.threads)
-  try:
-    torch.set_num_interop_threads(args.threads)
-  except RuntimeError:
-    pass
   torch.manual_seed(0)
-  rss_base = common.current_rss_mib()
-  kw = model_kwargs(args.config, overrides)
   hf_config = transformers.Data2VecTextConfig(
     vocab_size=kw["vocab_size"],
     hidden_size=kw["hidden_size"],
@@ -210,7 +218,7 @@ def torch_worker(args, overrides: dict) -> dict:
         torch.nn.Linear(d, 2 * d), torch.nn.GELU(), torch.nn.Linear(2 * d, d)
       )
 
-  student = Student()
+  student = Student().to(device)
   teacher = copy.deepcopy(student.encoder)
   teacher.eval()
   teacher.requires_grad_(False)
@@ -230,27 +238,33 @@ def torch_worker(args, overrides: dict) -> dict:
   except (RuntimeError, TypeError):
     opt = torch.optim.AdamW(student.parameters(), foreach=True, **opt_kwargs)
     opt_impl = "foreach"
+  student_encoder, head, teacher_fn = student.encoder, student.head, teacher
+  if compile_model:
+    student_encoder, head, teacher_fn = (torch.compile(m) for m in (student.encoder, head, teacher))
 
-  host_batches = batches_for(args, kw["vocab_size"])
   batches = []
   for b in host_batches:
-    source, target = torch.from_numpy(b["source"]).long(), torch.from_numpy(b["target"]).long()
+    source = torch.from_numpy(b["source"]).long().to(device)
+    target = torch.from_numpy(b["target"]).long().to(device)
     batches.append((source, target, (target != kw["pad_id"]).long()))
-  holder = {"i": 0, "loss": []}
+  holder = {"i": 0}
+  autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+  sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
-  def one():
+  def one() -> float:
     source, target, attn = batches[holder["i"] % len(batches)]
     holder["i"] += 1
     student.train()
     opt.zero_grad(set_to_none=True)
-    x = student.encoder(input_ids=source, attention_mask=attn).last_hidden_state
-    masked = source == mask_id
-    pred = student.head(x[masked])
-    with torch.no_grad():
-      features.clear()
-      teacher(input_ids=target, attention_mask=attn)
-      y = sum(F.layer_norm(f.float(), (d,)) for f in features[-k:]) / k
-      y = y[masked]
+    with autocast if autocast_bf16 else contextlib.nullcontext():
+      x = student_encoder(input_ids=source, attention_mask=attn).last_hidden_state
+      masked = source == mask_id
+      pred = head(x[masked])
+      with torch.no_grad():
+        features.clear()
+        teacher_fn(input_ids=target, attention_mask=attn)
+        y = sum(F.layer_norm(f.float(), (d,)) for f in features[-k:]) / k
+        y = y[masked]
     loss = F.smooth_l1_loss(pred.float(), y, reduction="sum", beta=LOSS_BETA) / masked.sum()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(student.parameters(), CLIP)
@@ -261,16 +275,42 @@ def torch_worker(args, overrides: dict) -> dict:
       torch._foreach_add_(t_l, s_l, alpha=1.0 - EMA_DECAY)
       for t, s in ema_embed:
         t.copy_(s)
-    holder["loss"].append(float(loss))
+    value = float(loss)
+    sync()
+    return value
 
-  warm = common.timed_loop(one, args.warmup)
-  times = common.timed_loop(one, args.steps)
-  return {
-    "framework": "torch",
+  info = {
     "torch": torch.__version__,
     "transformers": transformers.__version__,
     "attn_implementation": getattr(student.encoder.config, "_attn_implementation", None),
     "adamw": opt_impl,
+    "device": device,
+    "autocast": "bfloat16" if autocast_bf16 else None,
+    "compiled": compile_model,
+  }
+  return one, info
+
+
+def torch_worker(args, overrides: dict) -> dict:
+  import torch
+  import transformers  # noqa: F401 - before rss_base: the base counts both frameworks' imports
+
+  torch.set_num_threads(args.threads)
+  try:
+    torch.set_num_interop_threads(args.threads)
+  except RuntimeError:
+    pass
+  rss_base = common.current_rss_mib()
+  kw = model_kwargs(args.config, overrides)
+  host_batches = batches_for(args, kw["vocab_size"])
+  step, info = build_torch_step(kw, host_batches)
+  losses: list = []
+  one = lambda: losses.append(step())
+  warm = common.timed_loop(one, args.warmup)
+  times = common.timed_loop(one, args.steps)
+  return {
+    "framework": "torch",
+    **{k: info[k] for k in ("torch", "transformers", "attn_implementation", "adamw")},
     "threads": torch.get_num_threads(),
     "first_call_s": warm[0],
     "warmup_s": warm,
@@ -279,7 +319,7 @@ def torch_worker(args, overrides: dict) -> dict:
       common.real_tokens(host_batches[(args.warmup + i) % len(host_batches)])
       for i in range(args.steps)
     ],
-    "losses": holder["loss"],
+    "losses": losses,
     "rss_base_mib": rss_base,
     "peak_rss_mib": common.peak_rss_mib(),
   }

@@ -30,7 +30,9 @@ import numpy as np
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
-RESULTS_PATH = os.path.join(BENCH_DIR, "results.jsonl")
+# D2V_BENCH_RESULTS redirects the records (bench/gpu_session.sh writes them under its output
+# folder, which is what comes back from a lent GPU machine).
+RESULTS_PATH = os.environ.get("D2V_BENCH_RESULTS") or os.path.join(BENCH_DIR, "results.jsonl")
 WORKER_PREFIX = "BENCH_RESULT "
 
 # Memory: let XLA take 95% of the GPU (default 75%) so the batch-size sweep finds the real limit.

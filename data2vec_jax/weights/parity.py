@@ -79,9 +79,11 @@ def padded_batch(
 
 
 def reference_features(
-  model: Any, input_ids: np.ndarray, attention_mask: np.ndarray
+  model: Any, input_ids: np.ndarray, attention_mask: np.ndarray, device: str | None = None
 ) -> dict[str, Any]:
   """Runs an HF Data2VecText/Roberta model; returns numpy float32 features.
+
+  `device`: the torch device the inputs go to (the model must already be there; default CPU).
 
   Returns:
     {'last_hidden_state': [B,T,D], 'hidden_states': L+1 x [B,T,D],
@@ -94,23 +96,23 @@ def reference_features(
   captured: list[np.ndarray] = []
   hooks = [
     layer.output.dense.register_forward_hook(
-      lambda _m, _i, out: captured.append(out.detach().float().numpy())
+      lambda _m, _i, out: captured.append(out.detach().float().cpu().numpy())
     )
     for layer in base.encoder.layer
   ]
   try:
     with torch.no_grad():
       out = base(
-        input_ids=torch.as_tensor(np.asarray(input_ids), dtype=torch.long),
-        attention_mask=torch.as_tensor(np.asarray(attention_mask), dtype=torch.long),
+        input_ids=torch.as_tensor(np.asarray(input_ids), dtype=torch.long, device=device),
+        attention_mask=torch.as_tensor(np.asarray(attention_mask), dtype=torch.long, device=device),
         output_hidden_states=True,
       )
   finally:
     for h in hooks:
       h.remove()
   return {
-    "last_hidden_state": out.last_hidden_state.float().numpy(),
-    "hidden_states": [h.float().numpy() for h in out.hidden_states],
+    "last_hidden_state": out.last_hidden_state.float().cpu().numpy(),
+    "hidden_states": [h.float().cpu().numpy() for h in out.hidden_states],
     "ffn_outputs": captured,
   }
 
