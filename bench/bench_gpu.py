@@ -21,6 +21,10 @@ from `flops.peak_flops_per_device`; HFU adds the FLOPs the remat policy recomput
 more student forward; dots_no_batch: the attention score/value matmuls 4*L*s*d; dots: none of the
 matmuls). Peak device memory from `device.memory_stats()`.
 
+`--frameworks jax,torch,torch_compile` adds the PyTorch reference step of bench_train_step.py
+(bf16 autocast, SDPA attention, fused AdamW; eager and torch.compile) at the same batches on the
+same GPU, and each JAX point's `ratio_jax_over_<framework>` of tokens/s.
+
 XLA flags: `data2vec_jax.speed.xla_flags.GPU_FLAGS` (the ones `train.py` applies) are added to XLA_FLAGS
 (`--xla_flags none` to compare against XLA's defaults).
 
