@@ -62,7 +62,7 @@ def run() -> None:
   chosen = cells if FLAGS.cell is None else [cells[FLAGS.cell]]
   # The cells compile the same fine-tuning programs (and pretraining ones where the axis leaves
   # the step alone): one persistent compilation cache for the whole sweep.
-  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(workdir, ".jax_cache"))
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(workdir, "jax_cache"))
   outcomes = {}
   if not FLAGS.aggregate:
     stages = runner.STAGES if FLAGS.stage == "all" else (FLAGS.stage,)

@@ -112,6 +112,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "export_model": True,  # <workdir>/model: the reported evaluation's weights
       "export_hf": False,  # and <workdir>/hf: the same as an HF sequence-classifier directory
       "tensorboard": True,
+      # JAX's persistent compilation cache (data2vec_jax/speed/compile_cache.py): 'auto' =
+      # $JAX_COMPILATION_CACHE_DIR or <workdir>/jax_cache; 'none'; or a directory.
+      "compilation_cache": "auto",
     }
   )
   c.grid = ml_collections.ConfigDict(

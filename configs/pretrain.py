@@ -196,6 +196,9 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       export_model=True,
       plot=True,
       tensorboard=True,
+      # JAX's persistent compilation cache (data2vec_jax/speed/compile_cache.py): 'auto' =
+      # $JAX_COMPILATION_CACHE_DIR or <workdir>/jax_cache; 'none'; or a directory (gs:// too).
+      compilation_cache="auto",
       # Health guards (data2vec_jax/train/health.py), checked on every step before each save: stop
       # on a NaN/Inf loss or grad norm, or one over explode_factor x its running median over
       # explode_window steps (0 = NaN/Inf only); and on a collapse: a target/prediction

@@ -281,6 +281,32 @@ def test_kill_and_resume_reproduces_uninterrupted_losses(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_restart_loads_every_program_from_the_compilation_cache(tmp_path):
+  """train.compilation_cache='auto' caches in <workdir>/jax_cache; a second run of the same
+  config (here in another workdir pointed at that cache) finds every program there and adds
+  none: it compiles nothing."""
+  first_dir = str(tmp_path / "first")
+  first = subprocess.run(
+    train_cmd(first_dir, 3), env=env(), capture_output=True, text=True, timeout=600
+  )
+  assert first.returncode == 0, first.stderr[-3000:]
+  cache = os.path.join(first_dir, "jax_cache")
+  assert f"persistent compilation cache: {cache}" in first.stderr
+  entries = sorted(os.listdir(cache))
+  assert any(e.startswith("jit_train_step") for e in entries), entries
+  second = subprocess.run(
+    train_cmd(str(tmp_path / "second"), 3, f"--config.train.compilation_cache={cache}"),
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert sorted(os.listdir(cache)) == entries
+  assert losses(str(tmp_path / "second")) == losses(first_dir)  # the loaded programs are the same
+
+
+@pytest.mark.slow
 def test_sigterm_saves_and_exits(tmp_path):
   # Every step is checkpointed, so the notice always arrives on a step that was just saved:
   # the preemption save must not save it again (orbax's StepAlreadyExistsError).

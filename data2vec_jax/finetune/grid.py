@@ -37,10 +37,10 @@ from data2vec_jax.finetune.loop import RESULTS_FILE, FinetuneError, finetune_and
 from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, glue_average
 from data2vec_jax.finetune.settings import GENERIC_DEFAULTS
 from data2vec_jax.finetune.starting_point import (
-  find_tokenizer,
   is_pretraining_workdir,
   sync_processes,
 )
+from data2vec_jax.speed import compile_cache
 from data2vec_jax.weights.export import export_from_checkpoint
 
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
@@ -107,11 +107,12 @@ def _finished(path: str) -> dict[str, Any] | None:
 def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """One run in `workdir`, or the grid's runs under it followed by the summary."""
   runs = grid_runs(config)
+  # A restart, and every run of a grid after the first, loads the programs compiled before.
+  compile_cache.enable(config.train.get("compilation_cache", "auto"), workdir)
   if len(runs) == 1 and config.task != "glue":
     results = finetune_and_evaluate(_run_config(config, *runs[0]), workdir)
     _log_result(results)
     return results
-  _share_compilations(workdir)
   config = _export_init_once(config, workdir)
   for number, (task, lr, seed, scratch) in enumerate(runs, start=1):
     directory = run_directory(workdir, task, lr, seed, scratch)
@@ -137,24 +138,10 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   return summary
 
 
-def _share_compilations(workdir: str) -> None:
-  """The grid's runs of one task compile the same programs: JAX's persistent compilation cache
-  (in `<workdir>/.jax_cache`, unless JAX_COMPILATION_CACHE_DIR / jax_compilation_cache_dir is
-  set already) lets every run after the first load them instead of compiling again."""
-  import jax
-
-  if jax.config.jax_compilation_cache_dir:
-    return
-  jax.config.update(
-    "jax_compilation_cache_dir", os.path.join(os.path.abspath(workdir), ".jax_cache")
-  )
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def _export_init_once(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
   """A grid starting from a pretraining workdir exports its checkpoint once, to
   `<workdir>/init_model[_ema]`, instead of once per run (160 copies of a Base model for the
-  paper's grid); the runs then start from that directory, with the workdir's tokenizer. A grid
+  paper's grid); the runs then start from that directory, which carries the workdir's tokenizer. A grid
   re-run keeps the export it made first, so runs added later start from the same weights even
   if pretraining has gone on since."""
   if not is_pretraining_workdir(os.path.abspath(os.path.expanduser(config.init))):
@@ -163,13 +150,6 @@ def _export_init_once(config: ml_collections.ConfigDict, workdir: str) -> ml_col
 
   pretraining = os.path.abspath(os.path.expanduser(config.init))
   config = copy.deepcopy(config)
-  if config.tokenizer.kind == "auto":
-    found = find_tokenizer(pretraining)
-    if found is not None:
-      kind, files = found
-      config.tokenizer.kind = kind
-      for key, value in files.items():
-        config.tokenizer[key] = value or ""
   exported = os.path.join(
     os.path.abspath(workdir), "init_model" + ("_ema" if config.init_ema else "")
   )

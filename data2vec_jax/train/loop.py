@@ -27,6 +27,7 @@ from data2vec_jax.data import training_input
 from data2vec_jax.data.pipeline import GLOBAL_ROW_TOKENS
 from data2vec_jax.model import flops as flops_lib
 from data2vec_jax.objective import execution as execution_lib
+from data2vec_jax.speed import compile_cache
 from data2vec_jax.train import checkpoint as checkpoint_lib
 from data2vec_jax.train import health as health_lib
 from data2vec_jax.train import sharding as sharding_lib
@@ -80,6 +81,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pipeline, so no half-written checkpoint is left and the error is the last thing reported.
   """
   t_start = time.time()
+  # Before anything compiles: a restart loads what an earlier run of this config compiled.
+  compile_cache.enable(config.train.get("compilation_cache", "auto"), workdir)
   if config.get("distributed", False):
     initialize_distributed(config.get("cluster", {}))
   validate_config(config)
