@@ -23,12 +23,13 @@
 # results.jsonl (the benchmark records: append them to bench/results.jsonl here), summary.md.
 # Exit 0 when no part failed or timed out, 1 otherwise (the summary names them; parts skipped
 # because the budget was spent are listed, not failed).
-# Environment: PYTHON (default python3), OUT, D2V_SESSION_BUDGET_S (540), D2V_SESSION_PARTS
+# Environment: PYTHON (default python3), OUT, D2V_SESSION_BUDGET_S (540), D2V_DRY_TIMEOUT_SCALE
+# (6: the dry run's part timeouts are that many times the GPU ones), D2V_SESSION_PARTS
 # (comma list of part names to run; default all), D2V_WHEELHOUSE (wheelhouse), D2V_SITE
 # (/tmp/d2v_site).
 set -u -o pipefail
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 ALLOW_CPU=0
 for arg in "$@"; do
   case $arg in
@@ -66,6 +67,8 @@ part() {
     SUMMARY+=("| $name | skipped (budget) | - |")
     return
   fi
+  # The dry run's CPU (2 shared cores, say) is far slower than the GPU machine the limits are for.
+  ((ALLOW_CPU)) && limit=$((limit * ${D2V_DRY_TIMEOUT_SCALE:-6}))
   ((limit > left)) && limit=$left
   echo "== $name (timeout ${limit}s): $*"
   local t0=$SECONDS rc
