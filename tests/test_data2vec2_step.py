@@ -175,3 +175,27 @@ def test_v2_flops_count_the_dropped_tokens_and_the_decoder():
   assert dropped < full
   plan = ExecutionPlan.for_objective(dataclasses.replace(make_recipe().objective), 512)
   assert plan.flops_per_token(cfg, make_recipe().objective, masked_fraction=0.0) > 0
+
+
+def test_v2_loss_runs_in_bfloat16():
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  from data2vec_jax.objective import data2vec2
+  from data2vec_jax.objective.loss import PretrainingModel
+
+  recipe = make_recipe(dropout=0.1)
+  model = recipe.model.replace(dtype="bfloat16")
+  tokens = jnp.full((1, LENGTH), 5, jnp.int32)
+  boxed = PretrainingModel(model, recipe.objective).init(jax.random.PRNGKey(0), tokens)
+  params = nn.meta.unbox(boxed)["params"]
+  batch = {k: jnp.asarray(v) for k, v in make_batch(0).items()}
+  loss, aux = data2vec2.loss_fn(
+    params,
+    {"layers": params["encoder"]["layers"]},
+    batch,
+    jax.random.PRNGKey(1),
+    config=model,
+    objective=recipe.objective,
+  )
+  assert np.isfinite(float(loss)) and float(aux["target_var"]) > 0.1
