@@ -18,7 +18,8 @@ fairseq `Data2VecMultiModel.forward` with the text modality (docs/reference/data
   loss_sum = loss_scale * sum_{mask} sum_d l(pred - repeat(y, M))   l = squared error (beta 0)
 
 and the train step divides by the number of masked positions of the whole batch (all clones,
-all devices), as fairseq's trainer. Masked positions include pads and <s> (fairseq scores them);
+all devices), as fairseq's trainer. The step's `masked_fraction` metric is then masked positions
+of all clones per real sentence token, about M * mask_prob (not a fraction: 3.8 at M = 8). Masked positions include pads and <s> (fairseq scores them);
 the kept count comes from the padded T; the decoder sees the noise at pads too (§14.3-4).
 
 Randomness. One key per (micro-)batch gives the mask, the noise, the student's dropout and the
