@@ -199,6 +199,11 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       # JAX's persistent compilation cache (data2vec_jax/speed/compile_cache.py): 'auto' =
       # $JAX_COMPILATION_CACHE_DIR or <workdir>/jax_cache; 'none'; or a directory (gs:// too).
       compilation_cache="auto",
+      # Compile the step for every shape of the next N steps before the first one (token
+      # packing's capacities; data2vec_jax/train/precompile.py), `compile_threads` at a time
+      # (0: one per core, at most 8); 0 steps: compile each shape when first met.
+      precompile_steps=100_000,
+      compile_threads=0,
       # Health guards (data2vec_jax/train/health.py), checked on every step before each save: stop
       # on a NaN/Inf loss or grad norm, or one over explode_factor x its running median over
       # explode_window steps (0 = NaN/Inf only); and on a collapse: a target/prediction

@@ -498,3 +498,22 @@ def test_split_sentences_and_offline_corpus(tmp_path):
   assert stats["documents"] == 5 and stats["sentences"] > 20
   docs = list(sources.read_text_documents(str(tmp_path / "c.txt")))
   assert len(docs) == 5 and sum(map(len, docs)) == stats["sentences"]
+
+
+@pytest.mark.parametrize(
+  "options",
+  [dict(), dict(pad_to="bucket", pad_multiple=8), dict(drop_remainder=False, shuffle=False)],
+)
+def test_row_tokens_ahead_are_the_coming_batches_shapes(options):
+  """What the trainer compiles ahead (train/precompile.py) is what the batches will be: each
+  batch's padded length and global_row_tokens, over an epoch boundary, from any position."""
+  ds = synthetic_blocks(tokens_per_sample=64)
+  it = make_it(ds, gb=8, **options)
+  it.set_state({**it.get_state(), "batch": it.batches_per_epoch - 3})
+  count = it.batches_per_epoch + 5  # into the epoch after next
+  lengths, rows = it.row_tokens_ahead(0, it.batches_per_epoch - 3, count)
+  batches = take(it, count)
+  assert lengths.tolist() == [b["source"].shape[1] for b in batches]
+  np.testing.assert_array_equal(rows, np.stack([b["global_row_tokens"] for b in batches]))
+  if "pad_to" in options:
+    assert len(set(lengths.tolist())) > 1  # the test sees several padded lengths

@@ -160,3 +160,18 @@ def test_packed_encoder_equals_padded_encoder_at_real_tokens():
     assert_equal_up_to_rounding(b, a)
   with pytest.raises(ValueError, match=r"layout is for \[4, 10\] inputs"):
     Encoder(cfg).apply({"params": params}, ids[:2], deterministic=True, layout=layout)
+
+
+def test_specs_for_batches_is_spec_for_batch_of_each():
+  rng = np.random.default_rng(0)
+  for groups, micro, buckets in [(1, 1, 16), (2, 1, 4), (2, 2, 8), (4, 2, 3)]:
+    rows = rng.integers(0, 33, size=(40, 16))
+    rows[3] = 32  # a full batch: unpacked
+    many = packing.specs_for_batches(
+      rows, seq_len=32, groups=groups, micro_batches=micro, buckets=buckets
+    )
+    one = [
+      packing.spec_for_batch(r, seq_len=32, groups=groups, micro_batches=micro, buckets=buckets)
+      for r in rows
+    ]
+    assert many == one and many[3] is None

@@ -281,21 +281,43 @@ def test_kill_and_resume_reproduces_uninterrupted_losses(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_restart_loads_every_program_from_the_compilation_cache(tmp_path):
-  """train.compilation_cache='auto' caches in <workdir>/jax_cache; a second run of the same
-  config (here in another workdir pointed at that cache) finds every program there and adds
-  none: it compiles nothing."""
+def test_step_shapes_compile_before_step_1_and_a_restart_loads_them_from_the_cache(tmp_path):
+  """Every packed shape of the run compiles before step 1 (train.precompile_steps), so no step
+  after the first pauses to compile; the losses are those of compiling each shape on first use.
+  train.compilation_cache='auto' caches in <workdir>/jax_cache; a second run of the same config
+  (here in another workdir pointed at that cache) finds every program there and adds none."""
+  steps = 6
   first_dir = str(tmp_path / "first")
   first = subprocess.run(
-    train_cmd(first_dir, 3), env=env(), capture_output=True, text=True, timeout=600
+    train_cmd(first_dir, steps), env=env(), capture_output=True, text=True, timeout=600
   )
   assert first.returncode == 0, first.stderr[-3000:]
+  precompiled = re.search(r"compiled the step for (\d+) shape", first.stderr)
+  assert precompiled and int(precompiled.group(1)) >= 2, first.stderr[-3000:]
+  assert "new packed shape" not in first.stderr
+  on_first_use = str(tmp_path / "on_first_use")
+  lazy = subprocess.run(
+    train_cmd(
+      on_first_use,
+      steps,
+      "--config.train.precompile_steps=0",
+      "--config.train.compilation_cache=none",
+    ),
+    env=env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert lazy.returncode == 0, lazy.stderr[-3000:]
+  assert "new packed shape" in lazy.stderr  # the shapes the first run compiled ahead
+  assert not os.path.exists(os.path.join(on_first_use, "jax_cache"))
+  assert losses(on_first_use) == losses(first_dir)
   cache = os.path.join(first_dir, "jax_cache")
   assert f"persistent compilation cache: {cache}" in first.stderr
   entries = sorted(os.listdir(cache))
   assert any(e.startswith("jit_train_step") for e in entries), entries
   second = subprocess.run(
-    train_cmd(str(tmp_path / "second"), 3, f"--config.train.compilation_cache={cache}"),
+    train_cmd(str(tmp_path / "second"), steps, f"--config.train.compilation_cache={cache}"),
     env=env(),
     capture_output=True,
     text=True,

@@ -164,13 +164,39 @@ class BatchIterator:
   def epoch_order(self, epoch: int) -> np.ndarray:
     """int64 [len(blocks)]: the global order of block indices in `epoch`."""
     if self._perm_epoch != epoch:
-      n = len(self.blocks)
-      if self.config.shuffle:
-        self._perm = np.random.default_rng((self.config.seed, epoch)).permutation(n)
-      else:
-        self._perm = np.arange(n, dtype=np.int64)
+      self._perm = self._order(epoch)
       self._perm_epoch = epoch
     return self._perm
+
+  def _order(self, epoch: int) -> np.ndarray:
+    n = len(self.blocks)
+    if self.config.shuffle:
+      return np.random.default_rng((self.config.seed, epoch)).permutation(n)
+    return np.arange(n, dtype=np.int64)
+
+  def row_tokens_ahead(self, epoch: int, batch: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shapes of the `count` global batches from (epoch, batch) on, without building them:
+    (T int [count]: each batch's padded length; row_tokens int32 [count, GB]: each batch's
+    `global_row_tokens`). From the sizes array only, so a run can list the static shapes its
+    steps will meet before the first one (and from any thread: it touches no cached state)."""
+    gb = self.config.global_batch_size
+    lengths, rows = [], []
+    while count > 0:
+      order = self._order(epoch)
+      take = min(count, self.batches_per_epoch - batch)
+      idx = order[batch * gb : (batch + take) * gb]
+      sizes = np.zeros(take * gb, dtype=np.int32)
+      sizes[: len(idx)] = self.blocks.sizes[idx]  # a partial last batch: missing rows are 0
+      sizes = sizes.reshape(take, gb)
+      if self.config.pad_to == "max":
+        lengths.append(np.full(take, self.config.tokens_per_sample))
+      else:
+        m, t = self.config.pad_multiple, self.config.tokens_per_sample
+        lengths.append(np.minimum(t, -(-sizes.max(axis=1) // m) * m))
+      rows.append(sizes)
+      count -= take
+      epoch, batch = epoch + 1, 0
+    return np.concatenate(lengths), np.concatenate(rows)
 
   def global_batch_indices(self, epoch: int, batch: int) -> np.ndarray:
     """int64 [<= GB]: block indices of global batch `batch` of `epoch` (short only for the last

@@ -213,13 +213,19 @@ def group_token_counts(row_tokens: np.ndarray, groups: int, micro_batches: int =
   row_tokens = np.asarray(row_tokens)
   if row_tokens.ndim != 1:
     raise ValueError(f"row_tokens must be [B] (real tokens per row), got shape {row_tokens.shape}")
-  rows = row_tokens.shape[0]
+  return _group_token_counts(row_tokens[None], groups, micro_batches)[0]
+
+
+def _group_token_counts(row_tokens: np.ndarray, groups: int, micro_batches: int) -> np.ndarray:
+  """`group_token_counts` of N batches: [N, B] -> [N, micro_batches, groups]."""
+  n, rows = row_tokens.shape
   if rows % (micro_batches * groups):
     raise ValueError(
       f"{rows} rows do not split into {micro_batches} micro-batches of {groups} packing groups"
     )
-  micro = np.stack([row_tokens[j::micro_batches] for j in range(micro_batches)])  # [k, B/k]
-  return micro.reshape(micro_batches, groups, -1).sum(axis=2)
+  # Row r = i * k + j is row i of micro-batch j.
+  micro = np.swapaxes(row_tokens.reshape(n, -1, micro_batches), 1, 2)  # [N, k, B/k]
+  return micro.reshape(n, micro_batches, groups, -1).sum(axis=-1)
 
 
 def spec_for_batch(
@@ -235,16 +241,37 @@ def spec_for_batch(
   (N = positions per group), so at most `buckets` values (and compiles) occur per sequence
   length. A batch whose fullest group needs every position runs unpacked (None).
   """
+  row_tokens = np.asarray(row_tokens)
+  if row_tokens.ndim != 1:
+    raise ValueError(f"row_tokens must be [B] (real tokens per row), got shape {row_tokens.shape}")
+  (spec,) = specs_for_batches(
+    row_tokens[None],
+    seq_len=seq_len,
+    groups=groups,
+    micro_batches=micro_batches,
+    buckets=buckets,
+  )
+  return spec
+
+
+def specs_for_batches(
+  row_tokens: np.ndarray, *, seq_len: int, groups: int, micro_batches: int, buckets: int
+) -> list[PackingSpec | None]:
+  """`spec_for_batch` of N batches at once: row_tokens int [N, B] (every batch of length
+  seq_len). Vectorised, so a run can list the shapes of its coming steps before it starts."""
   if buckets < 1:
     raise ValueError(f"buckets must be >= 1, got {buckets}")
-  counts = group_token_counts(row_tokens, groups, micro_batches)
-  per_group = len(row_tokens) // (micro_batches * groups) * seq_len
-  most = int(counts.max(initial=0))
-  if most > per_group:
+  row_tokens = np.asarray(row_tokens)
+  if row_tokens.ndim != 2:
+    raise ValueError(f"row_tokens must be [N, B] (N batches), got shape {row_tokens.shape}")
+  counts = _group_token_counts(row_tokens, groups, micro_batches)  # [N, k, groups]
+  per_group = row_tokens.shape[-1] // (micro_batches * groups) * seq_len
+  most = counts.reshape(len(row_tokens), -1).max(axis=1, initial=0)  # [N]
+  if most.size and most.max() > per_group:
     raise ValueError(
-      f"a packing group holds {most} real tokens but has only {per_group} "
+      f"a packing group holds {int(most.max())} real tokens but has only {per_group} "
       f"positions: row_tokens do not describe [B, {seq_len}] rows"
     )
   step = max(1, math.ceil(per_group / buckets))
-  capacity = max(step, math.ceil(most / step) * step)
-  return None if capacity >= per_group else PackingSpec(groups, capacity)
+  capacities = np.maximum(step, -(-most // step) * step)
+  return [None if c >= per_group else PackingSpec(groups, int(c)) for c in capacities]

@@ -30,6 +30,7 @@ from data2vec_jax.objective import execution as execution_lib
 from data2vec_jax.speed import compile_cache
 from data2vec_jax.train import checkpoint as checkpoint_lib
 from data2vec_jax.train import health as health_lib
+from data2vec_jax.train import precompile as precompile_lib
 from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train import state as train_state_lib
 from data2vec_jax.train import step as train_step_lib
@@ -248,6 +249,45 @@ def _stopped_unhealthy(
   return health_lib.TrainingError("; ".join(parts), error.anomaly_step, diverged=error.diverged)
 
 
+def _precompile(
+  train_cfg, plan, data, state, step_fn, first_batch, mesh, groups: int, remaining: int
+) -> precompile_lib.CompiledSteps:
+  """Every step shape of the next `train.precompile_steps` steps, compiled before the first
+  (precompile.py); none when there is only one shape (the first step compiles it anyway)."""
+  horizon = min(remaining, int(train_cfg.get("precompile_steps", 0)))
+  pipeline = getattr(data.iterator, "iterator", data.iterator)  # under the prefetch thread
+  if first_batch is None or horizon <= 0 or not hasattr(pipeline, "row_tokens_ahead"):
+    return precompile_lib.CompiledSteps(step_fn, {})
+  position = data.iterator.get_state()  # the batch after `first_batch`
+  lengths, rows = pipeline.row_tokens_ahead(position["epoch"], position["batch"], horizon - 1)
+  lengths = np.concatenate([[first_batch["source"].shape[1]], lengths])
+  rows = np.concatenate([first_batch[GLOBAL_ROW_TOKENS][None], rows])
+  shapes = precompile_lib.step_shapes(plan, lengths, rows, groups=groups)
+  if len(shapes) <= 1:
+    return precompile_lib.CompiledSteps(step_fn, {})
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  local_rows = first_batch["source"].shape[0]
+  global_rows = local_rows * jax.process_count()
+
+  def batch_structs(length: int) -> dict[str, jax.ShapeDtypeStruct]:
+    return {
+      key: jax.ShapeDtypeStruct(
+        (global_rows, length, *value.shape[2:]), value.dtype, sharding=batch_sharding
+      )
+      for key, value in first_batch.items()
+      if key != GLOBAL_ROW_TOKENS
+    }
+
+  return precompile_lib.compile_steps(
+    step_fn,
+    state,
+    batch_structs,
+    shapes,
+    mesh=mesh,
+    threads=int(train_cfg.get("compile_threads", 0)),
+  )
+
+
 def _loop(
   config, workdir, recipe, plan, state, step_fn, data, checkpointer, mesh, is_chief, eval_fn=None
 ):
@@ -291,9 +331,13 @@ def _loop(
         plan.check_host_batch(host_batch, config=recipe.model, objective=recipe.objective)
       # On the devices once, sharded like the training batches (each process its own rows).
       valid_batches = [_host_batch_to_global(b, batch_sharding) for b in data.validation.batches]
+    first_batch = next(data.iterator) if step < total else None
+    steps = _precompile(
+      train_cfg, plan, data, state, step_fn, first_batch, mesh, groups, total - step
+    )
     with PreemptionFlag() as preempted:
       while step < total:
-        host_batch = next(data.iterator)
+        host_batch, first_batch = first_batch or next(data.iterator), None
         global_row_tokens = host_batch.pop(GLOBAL_ROW_TOKENS)  # host-side only
         plan.check_host_batch(host_batch, config=recipe.model, objective=recipe.objective)
         packing = plan.packing_for_batch(
@@ -303,12 +347,14 @@ def _loop(
           groups=groups,
           process_index=jax.process_index(),
         )
-        if packing not in shapes_seen and is_chief and step > first_step:
-          # A new static shape compiles once: say why the step pauses.
+        length = host_batch["source"].shape[1]
+        new_shape = packing not in shapes_seen and not steps.has(length, packing)
+        if new_shape and is_chief and step > first_step:
+          # A shape not compiled ahead compiles now: say why the step pauses.
           logging.info("step %d: new packed shape %s, compiling", step + 1, packing)
         shapes_seen[packing] = shapes_seen.get(packing, 0) + 1
         batch = _host_batch_to_global(host_batch, batch_sharding)
-        state, metrics = step_fn(state, batch, packing)
+        state, metrics = steps.step(state, batch, packing)
         step += 1
         pending.append(metrics)
         is_last = step == total
