@@ -168,7 +168,10 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       pad_to="max",
       pad_multiple=64,
       shuffle=True,
-      prefetch=2,
+      prefetch=2,  # batches built ahead (per worker, with workers)
+      # Worker processes that build the batches (data2vec_jax/data/workers.py): 0 = one thread
+      # in this process; -1 = auto (0 when JAX runs on the CPU, else a worker per 2 host cores).
+      workers=-1,
     )
   )
 

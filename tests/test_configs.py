@@ -16,8 +16,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_MODULES = sorted(
   os.path.relpath(p, REPO)[:-3].replace(os.sep, ".")
   for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
-  # the fine-tuning configs: tests/test_finetune_step.py and test_finetune_e2e.py build them
+  # the fine-tuning configs: tests/test_finetune_step.py and test_finetune_e2e.py build them;
+  # the sweep definitions: tests/test_sweep.py
   if not p.endswith(("__init__.py", "finetune.py", "finetune_demo.py"))
+  and os.sep + "sweeps" + os.sep not in p
 )
 
 

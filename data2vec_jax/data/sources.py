@@ -227,12 +227,27 @@ class TokenSource:
         f"sizes sum to {int(self.sizes.sum())} but there are {len(self.tokens)} tokens"
       )
 
+  def __reduce__(self):
+    """A memory-mapped corpus pickles as its file, not its bytes (input workers, workers.py)."""
+    tokens = self.tokens
+    if isinstance(tokens, np.memmap) and tokens.filename and tokens.base is not None:
+      where = (tokens.filename, tokens.dtype.str, tokens.offset, tokens.shape)
+      return (_token_source_from_file, (*where, self.sizes))
+    return (TokenSource, (np.asarray(tokens), self.sizes))
+
   @property
   def num_tokens(self) -> int:
     return len(self.tokens)
 
   def __len__(self) -> int:
     return len(self.sizes)
+
+
+def _token_source_from_file(
+  filename: str, dtype: str, offset: int, shape: tuple[int, ...], sizes: np.ndarray
+) -> TokenSource:
+  tokens = np.memmap(filename, mode="r", dtype=np.dtype(dtype), offset=offset, shape=shape)
+  return TokenSource(tokens, sizes)
 
 
 def tokenize_documents(

@@ -36,10 +36,11 @@ from data2vec_jax.data.pipeline import (
   build_block_dataset,
   make_iterator,
 )
+from data2vec_jax.data.workers import WorkerPoolIterator
 from data2vec_jax.objective.masking import MaskingConfig, mask_tokens
 
 _PIPELINE_KEYS = {f.name for f in dataclasses.fields(PipelineConfig)}
-_LOCAL_KEYS = {"prefetch", "sentencepiece_vocab_size"}
+_LOCAL_KEYS = {"prefetch", "workers", "sentencepiece_vocab_size"}
 SOURCES = ("fairseq_bin", "text", "tfds", "python_docs")
 # Document i of the offline corpus (its distinct documents) is held out when
 # i % PYTHON_DOCS_VALID_EVERY == the last residue: 8 of 166 with Python 3.11's topics, spread
@@ -125,6 +126,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("data.tfds_name must be set for data.source='tfds'")
   if int(data_cfg.get("prefetch", 2)) < 0:
     raise ValueError(f"data.prefetch must be >= 0, got {data_cfg['prefetch']}")
+  if int(data_cfg.get("workers", 0)) < -1:
+    raise ValueError(f"data.workers must be -1 (auto), 0 or a count, got {data_cfg['workers']}")
   PipelineConfig.from_dict({k: v for k, v in data_cfg.items() if k in _PIPELINE_KEYS})
   MaskingConfig.from_dict(dict(config.masking))
   _check_validation(validation_config(config), source)
@@ -248,6 +251,19 @@ def _prepare_python_docs_once(
     prepare_python_docs(data_dir, vocab_size)
   multihost_utils.sync_global_devices("data2vec_jax: python_docs prepared")
   return prepare_python_docs(data_dir, vocab_size)  # no-op where the files are already there
+
+
+def input_workers(setting: int) -> int:
+  """data.workers: N worker processes build the batches (workers.py); 0 = one background thread
+  in the trainer's process; -1 (auto) = none when JAX computes on the CPU (the workers would take
+  its cores), else one per two host cores, at most 16."""
+  if setting != -1:
+    return setting
+  import jax
+
+  if jax.default_backend() == "cpu":
+    return 0
+  return max(1, min(16, (os.cpu_count() or 2) // 2))
 
 
 def masking_fn(masking: MaskingConfig, seed: int, vocab: VocabInfo):
@@ -388,6 +404,8 @@ def build(
     config, source_cfg, valid_text, vocab, pipeline_cfg, process_index, process_count
   )
   mask_fn = masking_fn(MaskingConfig.from_dict(dict(config.masking)), pipeline_cfg.seed, vocab)
+  prefetch = int(data_cfg.get("prefetch", 2))
+  workers = input_workers(int(data_cfg.get("workers", 0)))
   iterator = make_iterator(
     blocks,
     pipeline_cfg,
@@ -395,8 +413,11 @@ def build(
     mask_fn=mask_fn,
     process_index=process_index,
     process_count=process_count,
-    prefetch=int(data_cfg.get("prefetch", 2)),
+    prefetch=0 if workers else prefetch,
   )
+  if workers:
+    logging.info("input pipeline: %d worker processes", workers)
+    iterator = WorkerPoolIterator(iterator, workers, buffer_per_worker=max(prefetch, 1))
   return TrainingData(
     iterator=iterator,
     vocab=vocab,
