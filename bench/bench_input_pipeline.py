@@ -25,6 +25,7 @@ import numpy as np
 from data2vec_jax.data import pipeline, prepare
 from data2vec_jax.data.offline_corpus import write_offline_corpus
 from data2vec_jax.data.pipeline import BatchIterator, PipelineConfig, PrefetchIterator
+from data2vec_jax.data.workers import WorkerPoolIterator
 
 
 def _mask_fn(vocab, seed: int):
@@ -82,6 +83,15 @@ def main() -> None:
   p.add_argument("--global_batch_size", type=int, default=64)
   p.add_argument("--tokens_per_sample", type=int, default=512)
   p.add_argument("--vocab_size", type=int, default=8000)
+  p.add_argument(
+    "--workers", default="1,2", help="worker-process counts to time (data.workers), comma list"
+  )
+  p.add_argument(
+    "--target_tokens_per_s",
+    type=float,
+    default=5.2e6,
+    help="a host's need, for the worker-count projection (8 H100s at 50%% MFU, data2vec base)",
+  )
   p.add_argument("--workdir", default=None, help="where to write the corpus (default: a temp dir)")
   p.add_argument(
     "--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.jsonl")
@@ -124,25 +134,41 @@ def main() -> None:
   identity = lambda tokens, *, epoch, index: (tokens, np.zeros(len(tokens), bool))  # noqa: E731
 
   settings = [
-    ("no masking, pad=max", identity, "max", 0),
-    ("masking, pad=max", mask_fn, "max", 0),
-    ("masking, pad=bucket/64", mask_fn, "bucket", 0),
-    ("masking, pad=max, prefetch 2", mask_fn, "max", 2),
+    ("no masking, pad=max", identity, "max", 0, 0),
+    ("masking, pad=max", mask_fn, "max", 0, 0),
+    ("masking, pad=bucket/64", mask_fn, "bucket", 0, 0),
+    ("masking, pad=max, prefetch 2", mask_fn, "max", 2, 0),
   ]
+  for workers in [int(w) for w in args.workers.split(",") if w]:
+    settings.append((f"masking, pad=max, {workers} worker(s)", mask_fn, "max", 2, workers))
   results = []
-  for name, fn, pad_to, prefetch in settings:
+  for name, fn, pad_to, prefetch, workers in settings:
     cfg = PipelineConfig(
       tokens_per_sample=args.tokens_per_sample,
       global_batch_size=args.global_batch_size,
       pad_to=pad_to,
     )
     it = BatchIterator(blocks, cfg, mask_fn=fn, pad_id=vocab.pad_id, bos_id=vocab.bos_id)
-    if prefetch:
+    if workers:
+      it = WorkerPoolIterator(it, workers, buffer_per_worker=prefetch)
+      for _ in range(2 * workers * prefetch):  # start-up: every worker up and its queue full
+        next(it)
+    elif prefetch:
       it = PrefetchIterator(it, buffer_size=prefetch)
     r = _time(it, args.seconds, vocab.pad_id)
-    if prefetch:
+    if prefetch or workers:
       it.close()
-    results.append({"setting": name, **r})
+    results.append({"setting": name, "workers": workers, **r})
+  by_workers = {r["workers"]: r["real_tokens_per_s"] for r in results if r["workers"]}
+  projection = None
+  if 1 in by_workers:
+    per_worker = by_workers[1]
+    projection = {
+      "target_real_tokens_per_s": args.target_tokens_per_s,
+      "real_tokens_per_s_per_worker": per_worker,
+      "workers_needed_at_linear_scaling": int(np.ceil(args.target_tokens_per_s / per_worker)),
+      "speedup_by_workers": {w: round(v / per_worker, 2) for w, v in sorted(by_workers.items())},
+    }
 
   print(
     f"corpus: {corpus['documents']} docs, {corpus['sentences']} sentences, {corpus['bytes']} bytes "
@@ -161,6 +187,13 @@ def main() -> None:
     print(
       f"{r['setting']:<32} {r['batches_per_s']:>10.2f} {r['sequences_per_s']:>9.1f} "
       f"{r['real_tokens_per_s']:>12,} {r['padded_tokens_per_s']:>13,} {100 * r['real_token_fraction']:>6.1f}"
+    )
+  if projection:
+    print(
+      f"workers: speed-up over 1 worker {projection['speedup_by_workers']}; at "
+      f"{projection['real_tokens_per_s_per_worker']:,} real tokens/s per worker, "
+      f"{projection['target_real_tokens_per_s']:,.0f}/s needs "
+      f"{projection['workers_needed_at_linear_scaling']} workers (if they scale linearly)"
     )
 
   try:
@@ -196,6 +229,7 @@ def main() -> None:
       "corpus_tokens": blocks.num_tokens,
       "prepare_seconds": round(t_prepare, 2),
       "settings": results,
+      "worker_projection": projection,
     },
   }
   with open(args.results, "a") as f:
