@@ -2,7 +2,8 @@
 
   before  every shape compiled when first met, no persistent cache (the behaviour before
           train.precompile_steps / train.compilation_cache);
-  cold    the defaults, with an empty cache: every step shape compiled before step 1;
+  cold    the defaults, with an empty cache: every step shape compiled before step 1 (and
+          cold_1_thread: one at a time);
   warm    the same config again in a new workdir with the cold run's cache (a restart).
 
     python bench/bench_startup.py [--steps 200] [--config configs/demo.py]
@@ -45,6 +46,7 @@ def measure(name: str, config: str, steps: int, workdir: str, *flags: str) -> di
     os.path.join(REPO, "train.py"),
     f"--config={config}:steps={steps}",
     f"--workdir={workdir}",
+    "--config.train.log_every=1",  # every step's line: a pause is the gap to its step's line
     *flags,
   ]
   t0 = time.time()
@@ -87,6 +89,7 @@ def main() -> None:
       "--config.train.compilation_cache=none",
     ),
     ("cold",),
+    ("cold_1_thread", "--config.train.compile_threads=1"),
     ("warm", f"--config.train.compilation_cache={cold_cache}"),
   ]
   results = []

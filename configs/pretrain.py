@@ -204,7 +204,7 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       compilation_cache="auto",
       # Compile the step for every shape of the next N steps before the first one (token
       # packing's capacities; data2vec_jax/train/precompile.py), `compile_threads` at a time
-      # (0: one per core, at most 8); 0 steps: compile each shape when first met.
+      # (0: one per 4 cores, at least 1, at most 8); 0 steps: compile each shape when first met.
       precompile_steps=100_000,
       compile_threads=0,
       # Health guards (data2vec_jax/train/health.py), checked on every step before each save: stop

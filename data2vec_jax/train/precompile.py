@@ -5,7 +5,7 @@ The shapes are known in advance: a step's packed capacity is a function of its g
 real tokens per row, which the input pipeline computes from its sizes array for any future batch
 (`BatchIterator.row_tokens_ahead`) without building it. `step_shapes` lists the distinct
 (padded length, packing) pairs of the coming steps in order of first use; `compile_steps`
-compiles them, several at once on threads (XLA compiles one program on about one core), and the
+compiles them (several at once on hosts with many cores), and the
 loop then calls the compiled executables directly (`CompiledSteps.step`). A shape beyond the
 horizon scanned (`train.precompile_steps`) still compiles on first use, as before.
 
@@ -90,14 +90,16 @@ def compile_steps(
   mesh,
   threads: int = 0,
 ) -> CompiledSteps:
-  """Compiles `step_fn` (the jitted step) for every shape, `threads` at a time (0: one per
-  CPU core, at most 8). `state`: the train state (only its shapes and shardings are used);
+  """Compiles `step_fn` (the jitted step) for every shape, `threads` at a time (0: one per 4
+  CPU cores, at least 1, at most 8). `state`: the train state (only its shapes and shardings are used);
   `batch_structs(T)`: the global batch's ShapeDtypeStructs (with shardings) at padded length T.
   """
   abstract_state = jax.tree_util.tree_map(
     lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
   )
-  threads = threads or min(8, os.cpu_count() or 1)
+  # XLA's compiler is itself multi-threaded: on 2 cores two compiles at once were slower than
+  # one after the other (bench/README.md, "Time to first step"); one per 4 cores, at most 8.
+  threads = threads or max(1, min(8, (os.cpu_count() or 1) // 4))
 
   def compile_one(shape: Shape):
     length, packing = shape
