@@ -82,11 +82,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pipeline, so no half-written checkpoint is left and the error is the last thing reported.
   """
   t_start = time.time()
-  # Before anything compiles: a restart loads what an earlier run of this config compiled.
-  compile_cache.enable(config.train.get("compilation_cache", "auto"), workdir)
   if config.get("distributed", False):
     initialize_distributed(config.get("cluster", {}))
-  validate_config(config)
+  validate_config(config)  # a bad config fails before anything is written to the workdir
+  # Before anything compiles: a restart loads what an earlier run of this config compiled.
+  compile_cache.enable(config.train.get("compilation_cache", "auto"), workdir)
   process_index, process_count = jax.process_index(), jax.process_count()
   is_chief = process_index == 0
   os.makedirs(workdir, exist_ok=True)
