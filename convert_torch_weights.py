@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Convert data2vec-text weights between PyTorch formats and data2vec-jax.
 
-  # fairseq nlp_base.pt -> data2vec-jax directory (student; --ema for the EMA teacher)
+  # fairseq nlp_base.pt -> data2vec-jax directory (student; --ema for the EMA teacher); a
+  # data2vec 2.0 nlp_base.pt (modality_encoders.TEXT.*) is recognised and converted the same way
   python convert_torch_weights.py --from fairseq nlp_base.pt --to jax --output out/d2v
   # Hugging Face directory -> data2vec-jax
   python convert_torch_weights.py --from hf data2vec-text-base/ --to jax --output out/d2v

@@ -99,3 +99,44 @@ def test_encoder_exports_to_transformers(checkpoint_file, tmp_path):
   back = load_hf_dir(tmp_path)
   for k, v in layout.flatten(params["encoder"]).items():
     np.testing.assert_array_equal(layout.flatten(back.params)[k], v, err_msg=k)
+
+
+def test_the_converter_cli_recognises_a_v2_checkpoint(checkpoint_file, tmp_path):
+  """convert_torch_weights.py --from fairseq on a data2vec 2.0 .pt: the student (or, with --ema,
+  the teacher's blocks) as a data2vec-jax directory with the decoder as a head, and as HF."""
+  import os
+  import subprocess
+  import sys
+
+  from data2vec_jax.weights.pretrained import load_checkpoint
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  path, _ = checkpoint_file
+  _, params, ema = fairseq_v2.load_fairseq_v2(path)
+
+  def convert(*flags):
+    out = subprocess.run(
+      [sys.executable, os.path.join(repo, "convert_torch_weights.py"), "--from", "fairseq"]
+      + [str(path), *flags, "--no-tokenizer"],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+  assert "fairseq data2vec 2.0 (student)" in convert("--to", "jax", "--output", str(tmp_path / "s"))
+  convert("--to", "jax", "--ema", "--output", str(tmp_path / "t"))
+  student, teacher = load_checkpoint(str(tmp_path / "s")), load_checkpoint(str(tmp_path / "t"))
+  for k, v in layout.flatten(params["encoder"]).items():
+    np.testing.assert_array_equal(layout.flatten(student.params)[k], v, err_msg=k)
+    expected = layout.flatten(ema)[k] if k.startswith("layers/") else v  # embeddings: student's
+    np.testing.assert_array_equal(layout.flatten(teacher.params)[k], expected, err_msg=k)
+  assert set(layout.flatten(student.heads["decoder"])) == set(layout.flatten(params["head"]))
+  convert("--to", "hf", "--output", str(tmp_path / "hf"))
+  back = load_hf_dir(str(tmp_path / "hf"))
+  np.testing.assert_array_equal(
+    layout.flatten(back.params)["layers/fc1/kernel"],
+    layout.flatten(params["encoder"])["layers/fc1/kernel"],
+  )

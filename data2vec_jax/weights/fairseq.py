@@ -18,6 +18,9 @@ legacy `encoder.lm_head.{dense,layer_norm}.*`,
 stored as `decoder/kernel` only when it is not tied to `embed_tokens`).
 
 Teacher (`use_ema=True`): `encoder._ema` holds fp32 copies keyed like `layers.0.fc1.weight`.
+
+A data2vec 2.0 checkpoint (`modality_encoders.TEXT.*`, `blocks.*`) is recognised by its keys and
+converted by `fairseq_v2.py` (encoder, decoder as head `decoder`, `_ema` blocks with use_ema).
 With `ema_transformer_layers_only` (the text default) the teacher's embeddings are *not* averaged
 but copied from the student before every teacher forward, so `_ema`'s embedding entries may be
 stale or absent. The teacher is therefore built as: blocks from `_ema`, token/position
@@ -40,7 +43,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from data2vec_jax.model.config import EncoderConfig
-from data2vec_jax.weights import layout
+from data2vec_jax.weights import fairseq_v2, layout
 from data2vec_jax.weights.layout import Converted
 from data2vec_jax.weights.torch_io import CheckpointError, load_torch_pickle, plain_data, to_numpy
 
@@ -383,6 +386,11 @@ def load_fairseq(path: str | os.PathLike[str], *, use_ema: bool = False) -> Conv
   """
   path = os.fspath(path)
   checkpoint = load_torch_pickle(path)
+  if fairseq_v2.is_v2_checkpoint(checkpoint):  # data2vec 2.0's layout: its own converter
+    config, params, ema = fairseq_v2.from_checkpoint(checkpoint, path)
+    converted = fairseq_v2.converted(config, params, ema, use_ema=use_ema)
+    converted.metadata["source_file"] = os.path.basename(path)
+    return converted
   try:
     converted = convert_fairseq_checkpoint(checkpoint, use_ema=use_ema)
   except CheckpointError as e:  # e.g. a tensor with NaN/Inf: say which file holds it

@@ -213,7 +213,19 @@ def load_fairseq_v2(
   The head count comes from `num_heads`, else the checkpoint's `cfg.model.num_heads`, else D/64;
   LayerNorm eps from `cfg.model.norm_eps` (the text yaml's 1e-5 when absent).
   """
-  checkpoint = load_torch_pickle(path)
+  return from_checkpoint(load_torch_pickle(path), path, num_heads=num_heads)
+
+
+def is_v2_checkpoint(checkpoint: Any) -> bool:
+  """Whether an unpickled fairseq checkpoint is data2vec 2.0's layout (`modality_encoders.*`)."""
+  model = checkpoint.get("model") if isinstance(checkpoint, Mapping) else None
+  return isinstance(model, Mapping) and any(str(k).startswith(TEXT) for k in model)
+
+
+def from_checkpoint(
+  checkpoint: Any, path: str | os.PathLike[str], *, num_heads: int | None = None
+) -> tuple[EncoderConfig, dict[str, Any], dict[str, Any] | None]:
+  """`load_fairseq_v2` of a checkpoint already unpickled from `path` (named in errors)."""
   if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("model"), Mapping):
     raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
   model_cfg = plain_data(checkpoint.get("cfg") or {})
@@ -229,6 +241,27 @@ def load_fairseq_v2(
   except CheckpointError as e:
     raise CheckpointError(f"{path}: {e}") from None
   return config, params, ema
+
+
+def converted(
+  config: EncoderConfig, params: Mapping[str, Any], ema: Mapping[str, Any] | None, *, use_ema: bool
+) -> layout.Converted:
+  """The converter CLI's view of a v2 checkpoint: the encoder (the EMA teacher's blocks with
+  `use_ema`; the embeddings are the student's, which the teacher shares), the decoder as head
+  'decoder'."""
+  encoder = dict(params["encoder"])
+  if use_ema:
+    if ema is None:
+      raise CheckpointError("--ema: the data2vec 2.0 checkpoint has no '_ema' teacher")
+    encoder["layers"] = ema["layers"]
+  return layout.Converted(
+    config=config,
+    params=encoder,
+    heads={"decoder": params["head"]},
+    metadata={"source_format": "fairseq_v2", "teacher": bool(use_ema)},
+    source="fairseq data2vec 2.0 (" + ("EMA teacher" if use_ema else "student") + ")",
+    num_source_tensors=len(layout.flatten(params)) + (len(layout.flatten(ema)) if ema else 0),
+  )
 
 
 def export_hf_dir(
