@@ -211,11 +211,7 @@ def torch_worker(args) -> dict:
 
   from data2vec_jax.weights.parity import reference_model
 
-  torch.set_num_threads(args.threads)
-  try:
-    torch.set_num_interop_threads(args.threads)
-  except RuntimeError:
-    pass
+  common.set_torch_threads(args.threads)
   rss_base = common.current_rss_mib()
   recipe = task_recipe(args.task)
   cfg = encoder_config(args.config, args.scan_unroll)

@@ -195,14 +195,7 @@ def worker(args) -> dict:
     pass
   return {
     **info,
-    "oom": False,
-    "median_step_s": med,
-    "min_step_s": float(min(times)),
-    "steps": len(times),
-    "first_call_s": first_s,
-    "compile_s": first_s - med,
-    "real_tokens_per_step": tok,
-    "tokens_per_s": tps,
+    **_timing(times, first_s, tok),
     "masked_fraction": masked_fraction,
     "model_flops_per_token": flops_tok,
     "hardware_flops_per_token": hw_flops_tok,
@@ -274,20 +267,29 @@ def torch_worker(args) -> dict:
       "error": msg[:2000],
       "traceback": traceback.format_exc()[-3000:],
     }
-  med = float(np.median(times))
   tok = float(np.mean([common.real_tokens(b) for b in host]))
   return {
     **info,
+    **_timing(times, first_s, tok),
+    "peak_bytes_in_use": torch.cuda.max_memory_allocated() if device == "cuda" else None,
+    "loss": loss,
+  }
+
+
+def _timing(times: list[float], first_s: float, tokens_per_step: float) -> dict:
+  """The timing fields every framework's point shares (median step, compile, tokens/s)."""
+  import numpy as np
+
+  med = float(np.median(times))
+  return {
     "oom": False,
     "median_step_s": med,
     "min_step_s": float(min(times)),
     "steps": len(times),
     "first_call_s": first_s,
     "compile_s": first_s - med,
-    "real_tokens_per_step": tok,
-    "tokens_per_s": tok / med,
-    "peak_bytes_in_use": torch.cuda.max_memory_allocated() if device == "cuda" else None,
-    "loss": loss,
+    "real_tokens_per_step": tokens_per_step,
+    "tokens_per_s": tokens_per_step / med,
   }
 
 

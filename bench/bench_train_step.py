@@ -295,11 +295,7 @@ def torch_worker(args, overrides: dict) -> dict:
   import torch
   import transformers  # noqa: F401 - before rss_base: the base counts both frameworks' imports
 
-  torch.set_num_threads(args.threads)
-  try:
-    torch.set_num_interop_threads(args.threads)
-  except RuntimeError:
-    pass
+  common.set_torch_threads(args.threads)
   rss_base = common.current_rss_mib()
   kw = model_kwargs(args.config, overrides)
   host_batches = batches_for(args, kw["vocab_size"])

@@ -153,6 +153,17 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
 # Timing and memory inside a worker
 
 
+def set_torch_threads(threads: int) -> None:
+  """PyTorch's intra- and inter-op pools at `threads` (the inter-op one can be set only once)."""
+  import torch
+
+  torch.set_num_threads(threads)
+  try:
+    torch.set_num_interop_threads(threads)
+  except RuntimeError:
+    pass
+
+
 def peak_rss_mib() -> float:
   """Peak resident set size of this process (Linux ru_maxrss is in KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

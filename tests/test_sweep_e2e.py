@@ -69,6 +69,17 @@ def run_sweep(definition: str, workdir: str) -> subprocess.CompletedProcess:
   return out
 
 
+def start_sweep(definition: str, workdir: str) -> subprocess.Popen:
+  """The sweep in a process group of its own (killpg reaches it and its stages only)."""
+  return subprocess.Popen(
+    sweep_cmd(definition, workdir),
+    env=env(),
+    start_new_session=True,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+
+
 def wait_for(condition, what: str, timeout: float = 300) -> None:
   deadline = time.time() + timeout
   while time.time() < deadline:
@@ -119,13 +130,7 @@ def test_a_killed_sweep_rerun_gives_the_uninterrupted_table(tmp_path):
   killed = str(tmp_path / "killed")
   cell1, cell2 = (os.path.join(killed, "cells", f"K={k}") for k in (1, 2))
   # Kill 1: the whole job, while the first cell pretrains (a checkpoint exists, steps remain).
-  job = subprocess.Popen(
-    sweep_cmd(definition, killed),
-    env=env(),
-    start_new_session=True,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
+  job = start_sweep(definition, killed)
   pretrain1 = os.path.join(cell1, "pretrain")
   wait_for(lambda: checkpoints(pretrain1), "the first cell's first checkpoint")
   os.killpg(job.pid, signal.SIGKILL)
@@ -134,13 +139,7 @@ def test_a_killed_sweep_rerun_gives_the_uninterrupted_table(tmp_path):
   assert not os.path.exists(os.path.join(killed, "results.csv"))
 
   # Kill 2: the sweep's process alone, while the second cell fine-tunes its second run.
-  job = subprocess.Popen(
-    sweep_cmd(definition, killed),
-    env=env(),
-    start_new_session=True,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
+  job = start_sweep(definition, killed)
   first_run = os.path.join(cell2, "finetune", "python_topics", "lr0.001_seed1", "results.json")
   wait_for(lambda: os.path.exists(first_run), "the second cell's first fine-tuning run")
   os.kill(job.pid, signal.SIGKILL)
