@@ -171,13 +171,7 @@ def worker(args) -> dict:
       times = common.timed_loop(one, args.steps)
       loss = float(one()["loss"])
   except Exception as e:  # noqa: BLE001 - an OOM is a result of the sweep, anything else an error
-    msg = f"{type(e).__name__}: {e}"
-    return {
-      **info,
-      "oom": any(m in msg for m in OOM_MARKERS),
-      "error": msg[:2000],
-      "traceback": traceback.format_exc()[-3000:],
-    }
+    return _failure(info, e)
   del first
   med = float(np.median(times))
   tok = float(np.mean(tokens))
@@ -260,19 +254,24 @@ def torch_worker(args) -> dict:
     times = common.timed_loop(step, args.steps)
     loss = step()
   except Exception as e:  # noqa: BLE001 - an OOM is a result of the sweep, anything else an error
-    msg = f"{type(e).__name__}: {e}"
-    return {
-      **info,
-      "oom": any(m in msg for m in OOM_MARKERS),
-      "error": msg[:2000],
-      "traceback": traceback.format_exc()[-3000:],
-    }
+    return _failure(info, e)
   tok = float(np.mean([common.real_tokens(b) for b in host]))
   return {
     **info,
     **_timing(times, first_s, tok),
     "peak_bytes_in_use": torch.cuda.max_memory_allocated() if device == "cuda" else None,
     "loss": loss,
+  }
+
+
+def _failure(info: dict, error: Exception) -> dict:
+  """A point that did not run: an OOM (a result of the sweep) or another error, with its trace."""
+  msg = f"{type(error).__name__}: {error}"
+  return {
+    **info,
+    "oom": any(m in msg for m in OOM_MARKERS),
+    "error": msg[:2000],
+    "traceback": traceback.format_exc()[-3000:],
   }
 
 

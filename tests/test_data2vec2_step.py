@@ -13,6 +13,7 @@ import pytest
 from configs import demo, pretrain
 from data2vec_jax.model import flops as flops_lib
 from data2vec_jax.model.config import tiny_config
+from data2vec_jax.model.decoder import Decoder1d
 from data2vec_jax.objective import ema as ema_lib
 from data2vec_jax.objective.ema import EMAConfig
 from data2vec_jax.objective.execution import ExecutionPlan
@@ -162,7 +163,7 @@ def test_data2vec2_configs_are_the_fairseq_yamls():
 
 def test_v2_flops_count_the_dropped_tokens_and_the_decoder():
   cfg = tiny_config(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072)
-  dec = flops_lib.DecoderShape()
+  dec = Decoder1d(cfg.hidden_size)  # the base yaml's decoder
   assert flops_lib.decoder_forward_flops_per_position(cfg, dec) == pytest.approx(
     2 * (9 * 768 * 768 * 5 + 768 * 1536 + 1536 * 768)
   )

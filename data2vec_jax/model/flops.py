@@ -13,12 +13,10 @@ forward+backward on all T positions of every clone.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import jax
 
 from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.model.decoder import Decoder1d
 
 # Dense bf16 peak per chip/GPU, FLOP/s. Keys are substrings of `jax.Device.device_kind`.
 PEAK_BF16_FLOPS = {
@@ -85,32 +83,9 @@ def train_flops_per_token(
   return 3.0 * student + teacher + head
 
 
-@dataclasses.dataclass(frozen=True)
-class DecoderShape:
-  """The FLOP-relevant shape of data2vec 2.0's `Decoder1d`."""
-
-  dim: int = 768
-  kernel: int = 9
-  layers: int = 5
-  groups: int = 1
-  projection_layers: int = 2
-  projection_ratio: float = 2.0
-
-  @classmethod
-  def of(cls, objective: Any) -> "DecoderShape":
-    """From an `ObjectiveConfig` (its decoder_* / projection_* fields)."""
-    return cls(
-      dim=objective.decoder_dim,
-      kernel=objective.decoder_kernel,
-      layers=objective.decoder_layers,
-      groups=objective.decoder_groups,
-      projection_layers=objective.projection_layers,
-      projection_ratio=objective.projection_ratio,
-    )
-
-
-def decoder_forward_flops_per_position(cfg: EncoderConfig, decoder: DecoderShape) -> float:
-  """Convolutions (2 k in dim / groups each) and the projection, per decoded position."""
+def decoder_forward_flops_per_position(cfg: EncoderConfig, decoder: Decoder1d) -> float:
+  """Convolutions (2 k in dim / groups each) and the projection, per decoded position (read
+  from the module's attributes; it need not be bound)."""
   d = cfg.hidden_size
   conv = 0.0
   in_dim = d
@@ -131,7 +106,7 @@ def data2vec2_train_flops_per_token(
   *,
   clone_batch: int = 8,
   mask_prob: float = 0.48,
-  decoder: DecoderShape = DecoderShape(),
+  decoder: Decoder1d | None = None,
   dropped_masked: bool = True,
 ) -> float:
   """Model FLOPs of one data2vec 2.0 update per sentence token (no rematerialisation).
@@ -145,6 +120,7 @@ def data2vec2_train_flops_per_token(
   else:
     student = clone_batch * encoder_forward_flops_per_token(cfg, seq_len)
   teacher = encoder_forward_flops_per_token(cfg, seq_len)
+  decoder = decoder if decoder is not None else Decoder1d(cfg.hidden_size)  # the yaml's
   dec = clone_batch * decoder_forward_flops_per_position(cfg, decoder)
   return 3.0 * student + teacher + 3.0 * dec
 

@@ -31,7 +31,7 @@ import numpy as np
 from data2vec_jax import strict_config
 from data2vec_jax.model import flops as flops_lib
 from data2vec_jax.model.config import EncoderConfig
-from data2vec_jax.objective.loss import ObjectiveConfig, loss_positions
+from data2vec_jax.objective.loss import ObjectiveConfig, loss_positions, make_decoder
 from data2vec_jax.objective.masking import (
   MaskingConfig,
   max_selected_per_row,
@@ -260,7 +260,7 @@ class ExecutionPlan:
         self.seq_len,
         clone_batch=objective.clone_batch,
         mask_prob=objective.mask_prob,
-        decoder=flops_lib.DecoderShape.of(objective),
+        decoder=make_decoder(model, objective),
         dropped_masked=self.drop_masked_tokens,
       )
     return flops_lib.train_flops_per_token(

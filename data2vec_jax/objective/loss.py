@@ -143,6 +143,23 @@ class ObjectiveConfig(strict_config.StrictConfig):
       raise ValueError(f"decoder_input_dropout must be in [0, 1), got {self.decoder_input_dropout}")
 
 
+def make_decoder(config: EncoderConfig, objective: ObjectiveConfig) -> Decoder1d:
+  """data2vec 2.0's decoder as the objective's decoder_* / projection_* fields describe it (the
+  model's head, and the shape the FLOP accounting counts)."""
+  return Decoder1d(
+    config.hidden_size,
+    dim=objective.decoder_dim,
+    kernel=objective.decoder_kernel,
+    layers=objective.decoder_layers,
+    groups=objective.decoder_groups,
+    residual=objective.decoder_residual,
+    projection_layers=objective.projection_layers,
+    projection_ratio=objective.projection_ratio,
+    dtype=jnp.dtype(config.dtype),
+    param_dtype=jnp.dtype(config.param_dtype),
+  )
+
+
 class PretrainingModel(nn.Module):
   """Student encoder + head. Params: {'encoder': Encoder tree, 'head': head tree}.
 
@@ -163,18 +180,7 @@ class PretrainingModel(nn.Module):
     if obj.kind == "data2vec":
       self.head = RegressionHead(self.config, obj.head_layers)
     elif obj.kind == "data2vec2":
-      self.head = Decoder1d(
-        self.config.hidden_size,
-        dim=obj.decoder_dim,
-        kernel=obj.decoder_kernel,
-        layers=obj.decoder_layers,
-        groups=obj.decoder_groups,
-        residual=obj.decoder_residual,
-        projection_layers=obj.projection_layers,
-        projection_ratio=obj.projection_ratio,
-        dtype=jnp.dtype(self.config.dtype),
-        param_dtype=jnp.dtype(self.config.param_dtype),
-      )
+      self.head = make_decoder(self.config, obj)
     else:
       self.head = MaskedLMHead(self.config)
 
