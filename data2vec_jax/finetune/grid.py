@@ -205,11 +205,13 @@ def collect(workdir: str, *, from_scratch: bool = False) -> dict[str, dict[float
   if not os.path.isdir(workdir):
     raise FinetuneError(f"{workdir}: no such directory")
   # A single run's workdir (results.json at the top) summarises as a grid of one.
+  # Only <task>/<run> directories: not the files of jax_cache/, checkpoints/, ...
   run_dirs = [workdir] + [
-    os.path.join(workdir, task, run)
-    for task in sorted(os.listdir(workdir))
-    if os.path.isdir(os.path.join(workdir, task))
-    for run in sorted(os.listdir(os.path.join(workdir, task)))
+    run.path
+    for task in sorted(os.scandir(workdir), key=lambda e: e.name)
+    if task.is_dir()
+    for run in sorted(os.scandir(task.path), key=lambda e: e.name)
+    if run.is_dir()
   ]
   for path in run_dirs:
     results = _finished(path)
