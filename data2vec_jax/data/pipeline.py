@@ -426,12 +426,14 @@ def build_block_dataset(
   For 'fairseq_bin' the vocabulary comes from `dict_txt` (default `<dir of path>/dict.txt`) plus
   the appended `<mask>`, or from the tokenizer files if no dict.txt exists; the data is checked
   against the `prepare_stats.json` next to it, when there is one (`sources.check_prepare_stats`).
+  A path `D/train` whose folder holds `prepare --num_shards n` shards instead of `D/train.bin`
+  reads all n shards as one corpus (`shards.py`; dict.txt: `D/dict.txt` or shard 0's).
   'text' and 'tfds' are tokenized into memory; binarize large corpora with
   `python -m data2vec_jax.data.prepare` and use 'fairseq_bin' (memory-mapped).
   """
   import os
 
-  from data2vec_jax.data import sources
+  from data2vec_jax.data import shards, sources
   from data2vec_jax.data.tokenizer import load_tokenizer
 
   if strict_keys and isinstance(data_cfg, Mapping):
@@ -454,9 +456,14 @@ def build_block_dataset(
     prefix = get("path")
     if not prefix:
       raise ValueError("data.path must be set to the binarized prefix for source='fairseq_bin'")
-    ds = sources.MMapIndexedDataset(prefix)
-    sources.check_prepare_stats(ds)  # a partial .bin/.idx would train on a fraction of the corpus
-    dict_txt = get("dict_txt") or os.path.join(os.path.dirname(os.path.abspath(prefix)), "dict.txt")
+    shard_prefixes = shards.shard_prefixes(prefix)  # None: an unsharded corpus
+    if shard_prefixes is None:
+      ds = sources.MMapIndexedDataset(prefix)
+      sources.check_prepare_stats(ds)  # a partial .bin/.idx would train on a fraction of it
+      default_dict = os.path.join(os.path.dirname(os.path.abspath(prefix)), "dict.txt")
+    else:
+      default_dict = shards.shards_dictionary(shard_prefixes)
+    dict_txt = get("dict_txt") or default_dict
     if os.path.isfile(dict_txt):
       vocab = Dictionary.load(dict_txt).vocab_info()
     elif get("vocab_json") or get("sentencepiece_model"):
@@ -466,7 +473,11 @@ def build_block_dataset(
         f"no vocabulary for {prefix}: {dict_txt} does not exist and no "
         f"tokenizer files are configured"
       )
-    token_source = ds.token_source()
+    token_source = (
+      ds.token_source()
+      if shard_prefixes is None
+      else shards.sharded_token_source(shard_prefixes, eos_id=vocab.eos_id)
+    )
   elif kind in ("text", "tfds"):
     tok = tokenizer()
     vocab = tok.vocab

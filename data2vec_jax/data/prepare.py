@@ -13,9 +13,23 @@ Writes into --output_dir:
     spm.model (when a sentencepiece model is trained), prepare_stats.json.
 Then train with data.source='fairseq_bin', data.path='<output_dir>/train'.
 
+In parallel (README "Preparing a corpus on a pod"):
+    --workers N    N processes encode (the tokenizer is the cost: ~250k tokens/s per core);
+                   the output is byte-identical whatever N.
+    --shard i --num_shards n
+                   this run prepares every n-th document from the i-th on (document index in
+                   the source's order; --valid_every picks by the same index, so the shards'
+                   valid splits together are the unsharded one) into
+                   <output_dir>/shard-0000i-of-0000n/. Training reads data.path=<output_dir>/train
+                   as one corpus of all n shards (data/shards.py). All shards must use one
+                   tokenizer: with sentencepiece, train it once with --train_tokenizer_only
+                   (writes <output_dir>/spm.model and dict.txt) and give it to every shard with
+                   --sentencepiece_model; a sharded run does not train one.
+
 The outputs are written into a temporary folder inside --output_dir and renamed into place only
 when the whole preparation succeeded (prepare_stats.json last): a failed run leaves the previous
-outputs untouched. Loading checks each split against prepare_stats.json (lines, tokens, .bin size).
+outputs untouched. The temporary folder's name records its owner (pid, process start time and
+host); a run removes the ones left by killed runs, and says so (`remove_stale_work_dirs`). Loading checks each split against prepare_stats.json (lines, tokens, .bin size).
 Errors in the input (missing files, an empty corpus, invalid UTF-8, sentencepiece limits) end the
 command with one line `prepare: error: ...` and exit status 1.
 
@@ -26,10 +40,15 @@ Sentencepiece training reads the first --spm_max_sentences sentences (a second p
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import hashlib
 import json
+import multiprocessing
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -38,12 +57,21 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from data2vec_jax.data import sources
+from data2vec_jax.data.shards import shard_dir_name
 from data2vec_jax.data.tokenizer import (
   BPETokenizer,
   SentencePieceTokenizer,
+  Tokenizer,
+  load_tokenizer,
   sentencepiece_dictionary,
   train_sentencepiece,
 )
+
+WORK_DIR_PREFIX = ".prepare-tmp-"
+# A work folder whose owner cannot be checked (another host, or written by a version that did
+# not record its owner) is stale once nothing in it changed for this long: a live run appends to
+# train.bin every chunk; only sentencepiece training writes nothing for a while (minutes).
+UNCHECKABLE_WORK_DIR_STALE_HOURS = 24.0
 
 
 def _documents_factory(args: argparse.Namespace) -> Callable[[], Iterator[sources.Document]]:
@@ -82,6 +110,101 @@ def _log(msg: str) -> None:
   print(f"[prepare] {msg}", file=sys.stderr, flush=True)
 
 
+def _hostname() -> str:
+  return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
+
+
+def _process_start(pid: int) -> tuple[int, str] | None:
+  """(start time in clock ticks since boot, state letter) of process `pid` from /proc, or None
+  where /proc cannot tell (not Linux, or no such process)."""
+  try:
+    with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+      fields = f.read().rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
+    return int(fields[19]), fields[0]
+  except (OSError, IndexError, ValueError):
+    return None
+
+
+def _work_dir_prefix() -> str:
+  """`.prepare-tmp-<pid>-<start ticks>@<host>-`: who owns the folder, for later runs to check."""
+  pid = os.getpid()
+  start = _process_start(pid)
+  return f"{WORK_DIR_PREFIX}{pid}-{start[0] if start else 0}@{_hostname()}-"
+
+
+_OWNED_WORK_DIR = re.compile(
+  "^" + re.escape(WORK_DIR_PREFIX) + r"(?P<pid>\d+)-(?P<start>\d+)@(?P<host>.+)-[^-]+$"
+)
+
+
+def _owner_gone(pid: int, start: int) -> bool:
+  """Whether process `pid` (started at `start` ticks; 0 = unknown) of this host has ended."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return True
+  except PermissionError:  # a live process of another user
+    return False
+  now = _process_start(pid)
+  if now is None:
+    return False
+  ticks, state = now
+  return state in ("Z", "X") or (start != 0 and ticks != start)  # ended, or the pid was reused
+
+
+def remove_stale_work_dirs(folder: str, *, now: float | None = None) -> list[str]:
+  """Remove the `.prepare-tmp-*` folders of `folder` that no live run owns; returns their paths.
+
+  A killed run cannot clean up after itself. A folder is removed when its name records an owner
+  on this host whose process has ended (or whose pid now belongs to another process), or, when
+  its owner cannot be checked (another host of a pod writing to shared storage, or a folder
+  without an owner in its name), when nothing in it changed for
+  UNCHECKABLE_WORK_DIR_STALE_HOURS. Every removal, and every folder left in place, is logged.
+  """
+  now = time.time() if now is None else now
+  removed = []
+  try:
+    names = sorted(n for n in os.listdir(folder) if n.startswith(WORK_DIR_PREFIX))
+  except FileNotFoundError:
+    return removed
+  for name in names:
+    path = os.path.join(folder, name)
+    if not os.path.isdir(path):
+      continue
+    m = _OWNED_WORK_DIR.match(name)
+    if m and m.group("host") == _hostname():
+      pid = int(m.group("pid"))
+      if pid == os.getpid() or not _owner_gone(pid, int(m.group("start"))):
+        _log(f"left {path} in place: its run (pid {pid}) is still running")
+        continue
+      why = f"its run (pid {pid} on this host) has ended"
+    else:
+      newest = max(
+        [os.path.getmtime(path)]
+        + [os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)]
+      )
+      idle_hours = (now - newest) / 3600
+      owner = f"host {m.group('host')}, pid {m.group('pid')}" if m else "owner not recorded"
+      if idle_hours < UNCHECKABLE_WORK_DIR_STALE_HOURS:
+        _log(
+          f"left {path} in place ({owner}, changed {idle_hours:.1f} h ago): delete it if no "
+          f"prepare writes there any more"
+        )
+        continue
+      why = f"{owner}, unchanged for {idle_hours:.0f} h"
+    shutil.rmtree(path, ignore_errors=True)
+    removed.append(path)
+    _log(f"removed {path} left by an interrupted run ({why})")
+  return removed
+
+
+def output_folder(args: argparse.Namespace) -> str:
+  """Where this run's outputs go: --output_dir, or its shard's folder inside it."""
+  if args.num_shards == 1:
+    return args.output_dir
+  return os.path.join(args.output_dir, shard_dir_name(args.shard, args.num_shards))
+
+
 def prepare(args: argparse.Namespace) -> dict:
   """Run the preparation described by parsed `args`; return the stats that are also written.
 
@@ -89,16 +212,151 @@ def prepare(args: argparse.Namespace) -> dict:
   partial train.bin next to an older dict.txt and prepare_stats.json would train on a fraction of
   the corpus without any error.
   """
-  os.makedirs(args.output_dir, exist_ok=True)
-  # Inside output_dir, so each rename into place stays on one file system (and is atomic).
-  work_dir = tempfile.mkdtemp(prefix=".prepare-tmp-", dir=args.output_dir)
+  if args.train_tokenizer_only:
+    return train_tokenizer_only(args)
+  if args.num_shards > 1 and args.tokenizer == "sentencepiece" and not args.sentencepiece_model:
+    raise sources.DataError(
+      f"--num_shards {args.num_shards}: every shard must use one tokenizer; train it once with "
+      f"--train_tokenizer_only (writes {os.path.join(args.output_dir, 'spm.model')}) and give "
+      f"it to every shard with --sentencepiece_model"
+    )
+  target = output_folder(args)
+  os.makedirs(target, exist_ok=True)
+  remove_stale_work_dirs(target)
+  # Inside the output folder, so each rename into place stays on one file system (and is atomic).
+  work_dir = tempfile.mkdtemp(prefix=_work_dir_prefix(), dir=target)
   try:
-    stats = _prepare_into(args, work_dir)
-    _move_into_place(work_dir, args.output_dir, stats["splits"])
+    stats = _prepare_into(args, work_dir, target)
+    _move_into_place(work_dir, target, stats["splits"])
   finally:
     shutil.rmtree(work_dir, ignore_errors=True)
   _log(f"done: {json.dumps(stats)}")
   return stats
+
+
+def train_tokenizer_only(args: argparse.Namespace) -> dict:
+  """`--train_tokenizer_only`: train the sentencepiece model every shard will use, into
+  `<output_dir>/spm.model` and `<output_dir>/dict.txt` (counts 0), both replaced atomically."""
+  if args.tokenizer != "sentencepiece" or args.sentencepiece_model or not args.spm_vocab_size:
+    raise sources.DataError(
+      "--train_tokenizer_only trains a sentencepiece model: give --tokenizer sentencepiece "
+      "and --spm_vocab_size (and no --sentencepiece_model)"
+    )
+  os.makedirs(args.output_dir, exist_ok=True)
+  remove_stale_work_dirs(args.output_dir)
+  work_dir = tempfile.mkdtemp(prefix=_work_dir_prefix(), dir=args.output_dir)
+  try:
+    tok = _train_tokenizer(args, _documents_factory(args), work_dir)
+    sentencepiece_dictionary(tok).save(os.path.join(work_dir, "dict.txt"))
+    for name in ("dict.txt", "spm.model"):  # the model last: it is what the shards are given
+      os.replace(os.path.join(work_dir, name), os.path.join(args.output_dir, name))
+  finally:
+    shutil.rmtree(work_dir, ignore_errors=True)
+  model = os.path.join(args.output_dir, "spm.model")
+  _log(f"done: {model}; prepare each shard with --sentencepiece_model {model}")
+  return {"sentencepiece_model": model, "tokenizer_sha256": _files_sha256({"m": model})}
+
+
+def _train_tokenizer(
+  args: argparse.Namespace, documents: Callable[[], Iterator[sources.Document]], work_dir: str
+) -> SentencePieceTokenizer:
+  t0 = time.time()
+  if not args.spm_vocab_size:
+    raise sources.DataError("--spm_vocab_size (train) or --sentencepiece_model (load) is required")
+  _log(
+    f"training sentencepiece ({args.spm_model_type}, vocab {args.spm_vocab_size}) on up to "
+    f"{args.spm_max_sentences} sentences"
+  )
+  sentences = (s for d in _limit(documents(), args.max_documents) for s in d)
+  tok = train_sentencepiece(
+    sentences,
+    os.path.join(work_dir, "spm.model"),
+    vocab_size=args.spm_vocab_size,
+    model_type=args.spm_model_type,
+    max_sentences=args.spm_max_sentences,
+    byte_fallback=args.spm_byte_fallback,
+    character_coverage=args.spm_character_coverage,
+  )
+  _log(f"trained a sentencepiece model ({time.time() - t0:.1f} s)")
+  return tok
+
+
+def _files_sha256(files: dict[str, str]) -> str:
+  """One sha256 over a tokenizer's files (in role order): equal iff the files are."""
+  h = hashlib.sha256()
+  for role in sorted(files):
+    with open(files[role], "rb") as f:
+      h.update(role.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+  return h.hexdigest()
+
+
+# -- encoding, in this process or in worker processes --------------------------------------------
+
+_WORKER_TOKENIZER: Tokenizer | None = None  # in each encoding worker: its own tokenizer
+
+
+def _start_encoder(kind: str, files: dict[str, str]) -> None:
+  global _WORKER_TOKENIZER
+  _WORKER_TOKENIZER = load_tokenizer(kind, **files)
+
+
+def _encode_with(tok: Tokenizer, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  """(ids int32 [total], lengths int64 [len(sentences)]): one array each, cheap to pickle."""
+  encoded = tok.encode_batch(sentences) if sentences else []
+  lengths = np.asarray([len(e) for e in encoded], dtype=np.int64)
+  ids = np.concatenate(encoded).astype(np.int32) if encoded else np.zeros(0, np.int32)
+  return ids, lengths
+
+
+def _encode_in_worker(sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  assert _WORKER_TOKENIZER is not None, "encoder worker not initialised"
+  return _encode_with(_WORKER_TOKENIZER, sentences)
+
+
+def _encoded_chunks(
+  tok: Tokenizer, chunks: Iterable[list], workers: int
+) -> Iterator[tuple[list, np.ndarray, np.ndarray]]:
+  """(chunk, ids, lengths) for each chunk of (split, document) pairs, in order.
+
+  With `workers` > 1 that many spawned processes encode (each loads the tokenizer from its
+  files) while this process reads the source and writes; at most 2 x workers chunks are in
+  flight, so memory stays bounded however large the corpus. The ids do not depend on `workers`.
+  """
+  flat = lambda chunk: [s for _, d in chunk for s in d]  # noqa: E731
+  if workers <= 1:
+    for chunk in chunks:
+      yield (chunk, *_encode_with(tok, flat(chunk)))
+    return
+  ctx = multiprocessing.get_context("spawn")  # fork would copy the reader's state and threads
+  with ctx.Pool(workers, initializer=_start_encoder, initargs=(tok.kind, dict(tok.files))) as pool:
+    pending: collections.deque = collections.deque()
+    for chunk in chunks:
+      pending.append((chunk, pool.apply_async(_encode_in_worker, (flat(chunk),))))
+      if len(pending) >= 2 * workers:
+        done, result = pending.popleft()
+        yield (done, *result.get())
+    while pending:
+      done, result = pending.popleft()
+      yield (done, *result.get())
+
+
+def _documents_of_this_shard(
+  args: argparse.Namespace, documents: Callable[[], Iterator[sources.Document]]
+) -> Iterator[list[tuple[str, sources.Document]]]:
+  """Chunks of --chunk_docs (split, document) pairs: the documents whose index i (in the
+  source's order) has i % num_shards == shard; split 'valid' when i % valid_every is its last
+  residue. Both by the same index, so the shards' splits together are the unsharded ones."""
+  chunk: list[tuple[str, sources.Document]] = []
+  k = args.valid_every
+  for i, doc in enumerate(_limit(documents(), args.max_documents)):
+    if i % args.num_shards != args.shard:
+      continue
+    chunk.append(("valid" if k and i % k == k - 1 else "train", doc))
+    if len(chunk) >= args.chunk_docs:
+      yield chunk
+      chunk = []
+  if chunk:
+    yield chunk
 
 
 def _move_into_place(work_dir: str, output_dir: str, splits: Iterable[str]) -> None:
@@ -123,8 +381,9 @@ def _move_into_place(work_dir: str, output_dir: str, splits: Iterable[str]) -> N
   os.replace(os.path.join(work_dir, stats_name), os.path.join(output_dir, stats_name))
 
 
-def _prepare_into(args: argparse.Namespace, work_dir: str) -> dict:
-  """`prepare`, writing every output into `work_dir` (the stats name their final paths)."""
+def _prepare_into(args: argparse.Namespace, work_dir: str, target: str) -> dict:
+  """`prepare`, writing every output into `work_dir` (the stats name their final paths in
+  `target`, the output folder)."""
   t0 = time.time()
   documents = _documents_factory(args)
 
@@ -134,26 +393,8 @@ def _prepare_into(args: argparse.Namespace, work_dir: str) -> dict:
       tok = SentencePieceTokenizer(args.sentencepiece_model)
       spm_path = args.sentencepiece_model
     else:
-      if not args.spm_vocab_size:
-        raise sources.DataError(
-          "--spm_vocab_size (train) or --sentencepiece_model (load) is required"
-        )
-      spm_path = os.path.join(args.output_dir, "spm.model")
-      _log(
-        f"training sentencepiece ({args.spm_model_type}, vocab {args.spm_vocab_size}) on up to "
-        f"{args.spm_max_sentences} sentences"
-      )
-      sentences = (s for d in _limit(documents(), args.max_documents) for s in d)
-      tok = train_sentencepiece(
-        sentences,
-        os.path.join(work_dir, "spm.model"),
-        vocab_size=args.spm_vocab_size,
-        model_type=args.spm_model_type,
-        max_sentences=args.spm_max_sentences,
-        byte_fallback=args.spm_byte_fallback,
-        character_coverage=args.spm_character_coverage,
-      )
-      _log(f"trained {spm_path} ({time.time() - t0:.1f} s)")
+      tok = _train_tokenizer(args, documents, work_dir)
+      spm_path = os.path.join(target, "spm.model")
   elif args.tokenizer == "bpe":
     tok = BPETokenizer(args.vocab_json, args.merges_txt, args.dict_txt)
     spm_path = None
@@ -161,6 +402,8 @@ def _prepare_into(args: argparse.Namespace, work_dir: str) -> dict:
     raise sources.DataError(f"unknown --tokenizer {args.tokenizer!r}; use bpe or sentencepiece")
   vocab = tok.vocab
   dtype = sources.best_fitting_dtype(vocab.vocab_size)
+  # The hash of the files the shards were encoded with: loading refuses shards whose differ.
+  tokenizer_sha256 = _files_sha256(tok.files)
 
   # 2. Tokenize and write, streaming chunks of documents.
   splits = ["train"] + (["valid"] if args.valid_every else [])
@@ -170,64 +413,55 @@ def _prepare_into(args: argparse.Namespace, work_dir: str) -> dict:
   counts = np.zeros(vocab.vocab_size, dtype=np.int64)
   eos = np.array([vocab.eos_id], dtype=np.int32)
   last = time.time()
+  if args.workers > 1:
+    _log(f"encoding in {args.workers} worker processes")
 
-  def flush(chunk: list[sources.Document]) -> None:
-    flat = [s for d in chunk for s in d]
-    encoded = tok.encode_batch(flat) if flat else []
-    if encoded:  # one bincount per chunk; a per-line one would allocate vocab_size each time
-      counts[:] += np.bincount(np.concatenate(encoded), minlength=vocab.vocab_size)[
-        : vocab.vocab_size
-      ]
-      counts[vocab.eos_id] += len(encoded)
+  def write(chunk: list, ids: np.ndarray, lengths: np.ndarray) -> None:
+    if len(lengths):  # one bincount per chunk; a per-line one would allocate vocab_size each time
+      counts[:] += np.bincount(ids, minlength=vocab.vocab_size)[: vocab.vocab_size]
+      counts[vocab.eos_id] += len(lengths)
+    ends = np.cumsum(lengths)
     k = 0
-    for d in chunk:
-      total = n_docs["train"] + (n_docs["valid"] if args.valid_every else 0)
-      split = (
-        "valid"
-        if args.valid_every and total % args.valid_every == args.valid_every - 1
-        else "train"
-      )
+    for split, d in chunk:
       b = builders[split]
       if n_docs[split] > 0:
         b.add_item(eos)  # blank line between documents
         n_lines[split] += 1
         n_tokens[split] += 1
       for _ in d:
-        ids = np.append(encoded[k], eos)
+        line = np.append(ids[ends[k] - lengths[k] : ends[k]], eos)
         k += 1
-        b.add_item(ids)
+        b.add_item(line)
         n_lines[split] += 1
-        n_tokens[split] += len(ids)
+        n_tokens[split] += len(line)
       n_docs[split] += 1
 
-  chunk: list[sources.Document] = []
   # A builder's exit writes its .idx only when no error is propagating.
   with contextlib.ExitStack() as stack:
     builders = {
       s: stack.enter_context(sources.MMapIndexedDatasetBuilder(os.path.join(work_dir, s), dtype))
       for s in splits
     }
-    for doc in _limit(documents(), args.max_documents):
-      chunk.append(doc)
-      if len(chunk) >= args.chunk_docs:
-        flush(chunk)
-        chunk = []
-        if time.time() - last >= args.log_seconds:
-          last = time.time()
-          tot = sum(n_tokens.values())
-          _log(
-            f"{sum(n_docs.values())} docs, {sum(n_lines.values())} lines, {tot} tokens, "
-            f"{tot / (last - t0):,.0f} tokens/s"
-          )
-    flush(chunk)
+    chunks = _documents_of_this_shard(args, documents)
+    for chunk, ids, lengths in _encoded_chunks(tok, chunks, args.workers):
+      write(chunk, ids, lengths)
+      if time.time() - last >= args.log_seconds:
+        last = time.time()
+        tot = sum(n_tokens.values())
+        _log(
+          f"{sum(n_docs.values())} docs, {sum(n_lines.values())} lines, {tot} tokens, "
+          f"{tot / (last - t0):,.0f} tokens/s"
+        )
   if n_docs["train"] == 0:
+    which = f"shard {args.shard} of {args.num_shards}" if args.num_shards > 1 else "the corpus"
     raise sources.DataError(
-      "the corpus is empty: no document with a non-blank line was found; "
-      "check --path (or the TFDS source)"
+      f"{which} is empty: no document with a non-blank line was found; "
+      f"check --path (or the TFDS source)"
+      + ("; or use fewer shards than documents" if args.num_shards > 1 else "")
     )
 
   # 3. Dictionary (ids = tokenizer ids).
-  dict_path = os.path.join(args.output_dir, "dict.txt")
+  dict_path = os.path.join(target, "dict.txt")
   work_dict = os.path.join(work_dir, "dict.txt")
   if isinstance(tok, SentencePieceTokenizer):
     sentencepiece_dictionary(tok, counts).save(work_dict)
@@ -250,7 +484,7 @@ def _prepare_into(args: argparse.Namespace, work_dir: str) -> dict:
         "lines": n_lines[s],
         "tokens": n_tokens[s],
         "bin_bytes": bin_bytes[s],
-        "prefix": os.path.join(args.output_dir, s),
+        "prefix": os.path.join(target, s),
       }
       for s in splits
     },
@@ -260,6 +494,9 @@ def _prepare_into(args: argparse.Namespace, work_dir: str) -> dict:
     "tokenizer": args.tokenizer,
     "sentencepiece_model": spm_path,
     "dict_txt": dict_path,
+    "tokenizer_sha256": tokenizer_sha256,
+    "shard": args.shard,
+    "num_shards": args.num_shards,
     "unk_fraction": float(counts[vocab.unk_id] / max(1, counts.sum())),
     "seconds": round(time.time() - t0, 2),
   }
@@ -305,9 +542,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   )
   p.add_argument("--chunk_docs", type=int, default=256)
   p.add_argument("--log_seconds", type=float, default=10.0)
+  p.add_argument(
+    "--workers",
+    type=int,
+    default=1,
+    help="processes that encode (1: this one); the output does not depend on it",
+  )
+  p.add_argument(
+    "--shard", type=int, default=0, help="prepare shard i of --num_shards (one per pod host)"
+  )
+  p.add_argument(
+    "--num_shards",
+    type=int,
+    default=1,
+    help="shards write <output_dir>/shard-0000i-of-0000n/; train on data.path=<output_dir>/train",
+  )
+  p.add_argument(
+    "--train_tokenizer_only",
+    action="store_true",
+    help="only train <output_dir>/spm.model (+ dict.txt), the tokenizer all shards are given",
+  )
   args = p.parse_args(argv)
   if args.valid_every == 1:
     p.error("--valid_every 1 would leave no training data")
+  if args.workers < 1:
+    p.error(f"--workers must be >= 1 (1 = encode in this process), got {args.workers}")
+  if args.num_shards < 1 or not 0 <= args.shard < args.num_shards:
+    p.error(
+      f"--shard {args.shard} --num_shards {args.num_shards}: need num_shards >= 1 and "
+      f"0 <= shard < num_shards"
+    )
   return args
 
 

@@ -209,8 +209,8 @@ def tfds_documents(
 
 @dataclasses.dataclass
 class TokenSource:
-  """fairseq-binarized tokens: `tokens` (flat int array, any integer dtype, possibly a memmap)
-  and `sizes` (int64 [num_lines]); line i is tokens[offsets[i]:offsets[i]+sizes[i]].
+  """fairseq-binarized tokens: `tokens` (flat int array, any integer dtype, possibly a memmap,
+  or the memmaps of several shards as one `shards.ConcatenatedTokens`) and `sizes` (int64 [num_lines]); line i is tokens[offsets[i]:offsets[i]+sizes[i]].
 
   Lines end with `</s>`; a size-1 line is a document separator.
   """
@@ -230,6 +230,8 @@ class TokenSource:
   def __reduce__(self):
     """A memory-mapped corpus pickles as its file, not its bytes (input workers, workers.py)."""
     tokens = self.tokens
+    if not isinstance(tokens, np.ndarray):  # shards.ConcatenatedTokens pickles itself
+      return (TokenSource, (tokens, self.sizes))
     if isinstance(tokens, np.memmap) and tokens.filename and tokens.base is not None:
       where = (tokens.filename, tokens.dtype.str, tokens.offset, tokens.shape)
       return (_token_source_from_file, (*where, self.sizes))
