@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -151,6 +152,15 @@ def test_outputs_model_dir_and_eval_only(assets, tsv_run, tmp_path):
   assert again["evaluations"][0]["score"] == pytest.approx(tsv["best"]["score"], abs=1e-12)
 
 
+def test_a_finished_run_says_so_and_keeps_its_results(assets, tsv_run, caplog):
+  workdir, tsv = tsv_run
+  with caplog.at_level(logging.INFO):
+    again = finetune_and_evaluate(make_config(assets, **{"train.export_hf": True}), workdir)
+  assert f"{workdir}: already complete at update 64/64, nothing to do" in caplog.text
+  assert "compiling" not in caplog.text
+  assert again == json.load(open(os.path.join(workdir, "results.json"))) == tsv
+
+
 def finetune_cmd(assets, workdir, *extra):
   c = make_config(assets)
   flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
@@ -195,11 +205,16 @@ def test_kill_mid_epoch_and_resume_reaches_the_same_dev_scores(assets, tsv_run, 
   assert results["best"]["splits"] == reference["best"]["splits"]
 
 
-def test_grid_runs_and_summarises(assets, tmp_path):
+def test_grid_runs_and_summarises(assets, tmp_path, caplog):
   config = make_config(assets, **{"optimizer.max_epochs": 1, "optimizer.max_update": 16})
   config.grid.seeds = (1, 2)
   workdir = str(tmp_path / "grid")
-  summary = run_finetuning(config, workdir)
+  with caplog.at_level(logging.INFO):
+    summary = run_finetuning(config, workdir)
+  # Each new batch shape says it compiles (the update once per length bucket, the evaluation).
+  assert "compiling the fine-tuning update for 1 shape(s): 32 x " in caplog.text
+  assert "compiling the dev evaluation for 1 shape(s): 64 x " in caplog.text
+  caplog.clear()
   scores = []
   for seed in (1, 2):
     with open(os.path.join(workdir, "sst2", f"lr0.002_seed{seed}", "results.json")) as f:
@@ -208,8 +223,10 @@ def test_grid_runs_and_summarises(assets, tmp_path):
   assert cell["runs"] == scores and cell["mean"] == pytest.approx(np.mean(scores), abs=1e-12)
   assert "not the GLUE Avg" in open(os.path.join(workdir, "summary.md")).read()
   # Re-running keeps the finished runs (no retraining) and rewrites the same summary.
-  again = run_finetuning(copy.deepcopy(config), workdir)
+  with caplog.at_level(logging.INFO):
+    again = run_finetuning(copy.deepcopy(config), workdir)
   assert again["tasks"] == summary["tasks"]
+  assert "already complete, all 2 runs finished before; nothing to do" in caplog.text
 
 
 def fake_run(workdir, task, lr, seed, score, mm=None):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from data2vec_jax.model import flops
 from data2vec_jax.model.config import EncoderConfig, tiny_config
 from data2vec_jax.model.encoder import Encoder, apply_last_block, init_params, take_positions
 from data2vec_jax.model.flops import (
@@ -118,3 +119,43 @@ def test_pruned_teacher_last_block_saves_what_the_formula_says(params):
     train_flops_per_token(CFG, T, masked_fraction=fraction)
     - train_flops_per_token(CFG, T, masked_fraction=fraction, pruned_teacher_last_block=True)
   ) == pytest.approx(saved / (B * T))
+
+
+XEON = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+cpu MHz\t\t: 2699.998
+flags\t\t: fpu sse2 avx fma avx2 avx512f avx512bw
+"""
+
+
+def test_cpu_peak_is_cores_times_clock_times_fma_width_and_says_so():
+  # AVX-512: 16 fp32 lanes x 2 (FMA) x 2 units = 64 FLOP/cycle; the clock from the model name.
+  peak, how = flops.cpu_peak_flops(XEON, cores=4)
+  assert peak == 4 * 2.7e9 * 64
+  assert how == (
+    "4 CPU core(s) x 2.70 GHz x 64 fp32 FLOP/cycle (AVX-512 FMA, 2 FMA units assumed) = "
+    "691.2 GFLOP/s"
+  )
+  # cpufreq's maximum wins over the name; AVX2 + FMA is 32 FLOP/cycle.
+  avx2 = XEON.replace(" avx512f avx512bw", "")
+  assert flops.cpu_peak_flops(avx2, cores=2, max_freq_khz=3.5e6)[0] == 2 * 3.5e9 * 32
+  # Without a clock in the name, cpuinfo's "cpu MHz".
+  plain = XEON.replace(" @ 2.70GHz", "")
+  assert flops.cpu_peak_flops(plain, cores=1)[0] == 2699.998e6 * 64
+  # No known vector flags or no clock at all: no peak can be stated.
+  assert flops.cpu_peak_flops("model name\t: mystery\nflags\t: fpu\ncpu MHz\t: 1000\n", 2) is None
+  assert flops.cpu_peak_flops("flags\t: avx2 fma\n", 2) is None
+
+
+def test_mfu_peak_override_wins_and_cpu_devices_share_the_host_peak():
+  assert flops.mfu_peak(1e12) == (
+    1e12,
+    "peak: 1e+12 FLOP/s per device (train.peak_flops_per_device)",
+  )
+  peak, how = flops.mfu_peak()
+  host = flops._host_cpu_peak()
+  if host is None:  # not Linux, or a CPU whose flags we do not know
+    assert peak is None and "set train.peak_flops_per_device" in how
+  else:  # the 8 fake CPU devices of the tests share the host's cores
+    assert peak == host[0] / jax.local_device_count()
+    assert how.startswith("peak on CPU, an estimate: ") and "to override" in how

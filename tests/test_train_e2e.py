@@ -87,6 +87,16 @@ def test_train_resume_export(tmp_path):
   # train.py put the GPU XLA flags (data2vec_jax/speed/xla_flags.py) into XLA_FLAGS before JAX started.
   assert "XLA_FLAGS: --xla_gpu_enable_latency_hiding_scheduler=true" in first.stderr
   assert sorted(losses(workdir)) == [1, 2, 3, 4]
+  # The compile talks: what it compiles, before step 1 (progress lines follow every 15 s).
+  compiling = first.stderr.find("compiling the step for ")
+  assert 0 <= compiling < first.stderr.find("step 1/4"), first.stderr[-3000:]
+  assert re.search(r"compiled the step for \d+ shape\(s\) in [\d.]+ s", first.stderr)
+  # MFU on CPU: logged with the peak's derivation where /proc/cpuinfo states one.
+  if "MFU peak on CPU, an estimate: " in first.stderr:
+    assert "fp32 FLOP/cycle" in first.stderr
+    assert all(row["mfu"] > 0 for row in metric_rows(workdir) if row["step"] > 1)
+  else:
+    assert "MFU not logged" in first.stderr
   # The demo's span masking has an exact per-row bound: the step compiled no fallback branch,
   # and the loop checked every batch against it on the host (ExecutionPlan.check_host_batch).
   plan = json.load(open(os.path.join(workdir, "recipe.json")))["execution"]
@@ -123,6 +133,16 @@ def test_train_resume_export(tmp_path):
   assert "resumed from" in second.stderr and "at step 4" in second.stderr
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["final_step"] == 6 and summary["stop_reason"] == "completed"
+  # The same command again: one clear line, nothing trained, the run's summary kept.
+  third = subprocess.run(
+    train_cmd(workdir, 6), env=env(), capture_output=True, text=True, timeout=600
+  )
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "already complete at step 6, nothing to do; raise --config.train.num_steps" in (
+    third.stderr
+  )
+  assert "compiling" not in third.stderr and "step 6/6" not in third.stderr
+  assert json.load(open(os.path.join(workdir, "summary.json"))) == summary
   # The exported model directory loads and encodes.
   import data2vec_jax
 

@@ -114,10 +114,12 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     _log_result(results)
     return results
   config = _export_init_once(config, workdir)
+  kept = 0
   for number, (task, lr, seed, scratch) in enumerate(runs, start=1):
     directory = run_directory(workdir, task, lr, seed, scratch)
     if _finished(directory) is not None:
       logging.info("[%d/%d] %s: finished before, kept", number, len(runs), directory)
+      kept += 1
       continue
     logging.info("[%d/%d] %s", number, len(runs), directory)
     results = finetune_and_evaluate(_run_config(config, task, lr, seed, scratch), directory)
@@ -134,6 +136,13 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
       )
       return summarize(workdir, str(config.grid.lr_choice))
   summary = write_summary(workdir, str(config.grid.lr_choice))
+  if kept == len(runs):
+    logging.info(
+      "%s: already complete, all %d runs finished before; nothing to do (summary rewritten "
+      "from them; more seeds or lrs: add them to grid.seeds / grid.lrs)",
+      workdir,
+      len(runs),
+    )
   logging.info("summary: %s\n%s", os.path.join(workdir, SUMMARY_MD), summary["markdown"])
   return summary
 

@@ -17,6 +17,7 @@ Data2VecTextForSequenceClassification directory, with `train.export_hf`) and con
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -42,6 +43,7 @@ from data2vec_jax.finetune.starting_point import (
   load_starting_point,
   resolve_tokenizer,
 )
+from data2vec_jax.speed.compile_progress import CompileProgress
 from data2vec_jax.train import checkpoint as checkpoint_lib
 from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train.metrics import MetricWriter, format_progress
@@ -154,6 +156,19 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
       else:
         step, state, _ = restored
         logging.info("resumed from %s at update %d", checkpointer.directory, step)
+        previous = _completed_results(workdir)
+        if step >= settings.total_updates and previous is not None and not config.eval_only:
+          if is_chief:
+            logging.info(
+              "%s: already complete at update %d/%d, nothing to do (results.json kept: dev "
+              "score %.2f); a longer run (optimizer.max_epochs / max_update) needs a new "
+              "--workdir",
+              workdir,
+              step,
+              settings.total_updates,
+              100 * (previous.get("score") or float("nan")),
+            )
+          return previous
       if is_chief:
         _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
       run = _Run(config, workdir, settings, task_data, model, tx, optimizer, mesh, shardings)
@@ -185,6 +200,16 @@ def _starting_head(config, start, settings: RunSettings) -> Any | None:
   return head
 
 
+def _completed_results(workdir: str) -> dict[str, Any] | None:
+  """The workdir's results.json when it records a completed run, else None."""
+  try:
+    with open(os.path.join(workdir, RESULTS_FILE)) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return results if results.get("stop_reason") == "completed" else None
+
+
 def _write_json(path: str, value: Any) -> None:
   with open(path + ".tmp", "w") as f:
     json.dump(value, f, indent=2)
@@ -211,6 +236,15 @@ class _Run:
     self.step_fn = step_lib.make_train_step(model, tx, optimizer, mesh, shardings)
     self.logits_fn = step_lib.make_eval_step(model, mesh, shardings.params)
     self.batch_sharding = sharding_lib.batch_sharding(mesh)
+    self.compiled: set[tuple[str, tuple[int, ...]]] = set()  # (program, batch shape) compiled
+
+  def compiling(self, program: str, shape: tuple[int, ...]):
+    """Progress lines while `program` compiles for a batch `shape` it has not run before (each
+    length bucket compiles once); a no-op otherwise."""
+    if (program, shape) in self.compiled or not self.is_chief:
+      return contextlib.nullcontext()
+    self.compiled.add((program, shape))
+    return CompileProgress(program, [" x ".join(str(n) for n in shape)])
 
   # -- evaluation -------------------------------------------------------------------------------
 
@@ -221,7 +255,9 @@ class _Run:
       outputs, labels = [], []
       for batch in batch_list:
         ids = self._to_global(batch["input_ids"])
-        logits = np.asarray(to_host(self.logits_fn(params, ids)))
+        with self.compiling("the dev evaluation", ids.shape):
+          logits = self.logits_fn(params, ids)
+        logits = np.asarray(to_host(logits))
         keep = batch["weights"] > 0
         outputs.append(logits[keep])
         labels.append(batch["labels"][keep])
@@ -280,7 +316,8 @@ class _Run:
           host = self.train_batches.batch(step)
           host.pop("rows")
           batch = {k: self._to_global(v) for k, v in host.items()}
-          state, metrics = self.step_fn(state, batch)
+          with self.compiling("the fine-tuning update", batch["input_ids"].shape):
+            state, metrics = self.step_fn(state, batch)
           step += 1
           window.append(metrics)
           is_last = step == total

@@ -13,6 +13,9 @@ forward+backward on all T positions of every clone.
 
 from __future__ import annotations
 
+import os
+import re
+
 import jax
 
 from data2vec_jax.model.config import EncoderConfig
@@ -133,3 +136,92 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
     if key.lower() in kind.lower():
       return value
   return None
+
+
+# fp32 FLOPs per cycle per core by vector extension (/proc/cpuinfo flags): lanes x 2 (a fused
+# multiply-add is 2 FLOPs) x 2 FMA units, the count on most server cores (some have one: their
+# peak is half, and their MFU twice what is logged). Without FMA: one add and one multiply a cycle.
+CPU_FLOPS_PER_CYCLE = (
+  ("avx512f", 16 * 2 * 2, "AVX-512 FMA"),
+  ("fma", 8 * 2 * 2, "AVX2 FMA"),
+  ("avx", 8 * 2, "AVX, no FMA"),
+  ("asimd", 4 * 2 * 2, "NEON FMA"),
+  ("sse2", 4 * 2, "SSE2"),
+)
+
+
+def cpu_peak_flops(
+  cpuinfo: str, cores: int, max_freq_khz: float | None = None
+) -> tuple[float, str] | None:
+  """fp32 peak of `cores` CPU cores, FLOP/s, and how it was derived: cores x clock x FLOPs per
+  cycle (the widest vector extension in `cpuinfo`'s flags, 2 FMA units assumed). The clock is
+  `max_freq_khz` (cpufreq's cpuinfo_max_freq) if known, else the model name's "@ 2.20GHz", else
+  cpuinfo's "cpu MHz". None when the flags or the clock are not in `cpuinfo` (a CPU's peak is
+  not knowable portably: then MFU is not logged unless train.peak_flops_per_device is set).
+  Counts logical CPUs: two hyperthreads of a core share its FMA units, so where `cores` counts
+  hyperthreads the true peak is half this and the MFU twice what is logged."""
+  flags: set[str] = set()
+  ghz = None
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(":")
+    key = key.strip().lower()
+    if key in ("flags", "features") and not flags:
+      flags = set(value.split())
+    elif key == "model name" and ghz is None:
+      match = re.search(r"@\s*([\d.]+)\s*GHz", value)
+      ghz = float(match.group(1)) if match else None
+    elif key == "cpu mhz" and ghz is None and max_freq_khz is None:
+      mhz = float(value.strip() or 0)
+      ghz = mhz / 1000 if mhz > 0 else None
+  if max_freq_khz:
+    ghz = max_freq_khz / 1e6
+  per_cycle = next(((n, name) for flag, n, name in CPU_FLOPS_PER_CYCLE if flag in flags), None)
+  if per_cycle is None or not ghz or cores < 1:
+    return None
+  peak = cores * ghz * 1e9 * per_cycle[0]
+  how = (
+    f"{cores} CPU core(s) x {ghz:.2f} GHz x {per_cycle[0]} fp32 FLOP/cycle ({per_cycle[1]}, "
+    f"2 FMA units assumed) = {peak / 1e9:.1f} GFLOP/s"
+  )
+  return peak, how
+
+
+def _host_cpu_peak() -> tuple[float, str] | None:
+  """`cpu_peak_flops` of this process's CPUs (Linux: /proc/cpuinfo, cpufreq); None elsewhere."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpuinfo = f.read()
+  except OSError:
+    return None
+  try:
+    with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
+      max_khz = float(f.read().strip())
+  except (OSError, ValueError):
+    max_khz = None
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return cpu_peak_flops(cpuinfo, cores or 0, max_khz)
+
+
+def mfu_peak(override: float = 0.0) -> tuple[float | None, str]:
+  """The peak FLOP/s per device that MFU divides by, and a line saying where it comes from:
+  `override` (train.peak_flops_per_device) when > 0; the device kind's bf16 peak
+  (PEAK_BF16_FLOPS); on CPU the host's fp32 estimate (`cpu_peak_flops`) shared by the local CPU
+  devices; else None (MFU not logged)."""
+  if override > 0:
+    return override, f"peak: {override:.4g} FLOP/s per device (train.peak_flops_per_device)"
+  device = jax.devices()[0]
+  known = peak_flops_per_device(device)
+  if known:
+    return known, f"peak: {known:.4g} FLOP/s per device ({device.device_kind}, dense bf16)"
+  if device.platform == "cpu":
+    host = _host_cpu_peak()
+    if host is not None:
+      per_device = host[0] / jax.local_device_count()
+      return per_device, (
+        f"peak on CPU, an estimate: {host[1]}, over {jax.local_device_count()} CPU device(s); "
+        "set train.peak_flops_per_device to override"
+      )
+  return None, (
+    f"not logged: no peak FLOP rate known for {getattr(device, 'device_kind', device.platform)}; "
+    "set train.peak_flops_per_device"
+  )

@@ -13,6 +13,7 @@ evaluates to the same values as an uninterrupted one at the same step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from data2vec_jax.data.pipeline import GLOBAL_ROW_TOKENS
 from data2vec_jax.model import flops as flops_lib
 from data2vec_jax.objective import execution as execution_lib
 from data2vec_jax.speed import compile_cache
+from data2vec_jax.speed.compile_progress import CompileProgress
 from data2vec_jax.train import checkpoint as checkpoint_lib
 from data2vec_jax.train import health as health_lib
 from data2vec_jax.train import precompile as precompile_lib
@@ -120,6 +122,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = _restore_or_create(
           checkpointer, abstract_state, shardings, data, recipe, tx, mesh, train_cfg
         )
+        done = int(jax.device_get(state.step))
+        if done >= int(train_cfg.num_steps):
+          return _already_complete(workdir, config, state, recipe, done, is_chief)
         if is_chief:  # only now: a failed resume must not overwrite the run's own files
           _write_run_files(workdir, config, recipe, plan)
         step_fn = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
@@ -151,6 +156,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
   return summary
+
+
+def _already_complete(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  state: train_state_lib.TrainState,
+  recipe: train_state_lib.Recipe,
+  step: int,
+  is_chief: bool,
+) -> dict[str, Any]:
+  """A re-run of a finished run: says so and trains nothing. The run's summary.json is kept (a
+  re-run must not replace its metrics with empty ones); a model directory or plot a kill left
+  unwritten is written now."""
+  total = int(config.train.num_steps)
+  if is_chief:
+    where = f"at step {step}" if step == total else f"at step {step}, past train.num_steps={total}"
+    logging.info(
+      "%s: already complete %s, nothing to do; raise --config.train.num_steps to train on "
+      "from this checkpoint",
+      workdir,
+      where,
+    )
+  summary_path = os.path.join(workdir, "summary.json")
+  summary = _read_json(summary_path) or {}
+  if summary.get("final_step") != step or summary.get("stop_reason") != "completed":
+    # Killed after its last checkpoint, before its summary: what the checkpoint says.
+    summary = {"final_step": step, "stop_reason": "completed", "last_metrics": {}}
+    if is_chief:
+      with open(summary_path, "w") as f:
+        json.dump(summary, f, indent=2)
+  model_dir = os.path.join(workdir, "model")
+  if config.train.export_model and not os.path.isfile(os.path.join(model_dir, "config.json")):
+    export_model_dir(state, recipe, model_dir, tokenizer=workdir_tokenizer(workdir))
+    summary["model_dir"] = model_dir
+  plot = os.path.join(workdir, "training_curves.png")
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  if is_chief and config.train.plot and not os.path.exists(plot) and os.path.exists(metrics):
+    from data2vec_jax.train.plots import plot_training_curves
+
+    summary["plot"] = plot_training_curves(metrics, plot)
+  return {**summary, "already_complete": True}
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
 
 
 def _write_run_files(
@@ -304,7 +358,9 @@ def _loop(
     health_lib.HealthConfig.from_train_config(train_cfg), history=writer.history
   )
   batch_sharding = sharding_lib.batch_sharding(mesh)
-  peak = train_cfg.peak_flops_per_device or flops_lib.peak_flops_per_device()
+  peak, peak_source = flops_lib.mfu_peak(float(train_cfg.peak_flops_per_device or 0))
+  if is_chief:
+    logging.info("MFU %s", peak_source)
   pending: list[dict[str, jax.Array]] = []  # this window's metrics still on the devices
   window: list[dict[str, float]] = []  # this window's metrics on the host, checked
   last_metrics: dict[str, float] = {}
@@ -354,7 +410,11 @@ def _loop(
           logging.info("step %d: new packed shape %s, compiling", step + 1, packing)
         shapes_seen[packing] = shapes_seen.get(packing, 0) + 1
         batch = _host_batch_to_global(host_batch, batch_sharding)
-        state, metrics = steps.step(state, batch, packing)
+        compiling = contextlib.nullcontext()
+        if new_shape and is_chief:  # progress lines while it compiles (the call returns after)
+          compiling = CompileProgress("the step", [precompile_lib.describe((length, packing))])
+        with compiling:
+          state, metrics = steps.step(state, batch, packing)
         step += 1
         pending.append(metrics)
         is_last = step == total
@@ -379,6 +439,8 @@ def _loop(
           tokens = float(sum(m["num_tokens"] for m in window))
           elapsed = now - t_window
           last_metrics = {k: float(np.mean([m[k] for m in window])) for k in window[-1]}
+          # `loss` is this step's own (comparable step by step); the curves plot `loss_mean`.
+          last_metrics["loss_mean"] = last_metrics["loss"]
           last_metrics["loss"] = window[-1]["loss"]
           if step > first_step + 1:  # the first step includes compilation
             last_metrics["tokens_per_s"] = tokens / max(elapsed, 1e-9)

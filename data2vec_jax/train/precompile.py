@@ -5,7 +5,7 @@ The shapes are known in advance: a step's packed capacity is a function of its g
 real tokens per row, which the input pipeline computes from its sizes array for any future batch
 (`BatchIterator.row_tokens_ahead`) without building it. `step_shapes` lists the distinct
 (padded length, packing) pairs of the coming steps in order of first use; `compile_steps`
-compiles them (several at once on hosts with many cores), and the
+compiles them (several at once on hosts with many cores; progress lines while it does), and the
 loop then calls the compiled executables directly (`CompiledSteps.step`). A shape beyond the
 horizon scanned (`train.precompile_steps`) still compiles on first use, as before.
 
@@ -15,9 +15,7 @@ With the persistent compilation cache (compile_cache.py) a restart loads all of 
 from __future__ import annotations
 
 import concurrent.futures
-import logging
 import os
-import time
 from typing import Any, Callable, Hashable
 
 import jax
@@ -25,6 +23,7 @@ import numpy as np
 
 from data2vec_jax.objective.execution import ExecutionPlan
 from data2vec_jax.speed import packing as packing_lib
+from data2vec_jax.speed.compile_progress import CompileProgress
 from data2vec_jax.train import sharding as sharding_lib
 
 Shape = tuple[int, Hashable]  # (padded length T, PackingSpec | None)
@@ -101,25 +100,24 @@ def compile_steps(
   # one after the other (bench/README.md, "Time to first step"); one per 4 cores, at most 8.
   threads = threads or max(1, min(8, (os.cpu_count() or 1) // 4))
 
-  def compile_one(shape: Shape):
-    length, packing = shape
+  names = [describe(s) for s in shapes]
+
+  def compile_one(item: tuple[Shape, str]):
+    (length, packing), name = item
+    progress.start(name)
     # The mesh context is per thread: the model's sharding constraints resolve in it.
     with sharding_lib.activate(mesh):
-      return step_fn.lower(abstract_state, batch_structs(length), packing).compile()
+      executable = step_fn.lower(abstract_state, batch_structs(length), packing).compile()
+    progress.finish(name)
+    return executable
 
-  t0 = time.time()
-  with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-    compiled = dict(zip(shapes, pool.map(compile_one, shapes)))
-  logging.info(
-    "compiled the step for %d shape(s) %s in %.1f s (%d at a time)",
-    len(shapes),
-    [_describe(s) for s in shapes],
-    time.time() - t0,
-    min(threads, len(shapes)),
-  )
+  # Progress lines while it compiles (minutes for a big model): which shapes, how many done.
+  with CompileProgress("the step", names) as progress:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+      compiled = dict(zip(shapes, pool.map(compile_one, zip(shapes, names))))
   return CompiledSteps(step_fn, compiled)
 
 
-def _describe(shape: Shape) -> str:
+def describe(shape: Shape) -> str:
   length, packing = shape
   return f"T={length} " + ("unpacked" if packing is None else f"capacity {packing.capacity}")
