@@ -16,7 +16,7 @@ import pytest
 
 from data2vec_jax.data import pipeline, prepare, shards, sources
 from data2vec_jax.data.sources import DataError
-from data2vec_jax.data.tokenizer import train_sentencepiece
+from data2vec_jax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DOCS = 24
@@ -113,22 +113,21 @@ def test_sharded_corpus_is_the_same_whatever_the_workers(tmp_path, corpus):
 def test_shards_read_as_one_corpus(tmp_path, corpus):
   """n shards read as `D/train` = the unsharded preparation of the documents in shard order
   (shard 0's documents, then shard 1's, ...); the valid splits likewise."""
-  path, docs, _ = corpus
+  docs = corpus[1]
   n, k = 3, 5
   prepare_shards(corpus, tmp_path / "sharded", n)
   # Document i goes to shard i % n, and to valid when i % k == k - 1 (the unsharded rule).
   split_of = lambda i: "valid" if i % k == k - 1 else "train"  # noqa: E731
+  tok = SentencePieceTokenizer(corpus[2])
   for split in ("train", "valid"):
     in_shard_order = [
       docs[i] for s in range(n) for i in range(len(docs)) if i % n == s and split_of(i) == split
     ]
-    text = tmp_path / f"{split}.txt"
-    text.write_text("\n\n".join("\n".join(d) for d in in_shard_order) + "\n", encoding="utf-8")
-    ref_out = tmp_path / f"ref-{split}"
-    run_prepare((text, None, corpus[2]), ref_out, "--valid_every", 0)
-    got, want = token_source(tmp_path / "sharded" / split), token_source(ref_out / "train")
+    # The reference: the in-memory tokenization of those documents (fairseq-preprocess's layout).
+    want = sources.tokenize_documents(in_shard_order, tok.encode_batch, eos_id=tok.vocab.eos_id)
+    got = token_source(tmp_path / "sharded" / split)
     np.testing.assert_array_equal(got.sizes, want.sizes)
-    np.testing.assert_array_equal(got.tokens[0 : len(got.tokens)], np.asarray(want.tokens))
+    np.testing.assert_array_equal(got.tokens[0 : len(got.tokens)], want.tokens)
   # The input pipeline's worker processes receive the corpus pickled: the shards stay mapped.
   source = token_source(tmp_path / "sharded" / "train")
   again = pickle.loads(pickle.dumps(source))
@@ -257,3 +256,18 @@ def test_killed_run_leaves_a_folder_that_the_next_run_removes(tmp_path, corpus, 
   assert f"left {foreign} in place (host another-host, pid 77, changed 0.0 h ago)" in err
   assert sorted(n for n in os.listdir(out) if n.startswith(".")) == [foreign.name]
   assert (out / "train.bin").is_file()
+
+
+def test_builder_add_items_equals_add_item(tmp_path):
+  rng = np.random.default_rng(1)
+  sizes = rng.integers(0, 6, 40)
+  tokens = rng.integers(0, 300, int(sizes.sum()))
+  with sources.MMapIndexedDatasetBuilder(str(tmp_path / "one"), np.uint16) as b:
+    for start, size in zip(np.cumsum(sizes) - sizes, sizes):
+      b.add_item(tokens[start : start + size])
+  with sources.MMapIndexedDatasetBuilder(str(tmp_path / "all"), np.uint16) as b:
+    b.add_items(tokens, sizes)
+  for ext in (".bin", ".idx"):
+    assert (tmp_path / f"one{ext}").read_bytes() == (tmp_path / f"all{ext}").read_bytes()
+  with pytest.raises(ValueError, match="out of range for uint16"):
+    sources.MMapIndexedDatasetBuilder(str(tmp_path / "bad"), np.uint16).add_items([70000], [1])

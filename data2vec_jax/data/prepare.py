@@ -417,24 +417,36 @@ def _prepare_into(args: argparse.Namespace, work_dir: str, target: str) -> dict:
     _log(f"encoding in {args.workers} worker processes")
 
   def write(chunk: list, ids: np.ndarray, lengths: np.ndarray) -> None:
+    """Append a chunk's documents to their splits: each sentence + `</s>`, a `</s>` line
+    between documents. Vectorised over the chunk: per-line numpy calls cost more than the
+    encoding itself (profiled: 2.1 s of writing vs 1.0 s of encoding for 1.7M tokens)."""
     if len(lengths):  # one bincount per chunk; a per-line one would allocate vocab_size each time
       counts[:] += np.bincount(ids, minlength=vocab.vocab_size)[: vocab.vocab_size]
       counts[vocab.eos_id] += len(lengths)
-    ends = np.cumsum(lengths)
-    k = 0
+    line_sizes = lengths + 1
+    lines = np.full(int(line_sizes.sum()), vocab.eos_id, dtype=np.int32)
+    # Token j of sentence s lands s places further on: one `</s>` after each earlier sentence.
+    lines[np.arange(len(ids)) + np.repeat(np.arange(len(lengths)), lengths)] = ids
+    line_ends = np.cumsum(line_sizes)
+    pieces: dict[str, tuple[list, list]] = {s: ([], []) for s in splits}
+    k = t = 0  # first sentence, first token of the next document
     for split, d in chunk:
-      b = builders[split]
+      tokens, sizes = pieces[split]
       if n_docs[split] > 0:
-        b.add_item(eos)  # blank line between documents
-        n_lines[split] += 1
-        n_tokens[split] += 1
-      for _ in d:
-        line = np.append(ids[ends[k] - lengths[k] : ends[k]], eos)
-        k += 1
-        b.add_item(line)
-        n_lines[split] += 1
-        n_tokens[split] += len(line)
+        tokens.append(eos)  # blank line between documents
+        sizes.append(np.ones(1, dtype=np.int64))
+      k_end = k + len(d)
+      t_end = int(line_ends[k_end - 1]) if k_end > k else t
+      tokens.append(lines[t:t_end])
+      sizes.append(line_sizes[k:k_end])
       n_docs[split] += 1
+      k, t = k_end, t_end
+    for split, (tokens, sizes) in pieces.items():
+      if sizes:
+        tokens, sizes = np.concatenate(tokens), np.concatenate(sizes)
+        builders[split].add_items(tokens, sizes)
+        n_lines[split] += len(sizes)
+        n_tokens[split] += len(tokens)
 
   # A builder's exit writes its .idx only when no error is propagating.
   with contextlib.ExitStack() as stack:
