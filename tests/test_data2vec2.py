@@ -8,7 +8,8 @@ in fairseq's layout (fused qkv, `modality_encoders.TEXT.*`, `blocks.*`, `_ema`),
 random non-trivial values. Our side receives the same tensors through the v2 converter
 (`weights/fairseq_v2.py`), and the same recorded mask draw and mask-slot noise (the reference's
 §14.5: with them a step replays exactly). Dropout is off (fp32). Compared: the decoder output,
-the targets, the loss, and the gradient of every student parameter, each within 1e-5 of the
+the targets, the loss, and the gradient of every student parameter (the embedding tables' row
+`padding_idx` exactly zero on both sides), each within 1e-5 of the
 reference's largest magnitude (float32 eps is 1.2e-7; the sums here run over at most a few
 hundred terms through a few layers).
 """
@@ -149,10 +150,10 @@ def torch_v2(sd, tokens, uniform, noise, obj):
   """(pred [N,T,D], targets [N,T,D], loss_sum, mask [N,T]) of fairseq's text step."""
   local, dec = fairseq_v2.LOCAL, fairseq_v2.DECODER
   pad = tokens.eq(PAD)
-  # TextLocalEncoder: no pad zeroing
-  x = F.embedding(tokens, sd[local + "embed_tokens.weight"])
+  # TextLocalEncoder: no pad zeroing; both tables are built with padding_idx (row PAD: no grad)
+  x = F.embedding(tokens, sd[local + "embed_tokens.weight"], padding_idx=PAD)
   positions = torch.cumsum(~pad, dim=1) * (~pad) + PAD
-  x = x + F.embedding(positions, sd[local + "embed_positions.weight"])
+  x = x + F.embedding(positions, sd[local + "embed_positions.weight"], padding_idx=PAD)
   x = F.layer_norm(
     x, (D,), sd[local + "layernorm_embedding.weight"], sd[local + "layernorm_embedding.bias"], 1e-5
   )
@@ -327,6 +328,11 @@ def test_loss_and_every_student_gradient_match_torch(case):
   assert len(flat_ours) == len(flat_ref)
   for path, leaf in flat_ours:
     assert_close(leaf, flat_ref[path], f"{name}: grad {jax.tree_util.keystr(path)}")
+  # The embedding tables' row PAD: exactly zero on both sides (fairseq's padding_idx).
+  for table in ("token_embedding", "position_embedding"):
+    ours = np.asarray(grads["encoder"]["embeddings"][table]["embedding"])
+    ref_table = np.asarray(ref["grads"]["encoder"]["embeddings"][table]["embedding"])
+    assert np.all(ours[PAD] == 0) and np.all(ref_table[PAD] == 0), (name, table)
 
 
 def test_plain_path_equals_the_kept_token_gather(case):

@@ -60,7 +60,13 @@ def make_train_step(
     (loss_sum, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     sentences = jnp.sum(weights)
     params, opt_state, grad_norm = apply_gradients(
-      tx, optimizer, state.params, state.opt_state, grads, jnp.maximum(sentences, 1.0)
+      tx,
+      optimizer,
+      state.params,
+      state.opt_state,
+      grads,
+      jnp.maximum(sentences, 1.0),
+      pad_id=model.config.pad_id,  # the embedding tables' pad rows never move (model/pad_rows.py)
     )
     metrics = {
       "loss": loss_sum / jnp.maximum(sentences, 1.0),

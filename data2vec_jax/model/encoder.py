@@ -156,6 +156,9 @@ class Embeddings(nn.Module):
       positions = packing.pack_ids(positions, layout, cfg.pad_id)
     is_pad = input_ids == cfg.pad_id
     x = token_embedding(input_ids) + position_embedding(positions)
+    # fairseq's `padding_idx`: row pad_id of both tables gets no gradient (model/pad_rows.py).
+    # Pads, and only pads, look up row pad_id of both (real positions start at pad_id + 1).
+    x = jnp.where(is_pad[..., None], jax.lax.stop_gradient(x), x)
     x = layer_norm(cfg, "layer_norm")(x)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     # fairseq zeroes pad positions after the LayerNorm; HF and data2vec 2.0 do not. Only pad

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import optax
 
 from data2vec_jax import strict_config
+from data2vec_jax.model import pad_rows
 
 SCHEDULES = ("cosine", "tri_stage", "constant", "polynomial_decay")
 TRI_STAGE_DECAYS = ("linear", "exponential")
@@ -241,13 +242,19 @@ def apply_gradients(
   opt_state: Any,
   raw_grads: Any,
   normalizer: jax.Array | float = 1.0,
+  pad_id: int | None = None,
 ) -> tuple[Any, Any, jax.Array]:
   """One update from un-normalised gradients: divide by `normalizer`, clip, AdamW (`tx`).
 
+  pad_id: row `pad_id` of the token and position embedding tables is frozen: its gradient
+  (before the norm and the moments) and its update (weight decay included) are exactly 0, so
+  the row stays bit-identical (`model/pad_rows.py`). None freezes nothing.
   Returns (new params, new opt_state, grad_norm of the normalised gradients before clipping).
   """
+  raw_grads = pad_rows.zero_pad_rows(raw_grads, pad_id)
   normalizer = jnp.asarray(normalizer, jnp.float32)
   scale, grad_norm = gradient_scale(optax.tree.norm(raw_grads), normalizer, config.clip_norm)
   grads = jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), raw_grads)
   updates, opt_state = tx.update(grads, opt_state, params)
+  updates = pad_rows.zero_pad_rows(updates, pad_id)
   return optax.apply_updates(params, updates), opt_state, grad_norm

@@ -124,7 +124,7 @@ def train_step(
   count = aux["num_masked"]
   denom = jnp.maximum(count, 1.0)
   params, opt_state, grad_norm = apply_gradients(
-    tx, recipe.optimizer, state.params, state.opt_state, grads, denom
+    tx, recipe.optimizer, state.params, state.opt_state, grads, denom, recipe.model.pad_id
   )
   step = state.step + 1
 
