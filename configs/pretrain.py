@@ -254,7 +254,9 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
     type_safe=False,
   )
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # data x fsdp x tensor devices (data2vec_jax/train/sharding.py). slices > 1: a multi-slice TPU
+  # job whose data axis spans the slices over DCN (data = slices x data within a slice).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, slices=1))
   c.distributed = False  # True on multi-host: calls jax.distributed.initialize()
   # Where the processes meet. Unset (""/-1): JAX detects them (Cloud TPU, SLURM, Open MPI,
   # Kubernetes, JAX_COORDINATOR_ADDRESS). Set all three to launch processes by hand, e.g. on one

@@ -10,7 +10,7 @@ export a model directory from any checkpoint.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -103,8 +103,12 @@ def plan_from_config(
   )
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
+def validate_config(
+  config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None
+) -> None:
   """Checks the whole config before any corpus, vocabulary or checkpoint is touched.
+
+  devices: the mesh's devices (default: this host's; `compile_for` passes a described topology).
 
   Raises `ConfigError` (one line) for unknown fields, out-of-range values, an unknown data
   source, or a batch the mesh cannot split.
@@ -122,7 +126,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
       if int(config.train[name]) < 1:
         raise ValueError(f"train.{name} must be >= 1, got {config.train[name]}")
-    mesh = sharding_lib.make_mesh(**dict(config.mesh))
+    mesh = sharding_lib.make_mesh(**dict(config.mesh), devices=devices)
     shards = sharding_lib.data_parallel_size(mesh) * plan.micro_batches
     if config.data.global_batch_size % shards:
       raise ValueError(

@@ -52,9 +52,17 @@ def activate(mesh: Mesh) -> Iterator[Mesh]:
 
 
 def make_mesh(
-  data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+  data: int = -1,
+  fsdp: int = 1,
+  tensor: int = 1,
+  slices: int = 1,
+  devices: Sequence[jax.Device] | None = None,
 ) -> Mesh:
   """A ('data', 'fsdp', 'tensor') mesh; one size may be -1 (= all remaining devices).
+
+  slices > 1 (a multi-slice TPU job): the `data` axis spans the slices, so only its gradient
+  all-reduce crosses the slower data-center network (DCN) while fsdp and tensor stay within a
+  slice on ICI; `data` must be a multiple of `slices` and the devices must carry `slice_index`.
 
   Axis types are Auto (the `jax.make_mesh` default is Explicit in this JAX, which logical
   constraints do not support).
@@ -77,6 +85,12 @@ def make_mesh(
       f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} "
       f"devices, but {len(devices)} are available"
     )
+  if slices > 1:
+    return Mesh(
+      _hybrid_grid(sizes, slices, devices), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3
+    )
+  if slices < 1:
+    raise ValueError(f"mesh.slices must be >= 1, got {slices}")
   try:
     # Topology-aware placement on TPU/GPU (keeps `tensor` on the fastest links).
     from jax.experimental import mesh_utils
@@ -85,6 +99,29 @@ def make_mesh(
   except Exception:  # noqa: BLE001 - CPU / unusual topologies: plain row-major order is fine
     device_grid = np.asarray(devices).reshape(sizes)
   return Mesh(device_grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+
+def _hybrid_grid(sizes: list[int], slices: int, devices: Sequence[jax.Device]) -> np.ndarray:
+  """[data, fsdp, tensor] devices with `data` split as slices (DCN) x data / slices (ICI)."""
+  data, fsdp, tensor = sizes
+  if data % slices:
+    raise ValueError(
+      f"mesh.data={data} must be a multiple of mesh.slices={slices}: the data axis spans "
+      f"the slices (set mesh.data to slices x the data-parallel size within a slice)"
+    )
+  if any(getattr(d, "slice_index", None) is None for d in devices):
+    raise ValueError(
+      f"mesh.slices={slices} needs devices of a multi-slice TPU job (with slice_index); "
+      f"these have none: set mesh.slices=1"
+    )
+  found = len({d.slice_index for d in devices})
+  if found != slices:
+    raise ValueError(f"mesh.slices={slices}, but the devices span {found} slice(s)")
+  from jax.experimental import mesh_utils
+
+  return mesh_utils.create_hybrid_device_mesh(
+    [data // slices, fsdp, tensor], [slices, 1, 1], devices=devices
+  )
 
 
 def _fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str) -> P:

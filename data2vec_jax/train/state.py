@@ -87,7 +87,9 @@ def state_shardings(
   recipe: Recipe, tx: optax.GradientTransformation, mesh: Mesh, seq_len: int = 8
 ) -> tuple[TrainState, TrainState]:
   """(abstract unboxed state, NamedSharding tree) without allocating any parameter."""
-  boxed = jax.eval_shape(lambda r: _init_state_boxed(recipe, tx, r, seq_len), jax.random.PRNGKey(0))
+  # The key is made inside the trace: a concrete key would be placed on a device of the
+  # current mesh, which for a described TPU topology (compile_for) has no memory.
+  boxed = jax.eval_shape(lambda: _init_state_boxed(recipe, tx, jax.random.PRNGKey(0), seq_len))
   param_shardings = sharding_lib.logical_to_shardings(boxed.params, mesh)
   ema_shardings = (
     sharding_lib.logical_to_shardings(boxed.ema_params, mesh)
