@@ -35,15 +35,12 @@ from data2vec_jax.train import health as health_lib
 from data2vec_jax.train import precompile as precompile_lib
 from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train import state as train_state_lib
-from data2vec_jax.train import step as train_step_lib
+from data2vec_jax.train import step_setup
 from data2vec_jax.train import validation as validation_lib
 from data2vec_jax.train.metrics import MetricWriter, format_progress
-from data2vec_jax.train.optimizer import make_optimizer
 from data2vec_jax.train.preemption import PreemptionFlag
 from data2vec_jax.train.recipe import (
   RECIPE_FILE,
-  plan_from_config,
-  recipe_from_config,
   recipe_to_dict,
   validate_config,
 )
@@ -101,16 +98,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   except (ValueError, FileNotFoundError, UnicodeError) as e:
     raise InputDataError(f"data: {e}") from e
   try:
-    recipe = recipe_from_config(config, data.vocab_size, data.mask_id)
-    plan = plan_from_config(config, recipe)
-    tx = make_optimizer(recipe.optimizer)
-    mesh = sharding_lib.make_mesh(**dict(config.mesh))
+    # The same builder compile_for uses: the step compiled for a topology is this one.
+    setup = step_setup.build(config, data.vocab_size, data.mask_id, data.seq_len)
+    recipe, plan, tx, mesh = setup.recipe, setup.plan, setup.tx, setup.mesh
     if is_chief:
       logging.info(
         "mesh %s on %d devices (%d processes)", dict(mesh.shape), jax.device_count(), process_count
       )
-    seq_len = data.seq_len
-    abstract_state, shardings = train_state_lib.state_shardings(recipe, tx, mesh, seq_len)
+    abstract_state, shardings = setup.abstract_state, setup.shardings
     checkpointer = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"),
       max_to_keep=train_cfg.keep_checkpoints,
@@ -127,7 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           return _already_complete(workdir, config, state, recipe, done, is_chief)
         if is_chief:  # only now: a failed resume must not overwrite the run's own files
           _write_run_files(workdir, config, recipe, plan)
-        step_fn = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
+        step_fn = setup.make_step()
         eval_fn = None
         if data.validation is not None:
           eval_fn = validation_lib.make_eval_step(recipe, plan, mesh, shardings)
