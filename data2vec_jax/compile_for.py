@@ -225,7 +225,7 @@ def _is_finetune(config) -> bool:
   return "task" in config and "init" in config
 
 
-def _pretrain_case(config, devices, vocab_size: int) -> dict[str, Any]:
+def _pretrain_case(config, devices, vocab_size: int, packing_mode: str) -> dict[str, Any]:
   """(compile(B) -> report, granule, default batch) for a pretraining config."""
   from data2vec_jax.speed.packing import PackingSpec
   from data2vec_jax.train import sharding as sharding_lib
@@ -264,7 +264,7 @@ def _pretrain_case(config, devices, vocab_size: int) -> dict[str, Any]:
 
   def lower(batch: int):
     packing = None
-    if FLAGS.packing == "largest" and setup.plan.pack_tokens:
+    if packing_mode == "largest" and setup.plan.pack_tokens:
       per_group = batch // (groups * setup.plan.micro_batches) * seq_len
       step_size = max(1, math.ceil(per_group / setup.plan.pack_buckets))
       packing = PackingSpec(groups, per_group - step_size) if per_group > step_size else None
@@ -299,22 +299,26 @@ def _pretrain_case(config, devices, vocab_size: int) -> dict[str, Any]:
   }
 
 
-def _finetune_case(config, devices, vocab_size: int) -> dict[str, Any]:
-  """The fine-tuning step of `config` for `--model`'s architecture (no weights are read)."""
-  from configs import pretrain
+def _finetune_case(
+  config, devices, vocab_size: int, model_name: str, seq_len: int
+) -> dict[str, Any]:
+  """The fine-tuning step of `config` for the `model_name` architecture (no weights read)."""
+  try:
+    from data2vec_jax.configs import pretrain
+  except ImportError:  # configs/ of the checkout
+    from configs import pretrain
   from data2vec_jax.finetune import step_setup as finetune_setup
   from data2vec_jax.model.config import EncoderConfig
   from data2vec_jax.train import sharding as sharding_lib
 
-  if FLAGS.model not in pretrain.MODEL_SIZES:
-    raise CompileForError(f"--model={FLAGS.model!r}; known: {sorted(pretrain.MODEL_SIZES)}")
+  if model_name not in pretrain.MODEL_SIZES:
+    raise CompileForError(f"--model={model_name!r}; known: {sorted(pretrain.MODEL_SIZES)}")
   model_config = EncoderConfig(
-    vocab_size=vocab_size, max_positions=514, pad_id=1, **pretrain.MODEL_SIZES[FLAGS.model]
+    vocab_size=vocab_size, max_positions=514, pad_id=1, **pretrain.MODEL_SIZES[model_name]
   )
   setup = finetune_setup.build(config, model_config, devices=devices)
   step = setup.make_step()
   granule = sharding_lib.data_parallel_size(setup.mesh)
-  seq_len = FLAGS.seq_len
   from data2vec_jax.model import flops as flops_lib
 
   per_token = 3.0 * flops_lib.encoder_forward_flops_per_token(model_config, seq_len)
@@ -344,7 +348,7 @@ def _finetune_case(config, devices, vocab_size: int) -> dict[str, Any]:
     "describe": {
       "kind": "finetune",
       "task": str(config.task),
-      "model": FLAGS.model,
+      "model": model_name,
       "seq_len": seq_len,
       "num_labels": setup.settings.num_labels,
       "flops_per_token": per_token,
@@ -362,6 +366,9 @@ def run(
   global_batch: int = 0,
   search_compiles: int = 0,
   vocab_size: int = 50265,
+  packing: str = "none",
+  finetune_model: str = "base",
+  finetune_seq_len: int = 512,
   log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
   """Compiles `config`'s step for the topology; returns the report (written to `out`)."""
@@ -375,9 +382,12 @@ def run(
   except ValueError as e:
     raise CompileForError(str(e)) from e
   config = config.copy_and_resolve_references()
-  if "slices" in config.mesh and slices > 1 and int(config.mesh.slices) == 1:
+  if slices > 1 and int(config.mesh.get("slices", 1)) == 1:
     config.mesh.slices = slices
-  case = (_finetune_case if _is_finetune(config) else _pretrain_case)(config, devices, vocab_size)
+  if _is_finetune(config):
+    case = _finetune_case(config, devices, vocab_size, finetune_model, finetune_seq_len)
+  else:
+    case = _pretrain_case(config, devices, vocab_size, packing)
   mesh = case["mesh"]
   devices_slice = [int(getattr(d, "slice_index", 0) or 0) for d in mesh.devices.flat]
   batch = global_batch or case["default_batch"]
@@ -527,6 +537,9 @@ def main(argv):
       global_batch=FLAGS.global_batch,
       search_compiles=FLAGS.search_compiles,
       vocab_size=FLAGS.vocab_size,
+      packing=FLAGS.packing,
+      finetune_model=FLAGS.model,
+      finetune_seq_len=FLAGS.seq_len,
     ),
     (CompileForError,),
     "fix the flags and run it again",

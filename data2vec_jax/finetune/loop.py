@@ -34,6 +34,7 @@ from data2vec_jax.finetune import batches as batches_lib
 from data2vec_jax.finetune import data as data_lib
 from data2vec_jax.finetune import state as state_lib
 from data2vec_jax.finetune import step as step_lib
+from data2vec_jax.finetune import step_setup
 from data2vec_jax.finetune.hf_io import export_finetuned_to_hf
 from data2vec_jax.finetune.metrics import metrics_of
 from data2vec_jax.finetune.model import SequenceClassifier
@@ -47,7 +48,7 @@ from data2vec_jax.speed.compile_progress import CompileProgress
 from data2vec_jax.train import checkpoint as checkpoint_lib
 from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train.metrics import MetricWriter, format_progress
-from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
+from data2vec_jax.train.optimizer import make_optimizer
 from data2vec_jax.train.preemption import PreemptionFlag
 from data2vec_jax.weights.export import to_host
 from data2vec_jax.weights.pretrained import save_pretrained
@@ -98,18 +99,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     model_config, settings.num_labels, float(config.model.classifier_dropout)
   )
   head_params = _starting_head(config, start, settings)
-  optimizer = OptimizerConfig(
-    lr=settings.lr,
-    b1=float(config.optimizer.b1),
-    b2=float(config.optimizer.b2),
-    eps=float(config.optimizer.eps),
-    weight_decay=float(config.optimizer.weight_decay),
-    decay_bias_and_norm=True,  # fairseq decays every parameter
-    clip_norm=float(config.optimizer.clip_norm),
-    schedule="polynomial_decay",
-    warmup_steps=settings.warmup_updates,
-    max_steps=settings.max_update,
-  )
+  optimizer = step_setup.optimizer_config(config, settings)
   tx = make_optimizer(optimizer)
   mesh = sharding_lib.make_mesh(**dict(config.mesh))
   shards = sharding_lib.data_parallel_size(mesh)

@@ -1,0 +1,90 @@
+"""The fine-tuning update a config runs, built for the fine-tuning loop's optimizer and for
+`compile_for` (which compiles the update for a TPU topology without any weights or data).
+
+config + the pretrained encoder's `EncoderConfig` -> run settings, classifier, optimizer, mesh,
+the state's shapes and shardings, and the jitted update. Nothing is allocated here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from data2vec_jax.finetune import state as state_lib
+from data2vec_jax.finetune import step as step_lib
+from data2vec_jax.finetune.model import SequenceClassifier
+from data2vec_jax.finetune.settings import RunSettings, resolve_settings
+from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
+
+
+def optimizer_config(config: ml_collections.ConfigDict, settings: RunSettings) -> OptimizerConfig:
+  """fairseq's fine-tuning optimizer (AdamW, polynomial decay) for the run's settings."""
+  return OptimizerConfig(
+    lr=settings.lr,
+    b1=float(config.optimizer.b1),
+    b2=float(config.optimizer.b2),
+    eps=float(config.optimizer.eps),
+    weight_decay=float(config.optimizer.weight_decay),
+    decay_bias_and_norm=True,  # fairseq decays every parameter
+    clip_norm=float(config.optimizer.clip_norm),
+    schedule="polynomial_decay",
+    warmup_steps=settings.warmup_updates,
+    max_steps=settings.max_update,
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneStepSetup:
+  """The fine-tuning update's parts (abstract_state: ShapeDtypeStructs with shardings)."""
+
+  settings: RunSettings
+  model: nn.Module
+  optimizer: OptimizerConfig
+  tx: optax.GradientTransformation
+  mesh: Mesh
+  abstract_state: state_lib.FinetuneState
+  shardings: state_lib.FinetuneState
+
+  def make_step(self) -> Callable:
+    return step_lib.make_train_step(self.model, self.tx, self.optimizer, self.mesh, self.shardings)
+
+  def batch_structs(self, rows: int, length: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """input_ids int32 [B, T], labels [B] (int32; float32 for regression), weights float32 [B]."""
+    sharding = sharding_lib.batch_sharding(self.mesh)
+    labels = np.float32 if self.settings.num_labels == 1 else np.int32
+    return {
+      "input_ids": jax.ShapeDtypeStruct((rows, length), np.int32, sharding=sharding),
+      "labels": jax.ShapeDtypeStruct((rows,), labels, sharding=sharding),
+      "weights": jax.ShapeDtypeStruct((rows,), np.float32, sharding=sharding),
+    }
+
+
+def build(
+  config: ml_collections.ConfigDict,
+  model_config: EncoderConfig,
+  devices: Sequence[jax.Device] | None = None,
+  train_examples: int = 100_000,
+) -> FinetuneStepSetup:
+  """The update of `config`'s task for an encoder of `model_config` (no weights read).
+
+  train_examples: the train split's size where the task's recipe leaves the update counts to
+  it (they set the schedule only, not the compiled program's shapes).
+  """
+  settings = resolve_settings(config).with_data(train_examples)
+  model = SequenceClassifier(
+    model_config, settings.num_labels, float(config.model.classifier_dropout)
+  )
+  optimizer = optimizer_config(config, settings)
+  tx = make_optimizer(optimizer)
+  mesh = sharding_lib.make_mesh(**dict(config.mesh), devices=devices)
+  abstract, shardings = state_lib.state_shardings(model, tx, mesh)
+  return FinetuneStepSetup(settings, model, optimizer, tx, mesh, abstract, shardings)
