@@ -72,6 +72,12 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
+def run_train(workdir: str, steps: int, *extra: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    train_cmd(workdir, steps, *extra), env=env(), capture_output=True, text=True, timeout=600
+  )
+
+
 def last_line(text: str) -> str:
   return text.strip().splitlines()[-1]
 
@@ -395,6 +401,26 @@ def test_sigterm_saves_and_exits(tmp_path):
   saved = checkpoint_steps(workdir)
   assert saved and saved[-1] == summary["final_step"] < 200
   assert not glob.glob(os.path.join(workdir, "checkpoints", "*tmp*"))
+  # Resumed with one step left (preempted at N-1): it trains that step (precompiling the steps
+  # ahead once asked the pipeline for zero batches and crashed).
+  last = summary["final_step"] + 1
+  resumed = run_train(workdir, 200, f"--config.train.num_steps={last}")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert json.load(open(os.path.join(workdir, "summary.json")))["final_step"] == last
+  assert checkpoint_steps(workdir)[-1] == last
+
+
+@pytest.mark.slow
+def test_a_run_with_one_step_left_trains_it(tmp_path):
+  """num_steps=1, then the finished run's num_steps raised by one: each trains its one step."""
+  workdir = str(tmp_path / "one_step")
+  for last in (1, 2):
+    run = run_train(workdir, 4, f"--config.train.num_steps={last}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert json.load(open(os.path.join(workdir, "summary.json")))["final_step"] == last
+    assert checkpoint_steps(workdir)[-1] == last
+    assert max(losses(workdir)) == last
 
 
 @pytest.mark.slow
@@ -431,7 +457,7 @@ def test_a_diverging_run_stops_before_nan_and_sets_its_checkpoints_aside(tmp_pat
   [
     (
       "--config.train.nmu_steps=3",
-      "unknown config field 'train.nmu_steps' (did you mean 'num_steps'?)",
+      "unknown config field 'train.nmu_steps' (did you mean 'train.num_steps'?)",
     ),
     ("--config.data.global_batch_size=-8", "invalid config: global_batch_size must be >= 1"),
     ("--config.data.source=wiki", "invalid config: unknown data.source 'wiki'"),

@@ -180,7 +180,7 @@ class BatchIterator:
     `global_row_tokens`). From the sizes array only, so a run can list the static shapes its
     steps will meet before the first one (and from any thread: it touches no cached state)."""
     gb = self.config.global_batch_size
-    lengths, rows = [], []
+    lengths, rows = [np.zeros(0, np.int64)], [np.zeros((0, gb), np.int32)]  # count may be 0
     while count > 0:
       order = self._order(epoch)
       take = min(count, self.batches_per_epoch - batch)

@@ -302,10 +302,11 @@ def _precompile(
   train_cfg, plan, data, state, step_fn, first_batch, mesh, groups: int, remaining: int
 ) -> precompile_lib.CompiledSteps:
   """Every step shape of the next `train.precompile_steps` steps, compiled before the first
-  (precompile.py); none when there is only one shape (the first step compiles it anyway)."""
+  (precompile.py); none when there is only one shape (the first step compiles it anyway), as
+  when one step is left (a run resumed one step before its end, `num_steps=1`)."""
   horizon = min(remaining, int(train_cfg.get("precompile_steps", 0)))
   pipeline = getattr(data.iterator, "iterator", data.iterator)  # under the prefetch thread
-  if first_batch is None or horizon <= 0 or not hasattr(pipeline, "row_tokens_ahead"):
+  if first_batch is None or horizon <= 1 or not hasattr(pipeline, "row_tokens_ahead"):
     return precompile_lib.CompiledSteps(step_fn, {})
   position = data.iterator.get_state()  # the batch after `first_batch`
   lengths, rows = pipeline.row_tokens_ahead(position["epoch"], position["batch"], horizon - 1)
