@@ -1,60 +1,13 @@
-"""Fine-tune a pretrained data2vec text model on GLUE (or your own task) and score the dev sets.
+"""Fine-tune a pretrained data2vec text model: the checkout's script for `d2v-finetune`.
 
   python finetune.py --config configs/finetune.py:task=rte --workdir runs/rte \
       --config.init=runs/base --config.data.path=glue_data
-  python finetune.py --config configs/finetune.py:task=glue,grid=paper --workdir runs/glue \
-      --config.init=runs/base --config.data.path=glue_data
 
-One run writes results.json (every dev evaluation, the best and the last, the reported score),
-metrics.jsonl, tensorboard/, checkpoints/ and model/ to --workdir. Several tasks, lrs or seeds
-(config.grid) run one after another in <workdir>/<task>/lr<lr>_seed<seed>/, and
-<workdir>/summary.{json,md} tabulate them (data2vec_jax/finetune/grid.py). Re-running the same
-command resumes: finished runs are kept, an interrupted one continues from its newest checkpoint.
-SIGTERM saves a checkpoint and exits. See README.md, "Fine-tuning and GLUE".
-
-Every failure ends the output with one line `finetune.py: error: ...` (exit 1; 2 bad flags;
-130 Ctrl-C); D2V_TRACEBACK=1 adds the traceback of expected failures.
+Everything lives in data2vec_jax/commands/finetune.py (`--help` lists the flags and the config's
+fields); this shim keeps the README's `python finetune.py ...` commands working in a checkout.
 """
 
-from data2vec_jax.speed import host_malloc, xla_flags
+from data2vec_jax.commands.finetune import main
 
 if __name__ == "__main__":
-  host_malloc.maybe_reexec()  # before jax starts: see data2vec_jax/speed/host_malloc.py
-  xla_flags.apply_gpu_flags()  # before jax starts a backend: XLA reads XLA_FLAGS only then
-
-import logging  # noqa: E402
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from data2vec_jax import cli  # noqa: E402
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for the run (or the grid's runs) and results.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  return cli.parse_flags("finetune.py", argv, config_module="finetune")
-
-
-def main(argv):
-  del argv
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-phase checkpoint logs
-  from data2vec_jax.finetune.grid import run_finetuning
-  from data2vec_jax.finetune.loop import FinetuneError
-  from data2vec_jax.train.checkpoint import TrainingCheckpointError
-  from data2vec_jax.weights.torch_io import CheckpointError
-
-  cli.run_reporting_errors(
-    "finetune.py",
-    lambda: run_finetuning(FLAGS.config, FLAGS.workdir),
-    (FinetuneError, CheckpointError, TrainingCheckpointError),
-    "re-run the same command to resume",
-  )
-
-
-if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  main()

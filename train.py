@@ -1,82 +1,13 @@
-"""Pretrain data2vec (text) in JAX.
+"""Pretrain data2vec (text) in JAX: the checkout's script for `d2v-train`.
 
   python train.py --config configs/pretrain.py:model=base,recipe=release --workdir /ckpt/run1 \
       --config.data.path=/data/bin/train --config.optimizer.lr=1e-4
 
-Re-running the same command resumes from the newest checkpoint in --workdir. SIGTERM saves a
-checkpoint and exits. See README.md for the configs and the outputs written to the workdir.
-
-On Linux/glibc the script first re-executes itself with malloc settings that keep XLA:CPU's
-per-step scratch memory mapped (`data2vec_jax/speed/host_malloc.py`; D2V_MALLOC=default opts out).
-It then adds the project's GPU XLA flags to XLA_FLAGS (`data2vec_jax/speed/xla_flags.py`; flags you
-set yourself win; D2V_XLA_FLAGS=none opts out).
-
-Every failure ends the output with one line `train.py: error: ...`. Expected failures (a bad
-config, unusable data, a checkpoint of another model, a diverged run) print only that line;
-D2V_TRACEBACK=1 adds their tracebacks. Exit codes: 1 error, 2 bad flags, 130 Ctrl-C.
+Everything lives in data2vec_jax/commands/train.py (`--help` lists the flags and the config's
+fields); this shim keeps the README's `python train.py ...` commands working in a checkout.
 """
 
-from data2vec_jax.speed import host_malloc, xla_flags
+from data2vec_jax.commands.train import main
 
 if __name__ == "__main__":
-  host_malloc.maybe_reexec()  # before jax starts: see data2vec_jax/speed/host_malloc.py
-  xla_flags.apply_gpu_flags()  # before jax starts a backend: XLA reads XLA_FLAGS only then
-
-import logging  # noqa: E402
-import os  # noqa: E402
-
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from data2vec_jax import cli  # noqa: E402
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and exports.")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-# Speed knobs that moved into the `execution` section (data2vec_jax/objective/execution.py).
-MOVED_FIELDS = {
-  "objective.head_positions_per_row": "execution.head_positions ('auto' | 'all' | an int K; "
-  "was -1 / 0 / K)",
-  "objective.prune_last_block": "execution.prune_last_block",
-  "objective.head_overflow": "execution.head_overflow",
-  "train.pack_tokens": "execution.pack_tokens",
-  "train.pack_buckets": "execution.pack_buckets",
-  "train.micro_batches": "execution.micro_batches",
-  "model.scan_unroll": "execution.scan_unroll ('all' | an int)",
-  "model.remat_policy": "execution.remat_policy",
-  "model.attention_impl": "execution.attention_impl",
-}
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  return cli.parse_flags("train.py", argv, config_module="pretrain", moved=MOVED_FIELDS)
-
-
-def main(argv):
-  del argv
-  logging.getLogger().setLevel(logging.INFO)
-  # Orbax logs every checkpoint phase through absl at INFO; keep the console to our progress.
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  logging.info(
-    "glibc malloc settings for XLA:CPU scratch memory: %s",
-    "on" if host_malloc.is_tuned() else "off (D2V_MALLOC=default or not glibc)",
-  )
-  logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", "") or "(none)")
-  from data2vec_jax.train.checkpoint import TrainingCheckpointError
-  from data2vec_jax.train.health import TrainingError
-  from data2vec_jax.train.loop import InputDataError, train_and_evaluate
-  from data2vec_jax.train.recipe import ConfigError
-
-  cli.run_reporting_errors(
-    "train.py",
-    lambda: train_and_evaluate(FLAGS.config, FLAGS.workdir),
-    (ConfigError, InputDataError, TrainingCheckpointError, TrainingError),
-    "re-run the same command to resume from the newest checkpoint",
-  )
-
-
-if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  main()

@@ -12,7 +12,7 @@ section). Outputs in the workdir: metrics.jsonl, tensorboard/, checkpoints/, mod
 data2vec-jax model directory) and training_curves.png.
 """
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 
 
 def get_config(arg: str | None = None):

@@ -19,13 +19,14 @@ from __future__ import annotations
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 from data2vec_jax.finetune import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = pretrain.parse_arg(arg, {"task": "rte", "grid": "none"})
   task, grid = args["task"], args["grid"]
+  recipes.check_task_name(task)  # 'rtee' is a typo of 'rte', not a task of your own
   if grid not in ("none", "paper"):
     raise ValueError(f"grid={grid!r}; expected 'none' or 'paper'")
   c = ml_collections.ConfigDict()

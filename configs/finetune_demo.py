@@ -14,7 +14,7 @@ Outputs in the workdir: summary.md (both scores side by side), summary.json, dev
 accuracy per epoch of both runs) and one run directory each (results.json, metrics.jsonl, ...).
 """
 
-from configs import finetune
+from data2vec_jax.configs import finetune
 
 
 def get_config(arg: str | None = None):

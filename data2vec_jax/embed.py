@@ -1,7 +1,9 @@
 """Text in, features out: sentence features from any model directory and the tokenizer it carries.
 
-  python -m data2vec_jax.embed --model demo_out/model --input texts.txt --output feats.npy \\
-      [--layer N] [--pooling mean|cls] [--batch-size 32] [--truncate]
+  d2v-embed --model demo_out/model --input texts.txt --output feats.npy \\
+      [--layer N] [--pooling mean|cls] [--batch_size 32] [--truncate]
+
+(`d2v-embed` is `python -m data2vec_jax.embed`; --batch-size still works.)
 
 `--input`: one text per line (UTF-8; a blank line is the empty text). `--output`: a float32
 [N, D] `.npy`, row i the features of line i. `--model`: a data2vec-jax model directory, a
@@ -25,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from data2vec_jax import cli
 from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.weights.model_tokenizer import check_tokenizer_fits, load_model_tokenizer
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--output", required=True, help="features file to write (.npy)")
   parser.add_argument("--layer", type=int, default=-1, help="hidden state (0=embeddings, -1=last)")
   parser.add_argument("--pooling", choices=POOLINGS, default="mean")
-  parser.add_argument("--batch-size", type=int, default=32)
+  cli.add_argument(parser, "batch_size", type=int, default=32, help="texts per batch")
   parser.add_argument("--truncate", action="store_true", help="cut over-long texts")
   args = parser.parse_args(argv)
   try:

@@ -8,6 +8,10 @@
    requirements.txt) imports every module of the package, trains a sentencepiece vocabulary and
    runs one train step; `pip check` finds every requirement satisfied and the extras' packages
    (torch, transformers, tensorflow_datasets, pytest) are absent, so an undeclared import fails.
+   Its console scripts then run the demo's pretraining and fine-tuning (tiny, a few steps) with
+   the packaged configs from a directory with no checkout, `--help` exits 0, and the sweep's
+   `--list` lines name this environment's interpreter.
+3. requirements.txt pins exactly pyproject's core dependencies, requirements-dev.txt its extras.
 
 Offline by construction: the closure's distributions are the ones `make` installed in this
 project's .venv (requirements.txt's pins, which must lie inside pyproject's ranges), linked file
@@ -140,6 +144,44 @@ def test_requirements_pins_lie_inside_the_declared_ranges():
     n: (pins[n], str(r.specifier)) for n, r in declared.items() if pins[n] not in r.specifier
   }
   assert not outside, outside
+
+
+def _pinned_names(name: str) -> set[str]:
+  names = set()
+  for line in (REPO / name).read_text().splitlines():
+    line = line.split("#")[0].strip()
+    if line and not line.startswith("-r"):
+      names.add(canonicalize_name(Requirement(line).name))
+  return names
+
+
+def test_requirements_files_agree_with_pyproject():
+  """requirements.txt is the core (pyproject's dependencies, no more: an extra pinned there would
+  be a dependency `pip install .` does not install), requirements-dev.txt the extras."""
+  project = _project()
+  core = _names(project["dependencies"])
+  extras = set().union(*(_names(v) for v in project["optional-dependencies"].values()))
+  extras -= {canonicalize_name(project["name"])}
+  core_pins, dev_pins = _pinned_names("requirements.txt"), _pinned_names("requirements-dev.txt")
+  assert core_pins == core, (
+    f"requirements.txt but not pyproject's dependencies: {sorted(core_pins - core)}; "
+    f"pyproject's dependencies not in requirements.txt: {sorted(core - core_pins)}"
+  )
+  assert dev_pins <= extras - core, (
+    f"requirements-dev.txt pins {sorted(dev_pins - (extras - core))}, in no extra (or core)"
+  )
+  assert extras - core <= dev_pins, f"extras not pinned: {sorted(extras - core - dev_pins)}"
+
+
+def test_console_scripts_name_importable_functions():
+  """Every [project.scripts] entry names a function of the package (the wheel's commands)."""
+  import importlib
+
+  scripts = _project()["scripts"]
+  assert {"d2v-train", "d2v-finetune", "d2v-sweep", "d2v-convert", "d2v-embed"} <= set(scripts)
+  for name, target in scripts.items():
+    module, _, function = target.partition(":")
+    assert callable(getattr(importlib.import_module(module), function)), name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,3 +359,58 @@ def test_fresh_environment_from_pyproject_alone(tmp_path):
     [python, "-c", SMOKE], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
   )
   assert run.returncode == 0 and "SMOKE_OK" in run.stdout, run.stdout + run.stderr[-4000:]
+  _run_the_demo_with_the_installed_commands(venv, tmp_path, env)
+
+
+# The demo's model and run, shrunk to a few seconds of compute.
+TINY_PRETRAIN = [
+  "--config.model.num_layers=2",
+  "--config.model.hidden_size=32",
+  "--config.model.num_heads=2",
+  "--config.model.intermediate_size=64",
+  "--config.objective.average_top_k_layers=2",
+  "--config.data.global_batch_size=8",
+  "--config.data.tokens_per_sample=64",
+  "--config.train.plot=False",
+  "--config.execution.pack_buckets=4",
+]
+TINY_FINETUNE = [
+  "--config.grid.seeds=(1,)",
+  "--config.grid.from_scratch=(False,)",
+  "--config.optimizer.max_epochs=1",
+]
+
+
+def _run_the_demo_with_the_installed_commands(venv: pathlib.Path, tmp: pathlib.Path, env: dict):
+  """`make demo` with the wheel's console scripts and packaged configs, from a directory that is
+  not a checkout (no configs/ or train.py beside it)."""
+  work = tmp / "elsewhere"
+  work.mkdir()
+  bin_dir = venv / "bin"
+
+  def command(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+      [bin_dir / name, *args], cwd=work, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, f"{name} {args}: " + out.stdout[-2000:] + out.stderr[-4000:]
+    return out
+
+  shown = command("d2v-train", "--help", timeout=120).stdout
+  assert "--workdir" in shown and "train.num_steps = 1000000" in shown, shown[-2000:]
+  shown = command("d2v-finetune", "--config", "finetune_demo", "--help", timeout=120).stdout
+  assert "init = 'demo_out'" in shown and "finetune_demo.py" in shown, shown[-2000:]
+  listed = command(
+    "d2v-sweep", "--config", "sweeps/demo_top_k", "--workdir", "sweep", "--list", timeout=120
+  )
+  for line in listed.stdout.strip().splitlines():
+    assert line.startswith(f"{venv / 'bin' / 'python'} -m data2vec_jax.commands.sweep"), line
+    assert f"--workdir={work / 'sweep'}" in line and "site-packages" in line, line
+
+  command("d2v-train", "--config", "demo:steps=2", "--workdir", "demo_out", *TINY_PRETRAIN)
+  assert (work / "demo_out" / "model" / "sentencepiece.model").is_file()
+  command("d2v-finetune", "--config", "finetune_demo", "--workdir", "demo_out/ft", *TINY_FINETUNE)
+  summary = (work / "demo_out" / "ft" / "summary.md").read_text()
+  assert "python_topics" in summary, summary
+  (work / "texts.txt").write_text("The for statement iterates.\nA list is a sequence.\n")
+  command("d2v-embed", *("--model", "demo_out/model", "--input", "texts.txt", "--output", "f.npy"))
+  assert (work / "f.npy").is_file()

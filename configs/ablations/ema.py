@@ -4,7 +4,7 @@ uses taun=300k; paper §6: too low a decay risks collapse).
   python train.py --config configs/ablations/ema.py:end_decay=0.9999,anneal=100000 --workdir ...
 """
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 
 
 def get_config(arg=None):

@@ -4,7 +4,7 @@ data2vec 2.0 text).
   python train.py --config configs/ablations/loss_beta.py:beta=0 --workdir ...
 """
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 
 
 def get_config(arg=None):

@@ -5,7 +5,7 @@
 mask = span (release yaml) | bert | span_custom (set prob= and span=)
 """
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 
 
 def get_config(arg=None):

@@ -6,7 +6,7 @@ no NLP table for this axis; these configs let it be measured.
 norm = layer (release default) | instance | batch | none | layer+final_layer | layer+final_instance
 """
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 
 NORMS = {
   "layer": dict(layer_norm_target_layer=True),

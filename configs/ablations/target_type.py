@@ -4,7 +4,7 @@
 target = ffn (default; FFN output before the residual) | ffn_residual | end_of_block
 """
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 
 TARGETS = ("ffn", "ffn_residual", "end_of_block")
 

@@ -5,7 +5,7 @@ docs/reference/data2vec_text_reference.md §3.3; fairseq issue #4881).
 input = unmasked (paper, default) | masked_only (published code: pads except the masked tokens)
 """
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 
 INPUTS = ("unmasked", "masked_only")
 

@@ -4,7 +4,7 @@
 The rest is the `release` recipe; vary `model=` as in configs/pretrain.py.
 """
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 
 
 def get_config(arg=None):

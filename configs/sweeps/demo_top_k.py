@@ -13,7 +13,7 @@ Argument: values (';'-separated K values, default 1;2;4; each at most the demo's
 
 import ml_collections
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 
 
 def get_config(arg=None):

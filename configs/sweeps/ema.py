@@ -5,7 +5,7 @@
 Another EMA axis: --config.axis=end_decay --config.axis_values="('0.999','0.9999','0.99999')".
 """
 
-from configs.sweeps import glue
+from data2vec_jax.configs.sweeps import glue
 
 
 def get_config(arg=None):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 
 ARGS = {
   "model": "base",

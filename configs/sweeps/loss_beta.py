@@ -4,7 +4,7 @@ data2vec 2.0; Table 7 ran this axis for speech only).
   python sweep.py --config configs/sweeps/loss_beta.py:data=...,glue=... --workdir ...
 """
 
-from configs.sweeps import glue
+from data2vec_jax.configs.sweeps import glue
 
 
 def get_config(arg=None):

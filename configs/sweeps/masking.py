@@ -4,7 +4,7 @@ paper's two Table 4 rows also change the lr schedule; configs/sweeps/table4.py r
   python sweep.py --config configs/sweeps/masking.py:data=...,glue=... --workdir ...
 """
 
-from configs.sweeps import glue
+from data2vec_jax.configs.sweeps import glue
 
 
 def get_config(arg=None):

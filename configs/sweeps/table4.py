@@ -8,7 +8,7 @@ recipe = paper   -> "data2vec" (BERT masking, tri-stage lr, tau_n 100k): Avg. 82
 (configs/pretrain.py). The BERT row is quoted from Wu et al. 2020, not trained by the paper.
 """
 
-from configs.sweeps import glue
+from data2vec_jax.configs.sweeps import glue
 
 
 def get_config(arg=None):

@@ -5,8 +5,8 @@
 Values: configs/ablations/target_norm.py's norms. Arguments: configs/sweeps/glue.py.
 """
 
-from configs.ablations import target_norm
-from configs.sweeps import glue
+from data2vec_jax.configs.ablations import target_norm
+from data2vec_jax.configs.sweeps import glue
 
 
 def get_config(arg=None):

@@ -3,8 +3,8 @@
 python sweep.py --config configs/sweeps/target_type.py:data=...,glue=... --workdir ...
 """
 
-from configs.ablations import target_type
-from configs.sweeps import glue
+from data2vec_jax.configs.ablations import target_type
+from data2vec_jax.configs.sweeps import glue
 
 
 def get_config(arg=None):

@@ -4,8 +4,8 @@ masked-only input (docs/reference/data2vec_text_reference.md §3.3, fairseq issu
   python sweep.py --config configs/sweeps/teacher_input.py:data=...,glue=... --workdir ...
 """
 
-from configs.ablations import teacher_input
-from configs.sweeps import glue
+from data2vec_jax.configs.ablations import teacher_input
+from data2vec_jax.configs.sweeps import glue
 
 
 def get_config(arg=None):

@@ -6,7 +6,7 @@
 K = 1..12 on Base (configs/ablations/top_k.py). Arguments: configs/sweeps/glue.py.
 """
 
-from configs.sweeps import glue
+from data2vec_jax.configs.sweeps import glue
 
 
 def get_config(arg=None):

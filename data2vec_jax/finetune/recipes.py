@@ -15,6 +15,7 @@ mean over seeds of each run's best dev score over its end-of-epoch evaluations.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 
 from data2vec_jax.finetune.glue_tsv import LABEL_NAMES
 
@@ -71,3 +72,20 @@ GLUE_DIR_NAMES = {
 def label_names(task: str) -> tuple[str, ...] | None:
   """TFDS/HF ClassLabel names of a GLUE task's ids; None for STS-B (regression)."""
   return LABEL_NAMES.get(task)
+
+
+def check_task_name(task: str) -> None:
+  """A task that is not GLUE's is a task of your own (data.source=generic), unless its name is a
+  near-miss of a GLUE task ('rtee', 'sst-2'): that is a typo, a ValueError with "did you mean"
+  rather than a silent generic task that would then look for rtee/ files."""
+  known = [*GLUE_RECIPES, "glue"]
+  if task in known:
+    return
+  close = difflib.get_close_matches(task.lower(), known, n=1, cutoff=0.6)
+  if close or task.lower() in known:
+    guess = close[0] if close else task.lower()
+    raise ValueError(
+      f"task={task!r} is not a GLUE task (did you mean {guess!r}?); GLUE tasks: "
+      f"{', '.join(known)}. A task of your own (data.source=generic) needs a name that is not a "
+      "near-miss of one of these"
+    )

@@ -32,7 +32,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from data2vec_jax import cli
+from data2vec_jax import cli, config_files
 from data2vec_jax.sweep import paper
 
 
@@ -126,14 +126,12 @@ def validate(sweep: ml_collections.ConfigDict) -> None:
 
 
 def resolve_config_path(spec: str, field: str) -> str:
-  """A config file 'path[:args]' as an absolute path: relative to the working directory, else to
-  the repository (where configs/ lives)."""
-  path, colon, args = str(spec).partition(":")
-  for base in (os.getcwd(), REPO):
-    candidate = os.path.join(base, path)
-    if os.path.isfile(candidate):
-      return os.path.abspath(candidate) + colon + args
-  raise SweepError(f"{field}: no config file {path!r} (relative to . or {REPO})")
+  """A config file 'path[:args]' as an absolute path: relative to the working directory, else a
+  packaged config (configs/, shipped in the package: data2vec_jax.config_files)."""
+  try:
+    return config_files.resolve(spec)
+  except config_files.ConfigFileError as e:
+    raise SweepError(f"{field}: {e}") from None
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

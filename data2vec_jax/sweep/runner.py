@@ -41,20 +41,35 @@ from data2vec_jax.finetune import grid
 from data2vec_jax.sweep.definition import REPO, Cell, SweepError, load_stage_config
 
 STAGES = ("pretrain", "finetune")
-LAUNCHERS = {"pretrain": "train.py", "finetune": "finetune.py"}
+# command -> (the checkout's script beside the package, the module that implements it)
+LAUNCHERS = {
+  "pretrain": ("train.py", "data2vec_jax.commands.train"),
+  "finetune": ("finetune.py", "data2vec_jax.commands.finetune"),
+  "sweep": ("sweep.py", "data2vec_jax.commands.sweep"),
+}
 STATUS_FILE = "status.json"
+
+
+def launcher(command: str) -> list[str]:
+  """How to start a command in a new process, with absolute paths and this interpreter (so the
+  line works from any directory, e.g. a job script's): [python, the checkout's script] in a
+  checkout, else [python, -m, the module] (an installed package)."""
+  script, module = LAUNCHERS[command]
+  path = os.path.join(REPO, script)
+  if os.path.isfile(path) and os.path.isdir(os.path.join(REPO, "data2vec_jax")):
+    return [sys.executable, path]
+  return [sys.executable, "-m", module]
 
 
 def stage_command(cell: Cell, stage: str) -> list[str]:
   flags = cell.pretrain_flags if stage == "pretrain" else cell.finetune_flags
-  return [sys.executable, os.path.join(REPO, LAUNCHERS[stage]), *flags]
+  return [*launcher(stage), *flags]
 
 
 def cell_command(config_flags: list[str], workdir: str, cell: Cell) -> str:
   """The shell command that runs one cell (what `--list` prints, one per cell); config_flags:
-  the sweep's own --config=... and --config.*=... flags."""
-  script = os.path.join(REPO, "sweep.py")
-  words = ["python", script, *config_flags, f"--workdir={workdir}", f"--cell={cell.index}"]
+  the sweep's own --config=... (an absolute path) and --config.*=... flags."""
+  words = [*launcher("sweep"), *config_flags, f"--workdir={workdir}", f"--cell={cell.index}"]
   return shlex.join(words)
 
 

@@ -47,6 +47,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from data2vec_jax import file_modes
 from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.weights import layout
@@ -680,3 +681,4 @@ def save_hf_dir(
   # transformers refuses safetensors files without format metadata.
   save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
   return notes + [f"wrote {len(state)} tensors to model.safetensors"]
+  file_modes.make_readable(os.path.join(directory, "model.safetensors"))  # save_file: 0600

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from data2vec_jax import file_modes
 from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.model.encoder import Encoder
@@ -95,6 +96,7 @@ def save_pretrained(
     os.path.join(path, PARAMS_FILE),
     metadata={"format": FORMAT},
   )
+  file_modes.make_readable(os.path.join(path, PARAMS_FILE))  # save_file leaves it 0600
   heads_path = os.path.join(path, HEADS_FILE)
   if heads:
     save_file(
@@ -102,6 +104,7 @@ def save_pretrained(
       heads_path,
       metadata={"format": FORMAT},
     )
+    file_modes.make_readable(heads_path)
   elif os.path.exists(heads_path):
     os.remove(heads_path)  # a stale heads file would contradict config.json
   with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as f:
