@@ -59,9 +59,9 @@ def run_prepare(corpus, out, *extra, model=None) -> dict:
   )
 
 
-def prepare_shards(corpus, out, n, *extra) -> None:
+def prepare_shards(corpus, out, n, *extra, model=None) -> None:
   for i in range(n):
-    run_prepare(corpus, out, "--shard", i, "--num_shards", n, *extra)
+    run_prepare(corpus, out, "--shard", i, "--num_shards", n, *extra, model=model)
 
 
 def token_source(prefix) -> sources.TokenSource:
@@ -170,7 +170,7 @@ def test_incomplete_mixed_or_foreign_shards_are_refused(tmp_path, corpus):
   mixed = tmp_path / "mixed"
   run_prepare(corpus, mixed, "--shard", 0, "--num_shards", 2)
   run_prepare(corpus, mixed, "--shard", 1, "--num_shards", 2, model=other_model)
-  with pytest.raises(DataError, match="different tokenizer|other symbols"):
+  with pytest.raises(DataError, match="record different tokenizer files|other symbols"):
     token_source(mixed / "train")
 
   both = tmp_path / "both"
@@ -199,9 +199,16 @@ def test_sharded_cli_needs_one_given_tokenizer(tmp_path, corpus):
   ]
   r = subprocess.run([*base, "--shard", "2", "--num_shards", "2"], capture_output=True, text=True)
   assert r.returncode == 2 and "need num_shards >= 1 and 0 <= shard < num_shards" in r.stderr
-  stats = prepare.main(base[3:] + ["--spm_vocab_size", "150", "--train_tokenizer_only"])
+  stats = prepare.main(base[3:] + ["--spm_vocab_size", "140", "--train_tokenizer_only"])
   assert stats["sentencepiece_model"] == str(tmp_path / "spm.model")
-  assert sorted(os.listdir(tmp_path)) == ["dict.txt", "spm.model"]
+  assert sorted(os.listdir(tmp_path)) == ["dict.txt", "prepare_stats.json", "spm.model"]
+  # The shards given that model read as one corpus; one encoded with another model is refused
+  # against the folder's record even when it is the only shard with a dictionary of its own.
+  prepare_shards(corpus, tmp_path, 2, model=tmp_path / "spm.model")
+  assert len(token_source(tmp_path / "train")) > 0
+  run_prepare(corpus, tmp_path, "--shard", 1, "--num_shards", 2)  # the module's model
+  with pytest.raises(DataError, match="record different tokenizer files|other symbols"):
+    token_source(tmp_path / "train")
 
 
 # ----------------------------------------------------------------------------------------------

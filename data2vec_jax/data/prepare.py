@@ -236,7 +236,8 @@ def prepare(args: argparse.Namespace) -> dict:
 
 def train_tokenizer_only(args: argparse.Namespace) -> dict:
   """`--train_tokenizer_only`: train the sentencepiece model every shard will use, into
-  `<output_dir>/spm.model` and `<output_dir>/dict.txt` (counts 0), both replaced atomically."""
+  `<output_dir>/spm.model`, `dict.txt` (counts 0) and a `prepare_stats.json` recording them (no
+  splits), each replaced atomically."""
   if args.tokenizer != "sentencepiece" or args.sentencepiece_model or not args.spm_vocab_size:
     raise sources.DataError(
       "--train_tokenizer_only trains a sentencepiece model: give --tokenizer sentencepiece "
@@ -245,16 +246,30 @@ def train_tokenizer_only(args: argparse.Namespace) -> dict:
   os.makedirs(args.output_dir, exist_ok=True)
   remove_stale_work_dirs(args.output_dir)
   work_dir = tempfile.mkdtemp(prefix=_work_dir_prefix(), dir=args.output_dir)
+  model = os.path.join(args.output_dir, "spm.model")
   try:
     tok = _train_tokenizer(args, _documents_factory(args), work_dir)
     sentencepiece_dictionary(tok).save(os.path.join(work_dir, "dict.txt"))
-    for name in ("dict.txt", "spm.model"):  # the model last: it is what the shards are given
+    # The corpus's tokenizer record (no splits yet): what training reads to find the tokenizer
+    # of `<output_dir>/train`, and what the shards' own records are checked against.
+    stats = {
+      "splits": {},
+      "vocab_size": tok.vocab.vocab_size,
+      "mask_id": tok.vocab.mask_id,
+      "tokenizer": "sentencepiece",
+      "sentencepiece_model": model,
+      "dict_txt": os.path.join(args.output_dir, "dict.txt"),
+      "tokenizer_sha256": _files_sha256(tok.files),
+    }
+    with open(os.path.join(work_dir, sources.PREPARE_STATS_FILE), "w") as f:
+      json.dump(stats, f, indent=1)
+    # The model after its dictionary (it is what the shards are given), the record last.
+    for name in ("dict.txt", "spm.model", sources.PREPARE_STATS_FILE):
       os.replace(os.path.join(work_dir, name), os.path.join(args.output_dir, name))
   finally:
     shutil.rmtree(work_dir, ignore_errors=True)
-  model = os.path.join(args.output_dir, "spm.model")
   _log(f"done: {model}; prepare each shard with --sentencepiece_model {model}")
-  return {"sentencepiece_model": model, "tokenizer_sha256": _files_sha256({"m": model})}
+  return stats
 
 
 def _train_tokenizer(

@@ -103,14 +103,18 @@ def shards_dictionary(prefixes: Sequence[str]) -> str:
 
   The folder's own `dict.txt` (written by `prepare --train_tokenizer_only`) when there is one,
   else shard 0's. Every shard's dictionary must list the same symbols, and the tokenizer hashes
-  recorded in their `prepare_stats.json` must agree: ids from two tokenizers would mean different
-  words in one corpus.
+  recorded in their `prepare_stats.json` (and the folder's own, from --train_tokenizer_only) must
+  agree: ids from two tokenizers would mean different words in one corpus.
   """
   dicts = [os.path.join(os.path.dirname(p), "dict.txt") for p in prefixes]
   top = os.path.join(os.path.dirname(os.path.dirname(prefixes[0])), "dict.txt")
   chosen = top if os.path.isfile(top) else dicts[0]
   reference = Dictionary.load(chosen).symbols
+  # `prepare --train_tokenizer_only` records the tokenizer of the whole folder there.
   hashes: dict[str, str] = {}
+  top_digest = _stats(os.path.join(os.path.dirname(top), "train")).get("tokenizer_sha256")
+  if top_digest:
+    hashes[os.path.join(os.path.dirname(top), "spm.model")] = top_digest
   for prefix, path in zip(prefixes, dicts):
     if os.path.isfile(path) and Dictionary.load(path).symbols != reference:
       raise DataError(
@@ -124,9 +128,9 @@ def shards_dictionary(prefixes: Sequence[str]) -> str:
   if len(distinct) > 1:
     a, b = (next(p for p, h in hashes.items() if h == d) for d in distinct[:2])
     raise DataError(
-      f"the shards {os.path.dirname(a)} and {os.path.dirname(b)} were tokenized with different "
-      f"tokenizer files (sha256 {hashes[a][:12]} vs {hashes[b][:12]}); prepare every shard "
-      f"with the same --sentencepiece_model (or BPE files)"
+      f"{os.path.dirname(a)} and {os.path.dirname(b)} record different tokenizer files "
+      f"(sha256 {hashes[a][:12]} vs {hashes[b][:12]}); prepare every shard with the same "
+      f"--sentencepiece_model (or BPE files)"
     )
   return chosen
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from data2vec_jax.finetune import recipes
 from data2vec_jax.finetune.loop import RESULTS_FILE, FinetuneError, finetune_and_evaluate
-from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, glue_average
+from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, TASK_METRICS, glue_average
 from data2vec_jax.finetune.settings import GENERIC_DEFAULTS
 from data2vec_jax.finetune.starting_point import (
   is_pretraining_workdir,
@@ -124,7 +124,7 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     logging.info("[%d/%d] %s", number, len(runs), directory)
     results = finetune_and_evaluate(_run_config(config, task, lr, seed, scratch), directory)
     _log_result(results)
-    write_summary(workdir, str(config.grid.lr_choice))
+    write_summary(workdir, str(config.grid.lr_choice), planned=len(runs))
     if results["stop_reason"] != "completed":
       # A preemption notice (SIGTERM) stops the grid, not only the run it arrived in: the
       # process is about to be killed, and the next run would be lost work.
@@ -135,7 +135,7 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         results["stop_reason"],
       )
       return summarize(workdir, str(config.grid.lr_choice))
-  summary = write_summary(workdir, str(config.grid.lr_choice))
+  summary = write_summary(workdir, str(config.grid.lr_choice), planned=len(runs))
   if kept == len(runs):
     logging.info(
       "%s: already complete, all %d runs finished before; nothing to do (summary rewritten "
@@ -308,14 +308,22 @@ def _choose(cells, lr_choice: str, statistic: str) -> dict[str, Any]:
 
 
 def markdown(summary: dict[str, Any]) -> str:
-  """The summary as Markdown tables (scores x100, as the paper prints them)."""
+  """The summary as Markdown tables (scores x100, as the paper prints them): a 'partial' line
+  while runs are missing, pretrained vs random weights when both ran, the lr tables where they
+  add something (several lrs, or no comparison table), and each task's baselines and noise."""
   text = ""
-  if "from_scratch" in summary:
-    text = _markdown_comparison(summary) + "\n"
-  text += _markdown_group(summary, "from pretrained weights")
-  if "from_scratch" in summary:
-    text += "\n" + _markdown_group(summary["from_scratch"], "from random weights (same recipe)")
-  return text
+  if summary.get("partial"):
+    text = (
+      f"**Partial: {summary['runs_finished']} of {summary['runs_planned']} runs finished** "
+      "(the grid is running or was interrupted; re-run the same command to finish it).\n\n"
+    )
+  comparison = "from_scratch" in summary
+  if comparison:
+    text += _markdown_comparison(summary) + "\n"
+  text += _markdown_group(summary, "from pretrained weights", comparison)
+  if comparison:
+    text += _markdown_group(summary["from_scratch"], "from random weights (same recipe)", True)
+  return text + _markdown_baselines(summary.get("baselines", {}))
 
 
 def _markdown_comparison(summary: dict[str, Any]) -> str:
@@ -341,39 +349,49 @@ def _markdown_comparison(summary: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _markdown_group(summary: dict[str, Any], title: str) -> str:
+def _markdown_group(summary: dict[str, Any], title: str, compared: bool) -> str:
+  """One group's lr table (left out when it has one lr per task and `compared`: the comparison
+  table shows the same cells) and its chosen-lr averages (only when there is a choice or an
+  average to make: several lrs or several tasks; the median only where it can differ from the
+  mean, 3+ seeds)."""
   cells = summary["tasks"]
+  if not cells:
+    return ""
   lrs = sorted({lr for c in cells.values() for lr in c}, key=float)
-  lines = [
-    f"### Runs {title}",
-    "",
-    f"Reported dev score per run: see each run's results.json. Cells: mean ± std over seeds "
-    f"(n runs). lr choice: {summary['lr_choice']}.",
-    "",
-    "| task | " + " | ".join(f"lr {lr}" for lr in lrs) + " |",
-    "|---|" + "---|" * len(lrs),
-  ]
-  order = [t for t in recipes.PAPER_TASKS if t in cells] + sorted(
-    t for t in cells if t not in recipes.PAPER_TASKS
-  )
-  for task in order:
-    row = []
-    for lr in lrs:
-      cell = cells[task].get(lr)
-      if cell is None:
-        row.append("")
-        continue
-      s = cell["score"]
-      text = f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} ({s['n']})"
-      if task == "mnli" and "validation_mismatched" in cell["splits"]:
-        text += f" mm {100 * cell['splits']['validation_mismatched']['mean']:.1f}"
-      row.append(text)
-    lines.append(f"| {task} | " + " | ".join(row) + " |")
-  for statistic in ("mean", "median"):
+  several_lrs = any(len(c) > 1 for c in cells.values())
+  lines = []
+  if several_lrs or not compared:
+    lines += [
+      f"### Runs {title}",
+      "",
+      f"Reported dev score per run: see each run's results.json. Cells: mean ± std over seeds "
+      f"(n runs). lr choice: {summary['lr_choice']}.",
+      "",
+      "| task | " + " | ".join(f"lr {lr}" for lr in lrs) + " |",
+      "|---|" + "---|" * len(lrs),
+    ]
+    for task in _task_order(cells):
+      row = []
+      for lr in lrs:
+        cell = cells[task].get(lr)
+        if cell is None:
+          row.append("")
+          continue
+        s = cell["score"]
+        text = f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} ({s['n']})"
+        if task == "mnli" and "validation_mismatched" in cell["splits"]:
+          text += f" mm {100 * cell['splits']['validation_mismatched']['mean']:.1f}"
+        row.append(text)
+      lines.append(f"| {task} | " + " | ".join(row) + " |")
+  if not (several_lrs or len(cells) > 1):
+    return "\n".join(lines) + "\n" if lines else ""
+  most_seeds = max(cell["score"]["n"] for c in cells.values() for cell in c.values())
+  for statistic in ("mean", "median") if most_seeds >= 3 else ("mean",):
     chosen = summary["chosen"][statistic]
     if not chosen["scores"]:
       continue
-    lines += ["", f"Chosen lrs by the {statistic} over seeds:", ""]
+    what = "Chosen lrs" if several_lrs else "Tasks"
+    lines += ["", f"{what} ({title}) by the {statistic} over seeds:", ""]
     lines.append("| " + " | ".join(chosen["scores"]) + " | average |")
     lines.append("|---" * (len(chosen["scores"]) + 1) + "|")
     values = [f"{100 * v:.1f} (lr {chosen['lrs'][t]})" for t, v in chosen["scores"].items()]
@@ -385,12 +403,90 @@ def _markdown_group(summary: dict[str, Any], title: str) -> str:
     else:
       average = f"{100 * chosen['average_of_tasks_run']:.1f} (of the tasks run; not the GLUE Avg)"
     lines.append("| " + " | ".join(values) + f" | {average} |")
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines).lstrip("\n") + "\n\n"
 
 
-def plot_dev_curves(workdir: str, out_png: str) -> str | None:
-  """One panel per task: every finished run's dev score over its evaluations (x: epoch), from
-  pretrained weights (solid) and from random ones (dashed); None when there is no run."""
+def _task_order(cells) -> list[str]:
+  return [t for t in recipes.PAPER_TASKS if t in cells] + sorted(
+    t for t in cells if t not in recipes.PAPER_TASKS
+  )
+
+
+def _markdown_baselines(baselines: dict[str, dict[str, Any]]) -> str:
+  """Per task: the majority-class score and the dev set's sampling noise."""
+  if not baselines:
+    return ""
+  lines = ["### Baselines and noise", ""]
+  for task, b in baselines.items():
+    parts = []
+    if b.get("majority_class") is not None:
+      parts.append(
+        f"majority class (the train set's most common label, {b['majority_label']!r}, for every "
+        f"dev example): {100 * b['majority_class']:.1f}"
+      )
+    if b.get("sampling_se") is not None:
+      parts.append(
+        f"sampling noise: on {b['dev_examples']} dev examples an accuracy near "
+        f"{100 * b['score']:.1f} has a binomial standard error of ±{100 * b['sampling_se']:.1f} "
+        "(how far one model's score could move on another dev set of that size; score "
+        "differences within about twice that are not evidence)"
+      )
+    if parts:
+      lines.append(f"- **{task}**: " + "; ".join(parts) + ".")
+  return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def baselines(workdir: str) -> dict[str, dict[str, Any]]:
+  """Per task, from its finished runs: the majority-class dev score (results.json's
+  `majority_class`, None for regression or runs written before it), the dev examples of the
+  reported split, the mean score of the runs from pretrained weights (else all runs) and, for
+  accuracy scores, its binomial standard error sqrt(p (1 - p) / n)."""
+  out: dict[str, dict[str, Any]] = {}
+  runs_by_task: dict[str, list[dict[str, Any]]] = {}
+  for scratch in (False, True):
+    for task, by_lr in collect(workdir, from_scratch=scratch).items():
+      runs_by_task.setdefault(task, []).extend(r for group in by_lr.values() for r in group)
+  for task, runs in runs_by_task.items():
+    pretrained = [r for r in runs if not r.get("from_scratch")] or runs
+    p = float(np.mean([r["score"] for r in pretrained]))
+    majority = next((r["majority_class"] for r in runs if r.get("majority_class")), None)
+    split = next(iter(runs[0]["reported"]["splits"].values()), {})
+    n = split.get("examples")
+    is_accuracy = score_metric(task, split) == "accuracy"
+    out[task] = {
+      "majority_class": None if majority is None else majority["score"],
+      "majority_label": None if majority is None else majority["label"],
+      "dev_examples": n,
+      "score": p,
+      "sampling_se": float(np.sqrt(p * (1 - p) / n)) if is_accuracy and n else None,
+    }
+  return out
+
+
+def score_metric(task: str, split_metrics: dict[str, Any]) -> str:
+  """What a task's dev score is: its GLUE metrics ('accuracy', 'accuracy / f1', 'mcc', ...),
+  else 'accuracy' when the score is the accuracy (a generic classification task)."""
+  if task in TASK_METRICS:
+    return " / ".join(TASK_METRICS[task])
+  if "accuracy" in split_metrics and split_metrics.get("score") == split_metrics["accuracy"]:
+    return "accuracy"
+  return "score"
+
+
+def plot_dev_curves(workdir: str, out_png: str, *, note: str = "") -> str | None:
+  """Writes `dev_curves_figure` to `out_png`; None (and no file) when no run has finished."""
+  fig = dev_curves_figure(workdir, note=note)
+  if fig is None:
+    return None
+  fig.savefig(out_png, dpi=110)
+  return out_png
+
+
+def dev_curves_figure(workdir: str, *, note: str = ""):
+  """One panel per task: the dev score over epochs, per starting point (pretrained: blue, random
+  init: orange) and lr: each seed thin, the mean over seeds thick, the seeds' min-max as a band;
+  the majority class dashed grey. `note` goes under the title (e.g. the partial marker). A
+  matplotlib Figure; None when no run has finished."""
   runs = [
     (task, r)
     for scratch in (False, True)
@@ -400,41 +496,86 @@ def plot_dev_curves(workdir: str, out_png: str) -> str | None:
   ]
   if not runs:
     return None
-  import matplotlib
+  from matplotlib.figure import Figure
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  floors = baselines(workdir)
   tasks = sorted({t for t, _ in runs})
-  fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-  for ax, task in zip(axes[0], tasks):
-    for _, r in sorted(
-      ((t, r) for t, r in runs if t == task),
-      key=lambda item: (bool(item[1].get("from_scratch")), item[1]["lr"], item[1]["seed"]),
-    ):
-      scratch = bool(r.get("from_scratch"))
-      points = [(e["epoch"], 100 * e["score"]) for e in r.get("evaluations", [])]
-      if points:
-        ax.plot(
-          *zip(*points),
-          linestyle="--" if scratch else "-",
-          marker=".",
-          label=f"{'from scratch' if scratch else 'pretrained'} lr {r['lr']:g} seed {r['seed']}",
+  fig = Figure(figsize=(7.5 * len(tasks), 5.5), layout="constrained")
+  axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+  for ax, task in zip(axes, tasks):
+    groups: dict[tuple[bool, float], list[dict[str, Any]]] = {}
+    for _, r in ((t, r) for t, r in runs if t == task):
+      groups.setdefault((bool(r.get("from_scratch")), float(r["lr"])), []).append(r)
+    lrs = sorted({lr for _, lr in groups})
+    for (scratch, lr), group in sorted(groups.items()):
+      color = "tab:orange" if scratch else "tab:blue"
+      style = ("-", "--", ":", "-.")[lrs.index(lr) % 4]
+      by_epoch: dict[float, list[float]] = {}
+      for r in sorted(group, key=lambda r: r["seed"]):
+        points = [(e["epoch"], 100 * e["score"]) for e in r.get("evaluations", [])]
+        for epoch, score in points:
+          by_epoch.setdefault(round(epoch, 6), []).append(score)
+        if points:
+          ax.plot(*zip(*points), color=color, linestyle=style, linewidth=0.8, alpha=0.35)
+      epochs = sorted(by_epoch)
+      mean = [float(np.mean(by_epoch[e])) for e in epochs]
+      name = "random init" if scratch else "pretrained"
+      lr_text = f", lr {lr:g}" if len(lrs) > 1 else ""
+      ax.plot(
+        epochs,
+        mean,
+        color=color,
+        linestyle=style,
+        linewidth=2.2,
+        marker="o",
+        markersize=4,
+        label=f"{name}{lr_text}: mean of {len(group)} seed{'s' if len(group) > 1 else ''}",
+      )
+      if len(group) > 1:
+        ax.fill_between(
+          epochs,
+          [min(by_epoch[e]) for e in epochs],
+          [max(by_epoch[e]) for e in epochs],
+          color=color,
+          alpha=0.12,
+          label=f"{name}{lr_text}: min-max over seeds",
         )
-    ax.set_title(f"{task}: dev score")
+    majority = floors.get(task, {}).get("majority_class")
+    if majority is not None:
+      ax.axhline(
+        100 * majority,
+        color="grey",
+        linestyle="--",
+        linewidth=1.2,
+        label=f"majority class ({100 * majority:.1f})",
+      )
+    first = next(r for t, r in runs if t == task)
+    metric = score_metric(task, next(iter(first["reported"]["splits"].values()), {}))
+    ax.set_title(f"{task}: dev {metric} per epoch" + (f"\n{note}" if note else ""))
     ax.set_xlabel("epoch")
+    ax.set_ylabel(f"dev {metric} (x100)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out_png, dpi=100)
-  plt.close(fig)
-  return out_png
+    ax.legend(fontsize=10, loc="best")
+  return fig
 
 
-def write_summary(workdir: str, lr_choice: str = "global") -> dict[str, Any]:
-  """summary.json, summary.md and dev_curves.png in `workdir`; returns the summary."""
+def write_summary(
+  workdir: str, lr_choice: str = "global", planned: int | None = None
+) -> dict[str, Any]:
+  """summary.json, summary.md and dev_curves.png in `workdir`; returns the summary. `planned`:
+  the grid's number of runs; while fewer have finished, both say 'partial'."""
   summary = summarize(workdir, lr_choice)
-  summary["plot"] = plot_dev_curves(workdir, os.path.join(workdir, "dev_curves.png"))
+  finished = sum(
+    cell["score"]["n"]
+    for group in (summary, summary.get("from_scratch", {"tasks": {}}))
+    for cells in group["tasks"].values()
+    for cell in cells.values()
+  )
+  summary["runs_finished"], summary["runs_planned"] = finished, planned
+  summary["partial"] = planned is not None and finished < planned
+  summary["baselines"] = baselines(workdir)
+  note = f"partial: {finished} of {planned} runs finished" if summary["partial"] else ""
+  summary["plot"] = plot_dev_curves(workdir, os.path.join(workdir, "dev_curves.png"), note=note)
   summary["markdown"] = markdown(summary)
   with open(os.path.join(workdir, SUMMARY_JSON), "w") as f:
     json.dump(summary, f, indent=2)

@@ -426,7 +426,27 @@ class _Run:
       "last": last,
       "evaluations": evaluations,
       "data": self.data.summary(),
+      "majority_class": self.majority_class(),
       "steps_per_s": timed_steps / timed_s if timed_s else None,
+    }
+
+  def majority_class(self) -> dict[str, Any] | None:
+    """The dev scores of predicting the train set's most common label for every example: the
+    floor a classifier has to beat (summary.md, dev_curves.png). None for regression."""
+    if self.settings.num_labels == 1 or not len(self.data.train):
+      return None
+    label = int(np.bincount(np.asarray(self.data.train.labels, np.int64)).argmax())
+    splits = {}
+    for name, split in self.data.evals.items():
+      logits = np.zeros((len(split), self.settings.num_labels), np.float32)
+      logits[:, label] = 1.0
+      with np.errstate(divide="ignore", invalid="ignore"):  # MCC/F1 of a constant: 0
+        splits[name] = split_scores(self.settings, logits, np.asarray(split.labels))
+    names = self.settings.label_names
+    return {
+      "label": names[label] if names is not None else label,
+      "score": next(iter(splits.values()))["score"],
+      "splits": splits,
     }
 
 
