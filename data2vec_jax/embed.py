@@ -147,9 +147,10 @@ def embed(
 
 def no_tokenizer_message(model: str) -> str:
   return (
-    f"{model} carries no tokenizer, so text cannot be turned into its ids: re-export it from "
-    "its training workdir (python -m data2vec_jax.weights.export), or add one with "
-    "convert_torch_weights.py MODEL --to jax --output DIR --tokenizer TOKENIZER_PATH"
+    f"{model} carries no tokenizer, so text cannot be turned into its ids: add the one it was "
+    "trained with (the corpus's spm.model, or a folder of vocab.json + merges.txt) with "
+    "d2v-convert MODEL --to jax --output DIR --tokenizer TOKENIZER_PATH (in a checkout: python "
+    "convert_torch_weights.py ...)"
   )
 
 
