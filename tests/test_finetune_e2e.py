@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from finetune_helpers import (  # noqa: E402
   glue_sst2_fairseq_bin,
   glue_sst2_tfds,
+  sentiment_splits,
   tiny_model_dir,
   write_sst2_tsv,
 )
@@ -132,6 +133,12 @@ def test_outputs_model_dir_and_eval_only(assets, tsv_run, tmp_path):
   workdir, tsv = tsv_run
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["score"] == tsv["score"]
+  # The majority-class baseline: the train set's most common label, for every dev example.
+  splits = sentiment_splits(N_TRAIN, N_DEV)
+  train_labels, dev_labels = splits["train"][1], np.asarray(splits["validation"][1])
+  majority = int(np.bincount(np.asarray(train_labels)).argmax())
+  assert tsv["majority_class"]["label"] == ["negative", "positive"][majority]
+  assert tsv["majority_class"]["score"] == pytest.approx(np.mean(dev_labels == majority), abs=1e-12)
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in rows if "dev/score" in r] == [16, 32, 48, 64]
   assert [r["step"] for r in rows if "train/loss" in r] == list(range(1, 65))
@@ -221,7 +228,11 @@ def test_grid_runs_and_summarises(assets, tmp_path, caplog):
       scores.append(json.load(f)["score"])
   cell = summary["tasks"]["sst2"]["0.002"]["score"]
   assert cell["runs"] == scores and cell["mean"] == pytest.approx(np.mean(scores), abs=1e-12)
-  assert "not the GLUE Avg" in open(os.path.join(workdir, "summary.md")).read()
+  text = open(os.path.join(workdir, "summary.md")).read()
+  # One task at one lr: its table, and no chosen-lr table repeating it (nothing to choose).
+  assert text.count("| sst2 | ") == 1
+  assert "Chosen lrs" not in text and "Partial" not in text
+  assert "majority class (the train set's most common label" in text
   # Re-running keeps the finished runs (no retraining) and rewrites the same summary.
   with caplog.at_level(logging.INFO):
     again = run_finetuning(copy.deepcopy(config), workdir)

@@ -146,6 +146,9 @@ def test_a_killed_sweep_rerun_gives_the_uninterrupted_table(tmp_path):
   job.wait()
   second_run = os.path.join(cell2, "finetune", "python_topics", "lr0.001_seed2", "results.json")
   assert not os.path.exists(second_run), "killed too late"
+  # The table was written after the first cell, marked partial (the sweep never finished).
+  partial = read(killed, "results.md")
+  assert "**Partial: 1 of 2 cells done**" in partial and "| 1 | done |" in partial
 
   out = run_sweep(definition, killed)
   # The first cell was finished by the second invocation: kept, not run again.

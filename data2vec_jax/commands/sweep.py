@@ -79,7 +79,19 @@ def run() -> None:
   outcomes = {}
   if not FLAGS.aggregate:
     stages = runner.STAGES if FLAGS.stage == "all" else (FLAGS.stage,)
-    outcomes = runner.run_cells(chosen, configs, stages=stages, echo=FLAGS.echo)
+
+    # The table after every cell, as the README says (not with --cell: array tasks run at
+    # once, each writing it would race; --aggregate writes it when they are done).
+    def write_table(*_) -> None:
+      table.write_tables(sweep, cells, configs, workdir)
+
+    outcomes = runner.run_cells(
+      chosen,
+      configs,
+      stages=stages,
+      echo=FLAGS.echo,
+      after_cell=write_table if FLAGS.cell is None else None,
+    )
   if FLAGS.cell is None:
     rows = table.write_tables(sweep, cells, configs, workdir)
     with open(os.path.join(workdir, table.RESULTS_MD)) as f:

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ml_collections
 
@@ -128,14 +128,18 @@ def run_cells(
   *,
   stages: tuple[str, ...] = STAGES,
   echo: bool = True,
+  after_cell: Callable[[Cell, str], None] | None = None,
 ) -> dict[str, str]:
   """Runs `stages` of the cells one after another; cell name -> 'kept' | 'done' | 'failed' |
-  'preempted'. Stops at a preemption notice (SIGTERM) after the running stage has saved."""
+  'preempted'. Stops at a preemption notice (SIGTERM) after the running stage has saved.
+  `after_cell(cell, outcome)` runs after each cell (the sweep writes its table there)."""
   outcomes: dict[str, str] = {}
   with _Preemption() as preemption:
     for number, cell in enumerate(cells, start=1):
       logging.info("[cell %d/%d] %s: %s", number, len(cells), cell.name, cell.directory)
       outcomes[cell.name] = run_cell(cell, configs, preemption, stages=stages, echo=echo)
+      if after_cell is not None:
+        after_cell(cell, outcomes[cell.name])
       if outcomes[cell.name] == "preempted":
         logging.warning("preemption notice: stopped in cell %s; re-run to resume", cell.name)
         break

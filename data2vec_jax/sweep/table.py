@@ -10,7 +10,8 @@ random weights (grid.from_scratch) are not part of the table.
 
 Written to the sweep's workdir: results.csv (full precision, one row per cell), results.md (the
 table beside the paper's numbers), results.json (the same rows) and axis_plot.png (the axis
-against the average, with the seeds' spread and the paper's points).
+against the average, with the seeds' spread, the baselines and the paper's points); sweep.py
+rewrites them after every cell, marked partial until every cell is done.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def cell_row(sweep: ml_collections.ConfigDict, cell: Cell, configs: StageConfigs
     "average_std": None,
     "average_kind": None,
     "seeds": 0,
+    "seed_averages": [],
+    "majority_class": None,
+    "random_init": None,
     "lrs": {},
   }
   paper_row = dict(sweep.get("paper_rows", {})).get(cell.value)
@@ -80,6 +84,15 @@ def cell_row(sweep: ml_collections.ConfigDict, cell: Cell, configs: StageConfigs
   row["average"] = 100 * chosen.get("average", chosen.get("average_of_tasks_run"))
   per_seed = _per_seed_averages(cells, chosen["lrs"])
   row["seeds"] = len(per_seed)
+  row["seed_averages"] = [100 * a for a in per_seed]  # each seed's average: the plot's dots
+  # Baselines for the plot: the majority class (one task) and the runs from random weights.
+  floors = grid.baselines(cell.finetune_dir)
+  if len(chosen["scores"]) == 1:
+    majority = next(iter(floors.values()), {}).get("majority_class")
+    row["majority_class"] = None if majority is None else 100 * majority
+  scratch = summary.get("from_scratch", {}).get("chosen", {}).get("mean", {})
+  if scratch.get("scores"):
+    row["random_init"] = 100 * scratch.get("average", scratch.get("average_of_tasks_run"))
   if len(per_seed) > 1:
     row["average_std"] = 100 * float(np.std(per_seed, ddof=1))
   return row
@@ -157,9 +170,18 @@ def to_markdown(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]) ->
   # A cell still fine-tuning has only some tasks: its average is marked as not the Avg-8.
   average_name = "GLUE Avg-8" if "glue_avg8" in kinds else "average of the tasks run"
   has_paper = any(r["paper_row"] for r in rows)
+  done = sum(r["status"] == "done" for r in rows)
+  partial = []
+  if done < len(rows):
+    partial = [
+      f"**Partial: {done} of {len(rows)} cells done** (the sweep is running or was "
+      "interrupted; this table is rewritten after every cell).",
+      "",
+    ]
   lines = [
     f"## Sweep `{sweep.name}`: {sweep.get('description', '')}".rstrip(": "),
     "",
+    *partial,
     f"Axis `{sweep.axis}` ({len(rows)} cells); pretraining `{sweep.pretrain.config}`"
     + (f" with `{sweep.pretrain.args}`" if sweep.pretrain.args else "")
     + f"; fine-tuning `{sweep.finetune.config}`.",
@@ -213,16 +235,28 @@ def to_markdown(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]) ->
   return "\n".join(lines) + "\n"
 
 
+MIN_Y_SPAN = 10.0  # points (x100): the least y range drawn, so noise does not look like an effect
+
+
 def plot(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]], out_png: str) -> str | None:
-  """The axis against the average (error bars: std over seeds), and the paper's points; with
-  several tasks a second panel shows each task. None when no cell has a score yet."""
+  """Writes `axis_figure` to `out_png`; None (and no file) when no cell has a score yet."""
+  fig = axis_figure(sweep, rows)
+  if fig is None:
+    return None
+  fig.savefig(out_png, dpi=110)
+  return out_png
+
+
+def axis_figure(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]):
+  """The axis against the average: the mean over seeds with its std as error bars, each seed's
+  average as a dot, the paper's points, the baselines (majority class of a single task, runs
+  from random weights) as horizontal lines; with several tasks a second panel shows each task.
+  Numeric axes are ticked at the cells' values (integer axes get integer ticks); the y range
+  spans at least MIN_Y_SPAN points. A matplotlib Figure; None when no cell has a score yet."""
   scored = [r for r in rows if r["average"] is not None]
   if not scored:
     return None
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure
 
   numeric = all(_is_number(r["value"]) for r in rows)
   position = {
@@ -230,12 +264,18 @@ def plot(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]], out_png: 
   }  # categorical axes: the values in sweep order
   tasks = task_order(rows)
   panels = 2 if len(tasks) > 1 else 1
-  fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
-  ax = axes[0][0]
+  fig = Figure(figsize=(7 * panels, 5), layout="constrained")
+  axes = fig.subplots(1, panels, squeeze=False)[0]
+  ax = axes[0]
   x = [position[r["value"]] for r in scored]
   y = [r["average"] for r in scored]
   err = [r["average_std"] or 0.0 for r in scored]
-  ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label="this sweep (mean ± std over seeds)")
+  ax.errorbar(
+    x, y, yerr=err, marker="o", capsize=4, linewidth=2, label="this sweep: mean ± std over seeds"
+  )
+  dots = [(position[r["value"]], a) for r in scored for a in r.get("seed_averages", [])]
+  if dots:
+    ax.scatter(*zip(*dots), s=14, color="tab:blue", alpha=0.45, zorder=3, label="each seed")
   with_paper = [r for r in rows if r["paper"].get("average") is not None]
   if with_paper:
     ax.scatter(
@@ -246,28 +286,61 @@ def plot(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]], out_png: 
       zorder=3,
       label="paper",
     )
+  floor_values = []
+  for key, name, style in (
+    ("majority_class", "majority class", ":"),
+    ("random_init", "random init (mean over cells)", "--"),
+  ):
+    values = [r[key] for r in scored if r.get(key) is not None]
+    if values:
+      level = float(np.mean(values))
+      ax.axhline(level, color="grey", linestyle=style, label=f"{name} ({level:.1f})")
+      floor_values.append(level)
   kinds = {r["average_kind"] for r in scored}
-  ax.set_ylabel("GLUE Avg-8 (dev)" if kinds == {"glue_avg8"} else "average dev score")
+  ax.set_ylabel("GLUE Avg-8 (dev, x100)" if kinds == {"glue_avg8"} else "average dev score (x100)")
+  _span_at_least(
+    ax, [v for a, b in zip(y, err) for v in (a - b, a + b)] + [d for _, d in dots] + floor_values
+  )
   if panels == 2:
-    ax2 = axes[0][1]
+    ax2 = axes[1]
+    values = []
     for task in tasks:
       points = [
         (position[r["value"]], r["tasks"][task]["mean"]) for r in rows if task in r["tasks"]
       ]
       ax2.plot(*zip(*points), marker=".", label=task)
-    ax2.set_ylabel("dev score (mean over seeds)")
-    ax2.legend(fontsize=7)
-  for a in axes[0]:
+      values += [v for _, v in points]
+    ax2.set_ylabel("dev score (x100, mean over seeds)")
+    ax2.legend(fontsize=9)
+    _span_at_least(ax2, values)
+  for a in axes:
     a.set_xlabel(label(sweep))
-    if not numeric:
+    if numeric:
+      ticks = [position[r["value"]] for r in rows]
+      a.set_xticks(ticks, [r["value"] for r in rows])
+      pad = 0.06 * (max(ticks) - min(ticks) or 1.0)
+      a.set_xlim(min(ticks) - pad, max(ticks) + pad)
+    else:
       a.set_xticks(range(len(rows)), [r["value"] for r in rows], rotation=20)
     a.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  ax.set_title(f"sweep {sweep.name}")
-  fig.tight_layout()
-  fig.savefig(out_png, dpi=100)
-  plt.close(fig)
-  return out_png
+  ax.legend(fontsize=9)
+  done = sum(r["status"] == "done" for r in rows)
+  partial = f" (partial: {done} of {len(rows)} cells done)" if done < len(rows) else ""
+  ax.set_title(f"sweep {sweep.name}{partial}")
+  return fig
+
+
+def _span_at_least(ax, values: list[float], span: float = MIN_Y_SPAN) -> None:
+  """Widens the y range around `values` to at least `span`, centred on them."""
+  if not values:
+    return
+  low, high = min(values), max(values)
+  margin = 0.1 * (high - low)
+  low, high = low - margin, high + margin
+  if high - low < span:
+    middle = (low + high) / 2
+    low, high = middle - span / 2, middle + span / 2
+  ax.set_ylim(low, high)
 
 
 def _is_number(text: str) -> bool:
