@@ -5,6 +5,7 @@ the fine-tuning loop print them is checked in tests/test_train_e2e.py and test_f
 from __future__ import annotations
 
 import threading
+import time
 
 from data2vec_jax.speed.compile_progress import CompileProgress
 
@@ -54,3 +55,16 @@ def test_no_end_line_when_compiling_fails_and_the_thread_stops():
     pass
   assert not any(line.startswith("compiled") for line in log.lines)
   assert not [t for t in threading.enumerate() if t.name == "compile-progress"]
+
+
+def test_quiet_compiles_say_nothing_and_long_ones_announce_themselves():
+  log = Log()
+  with CompileProgress("the update", ["32 x 64"], every_s=0, quiet_s=5, log=log):
+    pass  # a cache load: under quiet_s
+  assert log.lines == []
+  with CompileProgress("the update", ["32 x 64"], every_s=0, quiet_s=0.01, log=log) as progress:
+    deadline = time.monotonic() + 5
+    while not progress.announced and time.monotonic() < deadline:
+      time.sleep(0.01)
+  assert log.lines[0].startswith("compiling the update for 1 shape(s): 32 x 64")
+  assert log.lines[-1].startswith("compiled the update for 1 shape(s) in ")

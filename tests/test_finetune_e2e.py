@@ -25,6 +25,7 @@ import pytest
 from configs import finetune as finetune_config
 from data2vec_jax.finetune.grid import markdown, run_finetuning, summarize
 from data2vec_jax.finetune.loop import finetune_and_evaluate
+from data2vec_jax.speed import compile_progress
 from data2vec_jax.weights.pretrained import load_checkpoint
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -212,7 +213,8 @@ def test_kill_mid_epoch_and_resume_reaches_the_same_dev_scores(assets, tsv_run, 
   assert results["best"]["splits"] == reference["best"]["splits"]
 
 
-def test_grid_runs_and_summarises(assets, tmp_path, caplog):
+def test_grid_runs_and_summarises(assets, tmp_path, caplog, monkeypatch):
+  monkeypatch.setattr(compile_progress, "QUIET_S", 0.0)  # every compile says so, however short
   config = make_config(assets, **{"optimizer.max_epochs": 1, "optimizer.max_update": 16})
   config.grid.seeds = (1, 2)
   workdir = str(tmp_path / "grid")

@@ -44,6 +44,7 @@ from data2vec_jax.finetune.starting_point import (
   load_starting_point,
   resolve_tokenizer,
 )
+from data2vec_jax.speed import compile_progress
 from data2vec_jax.speed.compile_progress import CompileProgress
 from data2vec_jax.train import checkpoint as checkpoint_lib
 from data2vec_jax.train import sharding as sharding_lib
@@ -230,11 +231,13 @@ class _Run:
 
   def compiling(self, program: str, shape: tuple[int, ...]):
     """Progress lines while `program` compiles for a batch `shape` it has not run before (each
-    length bucket compiles once); a no-op otherwise."""
+    length bucket compiles once; nothing when that takes under compile_progress.QUIET_S); a
+    no-op otherwise."""
     if (program, shape) in self.compiled or not self.is_chief:
       return contextlib.nullcontext()
     self.compiled.add((program, shape))
-    return CompileProgress(program, [" x ".join(str(n) for n in shape)])
+    shape_name = " x ".join(str(n) for n in shape)
+    return CompileProgress(program, [shape_name], quiet_s=compile_progress.QUIET_S)
 
   # -- evaluation -------------------------------------------------------------------------------
 
