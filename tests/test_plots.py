@@ -32,7 +32,7 @@ def test_panels_plot_window_means_and_the_held_out_loss():
   assert ylabel.startswith("loss")
   # The window means (3.1, 2.2), not the windows' last steps (2.5, 2.0).
   assert loss["train (mean of each logged window)"] == ([1, 10, 20], [4.0, 3.1, 2.2])
-  assert loss["held-out"] == ([20], [2.4])
+  assert loss["held-out (dropout off)"] == ([20], [2.4])
   ylabel, spread = panels["std across loss positions (mean over features)"]
   assert ylabel == "std"
   assert spread["teacher targets (target_var)"] == ([1, 10, 20], [1.0, 0.9, 0.8])
@@ -56,7 +56,7 @@ def test_the_png_has_labelled_axes(tmp_path):
   loss_ax = fig.axes[0]
   assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == [
     "train (mean of each logged window)",
-    "held-out",
+    "held-out (dropout off)",
   ]
 
 

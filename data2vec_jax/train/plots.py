@@ -20,7 +20,10 @@ PANELS = (
   (
     "loss",
     "loss (smooth L1 per target)",
-    [("loss_mean", "train (mean of each logged window)"), (VALID + "loss", "held-out")],
+    [
+      ("loss_mean", "train (mean of each logged window)"),
+      (VALID + "loss", "held-out (dropout off)"),
+    ],
   ),
   (
     "std across loss positions (mean over features)",
