@@ -125,10 +125,10 @@ def print_help(prog: str, doc: str | None, spec: str, argv: list[str]) -> None:
 
 
 def command_flags(values: flags.FlagValues) -> list[flags.Flag]:
-  """The flags the data2vec_jax.commands modules define (the command's own, not absl's)."""
+  """The flags the package's modules define (the command's own, not absl's)."""
   seen, out = set(), []
   for module, module_flags in values.flags_by_module_dict().items():
-    if module.startswith("data2vec_jax.commands") or module.endswith("config_flags"):
+    if module.startswith("data2vec_jax.") or module.endswith("config_flags"):
       for flag in module_flags:
         if flag.name not in seen:
           seen.add(flag.name)

@@ -113,3 +113,16 @@ def test_convert_help_shows_snake_case_flags_only():
   assert out.returncode == 0, out.stderr
   assert "--hf_architecture" in out.stdout and "--drop_token_type_rows" in out.stdout
   assert "--hf-architecture" not in out.stdout and "--no-tokenizer" not in out.stdout
+
+
+def test_the_tpu_compile_command_has_the_same_help():
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  out = subprocess.run(
+    [sys.executable, "-m", "data2vec_jax.commands.compile_for", "--config", "demo", "--help"],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "--topology" in out.stdout and "train.num_steps = 200" in out.stdout

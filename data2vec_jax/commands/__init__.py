@@ -6,6 +6,7 @@
   d2v-convert   (convert_torch_weights.py)  weight conversion        commands/convert.py
   d2v-embed     (python -m data2vec_jax.embed)         text in, features out
   d2v-prepare   (python -m data2vec_jax.data.prepare)  binarize a corpus
+  d2v-compile   (python -m data2vec_jax.compile_for)   compile for a TPU topology, on any host
 
 One command per tool, not one command with subcommands: each is its own absl (or argparse)
 program with its own flags (absl's flag registry is global to a process), and each maps one to one
