@@ -57,7 +57,7 @@ def row_of(model: str, report: dict, command: list[str], wall_s: float) -> dict:
   m, e, s = report["memory_per_chip"], report["roofline_estimate"], report["largest_batch_search"]
   collectives = sum(r["count"] for r in report["collectives"])
   traffic = sum(r["traffic_bytes"] for r in report["collectives"])
-  largest = "-"
+  largest = f"~{report['largest_batch_linear_estimate']} (est.)"
   if s:
     largest = str(s["largest_fitting"])
     if s["smallest_not_fitting"]:
@@ -118,38 +118,44 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default=",".join(MODELS))
   parser.add_argument("--topologies", default=",".join(f"{t}x{s}" for t, s in TOPOLOGIES))
-  parser.add_argument("--search_compiles", type=int, default=1)
+  # 0: the largest batch is the linear estimate from the one compile (each search compile
+  # costs minutes on a loaded 2-core host).
+  parser.add_argument("--search_compiles", type=int, default=0)
   parser.add_argument("--out", default="/tmp/compile_tpu")
   parser.add_argument("--table", default=os.path.join(common.BENCH_DIR, "compile_tpu_table.md"))
   args = parser.parse_args(argv)
   rows = []
-  for spec in args.topologies.split(","):
+  models, specs = args.models.split(","), args.topologies.split(",")
+  # Every model on the first topology, then the first model on the others, then the rest: a
+  # run cut short still has one full column and one full row.
+  order = [(m, specs[0]) for m in models] + [(models[0], t) for t in specs[1:]]
+  order += [(m, t) for t in specs[1:] for m in models[1:]]
+  for model, spec in order:
     topology, slices = spec.rsplit("x", 1)
-    for model in args.models.split(","):
-      out = os.path.join(args.out, f"{model.replace(' ', '_')}_{topology}_x{slices}")
-      command = command_for(model, topology, int(slices), out, args.search_compiles)
-      t0 = time.time()
-      proc = subprocess.run(
-        [sys.executable] + command[1:], cwd=common.REPO_ROOT, capture_output=True, text=True
-      )
-      wall = time.time() - t0
-      print(proc.stdout[-3000:], flush=True)
-      try:
-        with open(os.path.join(out, "report.json")) as f:
-          report = json.load(f)
-      except FileNotFoundError:
-        report = {"compiled": False, "topology": spec, "error": proc.stderr.strip()[-300:]}
-      row = row_of(model, report, command, wall)
-      rows.append(row)
-      common.append_result(
-        "compile_tpu",
-        f"{report.get('topology', spec)} (described; compiled on this host's CPU)",
-        {k: v for k, v in report.items() if k not in ("collectives",)} | {"row": row},
-        row_command=row.get("command"),
-      )
-      with open(args.table, "w") as f:
-        f.write(markdown(rows))
-      print(f"row done: {model} {spec} in {wall:.0f} s", flush=True)
+    out = os.path.join(args.out, f"{model.replace(' ', '_')}_{topology}_x{slices}")
+    command = command_for(model, topology, int(slices), out, args.search_compiles)
+    t0 = time.time()
+    proc = subprocess.run(
+      [sys.executable] + command[1:], cwd=common.REPO_ROOT, capture_output=True, text=True
+    )
+    wall = time.time() - t0
+    print(proc.stdout[-3000:], flush=True)
+    try:
+      with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    except FileNotFoundError:
+      report = {"compiled": False, "topology": spec, "error": proc.stderr.strip()[-300:]}
+    row = row_of(model, report, command, wall)
+    rows.append(row)
+    common.append_result(
+      "compile_tpu",
+      f"{report.get('topology', spec)} (described; compiled on this host's CPU)",
+      report | {"row": row},
+      row_command=row.get("command"),
+    )
+    with open(args.table, "w") as f:
+      f.write(markdown(rows))
+    print(f"row done: {model} {spec} in {wall:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -217,6 +217,16 @@ def search_largest_batch(
   }
 
 
+def linear_largest_batch(memory: dict[str, Any], batch: int, granule: int) -> int:
+  """The largest multiple of `granule` that fits if the temporaries grow in proportion to the
+  batch and nothing else does (an estimate from one compile; the search compiles to check)."""
+  fixed = memory["total"] - memory["temp"]
+  per_row = memory["temp"] / batch
+  if per_row <= 0:
+    return 0
+  return max(0, int((memory["hbm"] - fixed) / per_row) // granule * granule)
+
+
 # --------------------------------------------------------------------------------------------
 # Building the step of a config
 
@@ -316,7 +326,12 @@ def _finetune_case(
   model_config = EncoderConfig(
     vocab_size=vocab_size, max_positions=514, pad_id=1, **pretrain.MODEL_SIZES[model_name]
   )
-  setup = finetune_setup.build(config, model_config, devices=devices)
+  if not config.init:
+    config.init = "(not read by compile_for)"  # settings ask for one; no weight is read
+  try:
+    setup = finetune_setup.build(config, model_config, devices=devices)
+  except ValueError as e:
+    raise CompileForError(str(e)) from e
   step = setup.make_step()
   granule = sharding_lib.data_parallel_size(setup.mesh)
   from data2vec_jax.model import flops as flops_lib
@@ -437,6 +452,7 @@ def run(
     )
     return r["memory_per_chip"]["fits"], r["memory_per_chip"]["total"]
 
+  linear = linear_largest_batch(memory, batch, case["granule"])
   search = None
   if search_compiles > 0:
     search = search_largest_batch(
@@ -467,6 +483,7 @@ def run(
     "step": case["describe"],
     "state_bytes_unsharded": case["full_state_bytes"],
     **main,
+    "largest_batch_linear_estimate": linear,
     "largest_batch_search": search,
     "tokens_per_s_estimate": batch * case["describe"]["seq_len"] / est["step_s"],
     "jax": jax.__version__,
@@ -490,6 +507,10 @@ def format_report(report: dict[str, Any]) -> list[str]:
     f"{m['total'] / gib:.2f} of {m['hbm'] / gib:.0f} GiB HBM -> "
     + ("FITS" if m["fits"] else "DOES NOT FIT"),
   ]
+  lines.append(
+    f"  largest global batch that fits, estimated (temporaries in proportion to the batch): "
+    f"{report['largest_batch_linear_estimate']}"
+  )
   s = report.get("largest_batch_search")
   if s:
     bound = f" (< {s['smallest_not_fitting']})" if s["smallest_not_fitting"] else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from typing import Sequence
 
@@ -150,6 +151,9 @@ def topology_devices(topology: Topology) -> Sequence[jax.Device]:
     from jax.experimental import topologies
   except ImportError as e:  # pragma: no cover - part of jax
     raise ValueError(f"jax.experimental.topologies unavailable: {e}") from e
+  # Only compiling, no TPU is touched: several processes (a test, a benchmark) may do it at
+  # once, which libtpu's lock file would otherwise refuse.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   bounds = _HOST_BOUNDS[len(topology.grid)]
   if topology.chips < math.prod(bounds):
     bounds = topology.grid + (1,) * (3 - len(topology.grid))
