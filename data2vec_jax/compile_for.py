@@ -316,7 +316,7 @@ def _finetune_case(
   try:
     from data2vec_jax.configs import pretrain
   except ImportError:  # configs/ of the checkout
-    from configs import pretrain
+    from data2vec_jax.configs import pretrain  # packaged: also without a checkout
   from data2vec_jax.finetune import step_setup as finetune_setup
   from data2vec_jax.model.config import EncoderConfig
   from data2vec_jax.train import sharding as sharding_lib
