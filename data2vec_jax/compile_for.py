@@ -313,10 +313,7 @@ def _finetune_case(
   config, devices, vocab_size: int, model_name: str, seq_len: int
 ) -> dict[str, Any]:
   """The fine-tuning step of `config` for the `model_name` architecture (no weights read)."""
-  try:
-    from data2vec_jax.configs import pretrain
-  except ImportError:  # configs/ of the checkout
-    from data2vec_jax.configs import pretrain  # packaged: also without a checkout
+  from data2vec_jax.configs import pretrain  # packaged: in a checkout and without one
   from data2vec_jax.finetune import step_setup as finetune_setup
   from data2vec_jax.model.config import EncoderConfig
   from data2vec_jax.train import sharding as sharding_lib
