@@ -29,6 +29,7 @@ def write_stats(folder, **fields) -> str:
 
 def data_config(**fields) -> ml_collections.ConfigDict:
   base = dict(
+    dict_txt="",
     source="fairseq_bin",
     path="",
     tokenizer="bpe",
@@ -84,6 +85,41 @@ def test_the_config_gets_the_corpus_tokenizer_unless_it_names_its_own(tmp_path):
   assert with_corpus_tokenizer(own) is own
   text = data_config(path=prefix, source="text")
   assert with_corpus_tokenizer(text) is text
+
+
+def test_a_bpe_corpus_records_its_files_for_training(tmp_path, monkeypatch):
+  """prepare --tokenizer bpe records vocab.json + merges.txt (absolute: training may run in
+  another directory); the config then names them and the corpus's dict.txt."""
+  from tokenizers import ByteLevelBPETokenizer
+
+  from data2vec_jax.data.offline_corpus import write_offline_corpus
+  from data2vec_jax.data.tokenizer import load_tokenizer
+
+  monkeypatch.chdir(tmp_path)
+  write_offline_corpus("corpus.txt", max_docs=10)
+  os.makedirs("bpe")
+  bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+  bpe.train(["corpus.txt"], vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"])
+  bpe.save_model("bpe")
+  vocab = json.loads((tmp_path / "bpe" / "vocab.json").read_text())
+  (tmp_path / "bpe" / "vocab.json").write_text(json.dumps(vocab | {"<mask>": len(vocab)}))
+  prepare.main(
+    "--source text --path corpus.txt --tokenizer bpe --vocab_json bpe/vocab.json "
+    "--merges_txt bpe/merges.txt --output_dir bin".split()
+  )
+  monkeypatch.chdir(tmp_path / "bin")  # training elsewhere
+  filled = with_corpus_tokenizer(data_config(path="train"))
+  assert filled.data.tokenizer == "bpe"
+  assert filled.data.vocab_json == str(tmp_path / "bpe" / "vocab.json")
+  assert filled.data.merges_txt == str(tmp_path / "bpe" / "merges.txt")
+  assert filled.data.dict_txt == str(tmp_path / "bin" / "dict.txt")
+  tok = load_tokenizer(
+    "bpe",
+    vocab_json=filled.data.vocab_json,
+    merges_txt=filled.data.merges_txt,
+    dict_txt=filled.data.dict_txt,
+  )
+  assert len(tok.encode("The for statement.")) > 0
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
 """The tokenizer a prepared corpus was made with, so that training (and every model directory made
 from it) carries it without tokenizer flags.
 
-`data.prepare` records its tokenizer in the corpus's `prepare_stats.json` ("tokenizer": the kind,
+`data.prepare` records its tokenizer in the corpus's `prepare_stats.json` ("tokenizer": the kind;
 "sentencepiece_model": the model it trained as `spm.model` beside the corpus, or the one it was
-given). A pretraining config that reads the corpus (`data.source='fairseq_bin'`) and names no
+given; "vocab_json" + "merges_txt": the BPE files, absolute, with the corpus's dict.txt). A pretraining config that reads the corpus (`data.source='fairseq_bin'`) and names no
 tokenizer files gets them from there (`with_corpus_tokenizer`): `config.json` of the workdir then
 names them, and the model directory exported from it holds the tokenizer (weights/export.py).
 """
@@ -34,8 +34,14 @@ def recorded_tokenizer(prefix: str) -> tuple[str, dict[str, str]] | None:
     return None
   with open(stats_path, encoding="utf-8") as f:
     stats = json.load(f)
+  if stats.get("tokenizer") == "bpe":
+    files = {k: stats.get(k) for k in ("vocab_json", "merges_txt")}
+    if not all(files.values()) or not all(os.path.isfile(f) for f in files.values()):
+      return None  # a corpus from before the BPE files were recorded, or files since moved
+    dict_txt = os.path.join(folder, "dict.txt")  # what the corpus's ids mean
+    return "bpe", ({**files, "dict_txt": dict_txt} if os.path.isfile(dict_txt) else files)
   if stats.get("tokenizer") != "sentencepiece" or not stats.get("sentencepiece_model"):
-    return None  # a BPE corpus records only its dict.txt; vocab.json/merges.txt stay flags
+    return None
   recorded = str(stats["sentencepiece_model"])
   for candidate in (recorded, os.path.join(folder, os.path.basename(recorded))):
     if os.path.isfile(candidate):
@@ -60,7 +66,8 @@ def with_corpus_tokenizer(config: ml_collections.ConfigDict) -> ml_collections.C
   config = config.copy_and_resolve_references()  # the caller's config stays as it was
   config.data.tokenizer = kind
   for role, path in files.items():
-    config.data[role] = path
+    if not (role == "dict_txt" and config.data.get("dict_txt")):  # a dict.txt given stays
+      config.data[role] = path
   logging.info(
     "tokenizer: %s %s, recorded with the corpus in %s",
     kind,

@@ -520,6 +520,10 @@ def _prepare_into(args: argparse.Namespace, work_dir: str, target: str) -> dict:
     "dtype": str(dtype),
     "tokenizer": args.tokenizer,
     "sentencepiece_model": spm_path,
+    # BPE files as absolute paths: training takes the tokenizer from here when its data config
+    # names none (data/corpus_tokenizer.py), from whatever directory it runs in.
+    "vocab_json": os.path.abspath(args.vocab_json) if args.tokenizer == "bpe" else None,
+    "merges_txt": os.path.abspath(args.merges_txt) if args.tokenizer == "bpe" else None,
     "dict_txt": dict_path,
     "tokenizer_sha256": tokenizer_sha256,
     "shard": args.shard,
