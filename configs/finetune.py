@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # pretraining workdir (its newest checkpoint).
   c.init = ""
   c.init_ema = False  # a pretraining workdir / fairseq .pt: the EMA teacher instead of the student
+  # An HF init with token_type_embeddings rows >= 1 (type_vocab_size=2): drop them knowingly
+  # (the encoder feeds token type 0 only), as convert_torch_weights.py --drop-token-type-rows.
+  c.init_drop_token_type_rows = False
   c.init_classifier = False  # continue from the checkpoint's own classifier head (same labels)
   c.from_scratch = False  # the init's architecture and tokenizer, random weights (a baseline)
   c.eval_only = False  # score the init (with its classifier) on the dev splits; no training
@@ -52,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "format": "tsv",  # tsv (header row) | jsonl
       "text_columns": ("sentence1", "sentence2"),
       "label_column": "label",
-      "label_names": (),  # () = the sorted labels of the train split
+      "label_names": (),  # () = the sorted labels of the train split; or "pos,neg,neu"
       "regression": False,
       "metric": "",  # generic: accuracy | mcc | accuracy_f1 | pearson_spearman ('' = accuracy)
       "skip_malformed": False,

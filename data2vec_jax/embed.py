@@ -155,9 +155,22 @@ def no_tokenizer_message(model: str) -> str:
 
 
 def read_texts(path: str) -> list[str]:
-  """One text per line of a UTF-8 file (the newline removed; a blank line is the empty text)."""
-  with open(path, encoding="utf-8") as f:
-    return [line.rstrip("\r\n") for line in f]
+  """One text per line of a UTF-8 file (the newline removed; a blank line is the empty text).
+
+  Raises:
+    ValueError: a line that is not UTF-8, named `path:line` (1-based).
+  """
+  texts = []
+  with open(path, "rb") as f:
+    for number, data in enumerate(f, start=1):
+      try:
+        texts.append(data.decode("utf-8").rstrip("\r\n"))
+      except UnicodeDecodeError as e:
+        raise ValueError(
+          f"{path}:{number}: not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
+          "re-encode the file as UTF-8"
+        ) from None
+  return texts
 
 
 def main(argv: list[str] | None = None) -> int:

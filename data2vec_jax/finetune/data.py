@@ -22,7 +22,7 @@ import numpy as np
 from data2vec_jax.finetune import recipes
 from data2vec_jax.finetune import sources as sources_lib
 from data2vec_jax.finetune.encoding import EncodedSplit, encode_split
-from data2vec_jax.finetune.settings import RunSettings
+from data2vec_jax.finetune.settings import RunSettings, comma_list
 from data2vec_jax.model.config import EncoderConfig
 
 
@@ -111,9 +111,9 @@ def read_labeled_split(
 
 def text_columns(value) -> tuple[str, ...]:
   """data.text_columns as a tuple; a string is comma-separated (`--config.data.text_columns=a,b`
-  on the command line, where ml_collections would otherwise need a Python tuple literal)."""
-  items = [value] if isinstance(value, str) else list(value)
-  return tuple(c.strip() for item in items for c in str(item).split(",") if c.strip())
+  on the command line, where ml_collections would otherwise need a Python tuple literal), as
+  data.label_names is (`settings.comma_list`)."""
+  return comma_list(value)
 
 
 def load_task_data(

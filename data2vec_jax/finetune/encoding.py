@@ -115,7 +115,7 @@ def encode_split(
       num_too_long += 1
       if too_long == "error":
         raise ValueError(
-          f"{split.task}/{split.split} row {row}: {length} tokens, over the model's "
+          f"{split.where(row)}: {length} tokens, over the model's "
           f"{max_length} positions; set data.eval_too_long (or data.train_too_long) to "
           f"'truncate' to cut such examples (or 'drop' for training)"
         )

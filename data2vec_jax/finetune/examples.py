@@ -27,6 +27,9 @@ class LabeledSplit:
       without the trailing `</s>` (fairseq-binarized data); None when `texts` is given.
     skipped: rows the source skipped, each counted (e.g. QQP's malformed lines).
     label_names: names of the label ids in id order (None for regression).
+    path, lines: the file the rows were read from and int64 [N] the 1-based line of each row
+      in it (the header counted), for errors a user can look up; None when the source has no
+      lines (TFDS, binarized data).
   """
 
   task: str
@@ -36,6 +39,8 @@ class LabeledSplit:
   skipped: int = 0
   token_ids: tuple[tuple[np.ndarray, ...], ...] | None = None
   label_names: tuple[str, ...] | None = None
+  path: str | None = None
+  lines: np.ndarray | None = None
 
   def __post_init__(self) -> None:
     columns = self.texts if self.texts is not None else self.token_ids
@@ -54,3 +59,9 @@ class LabeledSplit:
 
   def __len__(self) -> int:
     return len(self.labels)
+
+  def where(self, row: int) -> str:
+    """Where example `row` (0-based) came from: `file:line` when known, else its index."""
+    if self.path is not None and self.lines is not None:
+      return f"{self.path}:{int(self.lines[row])} ({self.task}/{self.split})"
+    return f"{self.task}/{self.split} example {row} (0-based)"

@@ -75,6 +75,7 @@ def read_glue_split(task: str, directory: str, split: str) -> LabeledSplit:
   needed = max(max(layout.text_columns), layout.label_column) + 1
   texts: list[list[str]] = [[] for _ in layout.text_columns]
   labels: list[float | int] = []
+  lines: list[int] = []
   skipped = 0
   with open(path, encoding="utf-8", newline="") as f:
     for number, line in enumerate(f, start=1):
@@ -93,6 +94,7 @@ def read_glue_split(task: str, directory: str, split: str) -> LabeledSplit:
       for column, values in zip(layout.text_columns, texts):
         values.append(fields[column])
       labels.append(_label(fields[layout.label_column], layout, path, number, task))
+      lines.append(number)
   dtype = np.float32 if layout.labels is None else np.int64
   return LabeledSplit(
     task,
@@ -101,6 +103,8 @@ def read_glue_split(task: str, directory: str, split: str) -> LabeledSplit:
     np.asarray(labels, dtype),
     skipped,
     label_names=_label_names(task, layout),
+    path=path,
+    lines=np.asarray(lines, np.int64),
   )
 
 

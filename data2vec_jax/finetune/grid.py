@@ -37,11 +37,11 @@ from data2vec_jax.finetune.loop import RESULTS_FILE, FinetuneError, finetune_and
 from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, TASK_METRICS, glue_average
 from data2vec_jax.finetune.settings import GENERIC_DEFAULTS
 from data2vec_jax.finetune.starting_point import (
+  export_pretraining_checkpoint,
   is_pretraining_workdir,
   sync_processes,
 )
 from data2vec_jax.speed import compile_cache
-from data2vec_jax.weights.export import export_from_checkpoint
 
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
 LR_CHOICES = ("global", "per_task")
@@ -167,8 +167,8 @@ def _export_init_once(config: ml_collections.ConfigDict, workdir: str) -> ml_col
   else:
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
-      _, step = export_from_checkpoint(pretraining, exported + ".partial", use_ema=config.init_ema)
-      os.replace(exported + ".partial", exported)  # never a half-written init for later runs
+      # Via exported.partial: never a half-written init for later runs.
+      step = export_pretraining_checkpoint(pretraining, exported, use_ema=config.init_ema)
       logging.info(
         "init: %s step %d exported once for every run, to %s", pretraining, step, exported
       )
@@ -191,6 +191,17 @@ def _run_config(
 
 def _log_result(results: dict[str, Any]) -> None:
   reported = results.get("reported") or {}
+  if not reported:
+    logging.info(
+      "%s lr %.1e seed %d: no dev score: %s at update %d of %d, before its first evaluation",
+      results["task"],
+      results["lr"],
+      results["seed"],
+      results["stop_reason"],
+      results["updates"],
+      results["total_updates"],
+    )
+    return
   logging.info(
     "%s lr %.1e seed %d: dev score %.2f (%s evaluation, update %s of %d)",
     results["task"],

@@ -29,8 +29,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.weights import CheckpointError, hf
+from data2vec_jax.weights.model_tokenizer import load_model_tokenizer
 from data2vec_jax.weights.pretrained import load_checkpoint, save_pretrained
 
 Kind = Literal["sequence", "token"]
@@ -77,8 +79,10 @@ def export_classifier_to_hf(
   problem_type: str | None = None,
   finetuning_task: str | None = None,
   classifier_dropout: float | None = None,
+  tokenizer: Tokenizer | None = None,
 ) -> list[str]:
-  """Writes a fine-tuned classifier as an HF directory (config.json + model.safetensors).
+  """Writes a fine-tuned classifier as an HF directory (config.json + model.safetensors, and the
+  tokenizer's HF files when `tokenizer` is given, so `pipeline('text-classification')` works).
 
   Args:
     directory: created if needed; existing files are replaced.
@@ -124,6 +128,7 @@ def export_classifier_to_hf(
     problem_type=problem_type,
     classifier_dropout=classifier_dropout,
     finetuning_task=finetuning_task,
+    tokenizer=tokenizer,
   )
 
 
@@ -165,7 +170,9 @@ def _checked_names(names: Any, num_labels: int, what: str) -> list[str]:
   return names
 
 
-def _label_names(metadata: Mapping[str, Any], num_labels: int, path: str) -> list[str] | None:
+def checkpoint_label_names(
+  metadata: Mapping[str, Any], num_labels: int, path: str
+) -> list[str] | None:
   """metadata['label_names'], else the carried HF id2label in row order; None when there are
   none or only transformers' placeholders `LABEL_{i}` (no names were ever given)."""
   what = f"{path}: the classifier"
@@ -240,7 +247,7 @@ def classifier_params_from_checkpoint(
     raise CheckpointError(
       f"{path}: the {kind} classifier head has {n} labels, expected num_labels={num_labels}"
     )
-  labels = _label_names(loaded.metadata, n, path)
+  labels = checkpoint_label_names(loaded.metadata, n, path)
   params = {"encoder": loaded.params, "classifier": head}
   return loaded.config, params, labels
 
@@ -248,6 +255,8 @@ def classifier_params_from_checkpoint(
 def export_finetuned_to_hf(model_dir: str, output: str) -> list[str]:
   """A fine-tuning run's `model/` directory (finetune.py) -> an HF sequence-classifier directory.
 
+  Carries the directory's tokenizer (HF tokenizer files: `pipeline('text-classification',
+  model=output)` tokenises as the run did); a directory without one is exported with a note.
   Uses the run's metadata: label names (-> id2label), the task (-> finetuning_task) and the
   regression target scale: fairseq trains STS-B on score / 5, so the output layer is divided by
   that scale here, and the exported model predicts raw 0-5 scores like HF-trained STS-B models
@@ -256,7 +265,13 @@ def export_finetuned_to_hf(model_dir: str, output: str) -> list[str]:
   config, params, labels = classifier_params_from_checkpoint(model_dir, "sequence")
   metadata = load_checkpoint(model_dir).metadata
   scale = float(metadata.get("regression_scale", 1.0) or 1.0)
+  tokenizer = load_model_tokenizer(model_dir)
   notes = []
+  if tokenizer is None:
+    notes.append(
+      f"{model_dir} carries no tokenizer: the export has none (transformers cannot tokenise "
+      "text for it)"
+    )
   head = params["classifier"]
   if int(np.shape(head["out_proj"]["bias"])[0]) == 1 and scale != 1.0:
     head = dict(head)
@@ -271,6 +286,7 @@ def export_finetuned_to_hf(model_dir: str, output: str) -> list[str]:
     label_names=labels,
     finetuning_task=metadata.get("task"),
     classifier_dropout=metadata.get("classifier_dropout"),
+    tokenizer=tokenizer,
   )
 
 

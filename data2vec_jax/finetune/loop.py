@@ -35,7 +35,7 @@ from data2vec_jax.finetune import data as data_lib
 from data2vec_jax.finetune import state as state_lib
 from data2vec_jax.finetune import step as step_lib
 from data2vec_jax.finetune import step_setup
-from data2vec_jax.finetune.hf_io import export_finetuned_to_hf
+from data2vec_jax.finetune.hf_io import checkpoint_label_names, export_finetuned_to_hf
 from data2vec_jax.finetune.metrics import metrics_of
 from data2vec_jax.finetune.model import SequenceClassifier
 from data2vec_jax.finetune.settings import RunSettings, resolve_settings
@@ -53,6 +53,7 @@ from data2vec_jax.train.optimizer import make_optimizer
 from data2vec_jax.train.preemption import PreemptionFlag
 from data2vec_jax.weights.export import to_host
 from data2vec_jax.weights.pretrained import save_pretrained
+from data2vec_jax.weights.torch_io import CheckpointError
 
 RESULTS_FILE = "results.json"
 
@@ -72,7 +73,11 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     raise FinetuneError(f"invalid config: {e}") from e
   try:
     start = load_starting_point(
-      config.init, workdir, use_ema=config.init_ema, from_scratch=config.from_scratch
+      config.init,
+      workdir,
+      use_ema=config.init_ema,
+      from_scratch=config.from_scratch,
+      drop_token_type_rows=bool(config.get("init_drop_token_type_rows", False)),
     )
     tokenizer = resolve_tokenizer(dict(config.tokenizer), config.init)
     check_tokenizer_fits(tokenizer, start.config)
@@ -163,6 +168,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
       if is_chief:
         _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
       run = _Run(config, workdir, settings, task_data, model, tx, optimizer, mesh, shardings)
+      run.tokenizer = tokenizer  # model/ and hf/ carry it, so the exports can be used on text
       results = run.loop(state, checkpointer, fingerprint, start)
   finally:
     checkpointer.close()
@@ -173,7 +179,12 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
 
 
 def _starting_head(config, start, settings: RunSettings) -> Any | None:
-  """The checkpoint's own classifier with `init_classifier` / `eval_only`, else None (fresh)."""
+  """The checkpoint's own classifier with `init_classifier` / `eval_only`, else None (fresh).
+
+  Its output rows are put in the task's label order by name: the checkpoint's label names
+  (a data2vec-jax directory's `label_names`, an HF directory's `id2label`) are matched with the
+  task's (case-insensitively); names that cannot be matched are refused. A checkpoint without
+  names (HF's `LABEL_0`..) is taken in row order, with a warning."""
   if not (config.init_classifier or config.eval_only):
     return None
   head = start.heads.get("classifier")
@@ -188,7 +199,42 @@ def _starting_head(config, start, settings: RunSettings) -> Any | None:
       f"init: the classifier of {config.init} has {outputs} outputs but {settings.task} has "
       f"{settings.num_labels} labels"
     )
-  return head
+  if outputs == 1 or settings.label_names is None:
+    return head  # regression: one output, no names
+  try:
+    names = checkpoint_label_names(start.metadata, outputs, config.init)
+  except CheckpointError as e:
+    raise FinetuneError(f"init: {e}") from None
+  task_names = list(settings.label_names)
+  if names is None:
+    logging.warning(
+      "init: the classifier of %s names no labels (HF's LABEL_0..); its rows are taken as "
+      "%s's labels in order: %s",
+      config.init,
+      settings.task,
+      task_names,
+    )
+    return head
+  rows = {n.strip().lower(): i for i, n in enumerate(names)}
+  unmatched = [n for n in task_names if n.strip().lower() not in rows]
+  if unmatched or len(rows) != len(names):
+    raise FinetuneError(
+      f"init: the classifier of {config.init} predicts the labels {names} but {settings.task} "
+      f"has {task_names} ({unmatched or 'names differing only in case'} not among them), so "
+      "its outputs cannot be matched to the task's labels: give data.label_names in the "
+      "checkpoint's names, or set init_classifier=False (and eval_only=False) to train a "
+      "fresh classifier"
+    )
+  order = np.asarray([rows[n.strip().lower()] for n in task_names])
+  if (order != np.arange(outputs)).any():
+    logging.info(
+      "init: the classifier's rows %s reordered to %s's label order %s",
+      names,
+      settings.task,
+      task_names,
+    )
+  out = {k: np.asarray(v)[..., order] for k, v in head["out_proj"].items()}
+  return {**head, "out_proj": out}
 
 
 def _completed_results(workdir: str) -> dict[str, Any] | None:
@@ -227,6 +273,7 @@ class _Run:
     self.step_fn = step_lib.make_train_step(model, tx, optimizer, mesh, shardings)
     self.logits_fn = step_lib.make_eval_step(model, mesh, shardings.params)
     self.batch_sharding = sharding_lib.batch_sharding(mesh)
+    self.tokenizer = None  # the model's tokenizer, exported with model/ (None: it has none)
     self.compiled: set[tuple[str, tuple[int, ...]]] = set()  # (program, batch shape) compiled
 
   def compiling(self, program: str, shape: tuple[int, ...]):
@@ -291,9 +338,12 @@ class _Run:
       total = step
     if self.is_chief and step < total:
       logging.info(
-        "%s: %d train examples, %d updates (%d per epoch, batch %d, lr %.2e, warmup %d, decay "
-        "to 0 at %d), seed %d",
+        "%s from %s: %d train examples, %d updates (%d per epoch, batch %d, lr %.2e, warmup "
+        "%d, decay to 0 at %d), seed %d",
         settings.task,
+        f"scratch (random weights; the architecture and tokenizer of {start.model_path})"
+        if self.config.from_scratch
+        else f"the weights of {start.model_path}",
         len(self.data.train),
         total,
         spe,
@@ -395,6 +445,7 @@ class _Run:
         "init_source": start.source,
         "classifier_dropout": float(self.config.model.classifier_dropout),
       },
+      tokenizer=self.tokenizer,
     )
     old = target + ".old"
     shutil.rmtree(old, ignore_errors=True)

@@ -72,6 +72,14 @@ class RunSettings:
     )
 
 
+def comma_list(value: Any) -> tuple[str, ...]:
+  """A config list of names as a tuple, each item split on commas: `--config.data.label_names=
+  pos,neg,neu` arrives as ('pos,neg,neu',) (ml_collections does not split it) and means three
+  names, as `data.text_columns=a,b` means two columns. Names cannot contain commas."""
+  items = [value] if isinstance(value, str) else list(value or ())
+  return tuple(c.strip() for item in items for c in str(item).split(",") if c.strip())
+
+
 def _check_choice(value: Any, choices: tuple[str, ...], field: str) -> str:
   if value not in choices:
     raise ValueError(f"{field}={value!r}; expected one of {list(choices)}")
@@ -104,7 +112,7 @@ def resolve_settings(
     metric_names = TASK_METRICS[task]
   else:
     regression = bool(data.regression)
-    names = None if regression else (tuple(data.label_names) or None)
+    names = None if regression else (comma_list(data.label_names) or None)
     num_labels = 1 if regression else (len(names) if names else 0)  # 0: from the train split
     metric = data.get("metric", "") or ("pearson_spearman" if regression else "accuracy")
     metric_names = METRIC_SETS[_check_choice(metric, tuple(METRIC_SETS), "data.metric")]

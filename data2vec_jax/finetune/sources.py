@@ -578,6 +578,8 @@ def read_generic_split(
     labels,
     skipped,
     label_names=None if regression else tuple(label_names),
+    path=path,
+    lines=np.asarray(places, np.int64),
   )
 
 

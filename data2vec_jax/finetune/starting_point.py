@@ -2,8 +2,10 @@
 
 `init` may be anything `weights.load_checkpoint` reads (a data2vec-jax model directory, a Hugging
 Face directory, a fairseq `.pt`) or a pretraining workdir (train.py's `--workdir`), whose newest
-checkpoint is exported first to `<finetune workdir>/init_model` (the student by default, as the
-paper fine-tunes it; the EMA teacher with `init_ema`).
+intact checkpoint is exported first to `<finetune workdir>/init_model` (the student by default, as
+the paper fine-tunes it; the EMA teacher with `init_ema`). The pretraining workdir is only read:
+a corrupt newest checkpoint is reported in one line and the previous one is used (nothing is
+moved or created there, unlike a resumed pretraining run, which sets it aside).
 
 The tokenizer must be the pretrained model's own. With `tokenizer.kind='auto'` it is found next to
 `init` (`weights.model_tokenizer.find_tokenizer`): the tokenizer a model directory carries, a
@@ -18,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 from typing import Any, Mapping
 
 import jax
 
 from data2vec_jax.data.tokenizer import Tokenizer, load_tokenizer
 from data2vec_jax.model.config import EncoderConfig
+from data2vec_jax.train.checkpoint import CorruptCheckpointError, ignore_failed_reads_of
 from data2vec_jax.train.recipe import RECIPE_FILE
 from data2vec_jax.weights import model_tokenizer
 from data2vec_jax.weights.export import export_from_checkpoint
@@ -51,9 +55,17 @@ def is_pretraining_workdir(path: str) -> bool:
 
 
 def load_starting_point(
-  init: str, workdir: str, *, use_ema: bool = False, from_scratch: bool = False
+  init: str,
+  workdir: str,
+  *,
+  use_ema: bool = False,
+  from_scratch: bool = False,
+  drop_token_type_rows: bool = False,
 ) -> StartingPoint:
-  """Reads `init` (see the module docstring). Raises CheckpointError with what to fix."""
+  """Reads `init` (see the module docstring). Raises CheckpointError with what to fix.
+
+  `drop_token_type_rows`: an HF model whose token_type_embeddings has non-zero rows >= 1 is
+  refused unless this is set (the encoder feeds token type 0 only; `weights.hf`)."""
   if not init:
     raise CheckpointError(
       "config.init is empty: give the pretrained model (a data2vec-jax or Hugging Face model "
@@ -70,8 +82,7 @@ def load_starting_point(
     # does not write a whole model again), even if pretraining has gone on since.
     if not os.path.isfile(os.path.join(model_path, "config.json")):
       if jax.process_index() == 0:
-        _, step = export_from_checkpoint(path, model_path + ".partial", use_ema=use_ema)
-        os.replace(model_path + ".partial", model_path)
+        step = export_pretraining_checkpoint(path, model_path, use_ema=use_ema)
         logging.info(
           "init: %s step %d (%s) exported to %s",
           path,
@@ -81,7 +92,16 @@ def load_starting_point(
         )
       sync_processes("data2vec_jax: init exported")
     use_ema = False  # the exported directory already holds the chosen weights
-  loaded = load_checkpoint(model_path, use_ema=use_ema)
+  try:
+    loaded = load_checkpoint(model_path, use_ema=use_ema, drop_token_type_rows=drop_token_type_rows)
+  except CheckpointError as e:
+    if "drop_token_type_rows=True" not in str(e):
+      raise
+    raise CheckpointError(
+      str(e).replace(
+        "Pass drop_token_type_rows=True", "Set --config.init_drop_token_type_rows=True"
+      )
+    ) from None
   return StartingPoint(
     config=loaded.config,
     encoder_params=None if from_scratch else loaded.params,
@@ -89,6 +109,62 @@ def load_starting_point(
     metadata=dict(loaded.metadata),
     source=loaded.source,
     model_path=model_path,
+  )
+
+
+def checkpoint_steps(pretraining: str) -> list[int]:
+  """The saved steps of a pretraining workdir, oldest first, read from the directory listing
+  (opening the checkpoint manager would create `checkpoints/` when it is missing)."""
+  directory = os.path.join(pretraining, "checkpoints")
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def export_pretraining_checkpoint(pretraining: str, target: str, *, use_ema: bool = False) -> int:
+  """Writes the newest intact checkpoint of `pretraining` as a model directory `target` (via
+  `target.partial`, renamed when complete); returns its step.
+
+  A corrupt step is reported in one line and the previous one is tried; the pretraining workdir
+  is never written to. Raises CheckpointError when it has no checkpoint or none is intact.
+  """
+  steps = checkpoint_steps(pretraining)
+  if not steps:
+    raise CheckpointError(
+      f"config.init={pretraining} is a pretraining workdir without any checkpoint (no "
+      f"{os.path.join(pretraining, 'checkpoints', '<step>')}): let pretraining save one, or give "
+      "a model directory"
+    )
+  partial = target + ".partial"
+  corrupt = []
+  for step in reversed(steps):
+    shutil.rmtree(partial, ignore_errors=True)
+    step_dir = os.path.join(pretraining, "checkpoints", str(step))
+    try:
+      _, exported = export_from_checkpoint(pretraining, partial, step=step, use_ema=use_ema)
+    except CorruptCheckpointError as e:
+      ignore_failed_reads_of(step_dir)
+      corrupt.append(step)
+      logging.warning(
+        "init: checkpoint step %d of %s is corrupt (%s); trying the previous one",
+        step,
+        pretraining,
+        str(e).removeprefix(step_dir + ": "),
+      )
+      continue
+    os.replace(partial, target)
+    if corrupt:
+      logging.warning(
+        "init: %s: step %d exported instead of the newest, corrupt step %d",
+        pretraining,
+        exported,
+        corrupt[0],
+      )
+    return exported
+  shutil.rmtree(partial, ignore_errors=True)
+  raise CheckpointError(
+    f"config.init={pretraining}: none of its checkpoints is intact (steps {corrupt} are "
+    "corrupt; it was left as it is): resume pretraining there to set them aside, or give a "
+    "model directory"
   )
 
 

@@ -143,6 +143,12 @@ class _FailedReadReports:
 _FAILED_READS = _FailedReadReports()
 
 
+def ignore_failed_reads_of(step_dir: str) -> None:
+  """Drops the orphaned-read reports of a step a caller found corrupt without setting it aside
+  (`_FailedReadReports`), e.g. a fine-tuning init that falls back to an older step."""
+  _FAILED_READS.step_dirs.add(os.path.join(os.path.abspath(step_dir), ""))
+
+
 class Checkpointer:
   """Keep-last-K async checkpoints of (train state, data position) under `directory`."""
 

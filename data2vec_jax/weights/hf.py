@@ -50,7 +50,7 @@ import numpy as np
 from data2vec_jax import file_modes
 from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.model.config import EncoderConfig
-from data2vec_jax.weights import layout
+from data2vec_jax.weights import layout, model_tokenizer
 from data2vec_jax.weights.hf_tokenizer import save_hf_tokenizer
 from data2vec_jax.weights.layout import Converted
 from data2vec_jax.weights.torch_io import CheckpointError, load_hf_state_dict
@@ -661,6 +661,9 @@ def save_hf_dir(
 
   state, facts, notes = hf_state_dict_from(config, params, heads, architecture)
   carried = dict((metadata or {}).get("hf_config", {}))
+  own_names = (metadata or {}).get("label_names")  # a data2vec-jax fine-tuned directory's
+  if label_names is None and isinstance(own_names, (list, tuple)) and facts["num_labels"]:
+    label_names = own_names
   hf = hf_config_from(
     config,
     architecture,
@@ -673,12 +676,28 @@ def save_hf_dir(
     finetuning_task=finetuning_task,
   )
   directory = os.fspath(directory)
+  _remove_stale_tokenizer_files(directory, tokenizer)
   if tokenizer is not None:
     notes = notes + save_hf_tokenizer(directory, tokenizer, config)
+    # The fingerprint that loading checks (`model_tokenizer.check_hf_tokenizer_files`).
+    written = [
+      n for n in model_tokenizer.HF_TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))
+    ]
+    hf[model_tokenizer.HF_FINGERPRINT_KEY] = model_tokenizer.file_hashes(directory, written)
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf, f, indent=2, sort_keys=True)
   # transformers refuses safetensors files without format metadata.
   save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-  return notes + [f"wrote {len(state)} tensors to model.safetensors"]
   file_modes.make_readable(os.path.join(directory, "model.safetensors"))  # save_file: 0600
+  return notes + [f"wrote {len(state)} tensors to model.safetensors"]
+
+
+def _remove_stale_tokenizer_files(directory: str, tokenizer: Tokenizer | None) -> None:
+  """Tokenizer files of an earlier export into `directory` go (they would disagree with the
+  new ones); the files the new tokenizer is read from stay."""
+  keep = {os.path.abspath(p) for p in (tokenizer.files.values() if tokenizer else ()) if p}
+  for name in model_tokenizer.HF_TOKENIZER_FILES:
+    path = os.path.abspath(os.path.join(directory, name))
+    if os.path.isfile(path) and path not in keep:
+      os.remove(path)

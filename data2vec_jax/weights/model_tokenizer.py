@@ -16,8 +16,22 @@ and the files, under fixed names:
                    RoBERTa-style `vocab.json` is already in dictionary order and needs none];
   tokenizers_json  `tokenizer.json` (an imported Hugging Face tokenizer without BPE files).
 
-The "vocab" section is checked against the tokenizer when read: a directory whose files were
-swapped fails loudly instead of feeding the model the wrong ids.
+                "sha256": {file name: sha256 hex digest of the file as written}}
+
+The section is checked whenever the tokenizer is read (`read_tokenizer`, and `find_tokenizer`
+for fine-tuning): a file whose sha256 is not the recorded one (a tokenizer swapped for another,
+even of the same size) or a vocabulary other than the recorded one is refused in one line
+instead of feeding the model the wrong ids. A directory written before fingerprints were
+recorded (no "sha256") is read with a warning that its files cannot be checked; re-saving it
+records them.
+
+A Hugging Face directory we export records the sha256 of its tokenizer files in its config.json
+(`HF_FINGERPRINT_KEY`), and whenever such a directory's tokenizer is read (`load_model_tokenizer`,
+`find_tokenizer`), its files must agree with each other (`check_hf_tokenizer_files`):
+`sentencepiece.model`, `dict.txt`, `tokenizer.json` and `vocab.json` + `merges.txt` that are
+present must give the same ids for probe texts (including the decoded vocabulary), so a
+`transformers` pipeline (which reads `tokenizer.json`) and this library (which reads
+`sentencepiece.model` first) cannot tokenise differently.
 
 `find_tokenizer` looks for a tokenizer in (1) a model directory's own section, (2) a Hugging Face
 directory's tokenizer files, (3) a pretraining workdir's data config, (4) loose tokenizer files
@@ -28,6 +42,7 @@ directory's tokenizer files, (3) a pretraining workdir's data config, (4) loose 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -54,6 +69,23 @@ FILE_NAMES = {
   "tokenizer_json": "tokenizer.json",
 }
 _VOCAB_FIELDS = ("vocab_size", "pad_id", "bos_id", "eos_id", "unk_id", "mask_id")
+# The key of an exported HF config.json that records {file name: sha256} of its tokenizer files.
+HF_FINGERPRINT_KEY = "data2vec_jax_tokenizer_sha256"
+# Tokenizer files an HF directory may hold (the ones `save_hf_tokenizer` writes, or the Hub's).
+HF_TOKENIZER_FILES = (
+  "tokenizer.json",
+  "vocab.json",
+  "merges.txt",
+  "sentencepiece.model",
+  "dict.txt",
+)
+# Texts every representation of a directory's tokenizer must encode alike (plus its vocabulary,
+# decoded: a tokenizer of the same size trained on other text splits it differently).
+_AGREEMENT_PROBES = (
+  "The quick brown fox jumps over the lazy dog, 3.14159 times.",
+  "  two  spaces,\ttab and\nnewline  ",
+  "ünïcödé ñ 日本語 café naïve",
+)
 
 TokenizerFiles = tuple[str, dict[str, str | None]]  # (kind, role -> path or None)
 
@@ -91,7 +123,52 @@ def write_tokenizer(directory: str, tokenizer: Tokenizer, config: EncoderConfig)
     "kind": tokenizer.kind,
     "files": files,
     "vocab": {f: int(getattr(tokenizer.vocab, f)) for f in _VOCAB_FIELDS},
+    "sha256": file_hashes(directory, files.values()),
   }
+
+
+def file_hashes(directory: str, names) -> dict[str, str]:
+  """{name: sha256 hex digest} of the files `names` in `directory` (the tokenizer fingerprint)."""
+  out = {}
+  for name in sorted(set(names)):
+    digest = hashlib.sha256()
+    with open(os.path.join(directory, name), "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+    out[name] = digest.hexdigest()
+  return out
+
+
+def check_file_hashes(directory: str, recorded: Any, where: str) -> None:
+  """The tokenizer files in `directory` are the ones recorded (`where` names the record).
+
+  `recorded` None: a directory written before fingerprints were recorded; accepted with a
+  warning. Raises CheckpointError naming the first file whose sha256 differs.
+  """
+  if recorded is None:
+    logging.warning(
+      "%s: %s records no sha256 of the tokenizer files (written before fingerprints were "
+      "recorded), so a swapped tokenizer of the same size cannot be detected; re-save the "
+      "directory to record one",
+      directory,
+      where,
+    )
+    return
+  if not isinstance(recorded, Mapping):
+    raise CheckpointError(f"{directory}: {where} has a malformed tokenizer sha256 record")
+  actual = file_hashes(
+    directory, [n for n in recorded if os.path.isfile(os.path.join(directory, n))]
+  )
+  # The tokenizer's own files first: dict.txt only restates a sentencepiece model's pieces.
+  for name, digest in sorted(recorded.items(), key=lambda item: (item[0] == "dict.txt", item[0])):
+    if actual.get(name) != digest:
+      now = f"sha256 {actual[name][:12]}..." if name in actual else "missing"
+      raise CheckpointError(
+        f"{directory}/{name} is not the tokenizer file written with the model ({now}, "
+        f"{where} recorded {str(digest)[:12]}...): the files were replaced; restore the "
+        "directory's own tokenizer files (the model only works with the tokenizer it was "
+        "trained with)"
+      )
 
 
 def remove_tokenizer_files(directory: str) -> None:
@@ -117,12 +194,7 @@ def read_tokenizer(directory: str, section: Mapping[str, Any]) -> Tokenizer:
       f"{directory}/config.json: bad 'tokenizer' section {section!r}; expected kind, files, vocab"
     ) from None
   paths = {role: os.path.join(directory, name) for role, name in names.items()}
-  missing = sorted(os.path.basename(p) for p in paths.values() if not os.path.isfile(p))
-  if missing:
-    raise CheckpointError(
-      f"{directory}: config.json names tokenizer files {missing} that are not there; copy the "
-      "whole model directory"
-    )
+  _check_section_files(directory, section, paths)
   dict_txt = paths.get("dict_txt") if kind == "bpe" else None
   try:
     tokenizer = load_tokenizer(
@@ -146,6 +218,19 @@ def read_tokenizer(directory: str, section: Mapping[str, Any]) -> Tokenizer:
         "id order; the two files are from different tokenizers"
       )
   return tokenizer
+
+
+def _check_section_files(
+  directory: str, section: Mapping[str, Any], paths: Mapping[str, str]
+) -> None:
+  """The files a model directory's section names are there and are the recorded ones."""
+  missing = sorted(os.path.basename(p) for p in paths.values() if not os.path.isfile(p))
+  if missing:
+    raise CheckpointError(
+      f"{directory}: config.json names tokenizer files {missing} that are not there; copy the "
+      "whole model directory"
+    )
+  check_file_hashes(directory, section.get("sha256"), "config.json")
 
 
 def own_section(directory: str) -> dict[str, Any] | None:
@@ -180,11 +265,7 @@ def load_model_tokenizer(path: str | os.PathLike[str]) -> Tokenizer | None:
   found = tokenizer_files_in(directory)
   if found is None:
     return None
-  kind, files = found
-  try:
-    return load_tokenizer(kind, **files)
-  except (ValueError, OSError) as e:
-    raise CheckpointError(f"{directory}: cannot read its {kind} tokenizer: {e}") from None
+  return check_hf_tokenizer_files(directory, found)
 
 
 def find_tokenizer(path: str, *, search_parent: bool = True) -> TokenizerFiles | None:
@@ -201,11 +282,16 @@ def find_tokenizer(path: str, *, search_parent: bool = True) -> TokenizerFiles |
     section = own_section(directory)
     if section is not None and isinstance(section.get("files"), Mapping):
       files = {r: os.path.join(directory, n) for r, n in section["files"].items()}
+      _check_section_files(directory, section, files)
       if section.get("kind") != "bpe":
         files.pop("dict_txt", None)  # informational for sentencepiece; not a load argument
       return section["kind"], files
-    found = workdir_tokenizer_files(directory) or tokenizer_files_in(directory)
+    found = workdir_tokenizer_files(directory)
     if found is not None:
+      return found
+    found = tokenizer_files_in(directory)
+    if found is not None:
+      check_hf_tokenizer_files(directory, found)
       return found
   return None
 
@@ -285,3 +371,74 @@ def tokenizer_files_in(directory: str) -> TokenizerFiles | None:
   if os.path.isfile(join("tokenizer.json")):
     return "tokenizers_json", {"tokenizer_json": join("tokenizer.json")}
   return None
+
+
+def check_hf_tokenizer_files(directory: str, found: TokenizerFiles) -> Tokenizer:
+  """The tokenizer `found` in an HF (or loose-files) directory, after checking that every
+  tokenizer file there agrees with it (module docstring) and, when the directory's config.json
+  records their sha256 (`HF_FINGERPRINT_KEY`), that they are the recorded files.
+
+  Raises:
+    CheckpointError: a file differs from the record, two files give different ids, or a file
+      cannot be read; the message names the files.
+  """
+  kind, files = found
+  try:
+    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
+      recorded = json.load(f).get(HF_FINGERPRINT_KEY)
+  except (OSError, ValueError, AttributeError):
+    recorded = None
+  if recorded is not None:
+    check_file_hashes(directory, recorded, "config.json")
+  try:
+    primary = load_tokenizer(kind, **files)
+  except (ValueError, OSError) as e:
+    raise CheckpointError(f"{directory}: cannot read its {kind} tokenizer: {e}") from None
+  name = ", ".join(sorted(os.path.basename(p) for p in files.values() if p))
+  others: list[tuple[str, Tokenizer]] = []
+  join = lambda n: os.path.join(directory, n)  # noqa: E731
+  try:
+    if kind != "tokenizers_json" and os.path.isfile(join("tokenizer.json")):
+      others.append(
+        ("tokenizer.json", load_tokenizer("tokenizers_json", tokenizer_json=join("tokenizer.json")))
+      )
+    bpe_files = [join("vocab.json"), join("merges.txt")]
+    if kind != "bpe" and all(map(os.path.isfile, bpe_files)) and _is_roberta_vocab(bpe_files[0]):
+      # (A vocab.json of GPT-2 ids needs a dict.txt of them: not an HF directory's file.)
+      others.append(
+        (
+          "vocab.json + merges.txt",
+          load_tokenizer("bpe", vocab_json=bpe_files[0], merges_txt=bpe_files[1]),
+        )
+      )
+  except (ValueError, OSError) as e:
+    raise CheckpointError(f"{directory}: cannot read a tokenizer file: {e}") from None
+  if isinstance(primary, SentencePieceTokenizer) and os.path.isfile(join("dict.txt")):
+    expected = sentencepiece_dictionary(primary).symbols
+    if Dictionary.load(join("dict.txt")).symbols != expected:
+      raise CheckpointError(
+        f"{join('dict.txt')} does not list the pieces of {files['sentencepiece_model']} in id "
+        "order; the two files are from different tokenizers: keep the files the model was "
+        "exported with"
+      )
+  if not others:
+    return primary
+  size = primary.vocab.vocab_size
+  probes = list(_AGREEMENT_PROBES) + [primary.decode(range(4, min(size - 1, 400)))]
+  for other_name, other in others:
+    problem = None
+    if other.vocab.vocab_size != size:
+      problem = f"{other.vocab.vocab_size} ids there, {size} in {name}"
+    else:
+      for text in probes:
+        ours, theirs = primary.encode(text).tolist(), other.encode(text).tolist()
+        if ours != theirs:
+          problem = f"{text[:30]!r} is {theirs[:6]}... there but {ours[:6]}... with {name}"
+          break
+    if problem is not None:
+      raise CheckpointError(
+        f"{directory}: {other_name} and {name} are different tokenizers ({problem}); "
+        "transformers reads one, this library the other: keep the files the model was "
+        "exported with"
+      )
+  return primary

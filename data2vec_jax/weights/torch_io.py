@@ -184,12 +184,10 @@ _LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 
 
 def _refused_global(message: str) -> str | None:
-  """The dotted global name a weights-only refusal complains about, if it names one."""
-  for match in _REFUSED_GLOBAL.finditer(message):
-    name = match.group(1)
-    if "." in name:
-      return name
-  return None
+  """The global a weights-only refusal complains about, if it names one: dotted
+  (`module.name`), or a bare builtin as torch prints it (`GLOBAL eval`)."""
+  names = [m.group(1) for m in _REFUSED_GLOBAL.finditer(message)]
+  return next((n for n in names if "." in n), names[0] if names else None)
 
 
 def _torch_reason(error: BaseException) -> str:
