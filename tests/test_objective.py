@@ -742,3 +742,16 @@ def test_pruning_the_teacher_needs_per_position_targets():
       objective=ObjectiveConfig(instance_norm_target_layer=True),
       prune_last_block=True,
     )
+
+
+def test_fields_in_use_leave_data2vec2_fields_out_of_a_v1_config():
+  from configs import demo
+  from data2vec_jax.objective.loss import DATA2VEC2_ONLY, ObjectiveConfig, fields_in_use
+
+  # Every name is one of ObjectiveConfig's fields.
+  assert set(DATA2VEC2_ONLY) < {f.name for f in dataclasses.fields(ObjectiveConfig)}
+  v1 = fields_in_use(demo.get_config().objective)
+  assert v1["kind"] == "data2vec" and not set(DATA2VEC2_ONLY) & set(v1)
+  assert "average_top_k_layers" in v1 and "loss_beta" in v1
+  v2 = fields_in_use(demo.get_config("recipe=data2vec2").objective)
+  assert set(DATA2VEC2_ONLY) <= set(v2)

@@ -50,6 +50,20 @@ from data2vec_jax.objective.targets import TARGET_TYPES, teacher_targets
 from data2vec_jax.speed import packing as packing_lib
 
 KINDS = ("data2vec", "mlm", "data2vec2")
+# ObjectiveConfig fields that only data2vec 2.0 (kind 'data2vec2') reads.
+DATA2VEC2_ONLY = (
+  "clone_batch",
+  "mask_prob",
+  "mask_noise_std",
+  "decoder_dim",
+  "decoder_kernel",
+  "decoder_layers",
+  "decoder_groups",
+  "decoder_residual",
+  "projection_layers",
+  "projection_ratio",
+  "decoder_input_dropout",
+)
 TEACHER_INPUTS = ("unmasked", "masked_only")
 LOSS_POSITIONS = ("mask_token", "selected")
 VAR_EPS = 1e-6  # data2vec 2.0 compute_var
@@ -141,6 +155,15 @@ class ObjectiveConfig(strict_config.StrictConfig):
       raise ValueError(f"decoder_kernel must be odd and >= 1, got {self.decoder_kernel}")
     if not 0.0 <= self.decoder_input_dropout < 1.0:
       raise ValueError(f"decoder_input_dropout must be in [0, 1), got {self.decoder_input_dropout}")
+
+
+def fields_in_use(objective: Mapping[str, Any]) -> dict[str, Any]:
+  """The fields of an objective config (a `config.objective` section or ObjectiveConfig's
+  dict) that its kind reads: data2vec 2.0's own (DATA2VEC2_ONLY) only for kind 'data2vec2'."""
+  kind = objective.get("kind", "data2vec")
+  return {
+    k: v for k, v in dict(objective).items() if kind == "data2vec2" or k not in DATA2VEC2_ONLY
+  }
 
 
 def make_decoder(config: EncoderConfig, objective: ObjectiveConfig) -> Decoder1d:
