@@ -8,6 +8,8 @@ import glob
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -411,6 +413,33 @@ def test_sigterm_saves_and_exits(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_while_compiling_says_so_and_exits_like_a_preemption(tmp_path):
+  """A notice during the step's compilation (before step 1) is announced at once, not after the
+  compile, and the run exits 0 with nothing saved (it used to die with 143 and no word)."""
+  workdir = str(tmp_path / "compiling")
+  # Sixteen packed capacities: several shapes to compile, a window of seconds to signal in.
+  cmd = train_cmd(workdir, 20, "--config.execution.pack_buckets=16")
+  proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  lines = []
+  for raw in proc.stderr:
+    lines.append(raw.decode(errors="replace"))
+    if "compiling the step for" in lines[-1]:
+      proc.send_signal(signal.SIGTERM)
+      break
+  lines += [raw.decode(errors="replace") for raw in proc.stderr]
+  proc.wait(timeout=600)
+  stderr = "".join(lines)
+  assert proc.returncode == 0, stderr[-3000:]
+  announced = stderr.index("preemption notice (SIGTERM)")
+  compiled = re.search(r"compiled the step for \d+ shape", stderr)
+  assert compiled and announced < compiled.start(), stderr[-3000:]  # said before the compile ends
+  assert "preemption notice before step 1 (while preparing or compiling)" in stderr
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  assert summary["stop_reason"] == "preempted" and summary["final_step"] == 0
+  assert checkpoint_steps(workdir) == []
+
+
+@pytest.mark.slow
 def test_a_run_with_one_step_left_trains_it(tmp_path):
   """num_steps=1, then the finished run's num_steps raised by one: each trains its one step."""
   workdir = str(tmp_path / "one_step")
@@ -450,6 +479,63 @@ def test_a_diverging_run_stops_before_nan_and_sets_its_checkpoints_aside(tmp_pat
   assert f"newest checkpoint before the anomaly: step {kept[-1]}" in line
   assert glob.glob(os.path.join(workdir, "set_aside_checkpoints", f"diverged_step{anomaly - 1}_*"))
   assert not glob.glob(os.path.join(workdir, "**", "*orbax-checkpoint-tmp*"), recursive=True)
+
+
+def in_mount_namespace(mounts: list[tuple[str, str]], cmd: list[str]) -> list[str]:
+  """`cmd` run with tmpfs file systems mounted ((directory, mount options) each), visible to it
+  only (`unshare`: a user and mount namespace, no privileges needed where they are enabled)."""
+  mount = " && ".join(f"mount -t tmpfs -o {opts} tmpfs {shlex.quote(d)}" for d, opts in mounts)
+  return ["unshare", "-Urm", "sh", "-c", f"{mount} && exec {shlex.join(cmd)}"]
+
+
+def can_mount_tmpfs(tmp_path) -> bool:
+  probe = tmp_path / "mount_probe"
+  probe.mkdir()
+  if shutil.which("unshare") is None:
+    return False
+  run = subprocess.run(in_mount_namespace([(str(probe), "size=4k")], ["true"]), capture_output=True)
+  return run.returncode == 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_training_is_one_line_naming_it(tmp_path):
+  """A real ENOSPC: the checkpoints directory is a 64 KiB tmpfs, so orbax's first save fails in
+  its background threads (RESOURCE_EXHAUSTED). The last line names the full disk; no traceback
+  (orbax logged one per thread, 500+ lines, and TensorBoard's close error hid the cause)."""
+  if not can_mount_tmpfs(tmp_path):
+    pytest.skip("needs `unshare -Urm` and tmpfs mounts (user namespaces)")
+  workdir = tmp_path / "full"
+  (workdir / "checkpoints").mkdir(parents=True)
+  cmd = in_mount_namespace([(str(workdir / "checkpoints"), "size=64k")], train_cmd(str(workdir), 6))
+  run = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+  assert run.returncode == 1, run.stderr[-3000:]
+  line = last_line(run.stderr)
+  assert line.startswith(f"train.py: error: disk full writing to {workdir} ("), line
+  assert "No space left on device" in line and "re-run the same command to resume" in line
+  assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) < 60, run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("case", ["file", "read_only_parent", "read_only_workdir"])
+def test_a_workdir_that_cannot_be_written_is_one_line(tmp_path, case):
+  workdir = tmp_path / "ro" / "run" if case == "read_only_parent" else tmp_path / "run"
+  cmd = train_cmd(str(workdir), 4)
+  if case == "file":
+    workdir.write_text("not a directory")
+  else:
+    if not can_mount_tmpfs(tmp_path):
+      pytest.skip("needs `unshare -Urm` and tmpfs mounts (user namespaces)")
+    mount_point = workdir.parent if case == "read_only_parent" else workdir
+    mount_point.mkdir()
+    cmd = in_mount_namespace([(str(mount_point), "ro")], cmd)
+  run = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+  assert run.returncode == 1
+  expected = {
+    "file": f"--workdir {workdir} is a file, not a directory",
+    "read_only_parent": f"cannot create --workdir {workdir}: Read-only file system",
+    "read_only_workdir": f"--workdir {workdir} is not writable: Read-only file system",
+  }[case]
+  assert last_line(run.stderr).startswith(f"train.py: error: {expected}"), run.stderr[-2000:]
+  assert "Traceback" not in run.stderr
 
 
 @pytest.mark.parametrize(

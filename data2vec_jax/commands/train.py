@@ -62,11 +62,22 @@ def parse_flags(argv: list[str]) -> list[str]:
   )
 
 
+def _orbax_without_tracebacks(record: logging.LogRecord) -> bool:
+  if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+    record.exc_info, record.exc_text = None, None
+  return True
+
+
 def run(argv: list[str]) -> None:
   del argv
   logging.getLogger().setLevel(logging.INFO)
   # Orbax logs every checkpoint phase through absl at INFO; keep the console to our progress.
   logging.getLogger("absl").setLevel(logging.WARNING)
+  if not os.environ.get("D2V_TRACEBACK"):
+    # A failed background save (a full disk) makes orbax log the same error with a traceback
+    # from each of its threads, hundreds of lines; the error is raised and ends the output in
+    # one line, so its log lines keep their message only.
+    logging.getLogger("absl").addFilter(_orbax_without_tracebacks)
   logging.info(
     "glibc malloc settings for XLA:CPU scratch memory: %s",
     "on" if host_malloc.is_tuned() else "off (D2V_MALLOC=default or not glibc)",
@@ -77,11 +88,12 @@ def run(argv: list[str]) -> None:
   from data2vec_jax.train.health import TrainingError
   from data2vec_jax.train.loop import InputDataError, train_and_evaluate
   from data2vec_jax.train.recipe import ConfigError
+  from data2vec_jax.train.workdir_errors import WorkdirError
 
   cli.run_reporting_errors(
     cli.prog_name(),
     lambda: train_and_evaluate(with_corpus_tokenizer(FLAGS.config), FLAGS.workdir),
-    (ConfigError, InputDataError, TrainingCheckpointError, TrainingError),
+    (ConfigError, InputDataError, TrainingCheckpointError, TrainingError, WorkdirError),
     "re-run the same command to resume from the newest checkpoint",
   )
 

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -33,9 +34,10 @@ from data2vec_jax.speed.compile_progress import CompileProgress
 from data2vec_jax.train import checkpoint as checkpoint_lib
 from data2vec_jax.train import health as health_lib
 from data2vec_jax.train import precompile as precompile_lib
+from data2vec_jax.train import preemption as preemption_lib
 from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train import state as train_state_lib
-from data2vec_jax.train import step_setup
+from data2vec_jax.train import step_setup, workdir_errors
 from data2vec_jax.train import validation as validation_lib
 from data2vec_jax.train.metrics import MetricWriter, format_progress
 from data2vec_jax.train.preemption import PreemptionFlag
@@ -74,21 +76,46 @@ def initialize_distributed(cluster: Any) -> None:
   jax.distributed.initialize(**kwargs)
 
 
+PREEMPTION_ANNOUNCEMENT = (
+  "preemption notice (SIGTERM): the run saves and exits at the next step boundary (after the "
+  "compilation or step in progress); re-run the same command to resume"
+)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) pretraining in `workdir`; returns a summary of the run.
 
   Every exit, also by an error, waits for the checkpoint being written and closes the input
   pipeline, so no half-written checkpoint is left and the error is the last thing reported.
+  A SIGTERM (preemption notice) at any point, also while the data, the state or the steps are
+  being prepared, is announced at once on stderr and acted on at the next step boundary: the
+  newest step is saved and the run exits cleanly (summary `stop_reason` 'preempted').
   """
+  with PreemptionFlag(PREEMPTION_ANNOUNCEMENT) as preempted:
+    try:
+      return _train_and_evaluate(config, workdir, preempted)
+    except workdir_errors.WorkdirError:
+      raise
+    except Exception as e:
+      # A full disk or a refused write, whatever failed first or after it: one line naming it.
+      problem = workdir_errors.workdir_error(e, workdir)
+      if problem is None:
+        raise
+      raise problem from e
+
+
+def _train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, preempted: PreemptionFlag
+) -> dict[str, Any]:
   t_start = time.time()
   if config.get("distributed", False):
     initialize_distributed(config.get("cluster", {}))
   validate_config(config)  # a bad config fails before anything is written to the workdir
+  workdir_errors.check_workdir(workdir)  # a file, a read-only workdir or parent: one line
   # Before anything compiles: a restart loads what an earlier run of this config compiled.
   compile_cache.enable(config.train.get("compilation_cache", "auto"), workdir)
   process_index, process_count = jax.process_index(), jax.process_count()
   is_chief = process_index == 0
-  os.makedirs(workdir, exist_ok=True)
   train_cfg = config.train
 
   try:
@@ -138,6 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           mesh,
           is_chief,
           eval_fn=eval_fn,
+          preempted=preempted,
         )
     except health_lib.TrainingError as e:
       raise _stopped_unhealthy(e, checkpointer, config) from e
@@ -338,11 +366,46 @@ def _precompile(
   )
 
 
+def _check_pending(
+  pending: list[dict[str, jax.Array]],
+  window: list[dict[str, float]],
+  monitor: health_lib.HealthMonitor,
+  step: int,
+) -> None:
+  """Moves the metrics of the steps up to `step` still on the devices (`pending`, emptied) to
+  the host `window`, each checked by the divergence guard (`monitor.check_step`)."""
+  host = jax.device_get(pending)
+  pending.clear()
+  for offset, step_metrics in enumerate(host):
+    window.append({k: float(v) for k, v in step_metrics.items()})
+    monitor.check_step(step - len(host) + 1 + offset, window[-1])
+
+
 def _loop(
-  config, workdir, recipe, plan, state, step_fn, data, checkpointer, mesh, is_chief, eval_fn=None
+  config,
+  workdir,
+  recipe,
+  plan,
+  state,
+  step_fn,
+  data,
+  checkpointer,
+  mesh,
+  is_chief,
+  eval_fn=None,
+  preempted: PreemptionFlag | None = None,
 ):
   """Trains from `state` to `train.num_steps`; `eval_fn` (`validation.make_eval_step`, with
-  `data.validation`) evaluates the held-out loss every `validation.every` steps."""
+  `data.validation`) evaluates the held-out loss every `validation.every` steps.
+
+  `preempted` (SIGTERM) is acted on at the step boundary after the notice: on one process it is
+  read after every step, also after waiting for the step's results, so a notice that arrives
+  while step k runs saves step k; several processes must stop at the same step, so there the
+  flags are agreed (a collective) at the log and save steps, where the host waits anyway, and by
+  orbax's preemption sync point in between. A notice before the first step (while compiling)
+  saves nothing new: the checkpoint the run started from stands."""
+  preempted = preempted or PreemptionFlag()
+  single_process = jax.process_count() == 1
   train_cfg = config.train
   total = int(train_cfg.num_steps)
   step = int(jax.device_get(state.step))
@@ -384,10 +447,20 @@ def _loop(
       # On the devices once, sharded like the training batches (each process its own rows).
       valid_batches = [_host_batch_to_global(b, batch_sharding) for b in data.validation.batches]
     first_batch = next(data.iterator) if step < total else None
-    steps = _precompile(
-      train_cfg, plan, data, state, step_fn, first_batch, mesh, groups, total - step
-    )
-    with PreemptionFlag() as preempted:
+    steps = precompile_lib.CompiledSteps(step_fn, {})
+    if not preempted.event.is_set():  # a notice already: no point compiling ahead
+      steps = _precompile(
+        train_cfg, plan, data, state, step_fn, first_batch, mesh, groups, total - step
+      )
+    if preemption_lib.any_process(preempted.event.is_set()):
+      stop_reason = "preempted"
+      logging.warning(
+        "preemption notice before step %d (while preparing or compiling): nothing trained, "
+        "nothing to save; exiting (the run resumes from %s)",
+        step + 1,
+        f"step {step}" if step else "scratch",
+      )
+    if stop_reason != "preempted":
       while step < total:
         host_batch, first_batch = first_batch or next(data.iterator), None
         global_row_tokens = host_batch.pop(GLOBAL_ROW_TOKENS)  # host-side only
@@ -414,7 +487,9 @@ def _loop(
         step += 1
         pending.append(metrics)
         is_last = step == total
-        stopping = preempted.event.is_set() or checkpointer.reached_preemption(step)
+        stopping = (single_process and preempted.event.is_set()) or (
+          checkpointer.reached_preemption(step)
+        )
         saving = is_last or stopping or checkpointer.should_save(step)
         # Not on a preemption notice (the run saves and exits at once). A validation step is
         # also a log step: the held-out metrics go into that step's one row.
@@ -425,11 +500,16 @@ def _loop(
         if saving or logging_now:
           # Every step's metrics pass the divergence guard before a checkpoint of its state
           # is written (one transfer per log window or save, not per step).
-          host = jax.device_get(pending)
-          pending = []
-          for offset, step_metrics in enumerate(host):
-            window.append({k: float(v) for k, v in step_metrics.items()})
-            monitor.check_step(step - len(host) + 1 + offset, window[-1])
+          _check_pending(pending, window, monitor, step)
+        if (
+          not (stopping or validating)
+          and (single_process or saving or logging_now)  # every process is here, or none
+          and preemption_lib.any_process(preempted.event.is_set())
+        ):
+          # The notice came while this step ran (the transfer above waits for it): save this
+          # step and stop now, not one step later.
+          stopping = saving = True
+          _check_pending(pending, window, monitor, step)
         if logging_now:
           now = time.time()
           tokens = float(sum(m["num_tokens"] for m in window))
@@ -498,7 +578,9 @@ def _loop(
       writer.write(e.anomaly_step, bad)
     raise
   finally:
-    writer.close()
+    # Quietly after an error: a close failing because of it (TensorBoard's "handle is closed"
+    # on a full disk) must not replace the error itself.
+    writer.close(quiet=sys.exc_info()[0] is not None)
   summary = {
     "final_step": step,
     "stop_reason": stop_reason,

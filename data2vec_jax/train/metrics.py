@@ -59,11 +59,18 @@ class MetricWriter:
       for key, value in metrics.items():
         self._tb.add_scalar(key, float(value), step)
 
-  def close(self) -> None:
-    if self._jsonl is not None:
-      self._jsonl.close()
-    if self._tb is not None:
-      self._tb.close()
+  def close(self, quiet: bool = False) -> None:
+    """Closes both logs. `quiet`: a failing close is logged, not raised (after another error,
+    which it must not replace)."""
+    for log in (self._jsonl, self._tb):
+      if log is None:
+        continue
+      try:
+        log.close()
+      except Exception as e:  # noqa: BLE001 - re-raised unless quiet
+        if not quiet:
+          raise
+        logging.warning("closing the metric logs failed too: %s: %s", type(e).__name__, e)
 
 
 def _keep_rows_up_to(path: str, step: int) -> list[dict]:

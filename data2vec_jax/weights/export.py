@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from typing import Any
 
 import jax
 
+from data2vec_jax import cli
 from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.objective import ema as ema_lib
 from data2vec_jax.train import checkpoint as checkpoint_lib
@@ -31,10 +33,18 @@ from data2vec_jax.weights.pretrained import save_pretrained
 def export_from_checkpoint(
   workdir: str, output: str, *, step: int | None = None, use_ema: bool = False
 ) -> tuple[str, int]:
-  """Restores checkpoint `step` (default: newest) of `workdir` and writes a model directory.
+  """Restores checkpoint `step` (default: the newest intact one) of `workdir` and writes a
+  model directory.
 
-  Returns (output path, step exported). Raises CheckpointError for a missing/mismatched one.
+  A corrupt newest step is skipped, saying so, for the next older one, as a resumed run does;
+  it is not moved aside (training may be running in the workdir). Returns (output path, step
+  exported). Raises FileNotFoundError for a missing workdir or one that is not a run's, and
+  `TrainingCheckpointError` for a step that was never kept (the kept ones named), a corrupt
+  requested step, no intact step, or a checkpoint of another model.
   """
+  if not os.path.isdir(workdir):
+    what = "is not a directory" if os.path.exists(workdir) else "does not exist"
+    raise FileNotFoundError(f"--workdir {workdir} {what}: give a training run's workdir")
   recipe_path = os.path.join(workdir, RECIPE_FILE)
   if not os.path.exists(recipe_path):
     raise FileNotFoundError(f"{recipe_path} not found: is {workdir} a data2vec-jax workdir?")
@@ -48,13 +58,44 @@ def export_from_checkpoint(
   try:
     with sharding_lib.activate(mesh):
       abstract, _ = train_state_lib.state_shardings(recipe, tx, mesh, seq_len)
-      step = checkpointer.latest_step() if step is None else step
-      state, _ = checkpointer.restore(step, abstract)
+      state = _restore(checkpointer, abstract, step)
   finally:
     checkpointer.close()
   tokenizer = workdir_tokenizer(workdir)
   export_model_dir(state, recipe, output, use_ema=use_ema, tokenizer=tokenizer)
   return output, int(jax.device_get(state.step))
+
+
+def _restore(checkpointer: checkpoint_lib.Checkpointer, abstract: Any, step: int | None) -> Any:
+  """The state of checkpoint `step`, or of the newest intact one (`step=None`)."""
+  kept = checkpointer.all_steps()
+  if not kept:
+    raise checkpoint_lib.TrainingCheckpointError(f"no checkpoint in {checkpointer.directory}")
+  if step is not None:
+    if step not in kept:
+      raise checkpoint_lib.TrainingCheckpointError(
+        f"no checkpoint of step {step} in {checkpointer.directory}: the kept steps are "
+        f"{', '.join(map(str, kept))} (a run keeps its newest train.keep_checkpoints)"
+      )
+    return checkpointer.restore(step, abstract)[0]
+  corrupt = []
+  for candidate in reversed(kept):
+    try:
+      state, _ = checkpointer.restore(candidate, abstract)
+    except checkpoint_lib.CorruptCheckpointError as e:
+      logging.warning("checkpoint step %d is corrupt (%s); trying the next older one", candidate, e)
+      corrupt.append(str(candidate))
+      continue
+    if corrupt:
+      logging.warning(
+        "exporting step %d, the newest intact checkpoint (corrupt: step %s)",
+        candidate,
+        ", ".join(corrupt),
+      )
+    return state
+  raise checkpoint_lib.TrainingCheckpointError(
+    f"no intact checkpoint in {checkpointer.directory} (corrupt: steps {', '.join(corrupt)})"
+  )
 
 
 def to_host(tree: Any) -> Any:
@@ -118,8 +159,19 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
   parser.add_argument("--ema", action="store_true", help="export the EMA teacher's encoder")
   args = parser.parse_args(argv)
-  path, step = export_from_checkpoint(args.workdir, args.output, step=args.step, use_ema=args.ema)
-  print(f"exported step {step} ({'EMA teacher' if args.ema else 'student'}) to {path}")
+  logging.getLogger().setLevel(logging.INFO)
+
+  def export() -> None:
+    path, step = export_from_checkpoint(args.workdir, args.output, step=args.step, use_ema=args.ema)
+    print(f"exported step {step} ({'EMA teacher' if args.ema else 'student'}) to {path}")
+
+  # Every failure is one line `export: error: ...` (cli.run_reporting_errors).
+  cli.run_reporting_errors(
+    "export",
+    export,
+    (checkpoint_lib.TrainingCheckpointError, FileNotFoundError, ValueError, OSError),
+    "re-run the same command",
+  )
 
 
 if __name__ == "__main__":
