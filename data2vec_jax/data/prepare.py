@@ -47,6 +47,7 @@ import json
 import multiprocessing
 import os
 import re
+import resource
 import shutil
 import socket
 import sys
@@ -296,6 +297,16 @@ def _train_tokenizer(
   return tok
 
 
+def _cpu_seconds(since: dict[str, float] | None = None) -> dict[str, float]:
+  """CPU seconds (user + system) of this process ('main') and of its ended children ('workers'),
+  minus `since`."""
+  now = {
+    "main": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
+    "workers": sum(resource.getrusage(resource.RUSAGE_CHILDREN)[:2]),
+  }
+  return {k: round(v - (since or {}).get(k, 0.0), 2) for k, v in now.items()}
+
+
 def _files_sha256(files: dict[str, str]) -> str:
   """One sha256 over a tokenizer's files (in role order): equal iff the files are."""
   h = hashlib.sha256()
@@ -400,6 +411,7 @@ def _prepare_into(args: argparse.Namespace, work_dir: str, target: str) -> dict:
   """`prepare`, writing every output into `work_dir` (the stats name their final paths in
   `target`, the output folder)."""
   t0 = time.time()
+  cpu0 = _cpu_seconds()
   documents = _documents_factory(args)
 
   # 1. Tokenizer.
@@ -530,6 +542,8 @@ def _prepare_into(args: argparse.Namespace, work_dir: str, target: str) -> dict:
     "num_shards": args.num_shards,
     "unk_fraction": float(counts[vocab.unk_id] / max(1, counts.sum())),
     "seconds": round(time.time() - t0, 2),
+    # Where the time goes: this process (read, write) and the encoding workers (--workers > 1).
+    "cpu_seconds": _cpu_seconds(cpu0),
   }
   with open(os.path.join(work_dir, sources.PREPARE_STATS_FILE), "w") as f:
     json.dump(stats, f, indent=1)
