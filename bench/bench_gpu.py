@@ -44,6 +44,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # noqa: E402
+from data2vec_jax import cli  # noqa: E402
 
 SEQ = 512
 OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM")
@@ -372,9 +373,9 @@ def main(argv=None) -> int:
   )
   p.add_argument("--xla_flags", default="recommended", choices=["recommended", "none"])
   p.add_argument("--timeout", type=float, default=900, help="seconds per sweep point")
-  p.add_argument(
-    "--allow-cpu",
-    dest="allow_cpu",
+  cli.add_argument(  # --allow_cpu, and the old --allow-cpu
+    p,
+    "allow_cpu",
     action="store_true",
     help="run on CPU when no GPU is present (smoke test of the code path)",
   )

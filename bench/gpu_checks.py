@@ -42,6 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from data2vec_jax import cli  # noqa: E402
+
 FP32_TOLERANCE = 1e-5  # as tests/test_parity.py: ~84 float32 eps at the outputs' scale
 # bf16 keeps 8 bits of mantissa (eps 2^-8 = 3.9e-3). Measured on CPU (XLA attention, 2 layers at
 # base width, `--allow-cpu`): last hidden state max |diff| 8e-3 x scale; 3x that leaves room for
@@ -244,7 +246,7 @@ def check_cudnn_attention() -> dict[str, Any]:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--out", default="", help="JSON file for the results")
-  p.add_argument("--allow-cpu", dest="allow_cpu", action="store_true", help="dry run on CPU")
+  cli.add_argument(p, "allow_cpu", action="store_true", help="dry run on CPU (or --allow-cpu)")
   args = p.parse_args(argv)
   import jax
 
