@@ -247,8 +247,9 @@ def test_list_prints_one_runnable_command_per_cell(tmp_path):
   assert len(lines) == 3
   for i, line in enumerate(lines):
     assert line.endswith(f"--cell={i}") and f"--workdir={tmp_path}" in line
-    # This interpreter and absolute paths: the line runs from a job script's directory.
-    assert line.startswith(f"{sys.executable} {os.path.join(REPO, 'sweep.py')} "), line
+    # This interpreter and absolute paths, run from the directory the paths were given in: the
+    # line runs from a job script's directory.
+    assert line.startswith(f"cd {REPO} && {sys.executable} {os.path.join(REPO, 'sweep.py')} "), line
     assert f"--config={os.path.join(REPO, 'configs', 'sweeps', 'top_k.py')}:" in line, line
     assert (
       "'--config.pretrain.overrides=('\"'\"'data.path=x'\"'\"',)'" in line

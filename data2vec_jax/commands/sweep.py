@@ -17,7 +17,8 @@ Definitions: configs/sweeps/, packaged (--config sweeps/top_k; --help lists a de
 fields; any field can be overridden: --config.axis_values="('1','2')").
 README.md, "Ablation sweeps", has a SLURM job-array example.
 
---list prints absolute paths and this interpreter, so its lines run from a job script.
+--list prints `cd <this directory> && <this interpreter> ...` with absolute paths: its lines run
+from a job script.
 Every failure ends the output with one line `<command>: error: ...` (exit 1; 2 bad flags).
 """
 

@@ -68,9 +68,11 @@ def stage_command(cell: Cell, stage: str) -> list[str]:
 
 def cell_command(config_flags: list[str], workdir: str, cell: Cell) -> str:
   """The shell command that runs one cell (what `--list` prints, one per cell); config_flags:
-  the sweep's own --config=... (an absolute path) and --config.*=... flags."""
+  the sweep's own --config=... (an absolute path) and --config.*=... flags. It starts with
+  `cd <this directory> &&`: paths the user gave relative to it (a definition's `data=`, an
+  override's data.path) then mean the same in a job script run from anywhere."""
   words = [*launcher("sweep"), *config_flags, f"--workdir={workdir}", f"--cell={cell.index}"]
-  return shlex.join(words)
+  return f"cd {shlex.quote(os.getcwd())} && {shlex.join(words)}"
 
 
 class StageConfigs:
