@@ -180,10 +180,14 @@ def remove_stale_work_dirs(folder: str, *, now: float | None = None) -> list[str
         continue
       why = f"its run (pid {pid} on this host) has ended"
     else:
-      newest = max(
-        [os.path.getmtime(path)]
-        + [os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)]
-      )
+      try:
+        newest = max(
+          [os.path.getmtime(path)]
+          + [os.path.getmtime(os.path.join(path, f)) for f in os.listdir(path)]
+        )
+      except OSError as e:  # unreadable, or removed meanwhile by its own run
+        _log(f"left {path} in place: cannot read it ({e.strerror})")
+        continue
       idle_hours = (now - newest) / 3600
       owner = f"host {m.group('host')}, pid {m.group('pid')}" if m else "owner not recorded"
       if idle_hours < UNCHECKABLE_WORK_DIR_STALE_HOURS:
