@@ -13,7 +13,7 @@ Writes into --output_dir:
     spm.model (when a sentencepiece model is trained), prepare_stats.json.
 Then train with data.source='fairseq_bin', data.path='<output_dir>/train'.
 
-In parallel (README "Preparing a corpus on a pod"):
+In parallel (README "Preparing a corpus in parallel / on a pod"):
     --workers N    N processes encode (the tokenizer is the cost: ~250k tokens/s per core);
                    the output is byte-identical whatever N.
     --shard i --num_shards n
@@ -23,13 +23,14 @@ In parallel (README "Preparing a corpus on a pod"):
                    <output_dir>/shard-0000i-of-0000n/. Training reads data.path=<output_dir>/train
                    as one corpus of all n shards (data/shards.py). All shards must use one
                    tokenizer: with sentencepiece, train it once with --train_tokenizer_only
-                   (writes <output_dir>/spm.model and dict.txt) and give it to every shard with
-                   --sentencepiece_model; a sharded run does not train one.
+                   (writes <output_dir>/spm.model, dict.txt and prepare_stats.json) and give it
+                   to every shard with --sentencepiece_model; a sharded run does not train one.
 
 The outputs are written into a temporary folder inside --output_dir and renamed into place only
 when the whole preparation succeeded (prepare_stats.json last): a failed run leaves the previous
 outputs untouched. The temporary folder's name records its owner (pid, process start time and
-host); a run removes the ones left by killed runs, and says so (`remove_stale_work_dirs`). Loading checks each split against prepare_stats.json (lines, tokens, .bin size).
+host); a run removes the ones left by killed runs, and says so (`remove_stale_work_dirs`).
+Loading checks each split against prepare_stats.json (lines, tokens, .bin size).
 Errors in the input (missing files, an empty corpus, invalid UTF-8, sentencepiece limits) end the
 command with one line `prepare: error: ...` and exit status 1.
 
