@@ -7,8 +7,8 @@ The corpus is the offline Python-docs corpus (`data.offline_corpus`, ~86k tokens
 first and given to every run, so each run only reads, encodes and writes. Every setting runs
 `python -m data2vec_jax.data.prepare` as a subprocess (wall clock, best of --rounds; and the CPU
 seconds its prepare_stats.json records, which on a machine busy with other work say what idle
-cores would give) and must write byte-identical outputs; `--shards n` runs n shard processes at once (what n hosts of a pod
-do, here sharing this machine's cores) into one folder. Appends one record to
+cores would give) and must write byte-identical outputs; `--shards n` runs n shard processes
+at once (what n hosts of a pod do, here sharing this machine's cores) into one folder. Appends one record to
 bench/results.jsonl (common.append_result).
 """
 

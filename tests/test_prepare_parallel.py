@@ -254,8 +254,8 @@ def test_killed_run_leaves_a_folder_that_the_next_run_removes(tmp_path, corpus, 
   run_prepare(corpus, out)
   err = capsys.readouterr().err
   assert (
-    f"removed {out / left} left by an interrupted run (its run (pid {proc.pid} on this host) has ended)"
-    in err
+    f"removed {out / left} left by an interrupted run "
+    f"(its run (pid {proc.pid} on this host) has ended)" in err
   )
   assert (
     f"removed {legacy} left by an interrupted run (owner not recorded, unchanged for 25 h)" in err
