@@ -17,6 +17,7 @@ import pytest
 from data2vec_jax.data import pipeline, prepare, shards, sources
 from data2vec_jax.data.sources import DataError
 from data2vec_jax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+from data2vec_jax.data.workers import WorkerPoolIterator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_DOCS = 24
@@ -70,14 +71,26 @@ def token_source(prefix) -> sources.TokenSource:
   )[0].source
 
 
-def batches(prefix, count=6) -> list[dict]:
+def select_all(tokens, *, epoch, index):
+  """A picklable mask_fn (worker processes receive the iterator pickled)."""
+  return tokens, np.ones(len(tokens), bool)
+
+
+def batches(prefix, count=6, input_workers=0) -> list[dict]:
+  """The first `count` batches of the corpus `prefix`, built here or by input worker processes
+  (`data.workers`: the sharded corpus travels to them pickled)."""
   blocks, vocab = pipeline.build_block_dataset(
     {"source": "fairseq_bin", "path": str(prefix)}, tokens_per_sample=32, break_mode="complete_doc"
   )
   config = pipeline.PipelineConfig(tokens_per_sample=32, global_batch_size=4, seed=3)
-  mask_fn = lambda t, epoch, index: (t, np.ones(len(t), bool))  # noqa: E731
-  it = pipeline.make_iterator(blocks, config, vocab, mask_fn=mask_fn, prefetch=0)
-  return [next(it) for _ in range(count)]
+  it = pipeline.make_iterator(blocks, config, vocab, mask_fn=select_all, prefetch=0)
+  if input_workers:
+    it = WorkerPoolIterator(it, input_workers)
+  try:
+    return [next(it) for _ in range(count)]
+  finally:
+    if input_workers:
+      it.close()
 
 
 def files(folder) -> dict[str, bytes]:
@@ -104,10 +117,12 @@ def test_sharded_corpus_is_the_same_whatever_the_workers(tmp_path, corpus):
   assert sorted(one) == sorted(two)
   assert "shard-00001-of-00002/train.bin" in one and "shard-00000-of-00002/valid.idx" in one
   assert one == two
-  for a, b in zip(batches(tmp_path / "w1" / "train"), batches(tmp_path / "w2" / "train")):
-    assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
+  serial = batches(tmp_path / "w1" / "train")
+  for other in (batches(tmp_path / "w2" / "train"), batches(tmp_path / "w2" / "train", 6, 2)):
+    for a, b in zip(serial, other, strict=True):
+      assert a.keys() == b.keys()
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_shards_read_as_one_corpus(tmp_path, corpus):
