@@ -210,7 +210,8 @@ def tfds_documents(
 @dataclasses.dataclass
 class TokenSource:
   """fairseq-binarized tokens: `tokens` (flat int array, any integer dtype, possibly a memmap,
-  or the memmaps of several shards as one `shards.ConcatenatedTokens`) and `sizes` (int64 [num_lines]); line i is tokens[offsets[i]:offsets[i]+sizes[i]].
+  or the memmaps of several shards as one `shards.ConcatenatedTokens`) and `sizes` (int64
+  [num_lines]); line i is tokens[offsets[i]:offsets[i]+sizes[i]].
 
   Lines end with `</s>`; a size-1 line is a document separator.
   """
