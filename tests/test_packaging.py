@@ -8,9 +8,10 @@
    requirements.txt) imports every module of the package, trains a sentencepiece vocabulary and
    runs one train step; `pip check` finds every requirement satisfied and the extras' packages
    (torch, transformers, tensorflow_datasets, pytest) are absent, so an undeclared import fails.
-   Its console scripts then run the demo's pretraining and fine-tuning (tiny, a few steps) with
-   the packaged configs from a directory with no checkout, `--help` exits 0, and the sweep's
-   `--list` lines name this environment's interpreter.
+   Its console scripts then run the demo's pretraining (on the demo's corpus binarized by
+   d2v-prepare: its tokenizer reaches the model directory with no flag) and fine-tuning (tiny,
+   a few steps) with the packaged configs from a directory with no checkout, then d2v-embed;
+   `--help` exits 0, and the sweep's `--list` lines name this environment's interpreter.
 3. requirements.txt pins exactly pyproject's core dependencies, requirements-dev.txt its extras.
 
 Offline by construction: the closure's distributions are the ones `make` installed in this
@@ -379,12 +380,16 @@ TINY_FINETUNE = [
   "--config.grid.seeds=(1,)",
   "--config.grid.from_scratch=(False,)",
   "--config.optimizer.max_epochs=1",
+  # A 512-piece vocabulary (the demo's own is larger) makes a few dev sentences over 128 tokens.
+  "--config.data.train_too_long=truncate",
+  "--config.data.eval_too_long=truncate",
 ]
 
 
 def _run_the_demo_with_the_installed_commands(venv: pathlib.Path, tmp: pathlib.Path, env: dict):
   """`make demo` with the wheel's console scripts and packaged configs, from a directory that is
-  not a checkout (no configs/ or train.py beside it)."""
+  not a checkout (no configs/ or train.py beside it): prepare -> train -> fine-tune -> embed,
+  with no tokenizer flag anywhere."""
   work = tmp / "elsewhere"
   work.mkdir()
   bin_dir = venv / "bin"
@@ -404,11 +409,28 @@ def _run_the_demo_with_the_installed_commands(venv: pathlib.Path, tmp: pathlib.P
     "d2v-sweep", "--config", "sweeps/demo_top_k", "--workdir", "sweep", "--list", timeout=120
   )
   for line in listed.stdout.strip().splitlines():
-    assert line.startswith(f"{venv / 'bin' / 'python'} -m data2vec_jax.commands.sweep"), line
+    python = venv / "bin" / "python"
+    assert line.startswith(f"cd {work} && {python} -m data2vec_jax.commands.sweep"), line
     assert f"--workdir={work / 'sweep'}" in line and "site-packages" in line, line
 
-  command("d2v-train", "--config", "demo:steps=2", "--workdir", "demo_out", *TINY_PRETRAIN)
-  assert (work / "demo_out" / "model" / "sentencepiece.model").is_file()
+  # The demo's corpus (the Python reference manual) through d2v-prepare: the pretraining then
+  # takes the corpus's tokenizer with no tokenizer flag (issue 28: the tokenizer follows the
+  # data), and its model directory carries it to d2v-embed below.
+  command(
+    "d2v-prepare",
+    *("--source", "offline", "--max_documents", "40", "--tokenizer", "sentencepiece"),
+    *("--spm_vocab_size", "512", "--output_dir", "data/bin"),
+  )
+  trained = command(
+    "d2v-train",
+    *("--config", "demo:steps=2", "--workdir", "demo_out", *TINY_PRETRAIN),
+    *("--config.data.source=fairseq_bin", "--config.data.path=data/bin/train"),
+    "--config.validation.every=0",
+  )
+  assert "recorded with the corpus" in trained.stderr
+  assert "names no tokenizer files" not in trained.stderr
+  spm = (work / "data" / "bin" / "spm.model").read_bytes()
+  assert (work / "demo_out" / "model" / "sentencepiece.model").read_bytes() == spm
   command("d2v-finetune", "--config", "finetune_demo", "--workdir", "demo_out/ft", *TINY_FINETUNE)
   results = json.loads((work / "demo_out" / "ft" / "results.json").read_text())  # one run
   assert results["task"] == "python_topics", results

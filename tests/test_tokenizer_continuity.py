@@ -1,23 +1,20 @@
 """The tokenizer follows the data: a corpus prepared by `data.prepare` (spm.model beside it,
 recorded in prepare_stats.json) carries its tokenizer into training and into the model directory,
-so `embed` works with no tokenizer flag anywhere (data2vec_jax/data/corpus_tokenizer.py)."""
+so `embed` works with no tokenizer flag anywhere (data2vec_jax/data/corpus_tokenizer.py).
+End to end (d2v-prepare -> d2v-train -> d2v-embed, no tokenizer flag): the installed commands in
+tests/test_packaging.py::test_fresh_environment_from_pyproject_alone."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import ml_collections
-import numpy as np
 import pytest
 
 from data2vec_jax.data import prepare
 from data2vec_jax.data.corpus_tokenizer import recorded_tokenizer, with_corpus_tokenizer
 from data2vec_jax.data.sources import PREPARE_STATS_FILE
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_stats(folder, **fields) -> str:
@@ -120,54 +117,3 @@ def test_a_bpe_corpus_records_its_files_for_training(tmp_path, monkeypatch):
     dict_txt=filled.data.dict_txt,
   )
   assert len(tok.encode("The for statement.")) > 0
-
-
-@pytest.mark.slow
-def test_prepare_train_embed_with_no_tokenizer_flags(tmp_path, monkeypatch):
-  """prepare (sentencepiece trained on the offline corpus) -> train.py on the binarized corpus ->
-  embed the texts with the model directory: no tokenizer flag in any of the three commands."""
-  monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
-  prepare.main(
-    "--source offline --max_documents 40 --tokenizer sentencepiece --spm_vocab_size 512 "
-    "--output_dir data/bin".split()
-  )
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  train = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(REPO, "train.py"),
-      "--config=demo:steps=2",
-      "--workdir=run",
-      "--config.data.source=fairseq_bin",
-      "--config.data.path=data/bin/train",
-      "--config.validation.every=0",
-      "--config.model.num_layers=2",
-      "--config.model.hidden_size=32",
-      "--config.model.num_heads=2",
-      "--config.model.intermediate_size=64",
-      "--config.objective.average_top_k_layers=2",
-      "--config.data.global_batch_size=8",
-      "--config.data.tokens_per_sample=64",
-      "--config.train.plot=False",
-      "--config.execution.pack_buckets=4",
-    ],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert train.returncode == 0, train.stderr[-4000:]
-  assert "names no tokenizer files" not in train.stderr
-  assert "recorded with the corpus" in train.stderr
-  with open("run/config.json") as f:
-    data = json.load(f)["data"]
-  assert data["sentencepiece_model"] == str(tmp_path / "data" / "bin" / "spm.model")
-  model_spm = tmp_path / "run" / "model" / "sentencepiece.model"
-  assert model_spm.read_bytes() == (tmp_path / "data" / "bin" / "spm.model").read_bytes()
-
-  from data2vec_jax.embed import main as embed_main
-
-  (tmp_path / "texts.txt").write_text("The for statement.\nA list is a sequence.\n")
-  assert embed_main(["--model", "run/model", "--input", "texts.txt", "--output", "f.npy"]) == 0
-  features = np.load("f.npy")
-  assert features.shape == (2, 32) and np.isfinite(features).all()
