@@ -139,10 +139,12 @@ def export_pretraining_checkpoint(pretraining: str, target: str, *, use_ema: boo
   for step in reversed(steps):
     shutil.rmtree(partial, ignore_errors=True)
     step_dir = os.path.join(pretraining, "checkpoints", str(step))
+    # Should the step be corrupt, orbax's orphaned reads report it (tracebacks) while the
+    # restore fails, before we know: registered first, so only the one line below is shown.
+    ignore_failed_reads_of(step_dir)
     try:
       _, exported = export_from_checkpoint(pretraining, partial, step=step, use_ema=use_ema)
     except CorruptCheckpointError as e:
-      ignore_failed_reads_of(step_dir)
       corrupt.append(step)
       logging.warning(
         "init: checkpoint step %d of %s is corrupt (%s); trying the previous one",
