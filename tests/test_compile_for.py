@@ -95,6 +95,10 @@ def test_v1_step_compiles_sharded_and_writes_its_report(v1_report):
   _check_consistent(report)
   _check_sharded_over_fsdp(report)
   assert report["step"]["objective"] == "data2vec" and report["memory_per_chip"]["ema"] > 0
+  # The embedding gradient scatters into each chip's slice of the table: no [B, T, D] tensor is
+  # all-gathered over every chip (XLA did so before the lookup's sharding constraint).
+  gathers = [r for r in report["collectives"] if r["kind"] == "all-gather"]
+  assert all(r["axes"] == ["fsdp"] for r in gathers), gathers
   written = (out / "report.json").read_text()
   assert '"compiled": true' in written
   hlo = (out / "step.hlo.txt").read_text()

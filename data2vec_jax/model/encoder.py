@@ -156,6 +156,10 @@ class Embeddings(nn.Module):
       positions = packing.pack_ids(positions, layout, cfg.pad_id)
     is_pad = input_ids == cfg.pad_id
     x = token_embedding(input_ids) + position_embedding(positions)
+    # Laid out like the tables (width over fsdp), rows over data only: the lookups' gradient
+    # then scatters into each chip's slice of the tables and sums over data. Left to XLA, the
+    # scatter all-gathered the whole [B, T, D] gradient over every chip of a fsdp mesh.
+    x = nn.with_logical_constraint(x, ("data_batch", "length", "embed"))
     # fairseq's `padding_idx`: row pad_id of both tables gets no gradient (model/pad_rows.py).
     # Pads, and only pads, look up row pad_id of both (real positions start at pad_id + 1).
     x = jnp.where(is_pad[..., None], jax.lax.stop_gradient(x), x)

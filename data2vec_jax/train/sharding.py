@@ -29,6 +29,8 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # without also splitting activations along the model dimension.
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
   ("batch", ("data", "fsdp")),
+  # The embedding lookups' output, laid out like the tables (model/encoder.py `Embeddings`).
+  ("data_batch", "data"),
   ("length", None),
   ("vocab", "tensor"),
   ("embed", "fsdp"),
