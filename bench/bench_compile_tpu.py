@@ -29,24 +29,50 @@ MODELS = {
   "MLM base": "model=base,recipe=roberta",
 }
 TOPOLOGIES = [("v5e-256", 1), ("v5e-256", 2), ("v5p-128", 1), ("v6e-256", 1)]
+CHIPS = {"v5e-256": 256, "v5p-128": 64, "v6e-256": 256}
+BATCH = {"v2 base": 64}  # sentences per update; 256 for the others (the paper's)
 # One scanned block: the same step for a compile several times shorter than the default
 # fully unrolled blocks (bench/README.md, "Before you rent a pod").
 EXTRA = ["--config.execution.scan_unroll=1"]
 
 
-def command_for(model: str, topology: str, slices: int, out: str, search: int) -> list[str]:
+def mesh_flags(model: str, topology: str, slices: int) -> list[str]:
+  """Data parallel over as many chips as the batch has rows (the batch splits over data x
+  fsdp), the rest tensor parallel; the default (data = every chip) where the batch covers them."""
+  chips, batch = CHIPS[topology] * slices, BATCH.get(model, 256)
+  if batch >= chips:
+    return []
+  return [f"--config.mesh.data={batch}", f"--config.mesh.tensor={chips // batch}"]
+
+
+def default_rows() -> list[tuple[str, str, int, tuple[str, ...]]]:
+  """(model, topology, slices, extra flags) in the order run: every model on v5e-256, v1 base
+  on the other topologies, FSDP variants, then the rest (a run cut short keeps the first)."""
+  rows = [(m, "v5e-256", 1, ()) for m in MODELS]
+  rows += [("v1 base", t, s, ()) for t, s in TOPOLOGIES[1:]]
+  rows += [
+    ("v1 base", "v5e-256", 1, ("--config.mesh.data=16", "--config.mesh.fsdp=16")),
+    ("v1 large", "v5e-256", 1, ("--config.mesh.data=16", "--config.mesh.fsdp=16")),
+  ]
+  rows += [(m, t, s, ()) for t, s in TOPOLOGIES[1:] for m in list(MODELS)[1:]]
+  return rows
+
+
+def command_for(
+  model: str, topology: str, slices: int, extra: tuple[str, ...], out: str, search: int
+) -> list[str]:
   cmd = [
     "python",
     "-m",
     "data2vec_jax.compile_for",
     f"--config=configs/pretrain.py:{MODELS[model]}",
     f"--topology={topology}",
+    *([f"--slices={slices}"] if slices > 1 else []),
     *EXTRA,
+    *(list(extra) or mesh_flags(model, topology, slices)),
     f"--search_compiles={search}",
     f"--out={out}",
   ]
-  if slices > 1:
-    cmd.insert(5, f"--slices={slices}")
   return cmd
 
 
@@ -117,7 +143,9 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", default=",".join(MODELS))
-  parser.add_argument("--topologies", default=",".join(f"{t}x{s}" for t, s in TOPOLOGIES))
+  parser.add_argument(
+    "--reuse", action="store_true", help="keep the rows whose report.json is already in --out"
+  )
   # 0: the largest batch is the linear estimate from the one compile (each search compile
   # costs minutes on a loaded 2-core host).
   parser.add_argument("--search_compiles", type=int, default=0)
@@ -125,15 +153,19 @@ def main(argv=None) -> None:
   parser.add_argument("--table", default=os.path.join(common.BENCH_DIR, "compile_tpu_table.md"))
   args = parser.parse_args(argv)
   rows = []
-  models, specs = args.models.split(","), args.topologies.split(",")
-  # Every model on the first topology, then the first model on the others, then the rest: a
-  # run cut short still has one full column and one full row.
-  order = [(m, specs[0]) for m in models] + [(models[0], t) for t in specs[1:]]
-  order += [(m, t) for t in specs[1:] for m in models[1:]]
-  for model, spec in order:
-    topology, slices = spec.rsplit("x", 1)
-    out = os.path.join(args.out, f"{model.replace(' ', '_')}_{topology}_x{slices}")
-    command = command_for(model, topology, int(slices), out, args.search_compiles)
+  wanted = set(args.models.split(","))
+  for model, topology, slices, extra in default_rows():
+    if model not in wanted:
+      continue
+    spec = f"{topology}x{slices}"
+    tag = "_".join(x.split(".")[-1] for x in extra)
+    out = os.path.join(args.out, f"{model.replace(' ', '_')}_{topology}_x{slices}{tag}")
+    command = command_for(model, topology, slices, extra, out, args.search_compiles)
+    done = os.path.join(out, "report.json")
+    if args.reuse and os.path.exists(done) and json.load(open(done)).get("compiled"):
+      report = json.load(open(done))  # compiled by an earlier run of this script
+      rows.append(row_of(model, report, command, report["compile_s"]))
+      continue
     t0 = time.time()
     proc = subprocess.run(
       [sys.executable] + command[1:], cwd=common.REPO_ROOT, capture_output=True, text=True
@@ -144,7 +176,8 @@ def main(argv=None) -> None:
       with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
     except FileNotFoundError:
-      report = {"compiled": False, "topology": spec, "error": proc.stderr.strip()[-300:]}
+      last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+      report = {"compiled": False, "topology": spec, "error": last[0][-300:]}
     row = row_of(model, report, command, wall)
     rows.append(row)
     common.append_result(

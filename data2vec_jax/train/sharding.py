@@ -121,8 +121,10 @@ def _hybrid_grid(sizes: list[int], slices: int, devices: Sequence[jax.Device]) -
     raise ValueError(f"mesh.slices={slices}, but the devices span {found} slice(s)")
   from jax.experimental import mesh_utils
 
+  # Split physical axes where needed (data=128 on a 16x16 slice): a ring along one logical axis
+  # then spans part of a torus dimension, which XLA handles.
   return mesh_utils.create_hybrid_device_mesh(
-    [data // slices, fsdp, tensor], [slices, 1, 1], devices=devices
+    [data // slices, fsdp, tensor], [slices, 1, 1], devices=devices, allow_split_physical_axes=True
   )
 
 
