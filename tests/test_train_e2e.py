@@ -439,6 +439,52 @@ def test_sigterm_while_compiling_says_so_and_exits_like_a_preemption(tmp_path):
   assert checkpoint_steps(workdir) == []
 
 
+# train.py with jax.device_get wrapped: SIGTERM arrives while the loop waits for a step's metrics.
+SIGNAL_DURING_WAIT = """
+import os, runpy, signal, sys
+import jax
+real_device_get, waits = jax.device_get, []
+def device_get(tree):
+  out = real_device_get(tree)
+  if isinstance(tree, list) and tree:  # the loop fetching the steps' metrics (log_every=1)
+    waits.append(len(tree))
+    if len(waits) == int(os.environ["SIGNAL_AT"]):
+      os.kill(os.getpid(), signal.SIGTERM)
+  return out
+jax.device_get = device_get
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_notice_during_a_steps_wait_saves_that_step(tmp_path):
+  """SIGTERM is acted on at the step boundary after it arrives: a notice that comes while the
+  loop waits for step 3's results saves step 3 and stops (it was read only right after a step
+  was dispatched, so the run trained step 4 first: a step or two late when steps are fast)."""
+  workdir = str(tmp_path / "run")
+  wrapper = tmp_path / "signal_during_wait.py"
+  wrapper.write_text(SIGNAL_DURING_WAIT)
+  cmd = [
+    sys.executable,
+    str(wrapper),
+    *train_cmd(workdir, 20, "--config.train.checkpoint_every=100")[1:],
+  ]
+  # D2V_MALLOC=default: no re-exec of the process (which would drop the wrapper).
+  run = subprocess.run(
+    cmd,
+    env={**env(), "SIGNAL_AT": "3", "D2V_MALLOC": "default"},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  assert summary["stop_reason"] == "preempted" and summary["final_step"] == 3
+  assert checkpoint_steps(workdir)[-1] == 3
+  assert max(losses(workdir)) <= 3
+
+
 @pytest.mark.slow
 def test_a_run_with_one_step_left_trains_it(tmp_path):
   """num_steps=1, then the finished run's num_steps raised by one: each trains its one step."""

@@ -34,7 +34,10 @@ def test_a_full_disk_behind_a_later_close_error_is_the_line():
       raise OSError("handle is closed")  # noqa: B904 - as TensorBoard's close raised it
 
   problem = workdir_errors.workdir_error(raised(fail), "/w")
-  assert str(problem).startswith(f"disk full writing to /w ({ORBAX_TEXT[:60]}")
+  assert str(problem).startswith(
+    "disk full writing to /w (RESOURCE_EXHAUSTED: No space left on device writing "
+    "/w/checkpoints/4.orbax-checkpoint-tmp/x): free some space"
+  )
   assert "re-run the same command to resume" in str(problem)
 
 

@@ -78,6 +78,9 @@ def run(argv: list[str]) -> None:
     # from each of its threads, hundreds of lines; the error is raised and ends the output in
     # one line, so its log lines keep their message only.
     logging.getLogger("absl").addFilter(_orbax_without_tracebacks)
+    from data2vec_jax.train.workdir_errors import quiet_orphaned_write_reports
+
+    quiet_orphaned_write_reports()  # and the failed save's other writes, even at exit
   logging.info(
     "glibc malloc settings for XLA:CPU scratch memory: %s",
     "on" if host_malloc.is_tuned() else "off (D2V_MALLOC=default or not glibc)",

@@ -11,7 +11,10 @@ line the user sees names the full disk, not whatever failed after it.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
+import sys
 import tempfile
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -67,6 +70,35 @@ def workdir_error(error: BaseException, workdir: str) -> WorkdirError | None:
   return None
 
 
+def quiet_orphaned_write_reports() -> None:
+  """Drops the reports of a failed save's other writes (call once per process, in a command).
+
+  When one array of an orbax save fails on a full disk, the step's other writes fail after it
+  and report, each with a traceback: asyncio's "Task exception was never retrieved" (when the
+  task is collected, even at exit, after the run's last line) or an unraisable `RuntimeError(
+  'Event loop is closed')`. The run already ends in one line naming the full disk. Dropped:
+  exactly those two kinds, when the error is a full disk or the closed loop.
+  """
+  previous = sys.unraisablehook
+
+  def unraisable(report) -> None:
+    if not _orphaned_write(report.exc_value):
+      previous(report)
+
+  sys.unraisablehook = unraisable
+  logging.getLogger("asyncio").addFilter(
+    lambda record: not _orphaned_write(record.exc_info[1] if record.exc_info else None)
+  )
+
+
+def _orphaned_write(error: BaseException | None) -> bool:
+  if error is None:
+    return False
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return True
+  return _is_disk_full(error)
+
+
 def _chain(error: BaseException) -> list[BaseException]:
   """`error`, then the exceptions it was raised from or while handling (each once)."""
   seen: list[BaseException] = []
@@ -84,9 +116,21 @@ def _is_disk_full(error: BaseException) -> bool:
 
 def _disk_full_message(workdir: str, error: BaseException) -> str:
   return (
-    f"disk full writing to {workdir} ({_describe(error)}): free some space (or move the run to a "
-    f"larger disk), then re-run the same command to resume from the newest checkpoint"
+    f"disk full writing to {workdir} ({_disk_full_reason(error)}): free some space (or move the "
+    f"run to a larger disk), then re-run the same command to resume from the newest checkpoint"
   )
+
+
+def _disk_full_reason(error: BaseException) -> str:
+  """'No space left on device: <file>', or TensorStore's status with the file it was writing
+  ('RESOURCE_EXHAUSTED: No space left on device writing <file>'); its text runs to 500
+  characters with the nested paths and spec."""
+  if isinstance(error, OSError) and error.strerror:
+    return _describe(error)
+  text = str(error)
+  parts = [marker for marker in _DISK_FULL_TEXT if marker in text]
+  path = re.search(r'"([^"]+)"', text)
+  return ": ".join(parts) + (f" writing {path.group(1)}" if path else "")
 
 
 def _describe(error: BaseException, path: bool = True) -> str:
