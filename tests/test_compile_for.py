@@ -25,13 +25,13 @@ def _libtpu():
   pytest.importorskip("libtpu", reason="compiling for TPU needs libtpu (pip install '.[tpu]')")
 
 
-def _pretrain_config(recipe: str):
+def _pretrain_config(recipe: str, data: int = 2):
   c = pretrain_configs.get_config(f"model=tiny,recipe={recipe}")
   c.model.vocab_size = 1000
   c.data.tokens_per_sample = 64
   c.data.global_batch_size = 8
   c.execution.scan_unroll = 1
-  c.mesh.update(data=2, fsdp=FSDP)
+  c.mesh.update(data=data, fsdp=FSDP)
   return c
 
 
@@ -43,7 +43,8 @@ def _compile(config, **kwargs):
 def v1_report(tmp_path_factory):
   _libtpu()
   out = tmp_path_factory.mktemp("v1")
-  return _compile(_pretrain_config("release"), out=str(out)), out
+  # Two slices (the data axis spans them over DCN): 2 x 4 chips, data = 2 per slice x 2.
+  return _compile(_pretrain_config("release", data=4), out=str(out), slices=2), out
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,9 @@ def _check_sharded_over_fsdp(report):
   assert ("all-gather", ("fsdp",)) in kinds, kinds
 
 
-def _check_consistent(report):
+def _check_consistent(report, chips=4):
   m, e = report["memory_per_chip"], report["roofline_estimate"]
-  assert report["compiled"] and report["chips"] == 4 and report["mesh"]["fsdp"] == FSDP
+  assert report["compiled"] and report["chips"] == chips and report["mesh"]["fsdp"] == FSDP
   # The arguments hold the state and the batch (TPU layouts may pad them, never shrink them).
   parts = m["parameters"] + m["optimizer_state"] + m["ema"] + m["batch"]
   assert m["arguments"] >= parts
@@ -85,20 +86,30 @@ def _check_consistent(report):
   assert e["estimated_mfu"] == pytest.approx(e["compute_s"] / e["step_s"], rel=1e-9)
   assert e["compute_s"] == pytest.approx(e["flops_per_chip"] / 197e12, rel=1e-9)
   flops = report["step"]["flops_per_token"] * report["global_batch"] * report["step"]["seq_len"]
-  assert e["flops_per_chip"] == pytest.approx(flops / 4, rel=1e-9)
-  assert e["dcn_s"] == 0.0  # one slice
+  assert e["flops_per_chip"] == pytest.approx(flops / chips, rel=1e-9)
   assert e["ici_bytes"] == pytest.approx(sum(r["traffic_bytes"] for r in report["collectives"]))
+  if report["slices"] == 1:
+    assert e["dcn_s"] == 0.0
+  else:  # the gradients' all-reduce over data crosses the slices
+    assert e["dcn_bytes"] > 0 and e["dcn_s"] == pytest.approx(e["dcn_bytes"] / 3.125e9)
+    assert any(r["kind"] == "all-reduce" and "data" in r["axes"] for r in report["collectives"])
 
 
-def test_v1_step_compiles_sharded_and_writes_its_report(v1_report):
+def test_v1_step_compiles_sharded_for_two_slices_and_writes_its_report(v1_report):
   report, out = v1_report
-  _check_consistent(report)
+  _check_consistent(report, chips=8)
+  assert report["mesh"] == {"data": 4, "fsdp": FSDP, "tensor": 1, "slices": 2}
   _check_sharded_over_fsdp(report)
   assert report["step"]["objective"] == "data2vec" and report["memory_per_chip"]["ema"] > 0
-  # The embedding gradient scatters into each chip's slice of the table: no [B, T, D] tensor is
-  # all-gathered over every chip (XLA did so before the lookup's sharding constraint).
-  gathers = [r for r in report["collectives"] if r["kind"] == "all-gather"]
-  assert all(r["axes"] == ["fsdp"] for r in gathers), gathers
+  # The embedding gradient scatters into each chip's slice of the table: no [B, T, D] tensor
+  # (8 x 64 x 64 float32) is all-gathered over every batch-sharding chip, as XLA did before the
+  # lookup's sharding constraint. (Over data alone: the two-slice gradient all-reduce's parts.)
+  everywhere = [
+    r
+    for r in report["collectives"]
+    if r["kind"] == "all-gather" and {"data", "fsdp"} <= set(r["axes"])
+  ]
+  assert sum(r["bytes"] for r in everywhere) < 8 * 64 * 64 * 4 / 8, everywhere
   written = (out / "report.json").read_text()
   assert '"compiled": true' in written
   hlo = (out / "step.hlo.txt").read_text()
