@@ -159,6 +159,8 @@ def test_mesh_slices_need_multi_slice_devices():
 def test_topology_names(name, grid, chips):
   topology = tpu_topology.parse_topology(name)
   assert topology.grid == grid and topology.chips == chips
+  if "-" in name:
+    assert topology.describe() == name
 
 
 def test_unknown_topology_is_one_clear_error():

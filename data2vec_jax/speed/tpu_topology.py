@@ -100,8 +100,9 @@ class Topology:
     return f"{self.chip.topology_prefix}:{'x'.join(map(str, self.grid))}"
 
   def describe(self) -> str:
-    """'v5e-256' or '2 x v5e-256'."""
-    one = f"{self.chip.name}-{self.chips}"
+    """'v5e-256' or '2 x v5e-256' (Cloud TPU's names: v5p-N counts N TensorCores, 2 a chip)."""
+    cores = 2 * self.chips if self.chip.name == "v5p" else self.chips
+    one = f"{self.chip.name}-{cores}"
     return one if self.slices == 1 else f"{self.slices} x {one}"
 
 
