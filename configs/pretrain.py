@@ -256,6 +256,15 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
 
   # data x fsdp x tensor devices (data2vec_jax/train/sharding.py). slices > 1: a multi-slice TPU
   # job whose data axis spans the slices over DCN (data = slices x data within a slice).
+  # Default: data parallel over every device: it runs on any host, and every model here fits a
+  # 16 GiB v5e chip that way at the paper's batch (compiled for v5e-256: v1 large 9.6 GiB per
+  # chip, base 3.1; bench/README.md "Before you rent a pod"). On a pod, shard the state too:
+  # with one sequence per chip the step is bound by every chip's AdamW + EMA pass over the whole
+  # replicated state, and --config.mesh.data=16 --config.mesh.fsdp=16 on 256 chips cuts the
+  # ESTIMATED step from 18 to 6 ms (base) and 37 to 10 ms (large) at the same batch (a roofline
+  # estimate from the compiled program, not measured on a TPU). Batches smaller than the chips
+  # (data2vec2's 64 sentences) need tensor parallelism: --config.mesh.data=64
+  # --config.mesh.tensor=4 on 256 chips (the batch splits over data x fsdp only).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, slices=1))
   c.distributed = False  # True on multi-host: calls jax.distributed.initialize()
   # Where the processes meet. Unset (""/-1): JAX detects them (Cloud TPU, SLURM, Open MPI,
