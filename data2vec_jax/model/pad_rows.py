@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 # The parameter names (`encoder.Embeddings`) of the tables whose row `pad_id` is frozen.
 PAD_ROW_TABLES = ("token_embedding", "position_embedding")
@@ -42,6 +43,10 @@ def zero_pad_rows(tree: Any, pad_id: int | None) -> Any:
   def zero(path, leaf):
     if not _is_pad_row_table(path):
       return leaf
-    return leaf.at[pad_id].set(0)
+    # A mask, not `leaf.at[pad_id].set(0)`: elementwise, it fuses into AdamW's pass and keeps
+    # the table's sharding (the scatter, partitioned over a vocab-sharded mesh, zeroed the
+    # wrong row: tests/test_finetune_step.py's sharded-mesh test).
+    is_pad = (jnp.arange(leaf.shape[0]) == pad_id)[:, None]
+    return jnp.where(is_pad, jnp.zeros((), leaf.dtype), leaf)
 
   return jax.tree_util.tree_map_with_path(zero, tree)
