@@ -4,8 +4,8 @@ each topology on this CPU host (`python -m data2vec_jax.compile_for`), one row p
   nohup .venv/bin/python bench/bench_compile_tpu.py > bench_compile_tpu.log 2>&1 &
 
 Each row runs the command shown in its `command` column as a subprocess, appends its report to
-bench/results.jsonl (bench 'compile_tpu') and rewrites the markdown table in --table, so a run
-cut short keeps the rows it finished. Needs libtpu (`pip install -e '.[tpu]'`).
+bench/results.jsonl (bench 'compile_tpu') and rewrites the markdown table in --table (the one
+in bench/README.md), so a run cut short keeps the rows it finished. Needs libtpu (`pip install -e '.[tpu]'`).
 """
 
 from __future__ import annotations
@@ -76,10 +76,10 @@ def command_for(
   return cmd
 
 
-def row_of(model: str, report: dict, command: list[str], wall_s: float) -> dict:
+def row_of(model: str, label: str, report: dict, command: list[str], wall_s: float) -> dict:
   gib = 2**30
   if not report.get("compiled"):
-    return {"model": model, "topology": report.get("topology", "?"), "error": report.get("error")}
+    return {"model": model, "topology": label, "error": report.get("error")}
   m, e, s = report["memory_per_chip"], report["roofline_estimate"], report["largest_batch_search"]
   collectives = sum(r["count"] for r in report["collectives"])
   traffic = sum(r["traffic_bytes"] for r in report["collectives"])
@@ -93,7 +93,7 @@ def row_of(model: str, report: dict, command: list[str], wall_s: float) -> dict:
   mesh = report["mesh"]
   return {
     "model": model,
-    "topology": report["topology"],
+    "topology": label,
     "mesh": f"data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']}"
     + (f" ({mesh['slices']} slices)" if mesh["slices"] > 1 else ""),
     "batch": report["global_batch"],
@@ -150,21 +150,23 @@ def main(argv=None) -> None:
   # costs minutes on a loaded 2-core host).
   parser.add_argument("--search_compiles", type=int, default=0)
   parser.add_argument("--out", default="/tmp/compile_tpu")
-  parser.add_argument("--table", default=os.path.join(common.BENCH_DIR, "compile_tpu_table.md"))
+  parser.add_argument("--table", default="", help="markdown table (default: <out>/table.md)")
   args = parser.parse_args(argv)
+  args.table = args.table or os.path.join(args.out, "table.md")
   rows = []
   wanted = set(args.models.split(","))
   for model, topology, slices, extra in default_rows():
     if model not in wanted:
       continue
     spec = f"{topology}x{slices}"
+    label = topology if slices == 1 else f"{slices} x {topology}"
     tag = "_".join(x.split(".")[-1] for x in extra)
     out = os.path.join(args.out, f"{model.replace(' ', '_')}_{topology}_x{slices}{tag}")
     command = command_for(model, topology, slices, extra, out, args.search_compiles)
     done = os.path.join(out, "report.json")
     if args.reuse and os.path.exists(done) and json.load(open(done)).get("compiled"):
       report = json.load(open(done))  # compiled by an earlier run of this script
-      rows.append(row_of(model, report, command, report["compile_s"]))
+      rows.append(row_of(model, label, report, command, report["compile_s"]))
       continue
     t0 = time.time()
     proc = subprocess.run(
@@ -178,7 +180,7 @@ def main(argv=None) -> None:
     except FileNotFoundError:
       last = proc.stderr.strip().splitlines()[-1:] or ["no output"]
       report = {"compiled": False, "topology": spec, "error": last[0][-300:]}
-    row = row_of(model, report, command, wall)
+    row = row_of(model, label, report, command, wall)
     rows.append(row)
     common.append_result(
       "compile_tpu",
@@ -189,6 +191,8 @@ def main(argv=None) -> None:
     with open(args.table, "w") as f:
       f.write(markdown(rows))
     print(f"row done: {model} {spec} in {wall:.0f} s", flush=True)
+  with open(args.table, "w") as f:
+    f.write(markdown(rows))
 
 
 if __name__ == "__main__":
