@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo, pretrain
+from data2vec_jax.configs import demo, pretrain
 from data2vec_jax.model import flops as flops_lib
 from data2vec_jax.model.config import tiny_config
 from data2vec_jax.model.decoder import Decoder1d

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import pretrain
+from data2vec_jax.configs import pretrain
 from data2vec_jax.model import flops
 from data2vec_jax.objective import fast_loss
 from data2vec_jax.objective import loss as objective_lib

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from configs import finetune as finetune_config
+from data2vec_jax.configs import finetune as finetune_config
 from data2vec_jax.finetune.grid import markdown, run_finetuning, summarize
 from data2vec_jax.finetune.loop import finetune_and_evaluate
 from data2vec_jax.speed import compile_progress
@@ -325,7 +325,7 @@ def test_a_bad_config_is_one_line(assets, tmp_path, override, message):
 def test_the_demo_compares_pretrained_with_random_weights(assets, tmp_path):
   """configs/finetune_demo.py: the offline task (python_topics) from the init's weights and from
   random ones, side by side in summary.md and dev_curves.png."""
-  from configs import finetune_demo
+  from data2vec_jax.configs import finetune_demo
 
   config = finetune_demo.get_config(f"init={assets['model']}")
   config.optimizer.max_epochs = 1

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import finetune as finetune_config
+from data2vec_jax.configs import finetune as finetune_config
 from data2vec_jax.finetune import batches as batches_lib
 from data2vec_jax.finetune.encoding import EncodedSplit, encode_split, join_pair
 from data2vec_jax.finetune.examples import LabeledSplit
@@ -299,7 +299,7 @@ def test_every_finetune_config_resolves(task, grid):
 
 
 def test_the_demo_config_resolves():
-  from configs import finetune_demo
+  from data2vec_jax.configs import finetune_demo
   from data2vec_jax.finetune.grid import grid_runs
 
   c = finetune_demo.get_config()

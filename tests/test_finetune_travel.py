@@ -25,10 +25,7 @@ import sys
 import numpy as np
 import pytest
 
-try:  # the configs move into the package (data2vec_jax/configs)
-  from data2vec_jax.configs import finetune as finetune_config
-except ImportError:
-  from configs import finetune as finetune_config
+from data2vec_jax.configs import finetune as finetune_config
 from data2vec_jax.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
 from data2vec_jax.embed import main as embed_main
 from data2vec_jax.finetune.loop import FinetuneError, finetune_and_evaluate
@@ -374,10 +371,7 @@ def _pretraining_workdir(directory: str) -> str:
   training: what `export_from_checkpoint` reads."""
   import jax
 
-  try:
-    from data2vec_jax.configs import demo
-  except ImportError:
-    from configs import demo
+  from data2vec_jax.configs import demo
   from data2vec_jax.train import sharding as sharding_lib
   from data2vec_jax.train.checkpoint import Checkpointer
   from data2vec_jax.train.optimizer import make_optimizer

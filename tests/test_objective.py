@@ -745,7 +745,7 @@ def test_pruning_the_teacher_needs_per_position_targets():
 
 
 def test_fields_in_use_leave_data2vec2_fields_out_of_a_v1_config():
-  from configs import demo
+  from data2vec_jax.configs import demo
   from data2vec_jax.objective.loss import DATA2VEC2_ONLY, ObjectiveConfig, fields_in_use
 
   # Every name is one of ObjectiveConfig's fields.

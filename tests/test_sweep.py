@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs.sweeps import demo_top_k, table4, top_k
+from data2vec_jax.configs.sweeps import demo_top_k, table4, top_k
 from data2vec_jax.finetune import recipes
 from data2vec_jax.sweep import definition, paper, runner, table
 from data2vec_jax.sweep.definition import SweepError

@@ -22,7 +22,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_SWEEP = '''
-from configs.sweeps import demo_top_k
+from data2vec_jax.configs.sweeps import demo_top_k
 
 
 def get_config(arg=None):

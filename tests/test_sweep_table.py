@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from configs.sweeps import demo_top_k
+from data2vec_jax.configs.sweeps import demo_top_k
 from data2vec_jax.sweep import definition, runner, table
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -206,7 +206,7 @@ def test_train_resume_export(tmp_path):
   assert resolve_tokenizer({"kind": "auto"}, workdir).vocab.vocab_size == config.vocab_size
   # A grid exports the pretraining checkpoint once for all its runs (not once per run), with the
   # workdir's tokenizer, and a re-run keeps that export.
-  from configs import finetune_demo
+  from data2vec_jax.configs import finetune_demo
   from data2vec_jax.finetune.grid import run_finetuning
 
   grid_config = finetune_demo.get_config(f"init={workdir}")

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo, pretrain
+from data2vec_jax.configs import demo, pretrain
 from data2vec_jax.data.blocks import BlockDataset
 from data2vec_jax.data.dictionary import VocabInfo
 from data2vec_jax.data.pipeline import PipelineConfig
