@@ -217,13 +217,14 @@ def search_largest_batch(
   }
 
 
-def linear_largest_batch(memory: dict[str, Any], batch: int, granule: int) -> int:
+def linear_largest_batch(memory: dict[str, Any], batch: int, granule: int) -> int | None:
   """The largest multiple of `granule` that fits if the temporaries grow in proportion to the
-  batch and nothing else does (an estimate from one compile; the search compiles to check)."""
+  batch and nothing else does (an estimate from one compile, a lower bound where part of the
+  temporaries is fixed; the search compiles to check). None without temporaries to scale."""
   fixed = memory["total"] - memory["temp"]
   per_row = memory["temp"] / batch
   if per_row <= 0:
-    return 0
+    return None
   return max(0, int((memory["hbm"] - fixed) / per_row) // granule * granule)
 
 
@@ -509,7 +510,7 @@ def format_report(report: dict[str, Any]) -> list[str]:
   ]
   lines.append(
     f"  largest global batch that fits, estimated (temporaries in proportion to the batch): "
-    f"{report['largest_batch_linear_estimate']}"
+    f"{report['largest_batch_linear_estimate'] or 'unknown (no temporaries to scale)'}"
   )
   s = report.get("largest_batch_search")
   if s:

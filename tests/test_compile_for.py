@@ -214,3 +214,7 @@ def test_batch_search_finds_the_largest_fitting_multiple():
   result = compile_for.search_largest_batch(fits_at, 16, fits_at(16), 8, hbm, compiles=3)
   assert result["largest_fitting"] == 112 and result["smallest_not_fitting"] in (120, None)
   assert len(calls) <= 4
+  # The one-compile estimate: temporaries in proportion to the batch, the rest fixed.
+  stats = {"total": 100 + 7 * 16, "temp": 7 * 16, "hbm": hbm}
+  assert compile_for.linear_largest_batch(stats, 16, 8) == 128  # (1000 - 100) / 7 = 128.6
+  assert compile_for.linear_largest_batch({**stats, "temp": 0}, 16, 8) is None
