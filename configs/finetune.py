@@ -6,7 +6,8 @@
       --config.init=runs/base --config.data.path=glue_data       # 8 tasks x 4 lrs x 5 seeds
 
 Arguments after the colon: `task` (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli; `glue` =
-the paper's eight; or any name with `data.source=generic`) and `grid` (`none`: one run with the
+the paper's eight; or any name with `data.source=generic`, with `own=true` where the name is
+close to a GLUE task's, e.g. `task=snli,own=true`) and `grid` (`none`: one run with the
 task's yaml lr and seed 1; `paper`: lr in {1e-5, 2e-5, 3e-5, 4e-5} x seeds 1..5).
 
 Values left None come from the task's recipe (`data2vec_jax/finetune/recipes.py`, the RoBERTa
@@ -24,9 +25,15 @@ from data2vec_jax.finetune import recipes
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = pretrain.parse_arg(arg, {"task": "rte", "grid": "none"})
+  args = pretrain.parse_arg(arg, {"task": "rte", "grid": "none", "own": "false"})
   task, grid = args["task"], args["grid"]
-  recipes.check_task_name(task)  # 'rtee' is a typo of 'rte', not a task of your own
+  if args["own"] not in ("true", "false"):
+    raise ValueError(f"own={args['own']!r}; expected 'true' or 'false'")
+  own = args["own"] == "true"
+  if own and task in [*recipes.GLUE_RECIPES, "glue"]:
+    raise ValueError(f"own=true names a task of your own; {task!r} is GLUE's (drop own=true)")
+  if not own:
+    recipes.check_task_name(task)  # 'rtee' is a typo of 'rte', not a task of your own
   if grid not in ("none", "paper"):
     raise ValueError(f"grid={grid!r}; expected 'none' or 'paper'")
   c = ml_collections.ConfigDict()

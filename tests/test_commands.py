@@ -81,6 +81,17 @@ def test_a_misspelt_glue_task_is_not_a_task_of_your_own(tmp_path):
   assert not os.listdir(tmp_path)  # nothing ran
 
 
+def test_a_task_of_your_own_close_to_a_glue_name_is_named_with_own_true():
+  from data2vec_jax.configs import finetune as finetune_config
+
+  with pytest.raises(ValueError, match=r"did you mean 'wnli'\?.*own=true"):
+    finetune_config.get_config("task=snli")
+  assert finetune_config.get_config("task=snli,own=true").data.source == "generic"
+  assert finetune_config.get_config("task=topic").data.source == "generic"  # not close: no flag
+  with pytest.raises(ValueError, match="GLUE's"):
+    finetune_config.get_config("task=rte,own=true")
+
+
 def test_packaged_configs_resolve_by_name_from_any_directory(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   packaged = os.path.join(config_files.PACKAGED, "ablations", "top_k.py")

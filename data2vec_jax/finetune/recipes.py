@@ -77,7 +77,9 @@ def label_names(task: str) -> tuple[str, ...] | None:
 def check_task_name(task: str) -> None:
   """A task that is not GLUE's is a task of your own (data.source=generic), unless its name is a
   near-miss of a GLUE task ('rtee', 'sst-2'): that is a typo, a ValueError with "did you mean"
-  rather than a silent generic task that would then look for rtee/ files."""
+  rather than a silent generic task that would then look for rtee/ files. A task of your own
+  whose name happens to be close to a GLUE task ('snli', 'sst') is named with the config
+  argument `own=true`, which skips this check (configs/finetune.py)."""
   known = [*GLUE_RECIPES, "glue"]
   if task in known:
     return
@@ -86,6 +88,6 @@ def check_task_name(task: str) -> None:
     guess = close[0] if close else task.lower()
     raise ValueError(
       f"task={task!r} is not a GLUE task (did you mean {guess!r}?); GLUE tasks: "
-      f"{', '.join(known)}. A task of your own (data.source=generic) needs a name that is not a "
-      "near-miss of one of these"
+      f"{', '.join(known)}. For a task of your own with this name (data.source=generic) add "
+      f"the config argument own=true (configs/finetune.py:task={task},own=true)"
     )
