@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_train_e2e import env, train_cmd
+from train_helpers import env, train_cmd
 
 
 def _free_port() -> int:
