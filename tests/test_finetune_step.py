@@ -78,7 +78,9 @@ def test_over_long_examples_are_dropped_truncated_or_refused_and_counted():
   # longest first: A loses tokens until the pair fits (A 3 tokens, B its 2)
   a, x = 5 + ord("a") % 50, 5 + ord("x") % 50
   assert cut.tokens[0].tolist() == [0, a, a, a, 2, 2, x, x, 2]
-  with pytest.raises(ValueError, match=r"t/train example 0 \(0-based\): 16 tokens, over the model's 9 positions"):
+  with pytest.raises(
+    ValueError, match=r"t/train example 0 \(0-based\): 16 tokens, over the model's 9 positions"
+  ):
     encode_split(split, FakeTokenizer(), too_long="error", **kwargs)
   regression = LabeledSplit("s", "train", (("ab",),), np.float32([4.0]))
   scaled = encode_split(regression, FakeTokenizer(), too_long="error", label_scale=0.2, **kwargs)
