@@ -86,7 +86,6 @@ def run(argv: list[str]) -> None:
     "on" if host_malloc.is_tuned() else "off (D2V_MALLOC=default or not glibc)",
   )
   logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", "") or "(none)")
-  from data2vec_jax.data.corpus_tokenizer import with_corpus_tokenizer
   from data2vec_jax.train.checkpoint import TrainingCheckpointError
   from data2vec_jax.train.health import TrainingError
   from data2vec_jax.train.loop import InputDataError, train_and_evaluate
@@ -95,7 +94,7 @@ def run(argv: list[str]) -> None:
 
   cli.run_reporting_errors(
     cli.prog_name(),
-    lambda: train_and_evaluate(with_corpus_tokenizer(FLAGS.config), FLAGS.workdir),
+    lambda: train_and_evaluate(FLAGS.config, FLAGS.workdir),
     (ConfigError, InputDataError, TrainingCheckpointError, TrainingError, WorkdirError),
     "re-run the same command to resume from the newest checkpoint",
   )

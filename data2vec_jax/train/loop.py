@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 
 from data2vec_jax.data import training_input
+from data2vec_jax.data.corpus_tokenizer import with_corpus_tokenizer
 from data2vec_jax.data.pipeline import GLOBAL_ROW_TOKENS
 from data2vec_jax.model import flops as flops_lib
 from data2vec_jax.objective import execution as execution_lib
@@ -90,7 +91,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   A SIGTERM (preemption notice) at any point, also while the data, the state or the steps are
   being prepared, is announced at once on stderr and acted on at the next step boundary: the
   newest step is saved and the run exits cleanly (summary `stop_reason` 'preempted').
+  A `fairseq_bin` corpus that names no tokenizer files gets the one `data.prepare` recorded
+  with it (`data.corpus_tokenizer`), so `config.json` and `model/` carry it.
   """
+  config = with_corpus_tokenizer(config)  # a copy where filled: the caller's config is unchanged
   with PreemptionFlag(PREEMPTION_ANNOUNCEMENT) as preempted:
     try:
       return _train_and_evaluate(config, workdir, preempted)
