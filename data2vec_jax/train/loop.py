@@ -105,6 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       problem = workdir_errors.workdir_error(e, workdir)
       if problem is None:
         raise
+      workdir_errors.quiet_abandoned_writes()
       raise problem from e
 
 

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_TEXT = ("RESOURCE_EXHAUSTED", "No space left on device", "Disk quota exceeded")
@@ -88,6 +89,16 @@ def quiet_orphaned_write_reports() -> None:
   sys.unraisablehook = unraisable
   logging.getLogger("asyncio").addFilter(
     lambda record: not _orphaned_write(record.exc_info[1] if record.exc_info else None)
+  )
+
+
+def quiet_abandoned_writes() -> None:
+  """After a workdir error (a full disk): the save's write coroutines that never ran are
+  collected at exit with `RuntimeWarning: coroutine ... was never awaited`, printed after the
+  run's one line (seen on some runs, depending on when the collector runs). The run has already
+  named the cause; only those warnings are dropped, and only once such an error was raised."""
+  warnings.filterwarnings(
+    "ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning
   )
 
 
