@@ -10,8 +10,8 @@ task's polynomial-decay (linear warmup then linear decay) learning rate.
 
 - JAX: exactly what `finetune.py` runs: `finetune.step.make_train_step(model, tx, optimizer, mesh,
   shardings)` (jitted, state donated) for a `finetune.model.SequenceClassifier` on a 1-device mesh
-  (`train.sharding.make_mesh(1, 1, 1)`), the state from `finetune.state.state_shardings` /
-  `create_state` (random encoder, fairseq's head init), `train.optimizer.make_optimizer` with
+  (`runtime.sharding.make_mesh(1, 1, 1)`), the state from `finetune.state.state_shardings` /
+  `create_state` (random encoder, fairseq's head init), `runtime.optimizer.make_optimizer` with
   `OptimizerConfig(schedule='polynomial_decay', ...)`. The encoder's `scan_unroll` is 1 by
   default: `finetune.py` keeps the starting point's config, and an HF / fairseq / model-dir
   import gets the `EncoderConfig` default (one scanned block); `--scan_unroll all` unrolls the
@@ -122,8 +122,8 @@ def jax_worker(args) -> dict:
   from data2vec_jax.finetune import state as state_lib
   from data2vec_jax.finetune import step as step_lib
   from data2vec_jax.finetune.model import SequenceClassifier
-  from data2vec_jax.train import sharding as sharding_lib
-  from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
+  from data2vec_jax.runtime import sharding as sharding_lib
+  from data2vec_jax.runtime.optimizer import OptimizerConfig, make_optimizer
 
   rss_base = common.current_rss_mib()
   recipe = task_recipe(args.task)

@@ -107,9 +107,9 @@ def worker(args) -> dict:
   from data2vec_jax.model import flops
   from data2vec_jax.objective.ema import EMAConfig
   from data2vec_jax.objective.loss import ObjectiveConfig
-  from data2vec_jax.train import sharding as sharding_lib
+  from data2vec_jax.runtime import sharding as sharding_lib
+  from data2vec_jax.runtime.optimizer import OptimizerConfig, make_optimizer
   from data2vec_jax.train import state as train_state_lib
-  from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
 
   device = jax.devices()[0]
   cfg = model_config(args)

@@ -84,9 +84,9 @@ def jax_worker(args, overrides: dict) -> dict:
   from data2vec_jax.objective.ema import EMAConfig
   from data2vec_jax.objective.execution import real_tokens
   from data2vec_jax.objective.loss import ObjectiveConfig
-  from data2vec_jax.train import sharding as sharding_lib
+  from data2vec_jax.runtime import sharding as sharding_lib
+  from data2vec_jax.runtime.optimizer import OptimizerConfig, make_optimizer
   from data2vec_jax.train import state as train_state_lib
-  from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
 
   rss_base = common.current_rss_mib()
   cfg = EncoderConfig(**model_kwargs(args.config, overrides))

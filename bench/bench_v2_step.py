@@ -40,8 +40,8 @@ def worker(args) -> None:
   from data2vec_jax.objective.ema import EMAConfig
   from data2vec_jax.objective.execution import ExecutionPlan
   from data2vec_jax.objective.loss import ObjectiveConfig
-  from data2vec_jax.train import sharding as sharding_lib
-  from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
+  from data2vec_jax.runtime import sharding as sharding_lib
+  from data2vec_jax.runtime.optimizer import OptimizerConfig, make_optimizer
   from data2vec_jax.train.state import Recipe
 
   rss_base = common.current_rss_mib()

@@ -467,7 +467,7 @@ def jax_train_setup(
   """
   import jax
 
-  from data2vec_jax.train import sharding as sharding_lib
+  from data2vec_jax.runtime import sharding as sharding_lib
   from data2vec_jax.train import step as train_step_lib
 
   state, step = train_step_lib.new_state_and_step(recipe, plan, tx, mesh, jax.random.PRNGKey(0))

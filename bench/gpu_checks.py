@@ -9,7 +9,7 @@ Checks (each one's numbers, tolerance and verdict go to --out as JSON; exit 1 if
   rows) against `transformers.Data2VecTextModel` (SDPA attention) on the same GPU, both in float32
   with TF32 off (JAX `default_matmul_precision('highest')`, torch `allow_tf32=False`): every
   hidden state and FFN output within FP32_TOLERANCE x max(1, |reference|), the bar of
-  tests/test_parity.py. The TF32 defaults (JAX's default precision) are recorded beside it.
+  tests/weights/test_parity.py. The TF32 defaults (JAX's default precision) are recorded beside it.
 - `parity_bf16`: the same encoder with `dtype='bfloat16'` (float32 parameters; on a GPU its
   attention resolves to cuDNN's fused kernel) against the float32 reference: max |diff| of the
   last hidden state within BF16_TOLERANCE x max(1, |reference|).
@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 
 from data2vec_jax import cli  # noqa: E402
 
-FP32_TOLERANCE = 1e-5  # as tests/test_parity.py: ~84 float32 eps at the outputs' scale
+FP32_TOLERANCE = 1e-5  # as tests/weights/test_parity.py: ~84 float32 eps at the outputs' scale
 # bf16 keeps 8 bits of mantissa (eps 2^-8 = 3.9e-3). Measured on CPU (XLA attention, 2 layers at
 # base width, `--allow-cpu`): last hidden state max |diff| 8e-3 x scale; 3x that leaves room for
 # cuDNN's own bf16 rounding.
@@ -140,8 +140,9 @@ def _step_losses(device, dtype: str, steps: int = 3) -> list[float]:
   from data2vec_jax.objective.ema import EMAConfig
   from data2vec_jax.objective.execution import ExecutionPlan
   from data2vec_jax.objective.loss import ObjectiveConfig
-  from data2vec_jax.train import sharding, state, step
-  from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
+  from data2vec_jax.runtime import sharding
+  from data2vec_jax.runtime.optimizer import OptimizerConfig, make_optimizer
+  from data2vec_jax.train import state, step
 
   model = tiny_config(
     **common.CONFIGS["tiny"], max_positions=130, dropout=0.1, attention_dropout=0.1, dtype=dtype

@@ -4,7 +4,7 @@
 #
 #   bash bench/prepare_wheelhouse.sh                      # here, once (wheelhouse/, git-ignored)
 #   device run: command="bash bench/gpu_session.sh", carry=["wheelhouse"], timeout_s=600
-#   bash bench/gpu_session.sh --allow-cpu                 # the CPU dry run (tests/test_gpu_session.py)
+#   bash bench/gpu_session.sh --allow-cpu                 # the CPU dry run (tests/e2e/test_gpu_session.py)
 #
 # On the machine it:
 #  1. installs the carried wheels that the image's Python lacks into /tmp/d2v_site (--no-deps,

@@ -254,7 +254,7 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
     type_safe=False,
   )
 
-  # data x fsdp x tensor devices (data2vec_jax/train/sharding.py). slices > 1: a multi-slice TPU
+  # data x fsdp x tensor devices (data2vec_jax/runtime/sharding.py). slices > 1: a multi-slice TPU
   # job whose data axis spans the slices over DCN (data = slices x data within a slice).
   # Default: data parallel over every device: it runs on any host, and every model here fits a
   # 16 GiB v5e chip that way at the paper's batch (compiled for v5e-256: v1 large 9.6 GiB per

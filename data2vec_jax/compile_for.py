@@ -238,8 +238,8 @@ def _is_finetune(config) -> bool:
 
 def _pretrain_case(config, devices, vocab_size: int, packing_mode: str) -> dict[str, Any]:
   """(compile(B) -> report, granule, default batch) for a pretraining config."""
+  from data2vec_jax.runtime import sharding as sharding_lib
   from data2vec_jax.speed.packing import PackingSpec
-  from data2vec_jax.train import sharding as sharding_lib
   from data2vec_jax.train import step_setup
   from data2vec_jax.train.recipe import validate_config
 
@@ -317,7 +317,7 @@ def _finetune_case(
   from data2vec_jax.configs import pretrain  # packaged: in a checkout and without one
   from data2vec_jax.finetune import step_setup as finetune_setup
   from data2vec_jax.model.config import EncoderConfig
-  from data2vec_jax.train import sharding as sharding_lib
+  from data2vec_jax.runtime import sharding as sharding_lib
 
   if model_name not in pretrain.MODEL_SIZES:
     raise CompileForError(f"--model={model_name!r}; known: {sorted(pretrain.MODEL_SIZES)}")

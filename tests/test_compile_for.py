@@ -14,8 +14,8 @@ import pytest
 from configs import finetune as finetune_configs
 from configs import pretrain as pretrain_configs
 from data2vec_jax import compile_for
+from data2vec_jax.runtime import sharding as sharding_lib
 from data2vec_jax.speed import hlo_collectives, tpu_topology
-from data2vec_jax.train import sharding as sharding_lib
 
 TOPOLOGY = "v5e:2x2"
 FSDP = 2

@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.paths import REPO
+
 IGNORED = (".venv", "demo_out", "workdir_1", "runs")
 
 

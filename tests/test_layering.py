@@ -1,6 +1,8 @@
-"""Imports run one way: speed <- model <- objective <- train <- finetune <- sweep, and nothing but
-the pretraining command (data2vec_jax/commands/train.py) imports the training loop
-(`weights.export` reads checkpoints through train.recipe / train.checkpoint). Fine-tuning builds on everything below it; nothing below imports it.
+"""Imports run one way: speed <- model <- objective, runtime <- train <- finetune <- sweep (data and
+weights beside them), and nothing but the pretraining command (data2vec_jax/commands/train.py)
+imports the training loop. `weights/` imports nothing from `train/` or `runtime/`: reading a
+pretraining workdir is pretraining's (`train.export`, `train.workdir_tokenizer`). Fine-tuning
+builds on everything below it; nothing below imports it.
 
 Read from the source with `ast` (no import side effects), so a new upward import fails here
 with the file and the line."""
@@ -13,15 +15,21 @@ import os
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.paths import REPO
+
 PACKAGE = os.path.join(REPO, "data2vec_jax")
 # Subpackage -> the data2vec_jax subpackages it must not import.
 FORBIDDEN = {
-  "speed": {"model", "objective", "train", "weights", "data", "finetune", "sweep"},
-  "model": {"objective", "train", "weights", "data", "finetune", "sweep"},
-  "objective": {"train", "weights", "data", "finetune", "sweep"},
-  "data": {"model", "train", "weights", "finetune", "sweep"},
-  "weights": {"finetune", "sweep"},
+  "speed": {"model", "objective", "runtime", "train", "weights", "data", "finetune", "sweep"},
+  "model": {"objective", "runtime", "train", "weights", "data", "finetune", "sweep"},
+  "objective": {"runtime", "train", "weights", "data", "finetune", "sweep"},
+  "data": {"model", "runtime", "train", "weights", "finetune", "sweep"},
+  # What every run shares (checkpoints, optimizer, sharding, metrics, preemption, progress):
+  # pretraining, fine-tuning and the sweep import it instead of copying it.
+  "runtime": {"objective", "train", "weights", "data", "finetune", "sweep"},
+  # Weights in and out of model directories and the references; reading a pretraining
+  # workdir (export, its tokenizer) is pretraining's (train.export, train.workdir_tokenizer).
+  "weights": {"runtime", "train", "finetune", "sweep"},
   "train": {"finetune", "sweep"},
   "finetune": {"sweep"},
   # The sweep runs the launchers as processes; it reads fine-tuning summaries, nothing more.

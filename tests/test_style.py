@@ -3,13 +3,12 @@ pyproject.toml) both pass. Fix a failure with `ruff format . && ruff check --fix
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.paths import REPO
 
 
 @pytest.mark.parametrize("command", [["format", "--check", "."], ["check", "."]])

@@ -8,7 +8,8 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.paths import REPO
+
 TINY = [
   "--config.model.num_layers=2",
   "--config.model.hidden_size=32",

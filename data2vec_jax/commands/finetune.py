@@ -51,7 +51,7 @@ def run(argv: list[str]) -> None:
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's per-phase checkpoint logs
   from data2vec_jax.finetune.grid import run_finetuning
   from data2vec_jax.finetune.loop import FinetuneError
-  from data2vec_jax.train.checkpoint import TrainingCheckpointError
+  from data2vec_jax.runtime.checkpoint import TrainingCheckpointError
   from data2vec_jax.weights.torch_io import CheckpointError
 
   cli.run_reporting_errors(

@@ -78,7 +78,7 @@ def run(argv: list[str]) -> None:
     # from each of its threads, hundreds of lines; the error is raised and ends the output in
     # one line, so its log lines keep their message only.
     logging.getLogger("absl").addFilter(_orbax_without_tracebacks)
-    from data2vec_jax.train.workdir_errors import quiet_orphaned_write_reports
+    from data2vec_jax.runtime.workdir_errors import quiet_orphaned_write_reports
 
     quiet_orphaned_write_reports()  # and the failed save's other writes, even at exit
   logging.info(
@@ -86,11 +86,11 @@ def run(argv: list[str]) -> None:
     "on" if host_malloc.is_tuned() else "off (D2V_MALLOC=default or not glibc)",
   )
   logging.info("XLA_FLAGS: %s", os.environ.get("XLA_FLAGS", "") or "(none)")
-  from data2vec_jax.train.checkpoint import TrainingCheckpointError
+  from data2vec_jax.runtime.checkpoint import TrainingCheckpointError
+  from data2vec_jax.runtime.workdir_errors import WorkdirError
   from data2vec_jax.train.health import TrainingError
   from data2vec_jax.train.loop import InputDataError, train_and_evaluate
   from data2vec_jax.train.recipe import ConfigError
-  from data2vec_jax.train.workdir_errors import WorkdirError
 
   cli.run_reporting_errors(
     cli.prog_name(),

@@ -5,7 +5,7 @@ from it) carries it without tokenizer flags.
 "sentencepiece_model": the model it trained as `spm.model` beside the corpus, or the one it was
 given; "vocab_json" + "merges_txt": the BPE files, absolute, with the corpus's dict.txt). A pretraining config that reads the corpus (`data.source='fairseq_bin'`) and names no
 tokenizer files gets them from there (`with_corpus_tokenizer`): `config.json` of the workdir then
-names them, and the model directory exported from it holds the tokenizer (weights/export.py).
+names them, and the model directory exported from it holds the tokenizer (train/export.py).
 """
 
 from __future__ import annotations

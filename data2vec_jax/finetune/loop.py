@@ -44,14 +44,14 @@ from data2vec_jax.finetune.starting_point import (
   load_starting_point,
   resolve_tokenizer,
 )
+from data2vec_jax.runtime import checkpoint as checkpoint_lib
+from data2vec_jax.runtime import sharding as sharding_lib
+from data2vec_jax.runtime.metrics import MetricWriter, format_progress
+from data2vec_jax.runtime.optimizer import make_optimizer
+from data2vec_jax.runtime.preemption import PreemptionFlag
 from data2vec_jax.speed import compile_progress
 from data2vec_jax.speed.compile_progress import CompileProgress
-from data2vec_jax.train import checkpoint as checkpoint_lib
-from data2vec_jax.train import sharding as sharding_lib
-from data2vec_jax.train.metrics import MetricWriter, format_progress
-from data2vec_jax.train.optimizer import make_optimizer
-from data2vec_jax.train.preemption import PreemptionFlag
-from data2vec_jax.weights.export import to_host
+from data2vec_jax.train.export import to_host
 from data2vec_jax.weights.pretrained import save_pretrained
 from data2vec_jax.weights.torch_io import CheckpointError
 

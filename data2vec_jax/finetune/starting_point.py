@@ -27,10 +27,11 @@ import jax
 
 from data2vec_jax.data.tokenizer import Tokenizer, load_tokenizer
 from data2vec_jax.model.config import EncoderConfig
-from data2vec_jax.train.checkpoint import CorruptCheckpointError, ignore_failed_reads_of
+from data2vec_jax.runtime.checkpoint import CorruptCheckpointError, ignore_failed_reads_of
+from data2vec_jax.train.export import export_from_checkpoint
 from data2vec_jax.train.recipe import RECIPE_FILE
+from data2vec_jax.train.workdir_tokenizer import workdir_tokenizer_files
 from data2vec_jax.weights import model_tokenizer
-from data2vec_jax.weights.export import export_from_checkpoint
 from data2vec_jax.weights.pretrained import load_checkpoint
 from data2vec_jax.weights.torch_io import CheckpointError
 
@@ -204,8 +205,20 @@ def resolve_tokenizer(settings: Mapping[str, Any], init: str) -> Tokenizer | Non
 
 
 def find_tokenizer(init: str) -> tuple[str, dict[str, str | None]] | None:
-  """(kind, files) of the tokenizer found next to `init` (module docstring), or None."""
-  return model_tokenizer.find_tokenizer(init, search_parent=True)
+  """(kind, files) of the tokenizer found next to `init` (module docstring), or None.
+
+  In `init`'s directory and the one above, in order: a model directory's own tokenizer section,
+  a pretraining workdir's data config, Hugging Face or loose tokenizer files.
+  """
+  for directory in model_tokenizer.search_directories(init, search_parent=True):
+    found = (
+      model_tokenizer.section_tokenizer_files(directory)
+      or workdir_tokenizer_files(directory)
+      or model_tokenizer.loose_tokenizer_files(directory)
+    )
+    if found is not None:
+      return found
+  return None
 
 
 def check_tokenizer_fits(tokenizer: Tokenizer | None, config: EncoderConfig) -> None:

@@ -20,8 +20,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from data2vec_jax.train import sharding as sharding_lib
-from data2vec_jax.train.checkpoint import structure_differences
+from data2vec_jax.runtime import sharding as sharding_lib
+from data2vec_jax.runtime.checkpoint import structure_differences
 
 HEAD_INITS = ("torch_default", "bert")
 

@@ -19,8 +19,8 @@ import optax
 from jax.sharding import Mesh
 
 from data2vec_jax.finetune.state import FinetuneState
-from data2vec_jax.train import sharding as sharding_lib
-from data2vec_jax.train.optimizer import OptimizerConfig, apply_gradients, learning_rate_schedule
+from data2vec_jax.runtime import sharding as sharding_lib
+from data2vec_jax.runtime.optimizer import OptimizerConfig, apply_gradients, learning_rate_schedule
 
 
 def per_example_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -22,8 +22,8 @@ from data2vec_jax.finetune import step as step_lib
 from data2vec_jax.finetune.model import SequenceClassifier
 from data2vec_jax.finetune.settings import RunSettings, resolve_settings
 from data2vec_jax.model.config import EncoderConfig
-from data2vec_jax.train import sharding as sharding_lib
-from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
+from data2vec_jax.runtime import sharding as sharding_lib
+from data2vec_jax.runtime.optimizer import OptimizerConfig, make_optimizer
 
 
 def optimizer_config(config: ml_collections.ConfigDict, settings: RunSettings) -> OptimizerConfig:

@@ -8,7 +8,7 @@ Two places keep that here:
 - the model (`encoder.Embeddings`) stops the lookups' gradient at pad positions, so the loss's
   gradient equals fairseq's, embedding tables included (data2vec 2.0 reads every position's
   embedding through its convolutional decoder and does not zero pad outputs);
-- the update (`train.optimizer.apply_gradients(..., pad_id=...)`, used by pretraining for every
+- the update (`runtime.optimizer.apply_gradients(..., pad_id=...)`, used by pretraining for every
   objective and by fine-tuning) zeroes row `pad` of both tables' gradients *and* of AdamW's
   update. The gradient alone is not enough: AdamW's decoupled weight decay (`p -= lr * wd * p`)
   moves a non-zero row (an imported HF/fairseq model's may be non-zero), and so would Adam
@@ -45,7 +45,7 @@ def zero_pad_rows(tree: Any, pad_id: int | None) -> Any:
       return leaf
     # A mask, not `leaf.at[pad_id].set(0)`: elementwise, it fuses into AdamW's pass and keeps
     # the table's sharding (the scatter, partitioned over a vocab-sharded mesh, zeroed the
-    # wrong row: tests/test_finetune_step.py's sharded-mesh test).
+    # wrong row: tests/finetune/test_step.py's sharded-mesh test).
     is_pad = (jnp.arange(leaf.shape[0]) == pad_id)[:, None]
     return jnp.where(is_pad, jnp.zeros((), leaf.dtype), leaf)
 

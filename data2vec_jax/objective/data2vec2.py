@@ -32,7 +32,7 @@ recorded step exactly: the parity tests do (the noise moves the loss ~1e-3, §14
 Execution: `drop_masked=True` (the default, fairseq's) runs the blocks on the K kept tokens of
 each row only; False runs them on all T positions with the masked keys hidden from attention
 and reads the kept positions: the same values (attention is permutation-equivariant and
-position is in the embeddings), proved equal in tests/test_data2vec2.py; it exists as the plain
+position is in the embeddings), proved equal in tests/objective/test_data2vec2.py; it exists as the plain
 form of the gather, not for speed.
 """
 

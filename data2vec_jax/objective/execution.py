@@ -3,7 +3,7 @@ the `ExecutionPlan` resolved from it.
 
 The paper's loss (`objective.loss_fn`) scores every position of unpacked rows with every block
 run everywhere. Each technique here gives the same loss and gradients (float rounding aside;
-tests/test_execution.py proves each against that reference) for less work:
+tests/objective/test_execution.py proves each against that reference) for less work:
 
 * gathered head positions: the head and the loss run on each row's loss positions only,
   gathered into K static slots (fairseq's `x[masked_indices]` in static shapes);

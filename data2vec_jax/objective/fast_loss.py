@@ -1,6 +1,6 @@
 """The training step's loss: `objective.loss_fn`'s value, computed as an `ExecutionPlan` says.
 
-Same loss and gradients as the reference path (float rounding aside; tests/test_execution.py),
+Same loss and gradients as the reference path (float rounding aside; tests/objective/test_execution.py),
 for less work (`data2vec_jax/objective/execution.py` lists the techniques):
 
 * gathered head positions (plan K > 0): per row, the loss positions are gathered into K slots

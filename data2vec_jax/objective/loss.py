@@ -28,7 +28,7 @@ Everything has static shapes (positions are weights, never boolean indexing), so
 position of the padded rows, the head on every position, the loss weights select. The
 torch-parity tests pin it down. The training step runs the same loss faster, with the head on
 gathered positions, pruned last blocks and packed tokens (`data2vec_jax/objective/fast_loss.py`, decided by the
-`execution.ExecutionPlan`), and tests/test_execution.py proves it equal to this one.
+`execution.ExecutionPlan`), and tests/objective/test_execution.py proves it equal to this one.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ cannot fold it back into the dot: one cheap copy buys a canonical, library-backe
 On GPU and TPU the matmul units take transposed operands for free, so the plain einsum (and
 XLA's own choice of operand order) is used there: `canonical_weight_grad=None` picks by backend.
 Numerically the two spellings are the same sum in possibly different order (float rounding only);
-`tests/test_model_options.py` checks values and gradients against the einsum.
+`tests/model/test_encoder_options.py` checks values and gradients against the einsum.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ environment before that: `train.py` calls `apply_gpu_flags()` before it imports 
 the benchmark passes `with_gpu_flags()` to its worker subprocesses.
 
 Every flag here is a field of XLA's DebugOptions, which the CPU backend parses too (an unknown
-flag aborts the process at backend start; `tests/test_xla_flags.py`), so the same command runs
+flag aborts the process at backend start; `tests/speed/test_xla_flags.py`), so the same command runs
 on CPU, where the GPU flags are inert. Not tried on TPU here: if libtpu ever rejects them, set
 D2V_XLA_FLAGS=none. Flags the user already set in `XLA_FLAGS` win over ours
 (compared by name, so `--xla_gpu_enable_triton_gemm=true` of the user is kept). Opt out

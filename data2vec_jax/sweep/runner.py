@@ -31,13 +31,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from typing import Any, Callable, Iterator
 
 import ml_collections
 
 from data2vec_jax.finetune import grid
+from data2vec_jax.runtime.preemption import PreemptionFlag
 from data2vec_jax.sweep.definition import REPO, Cell, SweepError, load_stage_config
 
 STAGES = ("pretrain", "finetune")
@@ -136,7 +136,7 @@ def run_cells(
   'preempted'. Stops at a preemption notice (SIGTERM) after the running stage has saved.
   `after_cell(cell, outcome)` runs after each cell (the sweep writes its table there)."""
   outcomes: dict[str, str] = {}
-  with _Preemption() as preemption:
+  with PreemptionFlag() as preemption:
     for number, cell in enumerate(cells, start=1):
       logging.info("[cell %d/%d] %s: %s", number, len(cells), cell.name, cell.directory)
       outcomes[cell.name] = run_cell(cell, configs, preemption, stages=stages, echo=echo)
@@ -253,34 +253,6 @@ def _cell_lock(cell: Cell) -> Iterator[int]:
     yield fd
   finally:
     os.close(fd)
-
-
-class _Preemption:
-  """SIGTERM while a stage runs: passed on to the stage (which saves and exits), and remembered
-  so the sweep stops after it instead of starting the next stage."""
-
-  def __init__(self):
-    self.event = threading.Event()
-    self.child: subprocess.Popen | None = None
-    self._previous = None
-
-  def is_set(self) -> bool:
-    return self.event.is_set()
-
-  def _handle(self, *_):
-    self.event.set()
-    child = self.child
-    if child is not None and child.poll() is None:
-      child.send_signal(signal.SIGTERM)
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _log_path(cell: Cell, stage: str) -> str:

@@ -30,25 +30,26 @@ from data2vec_jax.data.corpus_tokenizer import with_corpus_tokenizer
 from data2vec_jax.data.pipeline import GLOBAL_ROW_TOKENS
 from data2vec_jax.model import flops as flops_lib
 from data2vec_jax.objective import execution as execution_lib
+from data2vec_jax.runtime import checkpoint as checkpoint_lib
+from data2vec_jax.runtime import preemption as preemption_lib
+from data2vec_jax.runtime import sharding as sharding_lib
+from data2vec_jax.runtime import workdir_errors
+from data2vec_jax.runtime.metrics import MetricWriter, format_progress
+from data2vec_jax.runtime.preemption import PreemptionFlag
 from data2vec_jax.speed import compile_cache
 from data2vec_jax.speed.compile_progress import CompileProgress
-from data2vec_jax.train import checkpoint as checkpoint_lib
 from data2vec_jax.train import health as health_lib
 from data2vec_jax.train import precompile as precompile_lib
-from data2vec_jax.train import preemption as preemption_lib
-from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train import state as train_state_lib
-from data2vec_jax.train import step_setup, workdir_errors
+from data2vec_jax.train import step_setup
 from data2vec_jax.train import validation as validation_lib
-from data2vec_jax.train.metrics import MetricWriter, format_progress
-from data2vec_jax.train.preemption import PreemptionFlag
+from data2vec_jax.train.export import export_model_dir
 from data2vec_jax.train.recipe import (
   RECIPE_FILE,
   recipe_to_dict,
   validate_config,
 )
-from data2vec_jax.weights.export import export_model_dir
-from data2vec_jax.weights.model_tokenizer import workdir_tokenizer
+from data2vec_jax.train.workdir_tokenizer import workdir_tokenizer
 
 
 class InputDataError(ValueError):

@@ -22,9 +22,9 @@ import jax
 import numpy as np
 
 from data2vec_jax.objective.execution import ExecutionPlan
+from data2vec_jax.runtime import sharding as sharding_lib
 from data2vec_jax.speed import packing as packing_lib
 from data2vec_jax.speed.compile_progress import CompileProgress
-from data2vec_jax.train import sharding as sharding_lib
 
 Shape = tuple[int, Hashable]  # (padded length T, PackingSpec | None)
 

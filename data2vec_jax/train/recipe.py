@@ -3,7 +3,7 @@
 
 `validate_config` checks the whole config before any corpus, vocabulary or checkpoint is touched;
 `recipe_from_config` / `plan_from_config` build the hashable objects the jitted step takes;
-`recipe_to_dict` / `recipe_from_dict` write and read recipe.json, which `weights.export` reads to
+`recipe_to_dict` / `recipe_from_dict` write and read recipe.json, which `train.export` reads to
 export a model directory from any checkpoint.
 """
 
@@ -20,10 +20,10 @@ from data2vec_jax.objective import execution as execution_lib
 from data2vec_jax.objective.ema import EMAConfig
 from data2vec_jax.objective.loss import ObjectiveConfig
 from data2vec_jax.objective.masking import MaskingConfig
+from data2vec_jax.runtime import sharding as sharding_lib
+from data2vec_jax.runtime.optimizer import OptimizerConfig, make_optimizer
 from data2vec_jax.train import health as health_lib
-from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train import state as train_state_lib
-from data2vec_jax.train.optimizer import OptimizerConfig, make_optimizer
 
 RECIPE_FILE = "recipe.json"  # the resolved step math, for exporting from a checkpoint later
 # Speed fields that recipe files written before the `execution` section kept in 'objective'.

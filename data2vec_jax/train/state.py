@@ -23,8 +23,8 @@ from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.objective import ema as ema_lib
 from data2vec_jax.objective.ema import EMAConfig
 from data2vec_jax.objective.loss import ObjectiveConfig, PretrainingModel
-from data2vec_jax.train import sharding as sharding_lib
-from data2vec_jax.train.optimizer import OptimizerConfig
+from data2vec_jax.runtime import sharding as sharding_lib
+from data2vec_jax.runtime.optimizer import OptimizerConfig
 
 
 @dataclasses.dataclass(frozen=True)

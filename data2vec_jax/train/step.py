@@ -25,10 +25,10 @@ from jax.sharding import PartitionSpec as P
 from data2vec_jax.objective import ema as ema_lib
 from data2vec_jax.objective import fast_loss
 from data2vec_jax.objective.execution import ExecutionPlan
+from data2vec_jax.runtime import sharding as sharding_lib
+from data2vec_jax.runtime.optimizer import apply_gradients, learning_rate_schedule
 from data2vec_jax.speed.packing import PackingSpec
-from data2vec_jax.train import sharding as sharding_lib
 from data2vec_jax.train import state as state_lib
-from data2vec_jax.train.optimizer import apply_gradients, learning_rate_schedule
 from data2vec_jax.train.state import Recipe, TrainState
 
 # aux entries that are additive over micro-batches; every other aux entry is averaged.

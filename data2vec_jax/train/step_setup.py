@@ -17,10 +17,10 @@ import optax
 from jax.sharding import Mesh
 
 from data2vec_jax.objective import execution as execution_lib
-from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.runtime import sharding as sharding_lib
+from data2vec_jax.runtime.optimizer import make_optimizer
 from data2vec_jax.train import state as train_state_lib
 from data2vec_jax.train import step as train_step_lib
-from data2vec_jax.train.optimizer import make_optimizer
 from data2vec_jax.train.recipe import plan_from_config, recipe_from_config
 
 # What the input pipeline puts on the devices each step (int32 ids, bool loss positions).

@@ -38,7 +38,7 @@ from jax.sharding import PartitionSpec as P
 from data2vec_jax.objective import ema as ema_lib
 from data2vec_jax.objective import fast_loss
 from data2vec_jax.objective.execution import ExecutionPlan
-from data2vec_jax.train import sharding as sharding_lib
+from data2vec_jax.runtime import sharding as sharding_lib
 from data2vec_jax.train import step as train_step_lib
 from data2vec_jax.train.state import Recipe, TrainState
 

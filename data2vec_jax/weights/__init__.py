@@ -1,7 +1,6 @@
-"""Weights in and out: model directories, the PyTorch references, exports from checkpoints.
+"""Weights in and out: model directories and the PyTorch references (fairseq, Hugging Face).
 
 - `pretrained`: data2vec-jax model directories (`load_pretrained`, `save_pretrained`, `encode`).
-- `export`: a model directory from any training checkpoint (`python -m data2vec_jax.weights.export`).
 - `parity`: per-layer differences against `transformers` (the parity notebook and tests).
 - `torch_io`: safe reading of `.pt` / `pytorch_model.bin` / safetensors (no code execution).
 - `layout`: the exact tensor mapping reference <-> stacked Flax tree; the `Converted` result.

@@ -33,8 +33,9 @@ present must give the same ids for probe texts (including the decoded vocabulary
 `transformers` pipeline (which reads `tokenizer.json`) and this library (which reads
 `sentencepiece.model` first) cannot tokenise differently.
 
-`find_tokenizer` looks for a tokenizer in (1) a model directory's own section, (2) a Hugging Face
-directory's tokenizer files, (3) a pretraining workdir's data config, (4) loose tokenizer files
+`find_tokenizer` looks for a tokenizer in (1) a model directory's own section, (2) a pretraining workdir's
+data config (only from fine-tuning, `finetune.starting_point`: workdirs are pretraining's), (3) a
+Hugging Face directory's or loose tokenizer files
 (`*.model`, `vocab.json` + `merges.txt` [+ `dict.txt`], fairseq's `encoder.json` + `vocab.bpe` +
 `dict.txt`, `tokenizer.json`).
 """
@@ -268,81 +269,50 @@ def load_model_tokenizer(path: str | os.PathLike[str]) -> Tokenizer | None:
   return check_hf_tokenizer_files(directory, found)
 
 
-def find_tokenizer(path: str, *, search_parent: bool = True) -> TokenizerFiles | None:
-  """(kind, files) of the tokenizer next to `path` (module docstring), or None.
-
-  `path` is a model directory, a file in one (a fairseq `.pt`) or a pretraining workdir; with
-  `search_parent` the directory above is tried too (a workdir's `model/`, a checkpoint file).
-  """
+def search_directories(path: str, *, search_parent: bool = True) -> list[str]:
+  """The directories `find_tokenizer` looks in for `path`: its own (a model directory, or the
+  one holding a file such as a fairseq `.pt`) and, with `search_parent`, the one above (a
+  workdir's `model/`, a checkpoint file)."""
   if not path:
-    return None
+    return []
   path = os.path.abspath(os.path.expanduser(path))
   here = path if os.path.isdir(path) else os.path.dirname(path)
-  for directory in [here, os.path.dirname(here)] if search_parent else [here]:
-    section = own_section(directory)
-    if section is not None and isinstance(section.get("files"), Mapping):
-      files = {r: os.path.join(directory, n) for r, n in section["files"].items()}
-      _check_section_files(directory, section, files)
-      if section.get("kind") != "bpe":
-        files.pop("dict_txt", None)  # informational for sentencepiece; not a load argument
-      return section["kind"], files
-    found = workdir_tokenizer_files(directory)
+  return [here, os.path.dirname(here)] if search_parent else [here]
+
+
+def section_tokenizer_files(directory: str) -> TokenizerFiles | None:
+  """(kind, files) a data2vec-jax model directory's own section names (checked), or None."""
+  section = own_section(directory)
+  if section is None or not isinstance(section.get("files"), Mapping):
+    return None
+  files = {r: os.path.join(directory, n) for r, n in section["files"].items()}
+  _check_section_files(directory, section, files)
+  if section.get("kind") != "bpe":
+    files.pop("dict_txt", None)  # informational for sentencepiece; not a load argument
+  return section["kind"], files
+
+
+def loose_tokenizer_files(directory: str) -> TokenizerFiles | None:
+  """(kind, files) of a Hugging Face directory's or loose tokenizer files (checked to agree with
+  each other), or None."""
+  found = tokenizer_files_in(directory)
+  if found is not None:
+    check_hf_tokenizer_files(directory, found)
+  return found
+
+
+def find_tokenizer(path: str, *, search_parent: bool = True) -> TokenizerFiles | None:
+  """(kind, files) of the tokenizer next to `path`, a model directory or a file in one, or None.
+
+  Looks in each of `search_directories` for a model directory's own section, then for Hugging
+  Face or loose tokenizer files. A pretraining workdir's data config is pretraining's to read:
+  fine-tuning's `starting_point.find_tokenizer` adds it between the two.
+  """
+  for directory in search_directories(path, search_parent=search_parent):
+    found = section_tokenizer_files(directory) or loose_tokenizer_files(directory)
     if found is not None:
-      return found
-    found = tokenizer_files_in(directory)
-    if found is not None:
-      check_hf_tokenizer_files(directory, found)
       return found
   return None
-
-
-def workdir_tokenizer_files(workdir: str) -> TokenizerFiles | None:
-  """(kind, files) of the tokenizer a pretraining workdir's data config used, or None (not a
-  workdir, or its data names no tokenizer files, e.g. binarized data with only a dict.txt)."""
-  from data2vec_jax.data.training_input import python_docs_sentencepiece_path
-  from data2vec_jax.train.recipe import RECIPE_FILE
-
-  config_path = os.path.join(workdir, "config.json")
-  if not (os.path.isfile(os.path.join(workdir, RECIPE_FILE)) and os.path.isfile(config_path)):
-    return None
-  with open(config_path, encoding="utf-8") as f:
-    data = json.load(f).get("data", {})
-  if data.get("source") == "python_docs":  # the offline demo's corpus and vocabulary
-    size = int(data["sentencepiece_vocab_size"])
-    model = python_docs_sentencepiece_path(os.path.join(workdir, "data"), size)
-    if not os.path.isfile(model):  # a demo workdir from before the held-out split
-      model = os.path.join(workdir, "data", f"spm{size}.model")
-    return "sentencepiece", {"sentencepiece_model": model}
-  kind = data.get("tokenizer") or "bpe"
-  files = {
-    k: data.get(k) or None for k in ("sentencepiece_model", "vocab_json", "merges_txt", "dict_txt")
-  }
-  if kind == "sentencepiece":
-    return (
-      (kind, {"sentencepiece_model": files["sentencepiece_model"]})
-      if files["sentencepiece_model"]
-      else None
-    )
-  if not (files["vocab_json"] and files["merges_txt"]):
-    return None
-  if not files["dict_txt"] and data.get("source") == "fairseq_bin" and data.get("path"):
-    # The pipeline's default: the dictionary next to the binarized data.
-    default = os.path.join(os.path.dirname(os.path.abspath(data["path"])), "dict.txt")
-    files["dict_txt"] = default if os.path.isfile(default) else None
-  return kind, {k: files[k] for k in ("vocab_json", "merges_txt", "dict_txt")}
-
-
-def workdir_tokenizer(workdir: str) -> Tokenizer | None:
-  """The tokenizer a pretraining workdir trained with, or None (logged) when it names none."""
-  found = workdir_tokenizer_files(workdir)
-  if found is None:
-    logging.warning(
-      "%s: the data config names no tokenizer files; the model directory gets none (add one "
-      "with convert_torch_weights.py --to jax --tokenizer PATH)",
-      workdir,
-    )
-    return None
-  return load_tokenizer(found[0], **found[1])
 
 
 def _is_roberta_vocab(vocab_json: str) -> bool:

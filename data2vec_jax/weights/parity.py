@@ -1,6 +1,6 @@
 """Numerical parity of the Flax encoder against `transformers` (PyTorch), layer by layer.
 
-Needs torch and transformers (test/notebook extras). Used by `tests/test_parity.py` and
+Needs torch and transformers (test/notebook extras). Used by `tests/weights/test_parity.py` and
 `notebooks/parity.ipynb`:
 
   model = reference_model(tiny_config(), seed=0)           # random, non-trivial HF weights
