@@ -27,6 +27,7 @@ import os
 
 import numpy as np
 
+from data2vec_jax.atomic_files import write_text_atomically
 from data2vec_jax.data.offline_corpus import named_topic_documents
 
 TOPIC_CLASSES: dict[str, tuple[str, ...]] = {
@@ -129,11 +130,11 @@ def write_topic_task(
   splits["train"] = splits["train"][:max_train]
   os.makedirs(directory, exist_ok=True)
   for split, rows in splits.items():
-    path = os.path.join(directory, f"{split}.tsv")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.write("sentence\tlabel\n")
-      f.writelines(f"{' '.join(s.split())}\t{y}\n" for s, y in rows)  # no tab inside a field
-    os.replace(path + ".tmp", path)
+    # No tab inside a field: a sentence's whitespace runs become single spaces.
+    lines = [f"{' '.join(s.split())}\t{y}\n" for s, y in rows]
+    write_text_atomically(
+      os.path.join(directory, f"{split}.tsv"), "sentence\tlabel\n" + "".join(lines)
+    )
   return {split: len(rows) for split, rows in splits.items()}
 
 

@@ -30,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from data2vec_jax.atomic_files import write_json_atomically
 from data2vec_jax.finetune import batches as batches_lib
 from data2vec_jax.finetune import data as data_lib
 from data2vec_jax.finetune import state as state_lib
@@ -166,7 +167,9 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
             )
           return previous
       if is_chief:
-        _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+        write_json_atomically(
+          os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort())
+        )
       run = _Run(config, workdir, settings, task_data, model, tx, optimizer, mesh, shardings)
       run.tokenizer = tokenizer  # model/ and hf/ carry it, so the exports can be used on text
       results = run.loop(state, checkpointer, fingerprint, start)
@@ -174,7 +177,7 @@ def finetune_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> di
     checkpointer.close()
   results["wall_time_s"] = time.time() - t_start
   if is_chief:
-    _write_json(os.path.join(workdir, RESULTS_FILE), results)
+    write_json_atomically(os.path.join(workdir, RESULTS_FILE), results)
   return results
 
 
@@ -245,12 +248,6 @@ def _completed_results(workdir: str) -> dict[str, Any] | None:
   except (OSError, ValueError):
     return None
   return results if results.get("stop_reason") == "completed" else None
-
-
-def _write_json(path: str, value: Any) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(path + ".tmp", path)
 
 
 class _Run:

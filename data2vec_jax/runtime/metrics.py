@@ -17,6 +17,8 @@ import os
 import time
 from typing import Mapping
 
+from data2vec_jax.atomic_files import write_text_atomically
+
 
 class MetricWriter:
   """Appends `{'step': n, **metrics}` lines to `<workdir>/metrics.jsonl` and TensorBoard scalars."""
@@ -92,10 +94,7 @@ def _keep_rows_up_to(path: str, step: int) -> list[dict]:
       else:
         dropped += 1
   if dropped:
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as f:
-      f.writelines(lines)
-    os.replace(temporary, path)
+    write_text_atomically(path, "".join(lines))
     logging.info(
       "metrics.jsonl: dropped %d rows after step %d (replayed by this run)", dropped, step
     )

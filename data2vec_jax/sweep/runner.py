@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
+from data2vec_jax.atomic_files import write_json_atomically
 from data2vec_jax.finetune import grid
 from data2vec_jax.runtime.preemption import PreemptionFlag
 from data2vec_jax.sweep.definition import REPO, Cell, SweepError, load_stage_config
@@ -289,15 +290,3 @@ def _write_status(cell: Cell, stage: str, state: str, code, command=None) -> Non
   entry["log"] = _log_path(cell, stage)
   status[stage] = entry
   write_json_atomically(os.path.join(cell.directory, STATUS_FILE), status)
-
-
-def write_json_atomically(path: str, value: Any) -> None:
-  write_text_atomically(path, json.dumps(value, indent=2) + "\n")
-
-
-def write_text_atomically(path: str, text: str) -> None:
-  """Readers (an aggregation running beside the cells) see the old file or the new, never half."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)

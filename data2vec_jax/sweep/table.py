@@ -24,6 +24,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from data2vec_jax.atomic_files import write_json_atomically, write_text_atomically
 from data2vec_jax.finetune import grid, recipes
 from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, glue_average
 from data2vec_jax.sweep import paper
@@ -34,8 +35,6 @@ from data2vec_jax.sweep.runner import (
   pretraining_finished,
   read_json,
   read_status,
-  write_json_atomically,
-  write_text_atomically,
 )
 
 RESULTS_CSV, RESULTS_MD, RESULTS_JSON, AXIS_PLOT = (

@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from data2vec_jax.atomic_files import write_text_atomically
 from data2vec_jax.data import training_input
 from data2vec_jax.data.corpus_tokenizer import with_corpus_tokenizer
 from data2vec_jax.data.pipeline import GLOBAL_ROW_TOKENS
@@ -248,10 +249,7 @@ def _write_run_files(
     ("config.json", config.to_json_best_effort(indent=2)),
     (RECIPE_FILE, recipe_text),
   ):
-    path = os.path.join(workdir, name)
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text_atomically(os.path.join(workdir, name), text)
 
 
 def _restore_or_create(
