@@ -59,6 +59,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from data2vec_jax.data import sources
+from data2vec_jax.data.dictionary import VocabInfo
 from data2vec_jax.data.shards import shard_dir_name
 from data2vec_jax.data.tokenizer import (
   BPETokenizer,
@@ -418,84 +419,160 @@ def _prepare_into(args: argparse.Namespace, work_dir: str, target: str) -> dict:
   t0 = time.time()
   cpu0 = _cpu_seconds()
   documents = _documents_factory(args)
+  tok = _tokenizer(args, documents, work_dir)
+  record = _tokenizer_record(args, tok, target)
+  written = _encode_and_write(args, tok, documents, work_dir, t0)
+  _check_not_empty(args, written.n_docs)
+  _write_dictionary(args, tok, written.counts, work_dir, record["dict_txt"])
+  stats = {
+    "splits": _split_stats(written, work_dir, target),
+    **record,
+    "shard": args.shard,
+    "num_shards": args.num_shards,
+    "unk_fraction": float(written.counts[tok.vocab.unk_id] / max(1, written.counts.sum())),
+    "seconds": round(time.time() - t0, 2),
+    # Where the time goes: this process (read, write) and the encoding workers (--workers > 1).
+    "cpu_seconds": _cpu_seconds(cpu0),
+  }
+  with open(os.path.join(work_dir, sources.PREPARE_STATS_FILE), "w") as f:
+    json.dump(stats, f, indent=1)
+  return stats
 
-  # 1. Tokenizer.
+
+def _tokenizer(
+  args: argparse.Namespace, documents: Callable[[], Iterator[sources.Document]], work_dir: str
+) -> Tokenizer:
+  """The tokenizer --tokenizer names: a given or newly trained sentencepiece model, or BPE."""
   if args.tokenizer == "sentencepiece":
     if args.sentencepiece_model:
-      tok = SentencePieceTokenizer(args.sentencepiece_model)
-      spm_path = args.sentencepiece_model
-    else:
-      tok = _train_tokenizer(args, documents, work_dir)
-      spm_path = os.path.join(target, "spm.model")
-  elif args.tokenizer == "bpe":
-    tok = BPETokenizer(args.vocab_json, args.merges_txt, args.dict_txt)
+      return SentencePieceTokenizer(args.sentencepiece_model)
+    return _train_tokenizer(args, documents, work_dir)
+  if args.tokenizer == "bpe":
+    return BPETokenizer(args.vocab_json, args.merges_txt, args.dict_txt)
+  raise sources.DataError(f"unknown --tokenizer {args.tokenizer!r}; use bpe or sentencepiece")
+
+
+def _tokenizer_record(args: argparse.Namespace, tok: Tokenizer, target: str) -> dict:
+  """The stats' description of the vocabulary and of the tokenizer's files (final paths)."""
+  bpe = args.tokenizer == "bpe"
+  if bpe:
     spm_path = None
-  else:
-    raise sources.DataError(f"unknown --tokenizer {args.tokenizer!r}; use bpe or sentencepiece")
-  vocab = tok.vocab
-  dtype = sources.best_fitting_dtype(vocab.vocab_size)
-  # The hash of the files the shards were encoded with: loading refuses shards whose differ.
-  tokenizer_sha256 = _files_sha256(tok.files)
+  else:  # a trained model is renamed into `target` with the other outputs
+    spm_path = args.sentencepiece_model or os.path.join(target, "spm.model")
+  return {
+    "vocab_size": tok.vocab.vocab_size,
+    "mask_id": tok.vocab.mask_id,
+    "dtype": str(sources.best_fitting_dtype(tok.vocab.vocab_size)),
+    "tokenizer": args.tokenizer,
+    "sentencepiece_model": spm_path,
+    # BPE files as absolute paths: training takes the tokenizer from here when its data config
+    # names none (data/corpus_tokenizer.py), from whatever directory it runs in.
+    "vocab_json": os.path.abspath(args.vocab_json) if bpe else None,
+    "merges_txt": os.path.abspath(args.merges_txt) if bpe else None,
+    "dict_txt": os.path.join(target, "dict.txt"),
+    # The hash of the files the shards were encoded with: loading refuses shards whose differ.
+    "tokenizer_sha256": _files_sha256(tok.files),
+  }
 
-  # 2. Tokenize and write, streaming chunks of documents.
-  splits = ["train"] + (["valid"] if args.valid_every else [])
-  n_docs = {s: 0 for s in splits}
-  n_lines = {s: 0 for s in splits}
-  n_tokens = {s: 0 for s in splits}
-  counts = np.zeros(vocab.vocab_size, dtype=np.int64)
-  eos = np.array([vocab.eos_id], dtype=np.int32)
-  last = time.time()
-  if args.workers > 1:
-    _log(f"encoding in {args.workers} worker processes")
 
-  def write(chunk: list, ids: np.ndarray, lengths: np.ndarray) -> None:
+class _SplitWriter:
+  """Appends encoded chunks of (split, document) pairs to one .bin/.idx builder per split and
+  counts what it wrote: documents, lines and tokens per split, occurrences per token id."""
+
+  def __init__(
+    self, builders: dict[str, sources.MMapIndexedDatasetBuilder], vocab: VocabInfo
+  ) -> None:
+    self.builders = builders
+    self.vocab = vocab
+    self.n_docs = {s: 0 for s in builders}
+    self.n_lines = {s: 0 for s in builders}
+    self.n_tokens = {s: 0 for s in builders}
+    self.counts = np.zeros(vocab.vocab_size, dtype=np.int64)  # int64 [vocab_size]
+    self._eos = np.array([vocab.eos_id], dtype=np.int32)
+
+  def write(self, chunk: list, ids: np.ndarray, lengths: np.ndarray) -> None:
     """Append a chunk's documents to their splits: each sentence + `</s>`, a `</s>` line
     between documents. Vectorised over the chunk: per-line numpy calls cost more than the
-    encoding itself (profiled: 2.1 s of writing vs 1.0 s of encoding for 1.7M tokens)."""
+    encoding itself (profiled: 2.1 s of writing vs 1.0 s of encoding for 1.7M tokens).
+
+    ids: int32 [total] the chunk's sentences' ids, concatenated; lengths: int64 [sentences].
+    """
+    vocab = self.vocab
     if len(lengths):  # one bincount per chunk; a per-line one would allocate vocab_size each time
-      counts[:] += np.bincount(ids, minlength=vocab.vocab_size)[: vocab.vocab_size]
-      counts[vocab.eos_id] += len(lengths)
+      self.counts[:] += np.bincount(ids, minlength=vocab.vocab_size)[: vocab.vocab_size]
+      self.counts[vocab.eos_id] += len(lengths)
     line_sizes = lengths + 1
     lines = np.full(int(line_sizes.sum()), vocab.eos_id, dtype=np.int32)
     # Token j of sentence s lands s places further on: one `</s>` after each earlier sentence.
     lines[np.arange(len(ids)) + np.repeat(np.arange(len(lengths)), lengths)] = ids
+    for split, (tokens, sizes) in self._pieces_by_split(chunk, lines, line_sizes).items():
+      if sizes:
+        tokens, sizes = np.concatenate(tokens), np.concatenate(sizes)
+        self.builders[split].add_items(tokens, sizes)
+        self.n_lines[split] += len(sizes)
+        self.n_tokens[split] += len(tokens)
+
+  def _pieces_by_split(
+    self, chunk: list, lines: np.ndarray, line_sizes: np.ndarray
+  ) -> dict[str, tuple[list, list]]:
+    """split -> (token pieces, line-size pieces) of the chunk's documents, in order, with the
+    blank `</s>` line before every document but a split's first."""
     line_ends = np.cumsum(line_sizes)
-    pieces: dict[str, tuple[list, list]] = {s: ([], []) for s in splits}
+    pieces: dict[str, tuple[list, list]] = {s: ([], []) for s in self.builders}
     k = t = 0  # first sentence, first token of the next document
     for split, d in chunk:
       tokens, sizes = pieces[split]
-      if n_docs[split] > 0:
-        tokens.append(eos)  # blank line between documents
+      if self.n_docs[split] > 0:
+        tokens.append(self._eos)  # blank line between documents
         sizes.append(np.ones(1, dtype=np.int64))
       k_end = k + len(d)
       t_end = int(line_ends[k_end - 1]) if k_end > k else t
       tokens.append(lines[t:t_end])
       sizes.append(line_sizes[k:k_end])
-      n_docs[split] += 1
+      self.n_docs[split] += 1
       k, t = k_end, t_end
-    for split, (tokens, sizes) in pieces.items():
-      if sizes:
-        tokens, sizes = np.concatenate(tokens), np.concatenate(sizes)
-        builders[split].add_items(tokens, sizes)
-        n_lines[split] += len(sizes)
-        n_tokens[split] += len(tokens)
+    return pieces
 
+  def log_progress(self, seconds: float) -> None:
+    """One line of totals so far, and the rate over the run's first `seconds`."""
+    tot = sum(self.n_tokens.values())
+    _log(
+      f"{sum(self.n_docs.values())} docs, {sum(self.n_lines.values())} lines, {tot} tokens, "
+      f"{tot / seconds:,.0f} tokens/s"
+    )
+
+
+def _encode_and_write(
+  args: argparse.Namespace,
+  tok: Tokenizer,
+  documents: Callable[[], Iterator[sources.Document]],
+  work_dir: str,
+  t0: float,
+) -> _SplitWriter:
+  """Tokenize this shard's documents and write `<work_dir>/train` (and `valid`) .bin/.idx,
+  streaming chunks of documents; returns the writer with its counts."""
+  splits = ["train"] + (["valid"] if args.valid_every else [])
+  dtype = sources.best_fitting_dtype(tok.vocab.vocab_size)
+  last = time.time()
+  if args.workers > 1:
+    _log(f"encoding in {args.workers} worker processes")
   # A builder's exit writes its .idx only when no error is propagating.
   with contextlib.ExitStack() as stack:
     builders = {
       s: stack.enter_context(sources.MMapIndexedDatasetBuilder(os.path.join(work_dir, s), dtype))
       for s in splits
     }
+    writer = _SplitWriter(builders, tok.vocab)
     chunks = _documents_of_this_shard(args, documents)
     for chunk, ids, lengths in _encoded_chunks(tok, chunks, args.workers):
-      write(chunk, ids, lengths)
+      writer.write(chunk, ids, lengths)
       if time.time() - last >= args.log_seconds:
         last = time.time()
-        tot = sum(n_tokens.values())
-        _log(
-          f"{sum(n_docs.values())} docs, {sum(n_lines.values())} lines, {tot} tokens, "
-          f"{tot / (last - t0):,.0f} tokens/s"
-        )
+        writer.log_progress(last - t0)
+  return writer
+
+
+def _check_not_empty(args: argparse.Namespace, n_docs: dict[str, int]) -> None:
   if n_docs["train"] == 0:
     which = f"shard {args.shard} of {args.num_shards}" if args.num_shards > 1 else "the corpus"
     raise sources.DataError(
@@ -504,8 +581,12 @@ def _prepare_into(args: argparse.Namespace, work_dir: str, target: str) -> dict:
       + ("; or use fewer shards than documents" if args.num_shards > 1 else "")
     )
 
-  # 3. Dictionary (ids = tokenizer ids).
-  dict_path = os.path.join(target, "dict.txt")
+
+def _write_dictionary(
+  args: argparse.Namespace, tok: Tokenizer, counts: np.ndarray, work_dir: str, dict_path: str
+) -> None:
+  """`<work_dir>/dict.txt` (ids = tokenizer ids) with the corpus's counts (int64 [vocab_size]);
+  a given --dict_txt is copied as it is, unless it already is `dict_path`, the final one."""
   work_dict = os.path.join(work_dir, "dict.txt")
   if isinstance(tok, SentencePieceTokenizer):
     sentencepiece_dictionary(tok, counts).save(work_dict)
@@ -517,48 +598,36 @@ def _prepare_into(args: argparse.Namespace, work_dir: str, target: str) -> dict:
     d.counts[:] = [int(c) for c in counts[: len(d)]]
     d.save(work_dict)
 
-  # bin_bytes lets loading detect a .bin of another run even when the .idx matches the stats.
-  bin_bytes = {
-    s: os.path.getsize(sources.data_file_path(os.path.join(work_dir, s))) for s in splits
+
+def _split_stats(written: _SplitWriter, work_dir: str, target: str) -> dict[str, dict]:
+  """Per split: what was written, and where it will be (prefix in `target`)."""
+  return {
+    s: {
+      "documents": written.n_docs[s],
+      "lines": written.n_lines[s],
+      "tokens": written.n_tokens[s],
+      # bin_bytes lets loading detect a .bin of another run even when the .idx matches the stats.
+      "bin_bytes": os.path.getsize(sources.data_file_path(os.path.join(work_dir, s))),
+      "prefix": os.path.join(target, s),
+    }
+    for s in written.builders
   }
-  stats = {
-    "splits": {
-      s: {
-        "documents": n_docs[s],
-        "lines": n_lines[s],
-        "tokens": n_tokens[s],
-        "bin_bytes": bin_bytes[s],
-        "prefix": os.path.join(target, s),
-      }
-      for s in splits
-    },
-    "vocab_size": vocab.vocab_size,
-    "mask_id": vocab.mask_id,
-    "dtype": str(dtype),
-    "tokenizer": args.tokenizer,
-    "sentencepiece_model": spm_path,
-    # BPE files as absolute paths: training takes the tokenizer from here when its data config
-    # names none (data/corpus_tokenizer.py), from whatever directory it runs in.
-    "vocab_json": os.path.abspath(args.vocab_json) if args.tokenizer == "bpe" else None,
-    "merges_txt": os.path.abspath(args.merges_txt) if args.tokenizer == "bpe" else None,
-    "dict_txt": dict_path,
-    "tokenizer_sha256": tokenizer_sha256,
-    "shard": args.shard,
-    "num_shards": args.num_shards,
-    "unk_fraction": float(counts[vocab.unk_id] / max(1, counts.sum())),
-    "seconds": round(time.time() - t0, 2),
-    # Where the time goes: this process (read, write) and the encoding workers (--workers > 1).
-    "cpu_seconds": _cpu_seconds(cpu0),
-  }
-  with open(os.path.join(work_dir, sources.PREPARE_STATS_FILE), "w") as f:
-    json.dump(stats, f, indent=1)
-  return stats
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
+  _add_source_arguments(p)
+  _add_tokenizer_arguments(p)
+  _add_output_arguments(p)
+  args = p.parse_args(argv)
+  _check_args(p, args)
+  return args
+
+
+def _add_source_arguments(p: argparse.ArgumentParser) -> None:
+  """Where the documents come from."""
   p.add_argument(
     "--source",
     choices=["text", "tfds", "offline"],
@@ -574,6 +643,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     "--sentence_split", action="store_true", help="split TFDS paragraphs into sentences"
   )
   p.add_argument("--max_documents", type=int, default=None)
+
+
+def _add_tokenizer_arguments(p: argparse.ArgumentParser) -> None:
+  """The tokenizer's files, or how to train a sentencepiece model."""
   p.add_argument("--tokenizer", choices=["bpe", "sentencepiece"], required=True)
   p.add_argument("--vocab_json")
   p.add_argument("--merges_txt")
@@ -586,6 +659,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--spm_max_sentences", type=int, default=2_000_000)
   p.add_argument("--spm_character_coverage", type=float, default=0.9995)
   p.add_argument("--spm_byte_fallback", action="store_true")
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+  """Where the outputs go, the valid split, and how the work is divided (workers, shards)."""
   p.add_argument("--output_dir", required=True)
   p.add_argument(
     "--valid_every", type=int, default=0, help="every K-th document goes to valid (0: none)"
@@ -612,7 +689,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     action="store_true",
     help="only train <output_dir>/spm.model (+ dict.txt), the tokenizer all shards are given",
   )
-  args = p.parse_args(argv)
+
+
+def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+  """Exit through `p.error` on values no run could use."""
   if args.valid_every == 1:
     p.error("--valid_every 1 would leave no training data")
   if args.workers < 1:
@@ -622,7 +702,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
       f"--shard {args.shard} --num_shards {args.num_shards}: need num_shards >= 1 and "
       f"0 <= shard < num_shards"
     )
-  return args
 
 
 def main(argv: list[str] | None = None) -> dict:

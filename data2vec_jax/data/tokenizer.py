@@ -121,38 +121,7 @@ class BPETokenizer:
       self._lut = np.array([self.dictionary.index(str(i)) for i in range(n)], dtype=np.int32)
       self.vocab = self.dictionary.vocab_info()
     else:
-      missing = [s for i, s in enumerate(SPECIAL_SYMBOLS) if vocab.get(s) != i]
-      if missing:
-        raise DataError(
-          f"{vocab_json}: expected fairseq special ids <s>=0 <pad>=1 </s>=2 <unk>=3 in a "
-          f"RoBERTa-style vocab.json, but {missing} differ; for original GPT-2 files pass "
-          f"the fairseq dict.txt as dict_txt"
-        )
-      ids = sorted(vocab.values())
-      if ids != list(range(len(ids))):
-        raise DataError(f"{vocab_json}: ids are not contiguous 0..{len(ids) - 1}")
-      # fairseq appends <mask> after the dictionary; HF RoBERTa vocab.json already contains it.
-      mask_id = vocab.get(MASK, len(vocab))
-      self.vocab = VocabInfo(
-        vocab_size=max(len(vocab), mask_id + 1),
-        pad_id=1,
-        bos_id=0,
-        eos_id=2,
-        unk_id=3,
-        mask_id=mask_id,
-      )
-      self.dictionary = Dictionary.from_symbols(
-        [
-          s
-          for s, _ in sorted(vocab.items(), key=lambda kv: kv[1])[len(SPECIAL_SYMBOLS) :]
-          if s != MASK
-        ]
-      )
-      if self.dictionary.mask_index != mask_id:
-        raise DataError(
-          f"{vocab_json}: <mask> must be the last id to match fairseq "
-          f"(found {mask_id}, vocabulary has {len(vocab)} entries)"
-        )
+      self.vocab, self.dictionary = _roberta_vocabulary(vocab_json, vocab)
 
   @property
   def gpt2_to_fairseq(self) -> np.ndarray | None:
@@ -175,6 +144,40 @@ class BPETokenizer:
       inverse = {int(f): g for g, f in enumerate(self._lut)}
       ids = [inverse.get(int(i), 0) for i in ids]
     return self._tok.decode([int(i) for i in ids])
+
+
+def _roberta_vocabulary(vocab_json: str, vocab: dict[str, int]) -> tuple[VocabInfo, Dictionary]:
+  """The vocabulary facts and fairseq Dictionary of a RoBERTa-style `vocab.json` (token -> id),
+  whose ids already are fairseq ids; `DataError` where they are not."""
+  missing = [s for i, s in enumerate(SPECIAL_SYMBOLS) if vocab.get(s) != i]
+  if missing:
+    raise DataError(
+      f"{vocab_json}: expected fairseq special ids <s>=0 <pad>=1 </s>=2 <unk>=3 in a "
+      f"RoBERTa-style vocab.json, but {missing} differ; for original GPT-2 files pass "
+      f"the fairseq dict.txt as dict_txt"
+    )
+  ids = sorted(vocab.values())
+  if ids != list(range(len(ids))):
+    raise DataError(f"{vocab_json}: ids are not contiguous 0..{len(ids) - 1}")
+  # fairseq appends <mask> after the dictionary; HF RoBERTa vocab.json already contains it.
+  mask_id = vocab.get(MASK, len(vocab))
+  info = VocabInfo(
+    vocab_size=max(len(vocab), mask_id + 1),
+    pad_id=1,
+    bos_id=0,
+    eos_id=2,
+    unk_id=3,
+    mask_id=mask_id,
+  )
+  dictionary = Dictionary.from_symbols(
+    [s for s, _ in sorted(vocab.items(), key=lambda kv: kv[1])[len(SPECIAL_SYMBOLS) :] if s != MASK]
+  )
+  if dictionary.mask_index != mask_id:
+    raise DataError(
+      f"{vocab_json}: <mask> must be the last id to match fairseq "
+      f"(found {mask_id}, vocabulary has {len(vocab)} entries)"
+    )
+  return info, dictionary
 
 
 class SentencePieceTokenizer:
@@ -283,8 +286,53 @@ def train_sentencepiece(
   sentencepiece runs when no sentence is left.
   """
   import sentencepiece as spm
-  from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
+  _check_sentencepiece_settings(vocab_size, model_type)
+  feed = _TrainingSentences(sentences, max_sentences)
+  sentence_iterator = feed.checked()  # the corpus is checked before sentencepiece sees it
+  buf = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+      sentence_iterator=sentence_iterator,
+      model_writer=buf,
+      vocab_size=vocab_size - 1,
+      model_type=model_type,
+      character_coverage=character_coverage,
+      byte_fallback=byte_fallback,
+      # sentencepiece rejects sizes 1..100; 0 (no sampling) is the same, as we cap the count.
+      input_sentence_size=max_sentences if max_sentences > 100 else 0,
+      seed_sentencepiece_size=seed_sentencepiece_size,
+      num_threads=num_threads,
+      **_SENTENCEPIECE_FIXED_OPTIONS,
+    )
+  except RuntimeError as e:
+    if feed.error is not None:
+      raise feed.error from None
+    explained = _explained_training_error(str(e).strip(), vocab_size, model_type)
+    if explained is None:
+      raise
+    raise explained from e
+  feed.warn_if_any_skipped()
+  return _save_with_mask_last(buf.getvalue(), model_path)
+
+
+# The options of every training: fairseq's special ids, sampled and shuffled input, exact size.
+_SENTENCEPIECE_FIXED_OPTIONS = dict(
+  bos_id=0,
+  pad_id=1,
+  eos_id=2,
+  unk_id=3,
+  bos_piece=BOS,
+  pad_piece=PAD,
+  eos_piece=EOS,
+  unk_piece=UNK,
+  shuffle_input_sentence=True,
+  hard_vocab_limit=True,
+  minloglevel=2,
+)
+
+
+def _check_sentencepiece_settings(vocab_size: int, model_type: str) -> None:
   if vocab_size < 8:
     raise DataError(
       f"vocab_size={vocab_size} is too small; use at least 8 (4 specials, <mask>, pieces)"
@@ -294,13 +342,23 @@ def train_sentencepiece(
       f"unknown sentencepiece model_type {model_type!r}; use unigram, bpe, char or word"
     )
 
-  read = too_long = 0
-  feed_error: list[BaseException] = []
 
-  def _usable() -> Iterator[str]:
-    # sentencepiece silently skips sentences over its byte limit, then dies with an opaque
-    # `!sentences_.empty()` when none is left, so they are counted and left out here.
-    nonlocal read, too_long
+class _TrainingSentences:
+  """The sentences sentencepiece is fed: stripped, non-blank ones of the first `max_sentences`.
+
+  sentencepiece silently skips sentences over its byte limit, then dies with an opaque
+  `!sentences_.empty()` when none is left, so they are counted (`read`, `too_long`) and left out
+  here. sentencepiece also turns an error of its input iterator into RuntimeError("INTERNAL:
+  ..."), losing its type (a DataError naming a bad line); it is kept in `error` to re-raise.
+  """
+
+  def __init__(self, sentences: Iterable[str], max_sentences: int) -> None:
+    self.read = 0
+    self.too_long = 0
+    self.error: BaseException | None = None
+    self._usable = self._filter(sentences, max_sentences)
+
+  def _filter(self, sentences: Iterable[str], max_sentences: int) -> Iterator[str]:
     try:
       for i, s in enumerate(sentences):
         if i >= max_sentences:
@@ -308,76 +366,63 @@ def train_sentencepiece(
         s = s.strip()
         if not s:
           continue
-        read += 1
+        self.read += 1
         if len(s.encode("utf-8")) > SPM_MAX_SENTENCE_BYTES:
-          too_long += 1
+          self.too_long += 1
           continue
         yield s
     except (Exception, KeyboardInterrupt) as e:
-      # sentencepiece turns an error of its input iterator into RuntimeError("INTERNAL: ..."),
-      # losing its type (a DataError naming a bad line); it is re-raised as it was below.
-      feed_error.append(e)
+      self.error = e
       raise
 
-  usable = _usable()
-  first = next(usable, None)  # the corpus is checked before sentencepiece sees it
-  if first is None:
-    raise DataError(
-      f"no usable sentence to train sentencepiece on: {read} non-blank line(s) read, "
-      f"{too_long} skipped as longer than sentencepiece's max_sentence_length of "
-      f"{SPM_MAX_SENTENCE_BYTES} bytes; give a UTF-8 corpus with one sentence per line "
-      f"(split longer lines)"
-    )
-  buf = io.BytesIO()
-  try:
-    spm.SentencePieceTrainer.train(
-      sentence_iterator=itertools.chain([first], usable),
-      model_writer=buf,
-      vocab_size=vocab_size - 1,
-      model_type=model_type,
-      character_coverage=character_coverage,
-      byte_fallback=byte_fallback,
-      bos_id=0,
-      pad_id=1,
-      eos_id=2,
-      unk_id=3,
-      bos_piece=BOS,
-      pad_piece=PAD,
-      eos_piece=EOS,
-      unk_piece=UNK,
-      # sentencepiece rejects sizes 1..100; 0 (no sampling) is the same, as we cap the count.
-      input_sentence_size=max_sentences if max_sentences > 100 else 0,
-      shuffle_input_sentence=True,
-      seed_sentencepiece_size=seed_sentencepiece_size,
-      num_threads=num_threads,
-      hard_vocab_limit=True,
-      minloglevel=2,
-    )
-  except RuntimeError as e:
-    if feed_error:
-      raise feed_error[0] from None
-    msg = str(e).strip()
-    if "Vocabulary size too high" in msg:
+  def checked(self) -> Iterator[str]:
+    """The usable sentences; `DataError` now, before any training, when there is none."""
+    first = next(self._usable, None)
+    if first is None:
       raise DataError(
-        f"the corpus is too small for a {model_type} vocabulary of {vocab_size} "
-        f"(sentencepiece: {msg}); use a smaller vocab_size or model_type='bpe'"
-      ) from e
-    if "smaller than required_chars" in msg:
-      raise DataError(
-        f"vocab_size={vocab_size} cannot hold the corpus's characters (sentencepiece: "
-        f"{msg}); use a larger vocab_size or a lower character_coverage"
-      ) from e
-    raise
-  if too_long:
-    log.warning(
-      "sentencepiece was trained without %d of %d sentences longer than %d bytes "
-      "(max_sentence_length); split long lines to learn from them",
-      too_long,
-      read,
-      SPM_MAX_SENTENCE_BYTES,
+        f"no usable sentence to train sentencepiece on: {self.read} non-blank line(s) read, "
+        f"{self.too_long} skipped as longer than sentencepiece's max_sentence_length of "
+        f"{SPM_MAX_SENTENCE_BYTES} bytes; give a UTF-8 corpus with one sentence per line "
+        f"(split longer lines)"
+      )
+    return itertools.chain([first], self._usable)
+
+  def warn_if_any_skipped(self) -> None:
+    if self.too_long:
+      log.warning(
+        "sentencepiece was trained without %d of %d sentences longer than %d bytes "
+        "(max_sentence_length); split long lines to learn from them",
+        self.too_long,
+        self.read,
+        SPM_MAX_SENTENCE_BYTES,
+      )
+
+
+def _explained_training_error(msg: str, vocab_size: int, model_type: str) -> DataError | None:
+  """A `DataError` saying what to change for sentencepiece's error `msg`, where it is a known
+  limit of the corpus; None for any other error."""
+  if "Vocabulary size too high" in msg:
+    return DataError(
+      f"the corpus is too small for a {model_type} vocabulary of {vocab_size} "
+      f"(sentencepiece: {msg}); use a smaller vocab_size or model_type='bpe'"
     )
+  if "smaller than required_chars" in msg:
+    return DataError(
+      f"vocab_size={vocab_size} cannot hold the corpus's characters (sentencepiece: "
+      f"{msg}); use a larger vocab_size or a lower character_coverage"
+    )
+  return None
+
+
+def _save_with_mask_last(
+  model_proto: bytes, model_path: str | os.PathLike
+) -> SentencePieceTokenizer:
+  """Write the trained model (serialized ModelProto) to `model_path` with `<mask>` appended as
+  its last, user-defined piece; the tokenizer that reads it back."""
+  from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+
   proto = spm_pb2.ModelProto()
-  proto.ParseFromString(buf.getvalue())
+  proto.ParseFromString(model_proto)
   piece = proto.pieces.add()
   piece.piece = MASK
   piece.score = 0.0
