@@ -22,8 +22,10 @@ with padding (`selected` all False), so shapes stay fixed and such rows add noth
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import os
 import queue
 import threading
 from typing import Any, Callable, Mapping
@@ -31,8 +33,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from data2vec_jax import strict_config
+from data2vec_jax.data import shards, sources
 from data2vec_jax.data.blocks import BREAK_MODES, BlockDataset
 from data2vec_jax.data.dictionary import Dictionary, VocabInfo
+from data2vec_jax.data.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -431,74 +435,15 @@ def build_block_dataset(
   'text' and 'tfds' are tokenized into memory; binarize large corpora with
   `python -m data2vec_jax.data.prepare` and use 'fairseq_bin' (memory-mapped).
   """
-  import os
-
-  from data2vec_jax.data import shards, sources
-  from data2vec_jax.data.tokenizer import load_tokenizer
-
   if strict_keys and isinstance(data_cfg, Mapping):
     unknown = sorted(set(data_cfg) - SOURCE_KEYS)
     if unknown:
       raise ValueError(f"unknown data config keys {unknown}; known: {sorted(SOURCE_KEYS)}")
   kind = _cfg_get(data_cfg, "source")
-  get = lambda k, d=None: _cfg_get(data_cfg, k, d)  # noqa: E731
-
-  def tokenizer():
-    return load_tokenizer(
-      get("tokenizer", "bpe"),
-      vocab_json=get("vocab_json"),
-      merges_txt=get("merges_txt"),
-      dict_txt=get("dict_txt"),
-      sentencepiece_model=get("sentencepiece_model"),
-    )
-
   if kind == "fairseq_bin":
-    prefix = get("path")
-    if not prefix:
-      raise ValueError("data.path must be set to the binarized prefix for source='fairseq_bin'")
-    shard_prefixes = shards.shard_prefixes(prefix)  # None: an unsharded corpus
-    if shard_prefixes is None:
-      ds = sources.MMapIndexedDataset(prefix)
-      sources.check_prepare_stats(ds)  # a partial .bin/.idx would train on a fraction of it
-      default_dict = os.path.join(os.path.dirname(os.path.abspath(prefix)), "dict.txt")
-    else:
-      default_dict = shards.shards_dictionary(shard_prefixes)
-    dict_txt = get("dict_txt") or default_dict
-    if os.path.isfile(dict_txt):
-      vocab = Dictionary.load(dict_txt).vocab_info()
-    elif get("vocab_json") or get("sentencepiece_model"):
-      vocab = tokenizer().vocab
-    else:
-      raise FileNotFoundError(
-        f"no vocabulary for {prefix}: {dict_txt} does not exist and no "
-        f"tokenizer files are configured"
-      )
-    token_source = (
-      ds.token_source()
-      if shard_prefixes is None
-      else shards.sharded_token_source(shard_prefixes, eos_id=vocab.eos_id)
-    )
+    token_source, vocab = _binarized_source(data_cfg)
   elif kind in ("text", "tfds"):
-    tok = tokenizer()
-    vocab = tok.vocab
-    if kind == "text":
-      if not get("path"):
-        raise ValueError("data.path must name the text file(s) for source='text'")
-      docs = sources.read_text_documents(get("path"))
-    else:
-      if not get("tfds_name"):
-        raise ValueError("data.tfds_name must be set for source='tfds'")
-      docs = sources.tfds_documents(
-        get("tfds_name"),
-        split=get("tfds_split", "train") or "train",
-        data_dir=get("tfds_data_dir"),
-        text_feature=get("text_feature", "text") or "text",
-        sentence_split=bool(get("sentence_split", False)),
-        max_documents=get("max_documents"),
-      )
-    token_source = sources.tokenize_documents(
-      docs, tok.encode_batch, eos_id=vocab.eos_id, max_documents=get("max_documents")
-    )
+    token_source, vocab = _tokenized_source(data_cfg)
   else:
     raise ValueError(f"unknown data.source {kind!r}; expected 'text', 'tfds' or 'fairseq_bin'")
   blocks = BlockDataset(
@@ -514,6 +459,76 @@ def build_block_dataset(
     vocab.vocab_size,
   )
   return blocks, vocab
+
+
+def _config_tokenizer(data_cfg: Any) -> Tokenizer:
+  """The tokenizer the `data` section's files name (`tokenizer` defaults to 'bpe')."""
+  get = functools.partial(_cfg_get, data_cfg)
+  return load_tokenizer(
+    get("tokenizer", "bpe"),
+    vocab_json=get("vocab_json"),
+    merges_txt=get("merges_txt"),
+    dict_txt=get("dict_txt"),
+    sentencepiece_model=get("sentencepiece_model"),
+  )
+
+
+def _binarized_source(data_cfg: Any) -> tuple[sources.TokenSource, VocabInfo]:
+  """source='fairseq_bin': the memory-mapped corpus at `path` (one .bin/.idx or the shards of
+  `prepare --num_shards`), checked against its prepare_stats.json, and its vocabulary."""
+  get = functools.partial(_cfg_get, data_cfg)
+  prefix = get("path")
+  if not prefix:
+    raise ValueError("data.path must be set to the binarized prefix for source='fairseq_bin'")
+  shard_prefixes = shards.shard_prefixes(prefix)  # None: an unsharded corpus
+  if shard_prefixes is None:
+    ds = sources.MMapIndexedDataset(prefix)
+    sources.check_prepare_stats(ds)  # a partial .bin/.idx would train on a fraction of it
+    default_dict = os.path.join(os.path.dirname(os.path.abspath(prefix)), "dict.txt")
+  else:
+    default_dict = shards.shards_dictionary(shard_prefixes)
+  dict_txt = get("dict_txt") or default_dict
+  if os.path.isfile(dict_txt):
+    vocab = Dictionary.load(dict_txt).vocab_info()
+  elif get("vocab_json") or get("sentencepiece_model"):
+    vocab = _config_tokenizer(data_cfg).vocab
+  else:
+    raise FileNotFoundError(
+      f"no vocabulary for {prefix}: {dict_txt} does not exist and no tokenizer files are configured"
+    )
+  token_source = (
+    ds.token_source()
+    if shard_prefixes is None
+    else shards.sharded_token_source(shard_prefixes, eos_id=vocab.eos_id)
+  )
+  return token_source, vocab
+
+
+def _tokenized_source(data_cfg: Any) -> tuple[sources.TokenSource, VocabInfo]:
+  """source='text' | 'tfds': the documents tokenized into memory, and the tokenizer's
+  vocabulary."""
+  get = functools.partial(_cfg_get, data_cfg)
+  tok = _config_tokenizer(data_cfg)
+  vocab = tok.vocab
+  if get("source") == "text":
+    if not get("path"):
+      raise ValueError("data.path must name the text file(s) for source='text'")
+    docs = sources.read_text_documents(get("path"))
+  else:
+    if not get("tfds_name"):
+      raise ValueError("data.tfds_name must be set for source='tfds'")
+    docs = sources.tfds_documents(
+      get("tfds_name"),
+      split=get("tfds_split", "train") or "train",
+      data_dir=get("tfds_data_dir"),
+      text_feature=get("text_feature", "text") or "text",
+      sentence_split=bool(get("sentence_split", False)),
+      max_documents=get("max_documents"),
+    )
+  token_source = sources.tokenize_documents(
+    docs, tok.encode_batch, eos_id=vocab.eos_id, max_documents=get("max_documents")
+  )
+  return token_source, vocab
 
 
 def make_iterator(
