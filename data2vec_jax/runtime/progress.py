@@ -3,7 +3,8 @@
 Two pieces, ours, in the spirit of big_vision's `u.chrono` / `u.itstime`:
 
 - `is_due(step, every, last_step)`: "is it time for X at this step" (log, evaluate, save):
-  every `every` steps and at the last one; `every <= 0` turns X off.
+  every `every` steps and at the last one; `every <= 0` turns X off. `preemption_due`: whether
+  a preemption notice stops the run at this step (multi-host safe).
 - `Progress`: the loop's clock. The loop closes a *window* (the steps since the last log row)
   with `end_window`, which says how long it took and whether it counts for throughput and ETA
   (the window holding the run's first step does not: it includes compilation, reported as
@@ -36,7 +37,21 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Any, Callable
+
+import jax
+
+
+def preemption_due(step: int, notice: bool, checkpointer: Any) -> bool:
+  """Whether a preemption notice stops the run after `step` (save it, then exit).
+
+  notice: this process saw the notice (`runtime.preemption.PreemptionFlag`); checkpointer: a
+  `runtime.checkpoint.Checkpointer`, whose `reached_preemption(step)` is orbax's multi-host sync
+  point. One process stops on its own notice; several stop only at the sync point, which every
+  one reaches at the same step (a process stopping alone would leave the others waiting in the
+  next collective).
+  """
+  return (jax.process_count() == 1 and notice) or checkpointer.reached_preemption(step)
 
 
 def is_due(step: int, every: int, last_step: int) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from data2vec_jax.runtime.progress import Progress, is_due
+from data2vec_jax.runtime.progress import Progress, is_due, preemption_due
 
 
 class FakeClock:
@@ -54,3 +54,20 @@ def test_time_between_windows_is_in_none():
 
 def test_per_second_never_divides_by_zero():
   assert Progress.per_second(5.0, 0.0) == 5.0 / 1e-9
+
+
+class FakeCheckpointer:
+  def __init__(self, sync_step: int | None) -> None:
+    self.sync_step = sync_step
+
+  def reached_preemption(self, step: int) -> bool:
+    return step == self.sync_step
+
+
+def test_preemption_is_due_on_the_notice_or_at_the_sync_point():
+  # One process (the tests' CPU devices are one process): its own notice stops it.
+  assert preemption_due(3, notice=True, checkpointer=FakeCheckpointer(None))
+  assert not preemption_due(3, notice=False, checkpointer=FakeCheckpointer(None))
+  # orbax's sync point (every process reaches it at the same step) stops it without a notice.
+  assert preemption_due(5, notice=False, checkpointer=FakeCheckpointer(5))
+  assert not preemption_due(4, notice=False, checkpointer=FakeCheckpointer(5))
