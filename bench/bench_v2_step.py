@@ -37,6 +37,7 @@ def worker(args) -> None:
   import jax
 
   from data2vec_jax.model.config import EncoderConfig
+  from data2vec_jax.objective.data2vec2_config import Data2Vec2Config
   from data2vec_jax.objective.ema import EMAConfig
   from data2vec_jax.objective.execution import ExecutionPlan
   from data2vec_jax.objective.loss import ObjectiveConfig
@@ -55,13 +56,13 @@ def worker(args) -> None:
       layer_norm_target_layer=False,
       instance_norm_target_layer=True,
       loss_beta=0.0,
-      clone_batch=args.clone_batch,
-      mask_prob=0.48,
-      decoder_dim=model.hidden_size,
+      data2vec2=Data2Vec2Config(
+        clone_batch=args.clone_batch, mask_prob=0.48, decoder_dim=model.hidden_size
+      ),
       mask_id=mask_id,
     )
     plan = ExecutionPlan.for_objective(objective, args.seq)
-    kept = int(args.seq * (1 - objective.mask_prob))
+    kept = int(args.seq * (1 - objective.data2vec2.mask_prob))
     student_tokens = args.batch * args.clone_batch * kept
   else:
     objective = ObjectiveConfig(

@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 
 from data2vec_jax.model.config import EncoderConfig
-from data2vec_jax.model.encoder import take_positions
+from data2vec_jax.model.encoder import EncoderOutput, take_positions
+from data2vec_jax.objective.data2vec2_config import Data2Vec2Config
 from data2vec_jax.objective.loss import ObjectiveConfig, PretrainingModel, scored
 from data2vec_jax.objective.targets import make_targets, teacher_layer_features
 
@@ -145,54 +146,25 @@ def loss_fn(
   if teacher_encoder_params is None:
     raise ValueError("the data2vec2 objective needs teacher_encoder_params")
   tokens = batch["target"]
-  b, t = tokens.shape
-  m = objective.clone_batch
-  n = b * m
-  k = kept_count(t, objective.mask_prob)
-  if not 0 < k < t:
-    raise ValueError(f"mask_prob={objective.mask_prob} keeps {k} of {t} positions per row")
+  v2 = objective.data2vec2
+  m = v2.clone_batch
   deterministic = rng is None
   base = jax.random.PRNGKey(EVAL_KEY_SEED) if rng is None else rng
   mask_key, noise_key, encoder_key, decoder_key = (jax.random.fold_in(base, i) for i in range(4))
-
-  uniform = batch.get(MASK_UNIFORM)
-  if uniform is None:
-    uniform = jax.random.uniform(mask_key, (n, t))
-  masks = random_masking(uniform, objective.mask_prob)
-  noise = batch.get(MASK_NOISE)
-  if noise is None:
-    noise = objective.mask_noise_std * jax.random.normal(
-      noise_key, (n, t - k, config.hidden_size), jnp.float32
-    )
+  masks, noise = masks_and_noise(batch, mask_key, noise_key, hidden_size=config.hidden_size, v2=v2)
 
   model = PretrainingModel(config, objective)
-  variables = {"params": params}
-  rngs = {} if deterministic else {"dropout": encoder_key}
-  if drop_masked:
-    out = model.apply(
-      variables,
-      tokens,
-      deterministic=deterministic,
-      clones=m,
-      keep_index=masks.keep,
-      rngs=rngs,
-      method=PretrainingModel.encode,
-    )
-    kept = out.last_hidden_state  # [N, K, D]
-  else:
-    out = model.apply(
-      variables,
-      tokens,
-      deterministic=deterministic,
-      clones=m,
-      key_mask=~masks.mask,
-      rngs=rngs,
-      method=PretrainingModel.encode,
-    )
-    kept = take_positions(out.last_hidden_state, masks.keep)  # [N, K, D]
-  kept = _dropout(kept, objective.decoder_input_dropout, None if deterministic else decoder_key)
+  out, kept = student_kept(
+    model,
+    params,
+    tokens,
+    masks,
+    dropout_rng=None if deterministic else encoder_key,
+    drop_masked=drop_masked,
+  )  # kept: [N, K, D]
+  kept = _dropout(kept, v2.decoder_input_dropout, None if deterministic else decoder_key)
   pred = model.apply(
-    variables,
+    {"params": params},
     decoder_input(kept, noise, masks.restore),
     method=PretrainingModel.predict,
   )  # [N, T, D]
@@ -204,3 +176,66 @@ def loss_fn(
   loss_sum, aux = scored(pred, y, jnp.repeat(tokens, m, axis=0), masks.mask, objective)
   num_masked = jnp.sum(masks.mask.astype(jnp.float32))
   return loss_sum, {"num_masked": num_masked, "loss_sum": loss_sum, **aux}
+
+
+def masks_and_noise(
+  batch: Mapping[str, jax.Array],
+  mask_key: jax.Array,
+  noise_key: jax.Array,
+  *,
+  hidden_size: int,
+  v2: Data2Vec2Config,
+) -> tuple[Masks, jax.Array]:
+  """The masks of the N = B*M student rows and the decoder's noise [N, T-K, D] float32, drawn
+  from the keys, or the batch's `MASK_UNIFORM` / `MASK_NOISE` when it carries them."""
+  b, t = batch["target"].shape
+  n = b * v2.clone_batch
+  k = kept_count(t, v2.mask_prob)
+  if not 0 < k < t:
+    raise ValueError(f"mask_prob={v2.mask_prob} keeps {k} of {t} positions per row")
+  uniform = batch.get(MASK_UNIFORM)
+  if uniform is None:
+    uniform = jax.random.uniform(mask_key, (n, t))
+  masks = random_masking(uniform, v2.mask_prob)
+  noise = batch.get(MASK_NOISE)
+  if noise is None:
+    noise = v2.mask_noise_std * jax.random.normal(noise_key, (n, t - k, hidden_size), jnp.float32)
+  return masks, noise
+
+
+def student_kept(
+  model: PretrainingModel,
+  params: Any,
+  tokens: jax.Array,
+  masks: Masks,
+  *,
+  dropout_rng: jax.Array | None,
+  drop_masked: bool,
+) -> tuple[EncoderOutput, jax.Array]:
+  """The student on the M clones of tokens [B, T]: its output and the kept positions' last
+  hidden states [N, K, D] (blocks on the kept tokens only, or on all T with the masked keys
+  hidden: see the module docstring)."""
+  variables = {"params": params}
+  rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
+  clones = model.objective.data2vec2.clone_batch
+  if drop_masked:
+    out = model.apply(
+      variables,
+      tokens,
+      deterministic=dropout_rng is None,
+      clones=clones,
+      keep_index=masks.keep,
+      rngs=rngs,
+      method=PretrainingModel.encode,
+    )
+    return out, out.last_hidden_state  # [N, K, D]
+  out = model.apply(
+    variables,
+    tokens,
+    deterministic=dropout_rng is None,
+    clones=clones,
+    key_mask=~masks.mask,
+    rngs=rngs,
+    method=PretrainingModel.encode,
+  )
+  return out, take_positions(out.last_hidden_state, masks.keep)  # [N, K, D]

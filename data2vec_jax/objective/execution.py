@@ -31,7 +31,8 @@ import numpy as np
 from data2vec_jax import strict_config
 from data2vec_jax.model import flops as flops_lib
 from data2vec_jax.model.config import EncoderConfig
-from data2vec_jax.objective.loss import ObjectiveConfig, loss_positions, make_decoder
+from data2vec_jax.objective.data2vec2_config import make_decoder
+from data2vec_jax.objective.loss import ObjectiveConfig, loss_positions
 from data2vec_jax.objective.masking import (
   MaskingConfig,
   max_selected_per_row,
@@ -258,9 +259,9 @@ class ExecutionPlan:
       return flops_lib.data2vec2_train_flops_per_token(
         model,
         self.seq_len,
-        clone_batch=objective.clone_batch,
-        mask_prob=objective.mask_prob,
-        decoder=make_decoder(model, objective),
+        clone_batch=objective.data2vec2.clone_batch,
+        mask_prob=objective.data2vec2.mask_prob,
+        decoder=make_decoder(model, objective.data2vec2),
         dropped_masked=self.drop_masked_tokens,
       )
     return flops_lib.train_flops_per_token(

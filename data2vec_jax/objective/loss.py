@@ -27,7 +27,7 @@ Everything has static shapes (positions are weights, never boolean indexing), so
 `loss_fn` here is the paper's math read plainly: the student and the teacher run on every
 position of the padded rows, the head on every position, the loss weights select. The
 torch-parity tests pin it down. The training step runs the same loss faster, with the head on
-gathered positions, pruned last blocks and packed tokens (`data2vec_jax/objective/fast_loss.py`, decided by the
+gathered positions, pruned last blocks and packed tokens (`data2vec_jax/objective/training_loss.py`, decided by the
 `execution.ExecutionPlan`), and tests/objective/test_execution.py proves it equal to this one.
 """
 
@@ -43,27 +43,17 @@ import jax.numpy as jnp
 
 from data2vec_jax import strict_config
 from data2vec_jax.model.config import EncoderConfig
-from data2vec_jax.model.decoder import Decoder1d
 from data2vec_jax.model.encoder import Encoder, EncoderOutput
 from data2vec_jax.model.heads import MaskedLMHead, RegressionHead
+from data2vec_jax.objective import data2vec2_config
+from data2vec_jax.objective.data2vec2_config import Data2Vec2Config
 from data2vec_jax.objective.targets import TARGET_TYPES, teacher_targets
 from data2vec_jax.speed import packing as packing_lib
 
 KINDS = ("data2vec", "mlm", "data2vec2")
-# ObjectiveConfig fields that only data2vec 2.0 (kind 'data2vec2') reads.
-DATA2VEC2_ONLY = (
-  "clone_batch",
-  "mask_prob",
-  "mask_noise_std",
-  "decoder_dim",
-  "decoder_kernel",
-  "decoder_layers",
-  "decoder_groups",
-  "decoder_residual",
-  "projection_layers",
-  "projection_ratio",
-  "decoder_input_dropout",
-)
+# The fields of a `config.objective` section that only data2vec 2.0 (kind 'data2vec2') reads:
+# `ObjectiveConfig.data2vec2`'s.
+DATA2VEC2_ONLY = data2vec2_config.FIELDS
 TEACHER_INPUTS = ("unmasked", "masked_only")
 LOSS_POSITIONS = ("mask_token", "selected")
 VAR_EPS = 1e-6  # data2vec 2.0 compute_var
@@ -74,7 +64,8 @@ class ObjectiveConfig(strict_config.StrictConfig):
   """What is predicted and how it is scored; defaults are the data2vec text yaml (docs/reference/data2vec_text_reference.md §4).
 
   Attributes:
-    kind: 'data2vec' (EMA-teacher regression) or 'mlm' (RoBERTa baseline, tied LM head).
+    kind: 'data2vec' (EMA-teacher regression), 'mlm' (RoBERTa baseline, tied LM head) or
+      'data2vec2' (`data2vec_jax/objective/data2vec2.py`).
     average_top_k_layers: K, how many of the top blocks are averaged (yaml 10).
     layer_norm_target_layer: parameter-free LayerNorm over channels per layer (yaml true).
     instance_norm_target_layer: instance norm over time per layer (data2vec 2.0 / speech).
@@ -88,17 +79,10 @@ class ObjectiveConfig(strict_config.StrictConfig):
     teacher_input: 'unmasked' (paper) or 'masked_only' (published fairseq code), see module doc.
     loss_positions: 'mask_token' (reference: source == <mask>) or 'selected'; data2vec only.
     mask_id: id of <mask> (50264 in the released dictionary).
-
-  data2vec 2.0 only (kind 'data2vec2', `data2vec_jax/objective/data2vec2.py`; fairseq's names,
-  docs/reference/data2vec2_text_reference.md §3.4, §4):
-    clone_batch: M masked views of each sentence, one teacher pass per sentence (yaml 8).
-    mask_prob: fraction of each (padded) row masked on the device; every row keeps exactly
-      int(T * (1 - mask_prob)) tokens (yaml 0.48: 266 of 512).
-    mask_noise_std: std of the Gaussian noise in the decoder's masked slots (yaml 0.01).
-    decoder_dim, decoder_kernel, decoder_layers, decoder_groups, decoder_residual,
-      projection_layers, projection_ratio: `model.decoder.Decoder1d` (yaml 768, 9, 5, 1, False,
-      2, 2.0).
-    decoder_input_dropout: dropout on the encoder output before the decoder (yaml 0.1).
+    data2vec2: data2vec 2.0's own fields (`objective/data2vec2_config.py`: clone_batch,
+      mask_prob, the decoder, ...), read only by kind 'data2vec2'. `from_dict` also takes them
+      flat, as a `config.objective` section (`--config.objective.decoder_dim`) and the
+      recipe.json of runs from before issue 26 keep them.
   """
 
   kind: str = "data2vec"
@@ -115,17 +99,7 @@ class ObjectiveConfig(strict_config.StrictConfig):
   teacher_input: str = "unmasked"
   loss_positions: str = "mask_token"
   mask_id: int = 50264
-  clone_batch: int = 8
-  mask_prob: float = 0.48
-  mask_noise_std: float = 0.01
-  decoder_dim: int = 768
-  decoder_kernel: int = 9
-  decoder_layers: int = 5
-  decoder_groups: int = 1
-  decoder_residual: bool = False
-  projection_layers: int = 2
-  projection_ratio: float = 2.0
-  decoder_input_dropout: float = 0.1
+  data2vec2: Data2Vec2Config = dataclasses.field(default_factory=Data2Vec2Config)
 
   def __post_init__(self):
     for name, allowed in (
@@ -142,45 +116,32 @@ class ObjectiveConfig(strict_config.StrictConfig):
       raise ValueError(f"head_layers must be >= 1, got {self.head_layers}")
     if self.loss_beta < 0:
       raise ValueError(f"loss_beta must be >= 0, got {self.loss_beta}")
-    if self.clone_batch < 1:
-      raise ValueError(f"clone_batch must be >= 1, got {self.clone_batch}")
-    if not 0.0 < self.mask_prob < 1.0:
-      raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
-    if self.mask_noise_std < 0:
-      raise ValueError(f"mask_noise_std must be >= 0, got {self.mask_noise_std}")
-    for name in ("decoder_dim", "decoder_layers", "decoder_groups", "projection_layers"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if self.decoder_kernel < 1 or self.decoder_kernel % 2 == 0:
-      raise ValueError(f"decoder_kernel must be odd and >= 1, got {self.decoder_kernel}")
-    if not 0.0 <= self.decoder_input_dropout < 1.0:
-      raise ValueError(f"decoder_input_dropout must be in [0, 1), got {self.decoder_input_dropout}")
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "ObjectiveConfig":
+    """Builds the config from a `config.objective` section or a recipe.json 'objective' (unknown
+    keys refused). data2vec 2.0's fields come flat (the config section; recipe.json before
+    issue 26) or as a nested 'data2vec2' mapping (recipe.json since), not both."""
+    values = dict(values.items())
+    known = {f.name for f in dataclasses.fields(cls)} | set(DATA2VEC2_ONLY)
+    if unknown := sorted(set(values) - known):
+      # The config section's names: data2vec 2.0's flat, as in --config.objective.decoder_dim.
+      raise ValueError(f"unknown {cls.__name__} keys: {unknown}; known keys: {sorted(known)}")
+    flat = {k: values.pop(k) for k in DATA2VEC2_ONLY if k in values}
+    nested = dict(values.pop("data2vec2", None) or {})
+    if flat and nested:
+      raise ValueError(f"data2vec2 fields both flat {sorted(flat)} and nested {sorted(nested)}")
+    values["data2vec2"] = Data2Vec2Config.from_dict(flat or nested)
+    return strict_config.from_dict(cls, values)
 
 
 def fields_in_use(objective: Mapping[str, Any]) -> dict[str, Any]:
   """The fields of an objective config (a `config.objective` section or ObjectiveConfig's
-  dict) that its kind reads: data2vec 2.0's own (DATA2VEC2_ONLY) only for kind 'data2vec2'."""
+  dict) that its kind reads: data2vec 2.0's own (DATA2VEC2_ONLY, flat, or the nested
+  'data2vec2') only for kind 'data2vec2'."""
   kind = objective.get("kind", "data2vec")
-  return {
-    k: v for k, v in dict(objective).items() if kind == "data2vec2" or k not in DATA2VEC2_ONLY
-  }
-
-
-def make_decoder(config: EncoderConfig, objective: ObjectiveConfig) -> Decoder1d:
-  """data2vec 2.0's decoder as the objective's decoder_* / projection_* fields describe it (the
-  model's head, and the shape the FLOP accounting counts)."""
-  return Decoder1d(
-    config.hidden_size,
-    dim=objective.decoder_dim,
-    kernel=objective.decoder_kernel,
-    layers=objective.decoder_layers,
-    groups=objective.decoder_groups,
-    residual=objective.decoder_residual,
-    projection_layers=objective.projection_layers,
-    projection_ratio=objective.projection_ratio,
-    dtype=jnp.dtype(config.dtype),
-    param_dtype=jnp.dtype(config.param_dtype),
-  )
+  v2_only = {*DATA2VEC2_ONLY, "data2vec2"}
+  return {k: v for k, v in dict(objective).items() if kind == "data2vec2" or k not in v2_only}
 
 
 class PretrainingModel(nn.Module):
@@ -203,7 +164,7 @@ class PretrainingModel(nn.Module):
     if obj.kind == "data2vec":
       self.head = RegressionHead(self.config, obj.head_layers)
     elif obj.kind == "data2vec2":
-      self.head = make_decoder(self.config, obj)
+      self.head = data2vec2_config.make_decoder(self.config, obj.data2vec2)
     else:
       self.head = MaskedLMHead(self.config)
 
@@ -355,7 +316,7 @@ def scored(
   """Summed loss and metrics of head outputs [B, N, D|V] at [B, N] bool loss positions.
 
   y: [B, N, D] float32 regression targets (data2vec) or None (mlm); targets: [B, N] int tokens.
-  N is T on the reference path, or the K gathered slots of the fast path.
+  N is T on the reference path, or the K gathered slots of `training_loss`.
   """
   weights = positions.astype(jnp.float32)
   count = jnp.maximum(jnp.sum(weights), 1.0)

@@ -23,8 +23,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from data2vec_jax.objective import ema as ema_lib
-from data2vec_jax.objective import fast_loss
 from data2vec_jax.objective.execution import ExecutionPlan
+from data2vec_jax.objective.training_loss import training_loss
 from data2vec_jax.runtime import sharding as sharding_lib
 from data2vec_jax.runtime.optimizer import apply_gradients, learning_rate_schedule
 from data2vec_jax.speed.packing import PackingSpec
@@ -63,7 +63,7 @@ def _grads_and_aux(
   """Summed (un-normalised) gradients and aux over `plan.micro_batches` micro-batches."""
 
   def one(params, micro_batch, rng):
-    return fast_loss.loss_fn(
+    return training_loss(
       params,
       teacher,
       micro_batch,

@@ -1,6 +1,6 @@
 """The held-out loss during pretraining (fairseq's `valid_subset`): `make_eval_step`, `evaluate`.
 
-What is computed: exactly the training step's loss (`fast_loss.loss_fn`, which is
+What is computed: exactly the training step's loss (`training_loss.training_loss`, which is
 `objective.loss_fn` run as the run's `ExecutionPlan` says) without gradient or update, on the
 fixed held-out batches of `data.training_input.ValidationData`:
 
@@ -36,8 +36,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from data2vec_jax.objective import ema as ema_lib
-from data2vec_jax.objective import fast_loss
 from data2vec_jax.objective.execution import ExecutionPlan
+from data2vec_jax.objective.training_loss import training_loss
 from data2vec_jax.runtime import sharding as sharding_lib
 from data2vec_jax.train import step as train_step_lib
 from data2vec_jax.train.state import Recipe, TrainState
@@ -62,7 +62,7 @@ def eval_step(
     teacher = ema_lib.teacher_params(state.ema_params, state.params["encoder"], recipe.ema)
 
   def one(micro_batch):
-    _, aux = fast_loss.loss_fn(
+    _, aux = training_loss(
       state.params,
       teacher,
       micro_batch,

@@ -17,6 +17,7 @@ from data2vec_jax.finetune.step import make_train_step as make_finetune_step
 from data2vec_jax.model import pad_rows
 from data2vec_jax.model.config import tiny_config
 from data2vec_jax.model.encoder import Embeddings
+from data2vec_jax.objective.data2vec2_config import Data2Vec2Config
 from data2vec_jax.objective.ema import EMAConfig
 from data2vec_jax.objective.execution import ExecutionPlan
 from data2vec_jax.objective.loss import ObjectiveConfig
@@ -46,10 +47,7 @@ OBJECTIVES = {
     layer_norm_target_layer=False,
     instance_norm_target_layer=True,
     loss_beta=0.0,
-    clone_batch=2,
-    decoder_dim=16,
-    decoder_kernel=3,
-    decoder_layers=1,
+    data2vec2=Data2Vec2Config(clone_batch=2, decoder_dim=16, decoder_kernel=3, decoder_layers=1),
   ),
 }
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from data2vec_jax.model.config import tiny_config
 from data2vec_jax.objective import data2vec2
+from data2vec_jax.objective.data2vec2_config import Data2Vec2Config
 from data2vec_jax.objective.loss import ObjectiveConfig, PretrainingModel
 from data2vec_jax.weights import fairseq_v2
 
@@ -50,14 +51,16 @@ BASE = ObjectiveConfig(
   instance_norm_target_layer=True,
   loss_beta=0.0,
   loss_scale=1.0,
-  clone_batch=M,
-  mask_prob=0.48,
-  decoder_dim=24,
-  decoder_kernel=5,
-  decoder_layers=2,
-  decoder_groups=1,
-  projection_layers=2,
-  decoder_input_dropout=0.0,
+  data2vec2=Data2Vec2Config(
+    clone_batch=M,
+    mask_prob=0.48,
+    decoder_dim=24,
+    decoder_kernel=5,
+    decoder_layers=2,
+    decoder_groups=1,
+    projection_layers=2,
+    decoder_input_dropout=0.0,
+  ),
 )
 OBJECTIVES = {
   "base_text": BASE,
@@ -69,10 +72,9 @@ OBJECTIVES = {
     layer_norm_target_layer=True,
     instance_norm_target_layer=False,
     instance_norm_targets=True,
-    decoder_dim=D,
-    decoder_groups=2,
-    decoder_residual=True,
-    projection_layers=1,
+    data2vec2=dataclasses.replace(
+      BASE.data2vec2, decoder_dim=D, decoder_groups=2, decoder_residual=True, projection_layers=1
+    ),
   ),
 }
 RTOL = 1e-5
@@ -110,16 +112,16 @@ def fairseq_state_dict(obj: ObjectiveConfig, seed: int) -> dict[str, torch.Tenso
   sd.update(blocks("blocks."))
   dec = fairseq_v2.DECODER
   in_dim = D
-  for j in range(obj.decoder_layers):
-    k, groups = obj.decoder_kernel, obj.decoder_groups
+  for j in range(obj.data2vec2.decoder_layers):
+    k, groups = obj.data2vec2.decoder_kernel, obj.data2vec2.decoder_groups
     bound = (k * in_dim / groups) ** -0.5  # torch's Conv1d default scale
-    sd[f"{dec}blocks.{j}.0.weight"] = rnd(obj.decoder_dim, in_dim // groups, k, std=bound)
-    sd[f"{dec}blocks.{j}.0.bias"] = rnd(obj.decoder_dim, std=bound)
-    in_dim = obj.decoder_dim
-  if obj.projection_layers == 1:
+    sd[f"{dec}blocks.{j}.0.weight"] = rnd(obj.data2vec2.decoder_dim, in_dim // groups, k, std=bound)
+    sd[f"{dec}blocks.{j}.0.bias"] = rnd(obj.data2vec2.decoder_dim, std=bound)
+    in_dim = obj.data2vec2.decoder_dim
+  if obj.data2vec2.projection_layers == 1:
     sd[dec + "proj.weight"], sd[dec + "proj.bias"] = rnd(D, in_dim), rnd(D)
   else:
-    hidden = int(in_dim * obj.projection_ratio)
+    hidden = int(in_dim * obj.data2vec2.projection_ratio)
     sd[dec + "proj.0.weight"], sd[dec + "proj.0.bias"] = rnd(hidden, in_dim), rnd(hidden)
     sd[dec + "proj.2.weight"], sd[dec + "proj.2.bias"] = rnd(D, hidden), rnd(D)
   sd["_ema"] = blocks("")
@@ -162,7 +164,7 @@ def torch_v2(sd, tokens, uniform, noise, obj):
   x = x.repeat_interleave(M, 0)
   padc = pad.repeat_interleave(M, 0)
   n, t = padc.shape
-  len_keep = int(t * (1 - obj.mask_prob))
+  len_keep = int(t * (1 - obj.data2vec2.mask_prob))
   ids_shuffle = uniform.argsort(dim=1)
   ids_restore = ids_shuffle.argsort(dim=1)
   ids_keep = ids_shuffle[:, :len_keep]
@@ -178,21 +180,21 @@ def torch_v2(sd, tokens, uniform, noise, obj):
   x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, D))
   h = x.transpose(1, 2)
   residual = h
-  for j in range(obj.decoder_layers):
+  for j in range(obj.data2vec2.decoder_layers):
     h = F.conv1d(
       h,
       sd[f"{dec}blocks.{j}.0.weight"],
       sd[f"{dec}blocks.{j}.0.bias"],
-      padding=obj.decoder_kernel // 2,
-      groups=obj.decoder_groups,
+      padding=obj.data2vec2.decoder_kernel // 2,
+      groups=obj.data2vec2.decoder_groups,
     )
-    h = F.layer_norm(h.transpose(1, 2), (obj.decoder_dim,), eps=1e-5).transpose(1, 2)
+    h = F.layer_norm(h.transpose(1, 2), (obj.data2vec2.decoder_dim,), eps=1e-5).transpose(1, 2)
     h = F.gelu(h)
-    if obj.decoder_residual and residual.size(1) == h.size(1):
+    if obj.data2vec2.decoder_residual and residual.size(1) == h.size(1):
       h = h + residual
     residual = h
   h = h.transpose(1, 2)
-  if obj.projection_layers == 1:
+  if obj.data2vec2.projection_layers == 1:
     pred = F.linear(h, sd[dec + "proj.weight"], sd[dec + "proj.bias"])
   else:
     h = F.gelu(F.linear(h, sd[dec + "proj.0.weight"], sd[dec + "proj.0.bias"]))
@@ -241,9 +243,9 @@ def tokens_batch(seed: int) -> np.ndarray:
 
 def recorded_draws(obj: ObjectiveConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
   g = torch.Generator().manual_seed(100 + seed)
-  k = data2vec2.kept_count(T, obj.mask_prob)
+  k = data2vec2.kept_count(T, obj.data2vec2.mask_prob)
   uniform = torch.rand(B * M, T, generator=g)
-  noise = torch.randn(B * M, T - k, D, generator=g) * obj.mask_noise_std
+  noise = torch.randn(B * M, T - k, D, generator=g) * obj.data2vec2.mask_noise_std
   return uniform, noise
 
 
@@ -301,7 +303,7 @@ def _loss(obj, params, ema, batch, drop_masked=True):
 
 def test_decoder_output_targets_and_mask_match_torch(case):
   name, obj, params, ema, batch, ref = case
-  masks = data2vec2.random_masking(batch[data2vec2.MASK_UNIFORM], obj.mask_prob)
+  masks = data2vec2.random_masking(batch[data2vec2.MASK_UNIFORM], obj.data2vec2.mask_prob)
   np.testing.assert_array_equal(np.asarray(masks.mask), ref["mask"].astype(bool))
   model = PretrainingModel(CFG, obj)
   out = model.apply(
@@ -322,7 +324,7 @@ def test_loss_and_every_student_gradient_match_torch(case):
   name, obj, params, ema, batch, ref = case
   (loss, aux), grads = jax.value_and_grad(_loss, argnums=1, has_aux=True)(obj, params, ema, batch)
   assert_close(loss, ref["loss"], f"{name}: loss")
-  assert float(aux["num_masked"]) == B * M * (T - data2vec2.kept_count(T, obj.mask_prob))
+  assert float(aux["num_masked"]) == B * M * (T - data2vec2.kept_count(T, obj.data2vec2.mask_prob))
   flat_ours = jax.tree_util.tree_flatten_with_path(grads)[0]
   flat_ref = dict(jax.tree_util.tree_flatten_with_path(ref["grads"])[0])
   assert len(flat_ours) == len(flat_ref)
@@ -414,7 +416,7 @@ def test_masks_are_a_pure_function_of_the_key_and_clones_differ():
   assert float(run(None)[0]) == float(run(None)[0])
   # clones of one sentence get independent masks
   u = jax.random.uniform(jax.random.PRNGKey(5), (B * M, T))
-  mask = np.asarray(data2vec2.random_masking(u, obj.mask_prob).mask).reshape(B, M, T)
+  mask = np.asarray(data2vec2.random_masking(u, obj.data2vec2.mask_prob).mask).reshape(B, M, T)
   assert not (mask[:, :1] == mask[:, 1:]).all(axis=-1).any()
 
 
@@ -427,4 +429,4 @@ def test_objective_config_rejects_bad_v2_values():
     dict(mask_noise_std=-1.0),
   ):
     with pytest.raises(ValueError):
-      dataclasses.replace(BASE, **bad)
+      dataclasses.replace(BASE.data2vec2, **bad)

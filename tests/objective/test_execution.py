@@ -1,5 +1,5 @@
 """The execution plan (data2vec_jax/objective/execution.py): how its speed decisions are made, and that the
-fast path it drives (fast_loss) equals the reference path (objective.loss_fn) on the trainer's
+fast path it drives (training_loss) equals the reference path (objective.loss_fn) on the trainer's
 default settings. Each technique is also checked against PyTorch in tests/objective/test_loss.py."""
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import pytest
 
 from data2vec_jax.configs import pretrain
 from data2vec_jax.model import flops
-from data2vec_jax.objective import fast_loss
 from data2vec_jax.objective import loss as objective_lib
 from data2vec_jax.objective.execution import ExecutionConfig, ExecutionPlan, make_plan, real_tokens
 from data2vec_jax.objective.loss import ObjectiveConfig, PretrainingModel
 from data2vec_jax.objective.masking import MaskingConfig, mask_tokens, max_selected_per_row
+from data2vec_jax.objective.training_loss import training_loss
 from data2vec_jax.train.recipe import (
   plan_from_config,
   recipe_from_config,
@@ -83,7 +83,7 @@ def test_fast_path_equals_the_reference_on_the_trainers_defaults():
     )
 
   def fast(p):
-    return fast_loss.loss_fn(
+    return training_loss(
       p,
       teacher,
       batch,
@@ -124,7 +124,7 @@ def test_the_plain_plan_is_the_reference_path():
   params = nn.meta.unbox(model.init(jax.random.key(0), jnp.asarray(host["source"]))["params"])
   batch = {k: jnp.asarray(v) for k, v in host.items()}
   args = (params, params["encoder"], batch, jax.random.key(3))
-  fast, aux = fast_loss.loss_fn(*args, config=recipe.model, objective=recipe.objective, plan=plain)
+  fast, aux = training_loss(*args, config=recipe.model, objective=recipe.objective, plan=plain)
   ref, _ = objective_lib.loss_fn(*args, config=recipe.model, objective=recipe.objective)
   assert float(fast) == float(ref) and float(aux["head_gathered"]) == 0  # the same program
 

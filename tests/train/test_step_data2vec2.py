@@ -5,6 +5,7 @@ ordering, micro-batches and the collapse monitors work, and the configs resolve.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -15,6 +16,7 @@ from data2vec_jax.model import flops as flops_lib
 from data2vec_jax.model.config import tiny_config
 from data2vec_jax.model.decoder import Decoder1d
 from data2vec_jax.objective import ema as ema_lib
+from data2vec_jax.objective.data2vec2_config import Data2Vec2Config
 from data2vec_jax.objective.ema import EMAConfig
 from data2vec_jax.objective.execution import ExecutionPlan
 from data2vec_jax.objective.loss import ObjectiveConfig
@@ -22,7 +24,12 @@ from data2vec_jax.runtime import sharding as sharding_lib
 from data2vec_jax.runtime.optimizer import OptimizerConfig, make_optimizer
 from data2vec_jax.train import state as train_state_lib
 from data2vec_jax.train import step as train_step_lib
-from data2vec_jax.train.recipe import plan_from_config, recipe_from_config
+from data2vec_jax.train.recipe import (
+  plan_from_config,
+  recipe_from_config,
+  recipe_from_dict,
+  recipe_to_dict,
+)
 
 ROWS, LENGTH = 8, 16
 
@@ -36,11 +43,13 @@ def make_recipe(dropout: float = 0.1) -> train_state_lib.Recipe:
       layer_norm_target_layer=False,
       instance_norm_target_layer=True,
       loss_beta=0.0,
-      clone_batch=2,
-      decoder_dim=32,
-      decoder_kernel=3,
-      decoder_layers=2,
-      decoder_input_dropout=dropout,
+      data2vec2=Data2Vec2Config(
+        clone_batch=2,
+        decoder_dim=32,
+        decoder_kernel=3,
+        decoder_layers=2,
+        decoder_input_dropout=dropout,
+      ),
     ),
     ema=EMAConfig(ema_decay=0.9, ema_end_decay=0.99, ema_anneal_end_step=10),
     optimizer=OptimizerConfig(lr=1e-3, warmup_steps=1, max_steps=100, clip_norm=1.0),
@@ -134,13 +143,13 @@ def test_micro_batches_run_the_same_masked_count():
 def test_data2vec2_configs_are_the_fairseq_yamls():
   c = pretrain.get_config("model=base,recipe=data2vec2")
   r = recipe_from_config(c, vocab_size=50265, mask_id=50264)
-  o = r.objective
-  assert (o.kind, o.clone_batch, o.mask_prob, o.mask_noise_std) == ("data2vec2", 8, 0.48, 0.01)
+  o, v2 = r.objective, r.objective.data2vec2
+  assert (o.kind, v2.clone_batch, v2.mask_prob, v2.mask_noise_std) == ("data2vec2", 8, 0.48, 0.01)
   assert o.average_top_k_layers == 12 and o.instance_norm_target_layer
   assert not (o.layer_norm_target_layer or o.instance_norm_targets or o.layer_norm_targets)
   assert (o.loss_beta, o.loss_scale) == (0.0, 1.0)
-  assert (o.decoder_dim, o.decoder_kernel, o.decoder_layers, o.decoder_groups) == (768, 9, 5, 1)
-  assert not o.decoder_residual and o.projection_layers == 2
+  assert (v2.decoder_dim, v2.decoder_kernel, v2.decoder_layers, v2.decoder_groups) == (768, 9, 5, 1)
+  assert not v2.decoder_residual and v2.projection_layers == 2
   assert (r.ema.ema_decay, r.ema.ema_end_decay, r.ema.ema_anneal_end_step) == (
     0.9999,
     0.99999,
@@ -154,11 +163,31 @@ def test_data2vec2_configs_are_the_fairseq_yamls():
   large = recipe_from_config(
     pretrain.get_config("model=large,recipe=data2vec2"), vocab_size=50265, mask_id=50264
   )
-  assert large.objective.mask_prob == 0.5 and large.objective.average_top_k_layers == 24
+  assert large.objective.data2vec2.mask_prob == 0.5 and large.objective.average_top_k_layers == 24
   assert large.objective.layer_norm_target_layer and large.objective.instance_norm_targets
   assert large.optimizer.lr == 1e-4
   d = recipe_from_config(demo.get_config("recipe=data2vec2"), vocab_size=2048, mask_id=2047)
-  assert d.objective.kind == "data2vec2" and d.objective.clone_batch == 4
+  assert d.objective.kind == "data2vec2" and d.objective.data2vec2.clone_batch == 4
+
+
+def test_recipe_files_with_data2vec2_fields_flat_in_the_objective_still_load():
+  # recipe.json before issue 26 kept data2vec 2.0's fields flat in 'objective', as the config
+  # section still does; since then they are its nested 'data2vec2'.
+  recipe = recipe_from_config(demo.get_config("recipe=data2vec2"), vocab_size=2048, mask_id=2047)
+  values = json.loads(json.dumps(recipe_to_dict(recipe, LENGTH)))
+  assert values["objective"]["data2vec2"]["clone_batch"] == 4
+  old = dict(values)
+  old["objective"] = {k: v for k, v in values["objective"].items() if k != "data2vec2"}
+  old["objective"].update(values["objective"]["data2vec2"])
+  assert "decoder_dim" in old["objective"] and "data2vec2" not in old["objective"]
+  for each in (values, old):
+    loaded, seq_len = recipe_from_dict(each)
+    assert loaded == recipe and seq_len == LENGTH
+  both = dict(old["objective"], data2vec2=values["objective"]["data2vec2"])
+  with pytest.raises(ValueError, match="both flat"):
+    ObjectiveConfig.from_dict(both)
+  with pytest.raises(ValueError, match="decoder_dimm"):
+    ObjectiveConfig.from_dict({"kind": "data2vec2", "data2vec2": {"decoder_dimm": 8}})
 
 
 def test_v2_flops_count_the_dropped_tokens_and_the_decoder():
