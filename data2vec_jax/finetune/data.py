@@ -22,6 +22,7 @@ import numpy as np
 from data2vec_jax.finetune import recipes
 from data2vec_jax.finetune import sources as sources_lib
 from data2vec_jax.finetune.encoding import EncodedSplit, encode_split
+from data2vec_jax.finetune.fairseq_glue import fairseq_glue_dictionary
 from data2vec_jax.finetune.settings import RunSettings, comma_list
 from data2vec_jax.model.config import EncoderConfig
 
@@ -74,31 +75,34 @@ def read_labeled_split(
   *,
   workdir: str = "",
 ):
-  """One split of the configured source (`sources.read_split` with the config's options)."""
-  source = data.source
-  if source == "python_topics":
-    path = os.path.join(workdir, "task_data")
-    return sources_lib.read_split(
-      "generic",
-      task,
-      split,
-      path=os.path.join(path, f"{split}.tsv"),
+  """One split of the configured source: `sources.read_split` with the options `data` gives."""
+  source, options = _source_options(data, task, split, label_names, workdir)
+  return sources_lib.read_split(source, task, split, **options)
+
+
+def _source_options(
+  data: ml_collections.ConfigDict,
+  task: str,
+  split: str,
+  label_names: tuple[str, ...] | None,
+  workdir: str,
+) -> tuple[str, dict[str, Any]]:
+  """The reader's source and its options, from the run's `data` section (`python_topics`: the
+  demo task's TSV files in `<workdir>/task_data`, read as a generic task)."""
+  if data.source == "python_topics":
+    return "generic", dict(
+      path=os.path.join(workdir, "task_data", f"{split}.tsv"),
       text_columns=("sentence",),
       label_column="label",
       label_names=label_names,
       format="tsv",
     )
-  if source == "tfds":
-    return sources_lib.read_split(
-      source, task, split, data_dir=data.tfds_data_dir or None, builder=data.tfds_name
-    )
-  path = task_path(source, data.path, task)
-  if source != "generic":
-    return sources_lib.read_split(source, task, split, path=path)
-  return sources_lib.read_split(
-    source,
-    task,
-    split,
+  if data.source == "tfds":
+    return "tfds", dict(data_dir=data.tfds_data_dir or None, builder=data.tfds_name)
+  path = task_path(data.source, data.path, task)
+  if data.source != "generic":
+    return data.source, dict(path=path)
+  return "generic", dict(
     path=os.path.join(path, f"{split}.{data.format}"),
     text_columns=text_columns(data.text_columns),
     label_column=data.label_column,
@@ -163,25 +167,32 @@ def load_task_data(
     evals[split] = encode(raw, data.eval_too_long)
   result = TaskData(train=train, evals=evals, settings=settings)
   if log:
-    for name, counts in result.summary().items():
-      logging.info(
-        "%s/%s: %d examples (longest %d tokens), %d over the %d positions (%s), %d malformed "
-        "source rows skipped",
-        settings.task,
-        name,
-        counts["examples"],
-        counts["max_length"],
-        counts["too_long"],
-        model_config.max_sequence_length,
-        data.train_too_long if name == "train" else data.eval_too_long,
-        counts["skipped_rows"],
-      )
+    _log_counts(result, data, model_config)
   return result
+
+
+def _log_counts(
+  task_data: TaskData, data: ml_collections.ConfigDict, model_config: EncoderConfig
+) -> None:
+  """One line per split: examples, the longest, the over-long ones and the skipped rows."""
+  for name, counts in task_data.summary().items():
+    logging.info(
+      "%s/%s: %d examples (longest %d tokens), %d over the %d positions (%s), %d malformed "
+      "source rows skipped",
+      task_data.settings.task,
+      name,
+      counts["examples"],
+      counts["max_length"],
+      counts["too_long"],
+      model_config.max_sequence_length,
+      data.train_too_long if name == "train" else data.eval_too_long,
+      counts["skipped_rows"],
+    )
 
 
 def _check_fairseq_dictionary(data, task: str, model_config: EncoderConfig) -> None:
   """Binarized ids are only the model's with the model's dictionary: sizes must agree."""
-  dictionary = sources_lib.fairseq_glue_dictionary(task_path("fairseq_bin", data.path, task))
+  dictionary = fairseq_glue_dictionary(task_path("fairseq_bin", data.path, task))
   if len(dictionary) != model_config.vocab_size:
     raise ValueError(
       f"{data.path}: input0/dict.txt gives {len(dictionary)} ids (with <mask>) but the model has "

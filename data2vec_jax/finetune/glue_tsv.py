@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from data2vec_jax.data.sources import DataError
 from data2vec_jax.finetune.examples import LabeledSplit
 
 
@@ -57,6 +58,14 @@ TASKS: dict[str, TaskLayout] = {
 
 
 GlueSplit = LabeledSplit  # the name this module used first
+
+
+def check_glue_task(task: str, split: str | None = None) -> None:
+  """DataError unless `task` is a GLUE task (and `split`, when given, one of its splits)."""
+  if task not in TASKS:
+    raise DataError(f"unknown GLUE task {task!r}; known: {sorted(TASKS)}")
+  if split is not None and split not in TASKS[task].files:
+    raise DataError(f"GLUE task {task} has no split {split!r}; known: {list(TASKS[task].files)}")
 
 
 def read_glue_split(task: str, directory: str, split: str) -> LabeledSplit:

@@ -9,7 +9,7 @@ import pytest
 
 from data2vec_jax.data.offline_corpus import named_topic_documents
 from data2vec_jax.finetune.demo_task import TOPIC_CLASSES, topic_examples, write_topic_task
-from data2vec_jax.finetune.sources import read_generic_split
+from data2vec_jax.finetune.generic_task import read_generic_split
 
 
 @pytest.mark.parametrize("split_by", ["sentence", "document"])

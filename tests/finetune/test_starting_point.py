@@ -439,7 +439,7 @@ def test_init_from_a_workdir_with_a_corrupt_newest_checkpoint_falls_back(tmp_pat
 
 def test_an_over_long_example_is_named_by_its_file_line(tmp_path):
   from data2vec_jax.finetune.encoding import encode_split
-  from data2vec_jax.finetune.sources import read_generic_split
+  from data2vec_jax.finetune.generic_task import read_generic_split
 
   path = tmp_path / "train.tsv"
   rows = ["short text"] * 3 + [" ".join(["word"] * 50)]
