@@ -380,68 +380,25 @@ class Encoder(nn.Module):
       needs (`ExecutionPlan.prune_student_last_block`).
     """
     cfg = self.config
-    if self.feature not in FEATURE_KINDS:
-      raise ValueError(f"feature={self.feature!r}; expected one of {FEATURE_KINDS}")
-    if input_ids.ndim != 2:
-      raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
-    if input_ids.shape[1] > cfg.max_sequence_length:
-      raise ValueError(
-        f"sequence length {input_ids.shape[1]} exceeds the {cfg.max_sequence_length} positions "
-        f"of the position table (max_positions={cfg.max_positions})"
-      )
+    _check_inputs(cfg, self.feature, input_ids, layout)
     attend = input_ids != cfg.pad_id
-    if layout is not None and (layout.rows, layout.length) != input_ids.shape:
-      raise ValueError(
-        f"packing layout is for [{layout.rows}, {layout.length}] inputs, got {input_ids.shape}"
-      )
+    x = embedded  # the data2vec 2.0 teacher's input, or None: the embeddings run
     if embedded is None:
       x = Embeddings(cfg, self.zero_pads, name="embeddings")(input_ids, deterministic, layout)
-    else:
-      x = embedded
     embedding_output = x
     if clones > 1 or keep_index is not None or key_mask is not None:
       if layout is not None or skip_last_block:
         raise ValueError("clones / keep_index do not combine with packing or skip_last_block")
-      if clones > 1:
-        x = jnp.repeat(x, clones, axis=0)
-        attend = jnp.repeat(attend, clones, axis=0)
-      if key_mask is not None:
-        attend = attend & key_mask
-      if keep_index is not None:
-        x = take_positions(x, keep_index)
-        attend = take_positions(attend, keep_index)
-      x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-
-    block = EncoderBlock
-    if cfg.remat_policy != "none":
-      block = nn.remat(block, policy=_REMAT_POLICY_FNS[cfg.remat_policy], prevent_cse=False)
+      x, attend = _student_views(x, attend, clones, keep_index, key_mask)
     num_blocks = cfg.num_layers - 1 if skip_last_block else cfg.num_layers
     if num_blocks == 0:
-      empty = jnp.zeros((0,) + x.shape, x.dtype)
-      return EncoderOutput(
-        last_hidden_state=x,
-        embedding_output=embedding_output,
-        block_outputs=empty,
-        ffn_outputs=empty,
-        layout=layout,
+      last = x
+      block_outputs = ffn_outputs = jnp.zeros((0,) + x.shape, x.dtype)
+    else:
+      stack = _block_stack(cfg, num_blocks, skip_last_block)
+      last, (block_outputs, ffn_outputs) = stack(cfg, deterministic, self.feature, name="layers")(
+        x, attend, None, layout
       )
-    scanned = nn.scan(
-      block,
-      variable_axes={"params": 0},
-      split_rngs={"params": True, "dropout": True},
-      in_axes=nn.broadcast,
-      length=num_blocks,
-      unroll=min(cfg.scan_unroll, num_blocks),
-      metadata_params={nn.PARTITION_NAME: "layers"},
-    )
-    if skip_last_block:
-      # The stacked parameters stay [L, ...]; the scan reads the first L-1 of them.
-      scanned = nn.map_variables(
-        scanned, "params", trans_in_fn=lambda v: jax.tree.map(lambda a: a[:-1], v), init=False
-      )
-    last, (block_outputs, ffn_outputs) = scanned(cfg, deterministic, self.feature, name="layers")(
-      x, attend, None, layout
-    )
     return EncoderOutput(
       last_hidden_state=last,
       embedding_output=embedding_output,
@@ -449,6 +406,69 @@ class Encoder(nn.Module):
       ffn_outputs=ffn_outputs,
       layout=layout,
     )
+
+
+def _check_inputs(
+  cfg: EncoderConfig, feature: str, input_ids: jax.Array, layout: packing.TokenLayout | None
+) -> None:
+  """Raises ValueError for an unknown feature, a non-[B, T] input, one longer than the position
+  table, or a packing layout of another shape."""
+  if feature not in FEATURE_KINDS:
+    raise ValueError(f"feature={feature!r}; expected one of {FEATURE_KINDS}")
+  if input_ids.ndim != 2:
+    raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+  if input_ids.shape[1] > cfg.max_sequence_length:
+    raise ValueError(
+      f"sequence length {input_ids.shape[1]} exceeds the {cfg.max_sequence_length} positions "
+      f"of the position table (max_positions={cfg.max_positions})"
+    )
+  if layout is not None and (layout.rows, layout.length) != input_ids.shape:
+    raise ValueError(
+      f"packing layout is for [{layout.rows}, {layout.length}] inputs, got {input_ids.shape}"
+    )
+
+
+def _student_views(
+  x: jax.Array,
+  attend: jax.Array,
+  clones: int,
+  keep_index: jax.Array | None,
+  key_mask: jax.Array | None,
+) -> tuple[jax.Array, jax.Array]:
+  """data2vec 2.0's student input (`Encoder.__call__`'s clones / keep_index / key_mask): the
+  embedding output x [B, T, D] and attend [B, T] bool -> [B*M, T|K, D] and [B*M, T|K]."""
+  if clones > 1:
+    x = jnp.repeat(x, clones, axis=0)
+    attend = jnp.repeat(attend, clones, axis=0)
+  if key_mask is not None:
+    attend = attend & key_mask
+  if keep_index is not None:
+    x = take_positions(x, keep_index)
+    attend = take_positions(attend, keep_index)
+  return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), attend
+
+
+def _block_stack(cfg: EncoderConfig, num_blocks: int, skip_last_block: bool) -> Any:
+  """The `EncoderBlock` module class scanned over `num_blocks` blocks (parameters stacked on a
+  leading 'layers' axis), rematerialised as `cfg.remat_policy` says."""
+  block = EncoderBlock
+  if cfg.remat_policy != "none":
+    block = nn.remat(block, policy=_REMAT_POLICY_FNS[cfg.remat_policy], prevent_cse=False)
+  scanned = nn.scan(
+    block,
+    variable_axes={"params": 0},
+    split_rngs={"params": True, "dropout": True},
+    in_axes=nn.broadcast,
+    length=num_blocks,
+    unroll=min(cfg.scan_unroll, num_blocks),
+    metadata_params={nn.PARTITION_NAME: "layers"},
+  )
+  if skip_last_block:
+    # The stacked parameters stay [L, ...]; the scan reads the first L-1 of them.
+    scanned = nn.map_variables(
+      scanned, "params", trans_in_fn=lambda v: jax.tree.map(lambda a: a[:-1], v), init=False
+    )
+  return scanned
 
 
 def take_positions(x: jax.Array, index: jax.Array) -> jax.Array:

@@ -142,8 +142,26 @@ def mask_tokens(
   if np.any(tokens == mask_id):
     raise ValueError(f"tokens already contain mask_id={mask_id}")  # fairseq asserts the same
   rng = example_rng(seed, epoch, index)
-  sz = len(tokens)
+  # The draws in fairseq's order: span starts (and lengths), then the 80/10/10 split, then the
+  # random tokens.
+  selected = _selected_positions(rng, len(tokens), config)
+  unmask, rand_mask = _unmask_and_random(rng, selected, config)
+  to_mask = selected ^ unmask if unmask is not None else selected
+  source = np.array(tokens, dtype=np.int32, copy=True)
+  source[to_mask] = mask_id
+  if rand_mask is not None:
+    num_rand = int(rand_mask.sum())
+    if num_rand > 0:
+      # Same weights vector as fairseq so `rng.choice(..., p=)` consumes the stream identically.
+      weights = np.ones(vocab_size)
+      weights[:num_special] = 0
+      weights = weights / weights.sum()
+      source[rand_mask] = rng.choice(vocab_size, num_rand, p=weights)
+  return source, selected
 
+
+def _selected_positions(rng: np.random.Generator, sz: int, config: MaskingConfig) -> np.ndarray:
+  """[sz] bool: the masker's span choice (fairseq's `mask_idc`), drawn from `rng`."""
   num_mask = int(config.mask_prob * sz / float(config.mask_multiple_length) + rng.random())
   starts = rng.choice(sz, num_mask, replace=False)
   if config.mask_stdev > 0.0:
@@ -158,10 +176,18 @@ def mask_tokens(
   idc = idc[idc < sz]
   selected = np.zeros(sz, dtype=bool)
   selected[idc] = True
+  return selected
 
+
+def _unmask_and_random(
+  rng: np.random.Generator, selected: np.ndarray, config: MaskingConfig
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+  """The selected positions left unchanged and those given a random token ([sz] bool each, None
+  when that probability is 0), drawn from `rng` as fairseq does."""
   unmask = rand_mask = None
   rand_or_unmask_prob = config.random_token_prob + config.leave_unmasked_prob
   if rand_or_unmask_prob > 0.0:
+    sz = len(selected)
     rand_or_unmask = selected & (rng.random(sz) < rand_or_unmask_prob)
     if config.random_token_prob == 0.0:
       unmask = rand_or_unmask
@@ -171,16 +197,4 @@ def mask_tokens(
       decision = rng.random(sz) < config.leave_unmasked_prob / rand_or_unmask_prob
       unmask = rand_or_unmask & decision
       rand_mask = rand_or_unmask & ~decision
-
-  to_mask = selected ^ unmask if unmask is not None else selected
-  source = np.array(tokens, dtype=np.int32, copy=True)
-  source[to_mask] = mask_id
-  if rand_mask is not None:
-    num_rand = int(rand_mask.sum())
-    if num_rand > 0:
-      # Same weights vector as fairseq so `rng.choice(..., p=)` consumes the stream identically.
-      weights = np.ones(vocab_size)
-      weights[:num_special] = 0
-      weights = weights / weights.sum()
-      source[rand_mask] = rng.choice(vocab_size, num_rand, p=weights)
-  return source, selected
+  return unmask, rand_mask

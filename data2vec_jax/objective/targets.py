@@ -208,7 +208,21 @@ def teacher_targets_fn(
     return lambda index: (
       packing.rows(y, layout) if index is None else gather_positions(y, index, layout)
     )
+  return _pruned_teacher_targets_fn(
+    teacher_encoder_params, teacher_tokens, config=config, objective=objective, layout=layout
+  )
 
+
+def _pruned_teacher_targets_fn(
+  teacher_encoder_params: Any,
+  teacher_tokens: jax.Array,
+  *,
+  config: EncoderConfig,
+  objective: Any,
+  layout: packing.TokenLayout | None,
+) -> Callable[[jax.Array | None], jax.Array]:
+  """`teacher_targets_fn` with `prune_last_block`: the first L-1 blocks run now, the returned
+  function runs the last block at its index only (params already under stop_gradient)."""
   k = objective.average_top_k_layers
   if not 1 <= k <= config.num_layers:  # make_targets could not tell: it sees K layers only
     raise ValueError(f"average_top_k_layers={k} but the encoder has {config.num_layers} blocks")
