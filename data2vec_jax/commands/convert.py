@@ -28,7 +28,7 @@ import sys
 
 from data2vec_jax import cli
 from data2vec_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer
-from data2vec_jax.weights import EXPORT_ARCHITECTURES, CheckpointError, save_hf_dir
+from data2vec_jax.weights import EXPORT_ARCHITECTURES, CheckpointError, Converted, save_hf_dir
 from data2vec_jax.weights.fairseq import load_fairseq
 from data2vec_jax.weights.hf import load_hf_dir
 from data2vec_jax.weights.model_tokenizer import load_model_tokenizer
@@ -36,6 +36,23 @@ from data2vec_jax.weights.pretrained import load_checkpoint, save_pretrained
 
 
 def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    converted = _read_input(args)
+    print(f"read {args.input}")
+    print(converted.summary())
+    tokenizer = _find_tokenizer(args)
+    if args.to == "jax":
+      _write_jax(args, converted, tokenizer)
+    else:
+      _write_hf(args, converted, tokenizer)
+  except (CheckpointError, ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog=cli.prog_name(),
     description=__doc__,
@@ -81,63 +98,68 @@ def main(argv: list[str] | None = None) -> int:
     action="store_true",
     help="write no tokenizer (weights only), even if one is found",
   )
-  args = parser.parse_args(argv)
+  return parser
 
-  try:
-    if args.source_format == "fairseq":
-      if not os.path.isfile(args.input):
-        raise CheckpointError(f"{args.input}: --from fairseq expects a .pt file")
-      converted = load_fairseq(args.input, use_ema=args.ema)
-    elif args.source_format == "hf":
-      if args.ema:
-        raise CheckpointError("--ema applies to fairseq checkpoints only")
-      converted = load_hf_dir(args.input, drop_token_type_rows=args.drop_token_type_rows)
-    else:
-      converted = load_checkpoint(
-        args.input, use_ema=args.ema, drop_token_type_rows=args.drop_token_type_rows
-      )
-    print(f"read {args.input}")
-    print(converted.summary())
-    tokenizer = None if args.no_tokenizer else _tokenizer(args.tokenizer or args.input)
-    if args.tokenizer and not args.no_tokenizer and tokenizer is None:
-      raise CheckpointError(f"--tokenizer {args.tokenizer}: no tokenizer files found there")
-    if tokenizer is not None:
-      print(f"tokenizer: {tokenizer.kind} {sorted(tokenizer.files)} ({tokenizer.vocab})")
-    elif args.to == "hf" and not args.no_tokenizer:
-      raise CheckpointError(
-        f"{args.tokenizer or args.input} has no tokenizer, and an HF directory without one is "
-        "unusable (AutoTokenizer builds a 5-token default): give --tokenizer PATH, or "
-        "--no_tokenizer to write weights only"
-      )
-    if args.to == "jax":
-      save_pretrained(
-        args.output,
-        converted.config,
-        converted.params,
-        head_params=converted.heads or None,
-        metadata=converted.metadata,
-        tokenizer=tokenizer,
-      )
-      if tokenizer is None and not args.no_tokenizer:
-        print("note: no tokenizer found; the directory has none (give --tokenizer PATH)")
-      print(f"wrote data2vec-jax directory {args.output}")
-    else:
-      notes = save_hf_dir(
-        args.output,
-        converted.config,
-        converted.params,
-        heads=converted.heads,
-        metadata=converted.metadata,
-        architecture=args.hf_architecture,
-        tokenizer=tokenizer,
-      )
-      for note in notes:
-        print(f"note: {note}")
-      print(f"wrote Hugging Face {args.hf_architecture} directory {args.output}")
-  except (CheckpointError, ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+
+def _read_input(args: argparse.Namespace) -> Converted:
+  """INPUT in the format --from names (auto: whatever is there)."""
+  if args.source_format == "fairseq":
+    if not os.path.isfile(args.input):
+      raise CheckpointError(f"{args.input}: --from fairseq expects a .pt file")
+    return load_fairseq(args.input, use_ema=args.ema)
+  if args.source_format == "hf":
+    if args.ema:
+      raise CheckpointError("--ema applies to fairseq checkpoints only")
+    return load_hf_dir(args.input, drop_token_type_rows=args.drop_token_type_rows)
+  return load_checkpoint(
+    args.input, use_ema=args.ema, drop_token_type_rows=args.drop_token_type_rows
+  )
+
+
+def _find_tokenizer(args: argparse.Namespace) -> Tokenizer | None:
+  """The tokenizer to write (None with --no_tokenizer, or where none is found and the output
+  may go without one); `CheckpointError` where --tokenizer names none or --to hf needs one."""
+  tokenizer = None if args.no_tokenizer else _tokenizer(args.tokenizer or args.input)
+  if args.tokenizer and not args.no_tokenizer and tokenizer is None:
+    raise CheckpointError(f"--tokenizer {args.tokenizer}: no tokenizer files found there")
+  if tokenizer is not None:
+    print(f"tokenizer: {tokenizer.kind} {sorted(tokenizer.files)} ({tokenizer.vocab})")
+  elif args.to == "hf" and not args.no_tokenizer:
+    raise CheckpointError(
+      f"{args.tokenizer or args.input} has no tokenizer, and an HF directory without one is "
+      "unusable (AutoTokenizer builds a 5-token default): give --tokenizer PATH, or "
+      "--no_tokenizer to write weights only"
+    )
+  return tokenizer
+
+
+def _write_jax(args: argparse.Namespace, converted: Converted, tokenizer: Tokenizer | None) -> None:
+  save_pretrained(
+    args.output,
+    converted.config,
+    converted.params,
+    head_params=converted.heads or None,
+    metadata=converted.metadata,
+    tokenizer=tokenizer,
+  )
+  if tokenizer is None and not args.no_tokenizer:
+    print("note: no tokenizer found; the directory has none (give --tokenizer PATH)")
+  print(f"wrote data2vec-jax directory {args.output}")
+
+
+def _write_hf(args: argparse.Namespace, converted: Converted, tokenizer: Tokenizer | None) -> None:
+  notes = save_hf_dir(
+    args.output,
+    converted.config,
+    converted.params,
+    heads=converted.heads,
+    metadata=converted.metadata,
+    architecture=args.hf_architecture,
+    tokenizer=tokenizer,
+  )
+  for note in notes:
+    print(f"note: {note}")
+  print(f"wrote Hugging Face {args.hf_architecture} directory {args.output}")
 
 
 def _tokenizer(path: str) -> Tokenizer | None:
