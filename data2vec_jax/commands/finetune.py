@@ -11,9 +11,9 @@
 One run writes results.json (every dev evaluation, the best and the last, the reported score),
 metrics.jsonl, tensorboard/, checkpoints/ and model/ to --workdir. Several tasks, lrs or seeds
 (config.grid) run one after another in <workdir>/<task>/lr<lr>_seed<seed>/, and
-<workdir>/summary.{json,md} tabulate them (data2vec_jax/finetune/grid.py). Re-running the same
-command resumes: finished runs are kept, an interrupted one continues from its newest checkpoint.
-SIGTERM saves a checkpoint and exits. See README.md, "Fine-tuning and GLUE".
+<workdir>/summary.{json,md} tabulate them (data2vec_jax/finetune/grid_report.py). Re-running the
+same command resumes: finished runs are kept, an interrupted one continues from its newest
+checkpoint. SIGTERM saves a checkpoint and exits. See README.md, "Fine-tuning and GLUE".
 
 Every failure ends the output with one line `<command>: error: ...` (exit 1; 2 bad flags;
 130 Ctrl-C); D2V_TRACEBACK=1 adds the traceback of expected failures.

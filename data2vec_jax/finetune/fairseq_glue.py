@@ -1,5 +1,6 @@
-"""GLUE from fairseq's binarized `<TASK>-bin` layout (docs/reference/finetuning_reference.md §4.2),
-already tokenized, as a `LabeledSplit` (finetune/examples.py) with TFDS's / Hugging Face's label ids:
+"""GLUE from fairseq's binarized `<TASK>-bin` layout (docs/reference/finetuning_reference.md
+§4.2), already tokenized, as a `LabeledSplit` (finetune/examples.py) with TFDS's / Hugging
+Face's label ids:
 
     input0/dict.txt  input0/<prefix>.{bin,idx}     sentence A (+ `</s>` from the binarizer)
     input1/...                                    sentence B, pair tasks only

@@ -1,12 +1,12 @@
 """The sweep's table: one row per cell from whatever cells have finished runs.
 
-Per cell, the fine-tuning grid's summary (data2vec_jax/finetune/grid.py) gives each task's score at
-the chosen lr (the grid's lr_choice, `global` by default: one lr for all tasks, the paper's §4.3)
-as the mean over fine-tuning seeds of each run's reported dev score, and its standard deviation
-over the seeds. The average is the paper's GLUE Avg-8 when the eight tasks are there (MNLI dev
-matched counted once), else the mean of the tasks run; its spread is the standard deviation over
-seeds of the per-seed averages (seed s: every task's run with seed s at the chosen lr). Runs from
-random weights (grid.from_scratch) are not part of the table.
+Per cell, the fine-tuning grid's summary (data2vec_jax/finetune/grid_report.py) gives each task's
+score at the chosen lr (the grid's lr_choice, `global` by default: one lr for all tasks, the
+paper's §4.3) as the mean over fine-tuning seeds of each run's reported dev score, and its
+standard deviation over the seeds. The average is the paper's GLUE Avg-8 when the eight tasks
+are there (MNLI dev matched counted once), else the mean of the tasks run; its spread is the
+standard deviation over seeds of the per-seed averages (seed s: every task's run with seed s at
+the chosen lr). Runs from random weights (grid.from_scratch) are not part of the table.
 
 Written to the sweep's workdir: results.csv (full precision, one row per cell), results.md (the
 table beside the paper's numbers), results.json (the same rows) and axis_plot.png (the axis
@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from data2vec_jax.atomic_files import write_json_atomically, write_text_atomically
-from data2vec_jax.finetune import grid, recipes
+from data2vec_jax.finetune import grid_report, recipes
 from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, glue_average
 from data2vec_jax.sweep import paper
 from data2vec_jax.sweep.definition import Cell, label
@@ -70,7 +70,7 @@ def cell_row(sweep: ml_collections.ConfigDict, cell: Cell, configs: StageConfigs
   row["paper"] = dict(paper.TABLE4[paper_row]) if paper_row else {}
   if done == 0:
     return row
-  summary = grid.summarize(cell.finetune_dir, str(finetune_config.grid.lr_choice))
+  summary = grid_report.summarize(cell.finetune_dir, str(finetune_config.grid.lr_choice))
   chosen = summary["chosen"]["mean"]
   if not chosen["scores"]:
     return row
@@ -85,7 +85,7 @@ def cell_row(sweep: ml_collections.ConfigDict, cell: Cell, configs: StageConfigs
   row["seeds"] = len(per_seed)
   row["seed_averages"] = [100 * a for a in per_seed]  # each seed's average: the plot's dots
   # Baselines for the plot: the majority class (one task) and the runs from random weights.
-  floors = grid.baselines(cell.finetune_dir)
+  floors = grid_report.baselines(cell.finetune_dir)
   if len(chosen["scores"]) == 1:
     majority = next(iter(floors.values()), {}).get("majority_class")
     row["majority_class"] = None if majority is None else 100 * majority

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from data2vec_jax.configs import finetune as finetune_config
-from data2vec_jax.finetune.grid import markdown, run_finetuning, summarize
+from data2vec_jax.finetune.grid import run_finetuning
+from data2vec_jax.finetune.grid_report import markdown, summarize
 from data2vec_jax.finetune.loop import finetune_and_evaluate
 from data2vec_jax.speed import compile_progress
 from data2vec_jax.weights.pretrained import load_checkpoint

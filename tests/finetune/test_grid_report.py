@@ -1,4 +1,4 @@
-"""The fine-tuning grid's summary.md and dev_curves.png (data2vec_jax/finetune/grid.py), from
+"""The fine-tuning grid's summary.md and dev_curves.png (data2vec_jax/finetune/grid_report.py), from
 runs written by the test: a 'partial' marker while runs are missing, the majority-class and
 sampling-noise lines, no repeated single-lr tables, and what the figure draws."""
 
@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from data2vec_jax.finetune import grid
+from data2vec_jax.finetune import grid, grid_report
 
 DEV = 220  # dev examples of the fake task
 MAJORITY = 0.541
@@ -61,21 +61,21 @@ def demo_like(workdir, *, scratch_seeds=(1, 2, 3), lrs=(1e-3,)):
 def test_partial_marker_while_runs_are_missing(tmp_path):
   workdir = str(tmp_path)
   demo_like(workdir, scratch_seeds=(1,))
-  summary = grid.write_summary(workdir, planned=6)
-  text = open(os.path.join(workdir, grid.SUMMARY_MD)).read()
+  summary = grid_report.write_summary(workdir, planned=6)
+  text = open(os.path.join(workdir, grid_report.SUMMARY_MD)).read()
   assert text.startswith("**Partial: 4 of 6 runs finished**")
   assert summary["partial"] and summary["runs_finished"] == 4
-  assert json.load(open(os.path.join(workdir, grid.SUMMARY_JSON)))["partial"] is True
+  assert json.load(open(os.path.join(workdir, grid_report.SUMMARY_JSON)))["partial"] is True
   fake_run(workdir, 1e-3, 2, [0.5], scratch=True)
   fake_run(workdir, 1e-3, 3, [0.5], scratch=True)
-  summary = grid.write_summary(workdir, planned=6)
+  summary = grid_report.write_summary(workdir, planned=6)
   assert not summary["partial"] and "Partial" not in summary["markdown"]
 
 
 def test_majority_class_and_sampling_noise_lines(tmp_path):
   workdir = str(tmp_path)
   demo_like(workdir)
-  text = grid.write_summary(workdir, planned=6)["markdown"]
+  text = grid_report.write_summary(workdir, planned=6)["markdown"]
   p = np.mean([max(s) for s in SEEDS.values()])  # the pretrained runs' mean best score
   se = np.sqrt(p * (1 - p) / DEV)
   assert (
@@ -91,12 +91,12 @@ def test_majority_class_and_sampling_noise_lines(tmp_path):
 def test_a_single_lr_is_not_tabled_three_times(tmp_path):
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   demo_like(one)
-  text = grid.write_summary(one, planned=6)["markdown"]
+  text = grid_report.write_summary(one, planned=6)["markdown"]
   # The comparison table holds every cell; no per-group lr tables or chosen-lr repeats.
   assert text.count("| topics | 0.001 |") == 1
   assert "### Runs" not in text and "Chosen lrs" not in text
   demo_like(two, lrs=(1e-3, 2e-3))
-  text = grid.write_summary(two, planned=12)["markdown"]
+  text = grid_report.write_summary(two, planned=12)["markdown"]
   assert "### Runs from pretrained weights" in text and "Chosen lrs" in text
   assert "by the median over seeds" in text  # 3 seeds: the median can differ from the mean
 
@@ -104,7 +104,7 @@ def test_a_single_lr_is_not_tabled_three_times(tmp_path):
 def test_dev_curves_draw_seed_means_spread_and_the_majority_class(tmp_path):
   workdir = str(tmp_path)
   demo_like(workdir)
-  fig = grid.dev_curves_figure(workdir)
+  fig = grid_report.dev_curves_figure(workdir)
   (ax,) = fig.axes
   assert ax.get_ylabel() == "dev accuracy (x100)" and ax.get_xlabel() == "epoch"
   labels = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -120,7 +120,7 @@ def test_dev_curves_draw_seed_means_spread_and_the_majority_class(tmp_path):
   np.testing.assert_allclose(mean_line.get_ydata(), expected, rtol=1e-12)
   assert fig.get_size_inches()[0] >= 7  # readable: not the old 5 x 4 inches
   assert (
-    grid.plot_dev_curves(workdir, str(tmp_path / "d.png"))
+    grid_report.plot_dev_curves(workdir, str(tmp_path / "d.png"))
     and os.path.getsize(tmp_path / "d.png") > 10_000
   )
 
@@ -128,4 +128,4 @@ def test_dev_curves_draw_seed_means_spread_and_the_majority_class(tmp_path):
 def test_the_summary_command_writes_without_a_plan(tmp_path):
   demo_like(str(tmp_path))
   grid.main(["--workdir", str(tmp_path)])
-  assert not json.load(open(tmp_path / grid.SUMMARY_JSON))["partial"]
+  assert not json.load(open(tmp_path / grid_report.SUMMARY_JSON))["partial"]
