@@ -241,19 +241,19 @@ def _pretrain_case(config, devices, vocab_size: int, packing_mode: str) -> dict[
   from data2vec_jax.runtime import sharding as sharding_lib
   from data2vec_jax.speed.packing import PackingSpec
   from data2vec_jax.train import step_setup
-  from data2vec_jax.train.recipe import validate_config
+  from data2vec_jax.train.run import resolve
 
   if int(config.model.get("vocab_size", -1) or -1) <= 0:
     config.model.vocab_size = vocab_size
   if not config.data.get("path"):
     config.data.path = "(not read by compile_for)"  # validation asks for one; nothing reads it
   try:
-    validate_config(config, devices=devices)
+    run = resolve(config, devices=devices)
   except ValueError as e:
     raise CompileForError(str(e)) from e
   seq_len = int(config.data.tokens_per_sample)
   vocab = int(config.model.vocab_size)
-  setup = step_setup.build(config, vocab, vocab - 1, seq_len, devices=devices)
+  setup = step_setup.build(run.with_vocabulary(vocab, vocab - 1), seq_len)
   step = setup.make_step()
   groups = sharding_lib.data_parallel_size(setup.mesh)
   granule = groups * setup.plan.micro_batches

@@ -1,28 +1,25 @@
 """From the config to what a run computes: the `Recipe` (the step's math), the
-`ExecutionPlan` (how it runs), their validation, and the recipe.json a workdir keeps.
+`ExecutionPlan` (how it runs), and the recipe.json a workdir keeps.
 
-`validate_config` checks the whole config before any corpus, vocabulary or checkpoint is touched;
 `recipe_from_config` / `plan_from_config` build the hashable objects the jitted step takes;
 `recipe_to_dict` / `recipe_from_dict` write and read recipe.json, which `train.export` reads to
-export a model directory from any checkpoint.
+export a model directory from any checkpoint. `train.run.resolve` builds them (and the rest
+of a run) once per run, validating the whole config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any
 
 import ml_collections
 
-from data2vec_jax.data import training_input
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.objective import execution as execution_lib
 from data2vec_jax.objective.ema import EMAConfig
 from data2vec_jax.objective.loss import ObjectiveConfig
 from data2vec_jax.objective.masking import MaskingConfig
-from data2vec_jax.runtime import sharding as sharding_lib
-from data2vec_jax.runtime.optimizer import OptimizerConfig, make_optimizer
-from data2vec_jax.train import health as health_lib
+from data2vec_jax.runtime.optimizer import OptimizerConfig
 from data2vec_jax.train import state as train_state_lib
 
 RECIPE_FILE = "recipe.json"  # the resolved step math, for exporting from a checkpoint later
@@ -64,11 +61,15 @@ class ConfigError(ValueError):
 
 
 def recipe_from_config(
-  config: ml_collections.ConfigDict, vocab_size: int, mask_id: int
+  config: ml_collections.ConfigDict,
+  vocab_size: int,
+  mask_id: int,
+  execution: execution_lib.ExecutionConfig | None = None,
 ) -> train_state_lib.Recipe:
   """Turns the config sections into validated, hashable dataclasses (unknown keys rejected).
 
-  The encoder's execution knobs (kernel, remat, unrolling) come from the `execution` section.
+  The encoder's execution knobs (kernel, remat, unrolling) come from the `execution` section
+  (`execution`: that section already parsed; default: parsed here).
   """
   model = dict(config.model)
   if model.get("vocab_size", -1) in (-1, None):
@@ -81,7 +82,8 @@ def recipe_from_config(
   objective = dict(config.objective)
   if objective.get("mask_id", -1) in (-1, None):
     objective["mask_id"] = mask_id
-  execution = execution_lib.ExecutionConfig.from_dict(dict(config.execution))
+  if execution is None:
+    execution = execution_lib.ExecutionConfig.from_dict(dict(config.execution))
   return train_state_lib.Recipe(
     model=execution.encoder_config(EncoderConfig.from_dict(model)),
     objective=ObjectiveConfig.from_dict(objective),
@@ -91,48 +93,17 @@ def recipe_from_config(
 
 
 def plan_from_config(
-  config: ml_collections.ConfigDict, recipe: train_state_lib.Recipe
+  config: ml_collections.ConfigDict,
+  recipe: train_state_lib.Recipe,
+  execution: execution_lib.ExecutionConfig | None = None,
 ) -> execution_lib.ExecutionPlan:
-  """The run's `ExecutionPlan`: the `execution` section resolved for its objective, masking and
-  sequence length."""
+  """The run's `ExecutionPlan`: the `execution` section (`execution`: already parsed) resolved
+  for its objective, masking and sequence length."""
+  if execution is None:
+    execution = execution_lib.ExecutionConfig.from_dict(dict(config.execution))
   return execution_lib.make_plan(
-    execution_lib.ExecutionConfig.from_dict(dict(config.execution)),
+    execution,
     recipe.objective,
     MaskingConfig.from_dict(dict(config.masking)),
     int(config.data.tokens_per_sample),
   )
-
-
-def validate_config(
-  config: ml_collections.ConfigDict, devices: Sequence[Any] | None = None
-) -> None:
-  """Checks the whole config before any corpus, vocabulary or checkpoint is touched.
-
-  devices: the mesh's devices (default: this host's; `compile_for` passes a described topology).
-
-  Raises `ConfigError` (one line) for unknown fields, out-of-range values, an unknown data
-  source, or a batch the mesh cannot split.
-  """
-  try:
-    training_input.check_config(config)
-    # The real vocabulary is known only after the data is built; a placeholder of the same
-    # kind validates everything else in the recipe now.
-    vocab_size = int(config.model.get("vocab_size", -1) or -1)
-    placeholder = vocab_size if vocab_size > 0 else 1000
-    recipe = recipe_from_config(config, placeholder, placeholder - 1)
-    plan = plan_from_config(config, recipe)
-    make_optimizer(recipe.optimizer)
-    health_lib.HealthConfig.from_train_config(config.train)
-    for name in ("num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
-      if int(config.train[name]) < 1:
-        raise ValueError(f"train.{name} must be >= 1, got {config.train[name]}")
-    mesh = sharding_lib.make_mesh(**dict(config.mesh), devices=devices)
-    shards = sharding_lib.data_parallel_size(mesh) * plan.micro_batches
-    if config.data.global_batch_size % shards:
-      raise ValueError(
-        f"data.global_batch_size={config.data.global_batch_size} must be divisible by "
-        f"data x fsdp = {sharding_lib.data_parallel_size(mesh)} times "
-        f"execution.micro_batches={plan.micro_batches}"
-      )
-  except (ValueError, TypeError, KeyError, AttributeError) as e:
-    raise ConfigError(f"invalid config: {e}") from e

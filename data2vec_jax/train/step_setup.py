@@ -1,27 +1,25 @@
 """The pretraining step a config runs, built in one place for the training loop and for
 `compile_for` (which compiles it for a TPU topology without running it).
 
-config -> recipe (the math), plan (how it executes), optimizer, mesh (with its axis rules and
-slices), the state's shapes and shardings, and the jitted step. Nothing is allocated here.
+A resolved run (`run.Run`: recipe, plan, optimizer, mesh) -> the state's shapes and shardings,
+and the jitted step. Nothing is allocated here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from data2vec_jax.objective import execution as execution_lib
 from data2vec_jax.runtime import sharding as sharding_lib
-from data2vec_jax.runtime.optimizer import make_optimizer
 from data2vec_jax.train import state as train_state_lib
 from data2vec_jax.train import step as train_step_lib
-from data2vec_jax.train.recipe import plan_from_config, recipe_from_config
+from data2vec_jax.train.run import Run
 
 # What the input pipeline puts on the devices each step (int32 ids, bool loss positions).
 BATCH_DTYPES = {"source": np.int32, "target": np.int32, "selected": np.bool_}
@@ -58,20 +56,10 @@ class StepSetup:
     }
 
 
-def build(
-  config: ml_collections.ConfigDict,
-  vocab_size: int,
-  mask_id: int,
-  seq_len: int,
-  devices: Sequence[jax.Device] | None = None,
-) -> StepSetup:
-  """The run's step from its config; `devices` (default: all) may be abstract TPU devices."""
-  recipe = recipe_from_config(config, vocab_size, mask_id)
-  plan = plan_from_config(config, recipe)
-  tx = make_optimizer(recipe.optimizer)
-  mesh = sharding_lib.make_mesh(**dict(config.mesh), devices=devices)
-  abstract_state, shardings = train_state_lib.state_shardings(recipe, tx, mesh, seq_len)
-  return StepSetup(recipe, plan, tx, mesh, abstract_state, shardings)
+def build(run: Run, seq_len: int) -> StepSetup:
+  """The step of a resolved run (`run.resolve`; its mesh may be of abstract TPU devices)."""
+  abstract_state, shardings = train_state_lib.state_shardings(run.recipe, run.tx, run.mesh, seq_len)
+  return StepSetup(run.recipe, run.plan, run.tx, run.mesh, abstract_state, shardings)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -32,12 +32,8 @@ from data2vec_jax.runtime import sharding as sharding_lib
 from data2vec_jax.runtime.optimizer import make_optimizer
 from data2vec_jax.train import state as train_state_lib
 from data2vec_jax.train import validation as validation_lib
-from data2vec_jax.train.recipe import (
-  ConfigError,
-  plan_from_config,
-  recipe_from_config,
-  validate_config,
-)
+from data2vec_jax.train.recipe import ConfigError, plan_from_config, recipe_from_config
+from data2vec_jax.train.run import validate_config
 from tests.paths import REPO
 
 VOCAB = VocabInfo(vocab_size=512, mask_id=511)
