@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -128,6 +128,41 @@ def config_from_fairseq(
     CheckpointError: no cfg/args, a required value missing, an unsupported setting, or a
       value that disagrees with the tensor shapes.
   """
+  get, source = _cfg_reader(checkpoint)
+  values = {
+    "hidden_size": get("transformer.encoder.embed_dim", "encoder_embed_dim"),
+    "num_layers": get("transformer.encoder.layers", "encoder_layers"),
+    "num_heads": get("transformer.encoder.attention_heads", "encoder_attention_heads"),
+    "intermediate_size": get("transformer.encoder.ffn_embed_dim", "encoder_ffn_embed_dim"),
+  }
+  missing = [k for k, v in values.items() if v is None]
+  if missing:
+    raise CheckpointError(f"{source} lacks the encoder's {missing}")
+  notes = _refuse_unsupported(get)
+  vocab_size, max_positions = _shapes_agreeing_with_cfg(state, values, get, source)
+  defaults = EncoderConfig()
+  dropouts = {
+    "dropout": get("transformer.dropout", "dropout"),
+    "attention_dropout": get("transformer.attention_dropout", "attention_dropout"),
+    "activation_dropout": get("transformer.activation_dropout", "activation_dropout"),
+  }
+  try:
+    config = EncoderConfig(
+      vocab_size=vocab_size,
+      max_positions=max_positions,
+      pad_id=FAIRSEQ_PAD_ID,
+      layer_norm_eps=FAIRSEQ_LAYER_NORM_EPS,
+      **{k: int(v) for k, v in values.items()},
+      **{k: float(v) if v is not None else getattr(defaults, k) for k, v in dropouts.items()},
+    )
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f"{source} values are inconsistent: {e}") from None
+  return config, notes
+
+
+def _cfg_reader(checkpoint: Mapping[str, Any]) -> tuple[Callable[..., Any], str]:
+  """(get, source): `get(*paths)` is the first set value of `cfg['model']` (else `args`) among
+  the dotted `paths`, interpolations resolved; `source` names what is read, for errors."""
   root = plain_data(checkpoint.get("cfg"))
   model_cfg = root.get("model") if isinstance(root, Mapping) else None
   source = "cfg['model']"
@@ -139,16 +174,11 @@ def config_from_fairseq(
       "checkpoint has neither cfg['model'] nor args: cannot read the "
       "encoder hyper-parameters (they are never guessed)"
     )
-  get = lambda *paths: _first(model_cfg, root, *paths)
-  values = {
-    "hidden_size": get("transformer.encoder.embed_dim", "encoder_embed_dim"),
-    "num_layers": get("transformer.encoder.layers", "encoder_layers"),
-    "num_heads": get("transformer.encoder.attention_heads", "encoder_attention_heads"),
-    "intermediate_size": get("transformer.encoder.ffn_embed_dim", "encoder_ffn_embed_dim"),
-  }
-  missing = [k for k, v in values.items() if v is None]
-  if missing:
-    raise CheckpointError(f"{source} lacks the encoder's {missing}")
+  return (lambda *paths: _first(model_cfg, root, *paths)), source
+
+
+def _refuse_unsupported(get: Callable[..., Any]) -> list[str]:
+  """CheckpointError for an encoder the Flax one cannot compute; notes about assumptions."""
   notes: list[str] = []
   activation = get("transformer.activation_fn", "activation_fn")
   if activation is not None and activation != "gelu":
@@ -164,8 +194,17 @@ def config_from_fairseq(
     raise CheckpointError("scaled token embeddings (no_scale_embedding=False) are not supported")
   if no_scale is None:
     notes.append("cfg does not say no_scale_embedding; assumed true (data2vec/RoBERTa)")
+  return notes
 
-  # Shapes decide what cfg cannot say; they must agree with what it does say.
+
+def _shapes_agreeing_with_cfg(
+  state: Mapping[str, np.ndarray],
+  values: Mapping[str, Any],
+  get: Callable[..., Any],
+  source: str,
+) -> tuple[int, int]:
+  """(vocab size, max positions) read from the embedding shapes, after checking that they, and
+  the layer count, agree with what the cfg says: shapes decide what cfg cannot say."""
   tok = state.get("embed_tokens.weight")
   pos = state.get("embed_positions.weight")
   if tok is None or pos is None:
@@ -190,24 +229,7 @@ def config_from_fairseq(
     raise CheckpointError(
       f"{source} says {values['num_layers']} layers but the state dict has {max(found_layers) + 1}"
     )
-  defaults = EncoderConfig()
-  dropouts = {
-    "dropout": get("transformer.dropout", "dropout"),
-    "attention_dropout": get("transformer.attention_dropout", "attention_dropout"),
-    "activation_dropout": get("transformer.activation_dropout", "activation_dropout"),
-  }
-  try:
-    config = EncoderConfig(
-      vocab_size=int(tok.shape[0]),
-      max_positions=max_positions,
-      pad_id=FAIRSEQ_PAD_ID,
-      layer_norm_eps=FAIRSEQ_LAYER_NORM_EPS,
-      **{k: int(v) for k, v in values.items()},
-      **{k: float(v) if v is not None else getattr(defaults, k) for k, v in dropouts.items()},
-    )
-  except (TypeError, ValueError) as e:
-    raise CheckpointError(f"{source} values are inconsistent: {e}") from None
-  return config, notes
+  return int(tok.shape[0]), max_positions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,67 +247,72 @@ def _head_from_fairseq(
 ) -> dict[str, Any]:
   """Pops `encoder.regression_head.*` / `encoder.lm_head.*` from `state` into head params."""
   heads: dict[str, Any] = {}
-  reg = {
-    k[len("encoder.regression_head.") :]: state.pop(k)
-    for k in list(state)
-    if k.startswith("encoder.regression_head.")
-  }
+  reg = layout.pop_prefixed(state, "encoder.regression_head.", strip=True)
   if reg:
-    head = {}
-    # nn.Sequential(Linear, GELU, Linear, ...): the k-th Linear becomes `dense_k`, the names of
-    # `heads.RegressionHead`.
-    indices = sorted({int(k.split(".")[0]) for k in reg if k.split(".")[0].isdigit()})
-    for k, idx in enumerate(indices):
-      w, b = reg.pop(f"{idx}.weight", None), reg.pop(f"{idx}.bias", None)
-      if w is None or b is None or w.ndim != 2 or b.shape != (w.shape[0],):
-        problems.append(f"encoder.regression_head.{idx}: bad or missing weight/bias")
-        continue
-      head[f"dense_{k}"] = layout.linear_from_torch(w, b)
-    if reg:
-      problems.append(f"unexpected keys {sorted('encoder.regression_head.' + k for k in reg)}")
-    heads["regression_head"] = head
-  lm = {
-    k[len("encoder.lm_head.") :]: state.pop(k)
-    for k in list(state)
-    if k.startswith("encoder.lm_head.")
-  }
+    heads["regression_head"] = _regression_head(reg, problems)
+  lm = layout.pop_prefixed(state, "encoder.lm_head.", strip=True)
   if lm:
-    expected = {
-      "dense.weight",
-      "dense.bias",
-      "layer_norm.weight",
-      "layer_norm.bias",
-      "weight",
-      "bias",
-    }
-    if set(lm) != expected:
-      problems.append(f"encoder.lm_head keys {sorted(lm)}; expected {sorted(expected)}")
-    else:
-      d = embed_tokens.shape[1]
-      if (
-        lm["dense.weight"].shape != (d, d)
-        or lm["weight"].ndim != 2
-        or lm["weight"].shape[1] != d
-        or lm["bias"].shape != (lm["weight"].shape[0],)
-      ):
-        problems.append(
-          f"encoder.lm_head shapes: dense {lm['dense.weight'].shape}, weight "
-          f"{lm['weight'].shape}, bias {lm['bias'].shape} (D={d})"
-        )
-      else:
-        head = {
-          "dense": layout.linear_from_torch(lm["dense.weight"], lm["dense.bias"]),
-          "layer_norm": layout.layer_norm_from_torch(
-            lm["layer_norm.weight"], lm["layer_norm.bias"]
-          ),
-          "bias": np.asarray(lm["bias"]),
-        }
-        if not (
-          lm["weight"].shape == embed_tokens.shape and np.array_equal(lm["weight"], embed_tokens)
-        ):
-          head["decoder"] = {"kernel": np.ascontiguousarray(lm["weight"].T)}
-        heads["lm_head"] = head
+    head = _lm_head(lm, embed_tokens, problems)
+    if head is not None:
+      heads["lm_head"] = head
   return heads
+
+
+def _regression_head(reg: dict[str, np.ndarray], problems: list[str]) -> dict[str, Any]:
+  """`encoder.regression_head.*` (prefix stripped) -> {dense_0, dense_1, ...}."""
+  head = {}
+  # nn.Sequential(Linear, GELU, Linear, ...): the k-th Linear becomes `dense_k`, the names of
+  # `heads.RegressionHead`.
+  indices = sorted({int(k.split(".")[0]) for k in reg if k.split(".")[0].isdigit()})
+  for k, idx in enumerate(indices):
+    w, b = reg.pop(f"{idx}.weight", None), reg.pop(f"{idx}.bias", None)
+    if w is None or b is None or w.ndim != 2 or b.shape != (w.shape[0],):
+      problems.append(f"encoder.regression_head.{idx}: bad or missing weight/bias")
+      continue
+    head[f"dense_{k}"] = layout.linear_from_torch(w, b)
+  if reg:
+    problems.append(f"unexpected keys {sorted('encoder.regression_head.' + k for k in reg)}")
+  return head
+
+
+_LM_HEAD_KEYS = {
+  "dense.weight",
+  "dense.bias",
+  "layer_norm.weight",
+  "layer_norm.bias",
+  "weight",
+  "bias",
+}
+
+
+def _lm_head(
+  lm: dict[str, np.ndarray], embed_tokens: np.ndarray, problems: list[str]
+) -> dict[str, Any] | None:
+  """`encoder.lm_head.*` (prefix stripped) -> {dense, layer_norm, bias[, decoder]}; None (and a
+  problem) when keys or shapes are wrong. The decoder is kept only when not tied."""
+  if set(lm) != _LM_HEAD_KEYS:
+    problems.append(f"encoder.lm_head keys {sorted(lm)}; expected {sorted(_LM_HEAD_KEYS)}")
+    return None
+  d = embed_tokens.shape[1]
+  if (
+    lm["dense.weight"].shape != (d, d)
+    or lm["weight"].ndim != 2
+    or lm["weight"].shape[1] != d
+    or lm["bias"].shape != (lm["weight"].shape[0],)
+  ):
+    problems.append(
+      f"encoder.lm_head shapes: dense {lm['dense.weight'].shape}, weight "
+      f"{lm['weight'].shape}, bias {lm['bias'].shape} (D={d})"
+    )
+    return None
+  head = {
+    "dense": layout.linear_from_torch(lm["dense.weight"], lm["dense.bias"]),
+    "layer_norm": layout.layer_norm_from_torch(lm["layer_norm.weight"], lm["layer_norm.bias"]),
+    "bias": np.asarray(lm["bias"]),
+  }
+  if not (lm["weight"].shape == embed_tokens.shape and np.array_equal(lm["weight"], embed_tokens)):
+    head["decoder"] = {"kernel": np.ascontiguousarray(lm["weight"].T)}
+  return head
 
 
 def convert_fairseq_checkpoint(
@@ -302,9 +329,7 @@ def convert_fairseq_checkpoint(
   raw = dict(checkpoint["model"])
   ema_raw = raw.pop(EMA_KEY, None)
   state = {_rename_legacy(k): to_numpy(v, k) for k, v in raw.items()}
-  student = {
-    k[len(ENCODER_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(ENCODER_PREFIX)
-  }
+  student = layout.pop_prefixed(state, ENCODER_PREFIX, strip=True)
   ignored = [ENCODER_PREFIX + k for k in _IGNORED_ENCODER_KEYS if k in student]
   for k in _IGNORED_ENCODER_KEYS:
     student.pop(k, None)
@@ -321,45 +346,14 @@ def convert_fairseq_checkpoint(
     layout.check_tree(student, fs_shapes, f"{ENCODER_PREFIX}* (vs the checkpoint's cfg)")
   except ValueError as e:
     problems.append(str(e))
-
   if use_ema:
-    if not isinstance(ema_raw, Mapping):
-      raise CheckpointError("use_ema=True but the checkpoint has no encoder._ema teacher weights")
-    ema = {k: to_numpy(v, f"{EMA_KEY}[{k}]") for k, v in ema_raw.items()}
-    block_names = [fs for fs in names if fs.startswith("layers.")]
-    missing = [k for k in block_names if k not in ema]
-    unknown = sorted(set(ema) - set(names) - set(_IGNORED_ENCODER_KEYS))
-    bad = [
-      f"{k}: got {tuple(ema[k].shape)}, expected {tuple(fs_shapes[k])}"
-      for k in block_names
-      if k in ema and tuple(ema[k].shape) != tuple(fs_shapes[k])
-    ]
-    if missing or unknown or bad:
-      problems.append(
-        f"{EMA_KEY}: missing keys {missing}, unexpected keys {unknown}, shape mismatches {bad}"
-      )
-    else:
-      stale = [
-        k
-        for k in _EMBEDDING_RENAMES
-        if k in ema
-        and not (
-          ema[k].shape == student.get(k, np.empty(0)).shape and np.array_equal(ema[k], student[k])
-        )
-      ]
-      student = {**student, **{k: ema[k] for k in block_names}}
-      notes.append(
-        "teacher: transformer blocks from encoder._ema, embeddings and embedding "
-        "LayerNorm from the student (ema_transformer_layers_only)"
-        + (f"; _ema's differing embedding entries ignored: {stale}" if stale else "")
-      )
+    student = _with_teacher_blocks(student, ema_raw, fs_shapes, problems, notes)
   elif ema_raw is not None:
     ignored.append(f"{EMA_KEY} ({len(ema_raw)} teacher tensors; use_ema=True selects them)")
   if problems:
     raise CheckpointError("fairseq checkpoint cannot be converted: " + "; ".join(problems))
 
-  reference = {names[k]: v for k, v in student.items()}
-  params = layout.params_from_reference(reference, config)
+  params = layout.params_from_reference({names[k]: v for k, v in student.items()}, config)
   metadata = {
     "source_format": "fairseq",
     "teacher": bool(use_ema),
@@ -367,15 +361,61 @@ def convert_fairseq_checkpoint(
   }
   n_ema = len(ema_raw) if isinstance(ema_raw, Mapping) else 0
   return Converted(
-    config,
-    params,
-    heads,
-    metadata,
-    sorted(ignored),
-    notes,
+    config=config,
+    params=params,
+    heads=heads,
+    metadata=metadata,
+    ignored=sorted(ignored),
+    notes=notes,
     source=f"fairseq ({'EMA teacher' if use_ema else 'student'})",
     num_source_tensors=len(raw) + n_ema,
   )
+
+
+def _with_teacher_blocks(
+  student: dict[str, np.ndarray],
+  ema_raw: Any,
+  fs_shapes: Mapping[str, tuple[int, ...]],
+  problems: list[str],
+  notes: list[str],
+) -> dict[str, np.ndarray]:
+  """The teacher: `student` with its transformer blocks from `encoder._ema` (`ema_raw`).
+
+  The embeddings and embedding LayerNorm stay the student's (ema_transformer_layers_only);
+  `_ema`'s differing embedding entries are named in the note. `fs_shapes`: fairseq name ->
+  shape of every encoder tensor. Appends to `problems` (and returns `student` unchanged) when
+  `_ema` lacks, adds or misshapes a block tensor.
+  """
+  if not isinstance(ema_raw, Mapping):
+    raise CheckpointError("use_ema=True but the checkpoint has no encoder._ema teacher weights")
+  ema = {k: to_numpy(v, f"{EMA_KEY}[{k}]") for k, v in ema_raw.items()}
+  block_names = [fs for fs in fs_shapes if fs.startswith("layers.")]
+  missing = [k for k in block_names if k not in ema]
+  unknown = sorted(set(ema) - set(fs_shapes) - set(_IGNORED_ENCODER_KEYS))
+  bad = [
+    f"{k}: got {tuple(ema[k].shape)}, expected {tuple(fs_shapes[k])}"
+    for k in block_names
+    if k in ema and tuple(ema[k].shape) != tuple(fs_shapes[k])
+  ]
+  if missing or unknown or bad:
+    problems.append(
+      f"{EMA_KEY}: missing keys {missing}, unexpected keys {unknown}, shape mismatches {bad}"
+    )
+    return student
+  stale = [
+    k
+    for k in _EMBEDDING_RENAMES
+    if k in ema
+    and not (
+      ema[k].shape == student.get(k, np.empty(0)).shape and np.array_equal(ema[k], student[k])
+    )
+  ]
+  notes.append(
+    "teacher: transformer blocks from encoder._ema, embeddings and embedding "
+    "LayerNorm from the student (ema_transformer_layers_only)"
+    + (f"; _ema's differing embedding entries ignored: {stale}" if stale else "")
+  )
+  return {**student, **{k: ema[k] for k in block_names}}
 
 
 def load_fairseq(path: str | os.PathLike[str], *, use_ema: bool = False) -> Converted:

@@ -47,13 +47,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from data2vec_jax import file_modes
 from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.weights import layout, model_tokenizer
 from data2vec_jax.weights.hf_tokenizer import save_hf_tokenizer
 from data2vec_jax.weights.layout import Converted
-from data2vec_jax.weights.torch_io import CheckpointError, load_hf_state_dict
+from data2vec_jax.weights.torch_io import CheckpointError, load_hf_state_dict, save_safetensors
 
 # architecture -> (model_type, key prefix of the encoder inside the model).
 SUPPORTED_ARCHITECTURES = {
@@ -193,45 +192,18 @@ def convert_hf_state_dict(
   """
   config = config_from_hf(hf_config)
   arch = architecture_of(hf_config)
-  prefix = SUPPORTED_ARCHITECTURES[arch][1]
-  # Checkpoints of base models saved from a task model (and vice versa) occur in the wild; the
-  # encoder keys decide the prefix, the architecture only which heads are expected.
-  for candidate in ("data2vec_text.", "roberta.", ""):
-    if candidate + "embeddings.word_embeddings.weight" in state:
-      prefix = candidate
-      break
+  prefix = _encoder_prefix(state, SUPPORTED_ARCHITECTURES[arch][1])
   remaining = dict(state)
   ignored = [k for k in remaining if k[len(prefix) :] in _IGNORED_BUFFERS and k.startswith(prefix)]
   for k in ignored:
     del remaining[k]
 
-  ref_shapes = layout.reference_shapes(config)
   type_vocab = int(hf_config.get("type_vocab_size", 1))
-  expected = {prefix + k: v for k, v in ref_shapes.items()}
+  expected = {prefix + k: v for k, v in layout.reference_shapes(config).items()}
   expected[prefix + _TOKEN_TYPE] = (type_vocab, config.hidden_size)
   encoder = {k: remaining.pop(k) for k in list(remaining) if k in expected}
-
-  heads: dict[str, Any] = {}
-  head_problems: list[str] = []
-  pooler: dict[str, np.ndarray] = {}
-  for p in dict.fromkeys(("", prefix)):  # base models: `pooler.`; task models never have one
-    for leaf in ("weight", "bias"):
-      if f"{p}pooler.dense.{leaf}" in remaining:
-        pooler[f"pooler.dense.{leaf}"] = remaining.pop(f"{p}pooler.dense.{leaf}")
-  if pooler:
-    heads["pooler"] = _linear_head(
-      pooler, {"dense": "pooler.dense"}, config.hidden_size, config.hidden_size, head_problems
-    )
   word = np.asarray(encoder.get(prefix + "embeddings.word_embeddings.weight"))
-  lm_keys = {k: remaining.pop(k) for k in list(remaining) if k.startswith("lm_head.")}
-  if lm_keys:
-    heads["lm_head"] = _lm_head_from_hf(lm_keys, word, hf_config, config, head_problems)
-  cls_keys = {k: remaining.pop(k) for k in list(remaining) if k.startswith("classifier.")}
-  if set(cls_keys) == _TOKEN_CLASSIFIER_KEYS:
-    heads["token_classifier"] = _token_classifier_from_hf(cls_keys, config, head_problems)
-  elif cls_keys:
-    heads["classifier"] = _classifier_from_hf(cls_keys, config, head_problems)
-
+  heads, head_problems = _heads_from_hf(remaining, prefix, word, hf_config, config)
   problems = layout.tree_problems(encoder, expected, extra_unexpected=remaining)
   problems.extend(head_problems)
   if problems:
@@ -239,31 +211,9 @@ def convert_hf_state_dict(
       f"{arch} state dict does not match its config.json: " + "; ".join(problems)
     )
 
-  notes = []
   token_types = np.asarray(encoder.pop(prefix + _TOKEN_TYPE))
-  if type_vocab > 1 and np.any(token_types[1:] != 0):
-    if not drop_token_type_rows:
-      raise CheckpointError(
-        f"token_type_embeddings has {type_vocab} rows and rows >= 1 are non-zero; the "
-        "encoder has no token types (data2vec/RoBERTa feed all-zero token_type_ids). Pass "
-        "drop_token_type_rows=True to drop them knowingly."
-      )
-    notes.append(f"dropped non-zero token_type_embeddings rows 1..{type_vocab - 1}")
   reference = {k[len(prefix) :]: v for k, v in encoder.items()}
-  if np.any(token_types[0] != 0):
-    # What HF computes with token_type_ids == 0: word + type[0] (before position and LN).
-    reference["embeddings.word_embeddings.weight"] = (
-      reference["embeddings.word_embeddings.weight"] + token_types[0][None, :]
-    )
-    notes.append(
-      "folded token_type_embeddings row 0 (non-zero) into the word embeddings; "
-      "export will write a zero row, so tensors (not outputs) differ after a round trip"
-    )
-    lm_head = heads.get("lm_head")
-    if lm_head is not None and "decoder" not in lm_head:
-      # HF ties the decoder to the *unfolded* word embeddings: keep them for the LM head.
-      lm_head["decoder"] = {"kernel": np.ascontiguousarray(word.T)}
-      notes.append("lm_head decoder stored untied (the token embedding now includes row 0)")
+  notes = _fold_token_types(reference, token_types, heads, word, drop_token_type_rows)
   params = layout.params_from_reference(reference, config)
   metadata = {
     "source_format": "hf",
@@ -280,6 +230,92 @@ def convert_hf_state_dict(
     source=f"hf:{arch}",
     num_source_tensors=len(state),
   )
+
+
+def _encoder_prefix(state: Mapping[str, np.ndarray], architecture_prefix: str) -> str:
+  """The key prefix of the encoder's tensors in `state`.
+
+  Checkpoints of base models saved from a task model (and vice versa) occur in the wild; the
+  encoder keys decide the prefix, the architecture only which heads are expected.
+  """
+  for candidate in ("data2vec_text.", "roberta.", ""):
+    if candidate + "embeddings.word_embeddings.weight" in state:
+      return candidate
+  return architecture_prefix
+
+
+def _heads_from_hf(
+  remaining: dict[str, np.ndarray],
+  prefix: str,
+  word: np.ndarray,
+  hf_config: Mapping[str, Any],
+  config: EncoderConfig,
+) -> tuple[dict[str, Any], list[str]]:
+  """Pops the pooler, `lm_head.*` and `classifier.*` tensors from `remaining` into head params.
+
+  Returns (heads, problems); `word` [V, D] is the (unfolded) token embedding a tied LM decoder
+  equals.
+  """
+  heads: dict[str, Any] = {}
+  problems: list[str] = []
+  pooler: dict[str, np.ndarray] = {}
+  for p in dict.fromkeys(("", prefix)):  # base models: `pooler.`; task models never have one
+    for leaf in ("weight", "bias"):
+      if f"{p}pooler.dense.{leaf}" in remaining:
+        pooler[f"pooler.dense.{leaf}"] = remaining.pop(f"{p}pooler.dense.{leaf}")
+  if pooler:
+    heads["pooler"] = _linear_head(
+      pooler, {"dense": "pooler.dense"}, config.hidden_size, config.hidden_size, problems
+    )
+  lm_keys = layout.pop_prefixed(remaining, "lm_head.")
+  if lm_keys:
+    heads["lm_head"] = _lm_head_from_hf(lm_keys, word, hf_config, config, problems)
+  cls_keys = layout.pop_prefixed(remaining, "classifier.")
+  if set(cls_keys) == _TOKEN_CLASSIFIER_KEYS:
+    heads["token_classifier"] = _token_classifier_from_hf(cls_keys, config, problems)
+  elif cls_keys:
+    heads["classifier"] = _classifier_from_hf(cls_keys, config, problems)
+  return heads, problems
+
+
+def _fold_token_types(
+  reference: dict[str, np.ndarray],
+  token_types: np.ndarray,
+  heads: dict[str, Any],
+  word: np.ndarray,
+  drop_token_type_rows: bool,
+) -> list[str]:
+  """Folds token-type row 0 of `token_types` [T, D] into `reference`'s word embeddings, in place.
+
+  Rows >= 1 are refused when non-zero unless `drop_token_type_rows`. An LM head without its own
+  decoder gets the unfolded `word` [V, D] as one (HF ties it to the unfolded embeddings).
+  Returns the notes.
+  """
+  notes = []
+  type_vocab = token_types.shape[0]
+  if type_vocab > 1 and np.any(token_types[1:] != 0):
+    if not drop_token_type_rows:
+      raise CheckpointError(
+        f"token_type_embeddings has {type_vocab} rows and rows >= 1 are non-zero; the "
+        "encoder has no token types (data2vec/RoBERTa feed all-zero token_type_ids). Pass "
+        "drop_token_type_rows=True to drop them knowingly."
+      )
+    notes.append(f"dropped non-zero token_type_embeddings rows 1..{type_vocab - 1}")
+  if np.any(token_types[0] != 0):
+    # What HF computes with token_type_ids == 0: word + type[0] (before position and LN).
+    reference["embeddings.word_embeddings.weight"] = (
+      reference["embeddings.word_embeddings.weight"] + token_types[0][None, :]
+    )
+    notes.append(
+      "folded token_type_embeddings row 0 (non-zero) into the word embeddings; "
+      "export will write a zero row, so tensors (not outputs) differ after a round trip"
+    )
+    lm_head = heads.get("lm_head")
+    if lm_head is not None and "decoder" not in lm_head:
+      # HF ties the decoder to the *unfolded* word embeddings: keep them for the LM head.
+      lm_head["decoder"] = {"kernel": np.ascontiguousarray(word.T)}
+      notes.append("lm_head decoder stored untied (the token embedding now includes row 0)")
+  return notes
 
 
 def _linear_head(
@@ -437,7 +473,23 @@ def hf_config_from(
     CheckpointError: label names of the wrong count, duplicated or given without a label
       output; an unknown or inapplicable problem_type; a dropout outside [0, 1).
   """
-  hf = {
+  hf = _released_config(config, architecture, tied)
+  hf.update({k: v for k, v in (carried or {}).items() if k in _CARRIED_CONFIG_KEYS})
+  _set_labels(hf, architecture, num_labels, label_names)
+  if problem_type is not None:
+    hf["problem_type"] = _checked_problem_type(problem_type, architecture, num_labels)
+  if classifier_dropout is not None:
+    if not 0.0 <= float(classifier_dropout) < 1.0:
+      raise CheckpointError(f"classifier_dropout {classifier_dropout!r} is not in [0, 1)")
+    hf["classifier_dropout"] = float(classifier_dropout)
+  if finetuning_task is not None:
+    hf["finetuning_task"] = str(finetuning_task)
+  return hf
+
+
+def _released_config(config: EncoderConfig, architecture: str, tied: bool) -> dict[str, Any]:
+  """The encoder's `config.json` fields, with the released model's values for the rest."""
+  return {
     "architectures": [architecture],
     "model_type": "data2vec-text",
     "vocab_size": config.vocab_size,
@@ -461,9 +513,13 @@ def hf_config_from(
     "tie_word_embeddings": tied,
     "dtype": "float32",
   }
-  for k, v in (carried or {}).items():
-    if k in _CARRIED_CONFIG_KEYS:
-      hf[k] = v
+
+
+def _set_labels(
+  hf: dict[str, Any], architecture: str, num_labels: int | None, label_names: Sequence[str] | None
+) -> None:
+  """`id2label`/`label2id` of `hf` from `label_names`, else the carried ones of the right length,
+  else `LABEL_{i}`; label names without a label output are refused."""
   if num_labels is not None:
     labels = hf.get("id2label")
     if label_names is not None:
@@ -475,28 +531,21 @@ def hf_config_from(
       hf["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
   elif label_names is not None:
     raise CheckpointError(f"label_names given, but {architecture} has no label output")
-  if problem_type is not None:
-    if architecture != "Data2VecTextForSequenceClassification":
-      raise CheckpointError(
-        f"problem_type applies to Data2VecTextForSequenceClassification only, not "
-        f"{architecture} (its loss does not read it)"
-      )
-    if problem_type not in PROBLEM_TYPES:
-      raise CheckpointError(
-        f"unknown problem_type {problem_type!r}; expected one of {PROBLEM_TYPES}"
-      )
-    if problem_type != "regression" and num_labels == 1:
-      raise CheckpointError(
-        f"problem_type {problem_type!r} with a single output; one output is 'regression' (STS-B)"
-      )
-    hf["problem_type"] = problem_type
-  if classifier_dropout is not None:
-    if not 0.0 <= float(classifier_dropout) < 1.0:
-      raise CheckpointError(f"classifier_dropout {classifier_dropout!r} is not in [0, 1)")
-    hf["classifier_dropout"] = float(classifier_dropout)
-  if finetuning_task is not None:
-    hf["finetuning_task"] = str(finetuning_task)
-  return hf
+
+
+def _checked_problem_type(problem_type: str, architecture: str, num_labels: int | None) -> str:
+  if architecture != "Data2VecTextForSequenceClassification":
+    raise CheckpointError(
+      f"problem_type applies to Data2VecTextForSequenceClassification only, not "
+      f"{architecture} (its loss does not read it)"
+    )
+  if problem_type not in PROBLEM_TYPES:
+    raise CheckpointError(f"unknown problem_type {problem_type!r}; expected one of {PROBLEM_TYPES}")
+  if problem_type != "regression" and num_labels == 1:
+    raise CheckpointError(
+      f"problem_type {problem_type!r} with a single output; one output is 'regression' (STS-B)"
+    )
+  return problem_type
 
 
 def _checked_label_names(names: Sequence[str], num_labels: int, architecture: str) -> list[str]:
@@ -536,57 +585,78 @@ def hf_state_dict_from(
   facts: dict[str, Any] = {"tied": True, "num_labels": None}
   if architecture == "Data2VecTextModel":
     state = dict(reference)
-    if "pooler" in heads:
-      state.update(layout.linear_to_torch(heads.pop("pooler")["dense"], "pooler.dense"))
-    else:
-      d = config.hidden_size
-      state["pooler.dense.weight"] = np.zeros((d, d), np.float32)
-      state["pooler.dense.bias"] = np.zeros((d,), np.float32)
-      notes.append(
-        "no pooler in the source: wrote a zero pooler so from_pretrained finds every "
-        "key; pooler_output is all zeros and meaningless"
-      )
+    state.update(_pooler_to_hf(heads, config.hidden_size, notes))
   else:
     state = {"data2vec_text." + k: v for k, v in reference.items()}
     if architecture == "Data2VecTextForMaskedLM":
-      lm = heads.pop("lm_head", None)
-      v, d = config.vocab_size, config.hidden_size
-      if lm is None or np.shape(lm.get("bias")) != (v,):
-        raise CheckpointError(
-          "cannot export Data2VecTextForMaskedLM: no LM head with a vocabulary-sized output "
-          f"(have heads {sorted(heads) + (['lm_head'] if lm is not None else [])}; a data2vec "
-          "regression head predicts features, not tokens)"
-        )
-      state.update(layout.linear_to_torch(lm["dense"], "lm_head.dense"))
-      state.update(layout.layer_norm_to_torch(lm["layer_norm"], "lm_head.layer_norm"))
-      state["lm_head.bias"] = np.asarray(lm["bias"])
-      if "decoder" in lm:
-        kernel = np.asarray(lm["decoder"]["kernel"])
-        if kernel.shape != (d, v):
-          raise CheckpointError(f"lm_head decoder kernel {kernel.shape}, expected {(d, v)}")
-        state["lm_head.decoder.weight"] = np.ascontiguousarray(kernel.T)
-        # Untied (tie_word_embeddings false), transformers also stops tying decoder.bias to
-        # lm_head.bias, so both are written.
-        state["lm_head.decoder.bias"] = np.asarray(lm["bias"])
-        facts["tied"] = False
+      lm_state = _lm_head_to_hf(heads, config)
+      facts["tied"] = "lm_head.decoder.weight" not in lm_state
+      state.update(lm_state)
     else:  # Data2VecTextFor{Sequence,Token}Classification
-      name = CLASSIFIER_HEADS[architecture]
-      cls = heads.pop(name, None)
-      if cls is None:
-        raise CheckpointError(
-          f"cannot export {architecture}: no {name!r} head (have {sorted(heads)}); "
-          + CLASSIFIER_HINT[name]
-        )
-      facts["num_labels"] = _check_classifier_head(cls, name, config.hidden_size, architecture)
-      if name == "classifier":
-        state.update(layout.linear_to_torch(cls["dense"], "classifier.dense"))
-        state.update(layout.linear_to_torch(cls["out_proj"], "classifier.out_proj"))
-      else:
-        state.update(layout.linear_to_torch(cls, "classifier"))
+      facts["num_labels"], classifier_state = _classifier_to_hf(heads, config, architecture)
+      state.update(classifier_state)
   if heads:
     notes.append(f"heads not part of {architecture}, not exported: {sorted(heads)}")
   state = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in state.items()}
   return state, facts, notes
+
+
+def _pooler_to_hf(heads: dict[str, Any], d: int, notes: list[str]) -> dict[str, np.ndarray]:
+  """Pops head `pooler` from `heads` as `pooler.dense.*`; zeros (and a note) without one."""
+  if "pooler" in heads:
+    return layout.linear_to_torch(heads.pop("pooler")["dense"], "pooler.dense")
+  notes.append(
+    "no pooler in the source: wrote a zero pooler so from_pretrained finds every "
+    "key; pooler_output is all zeros and meaningless"
+  )
+  return {
+    "pooler.dense.weight": np.zeros((d, d), np.float32),
+    "pooler.dense.bias": np.zeros((d,), np.float32),
+  }
+
+
+def _lm_head_to_hf(heads: dict[str, Any], config: EncoderConfig) -> dict[str, np.ndarray]:
+  """Pops head `lm_head` from `heads` as `lm_head.*` (with `decoder.*` only when untied)."""
+  lm = heads.pop("lm_head", None)
+  v, d = config.vocab_size, config.hidden_size
+  if lm is None or np.shape(lm.get("bias")) != (v,):
+    raise CheckpointError(
+      "cannot export Data2VecTextForMaskedLM: no LM head with a vocabulary-sized output "
+      f"(have heads {sorted(heads) + (['lm_head'] if lm is not None else [])}; a data2vec "
+      "regression head predicts features, not tokens)"
+    )
+  state = layout.linear_to_torch(lm["dense"], "lm_head.dense")
+  state.update(layout.layer_norm_to_torch(lm["layer_norm"], "lm_head.layer_norm"))
+  state["lm_head.bias"] = np.asarray(lm["bias"])
+  if "decoder" in lm:
+    kernel = np.asarray(lm["decoder"]["kernel"])
+    if kernel.shape != (d, v):
+      raise CheckpointError(f"lm_head decoder kernel {kernel.shape}, expected {(d, v)}")
+    state["lm_head.decoder.weight"] = np.ascontiguousarray(kernel.T)
+    # Untied (tie_word_embeddings false), transformers also stops tying decoder.bias to
+    # lm_head.bias, so both are written.
+    state["lm_head.decoder.bias"] = np.asarray(lm["bias"])
+  return state
+
+
+def _classifier_to_hf(
+  heads: dict[str, Any], config: EncoderConfig, architecture: str
+) -> tuple[int, dict[str, np.ndarray]]:
+  """Pops `architecture`'s classifier head from `heads`: (number of labels, `classifier.*`)."""
+  name = CLASSIFIER_HEADS[architecture]
+  cls = heads.pop(name, None)
+  if cls is None:
+    raise CheckpointError(
+      f"cannot export {architecture}: no {name!r} head (have {sorted(heads)}); "
+      + CLASSIFIER_HINT[name]
+    )
+  num_labels = _check_classifier_head(cls, name, config.hidden_size, architecture)
+  if name == "classifier":
+    state = layout.linear_to_torch(cls["dense"], "classifier.dense")
+    state.update(layout.linear_to_torch(cls["out_proj"], "classifier.out_proj"))
+  else:
+    state = layout.linear_to_torch(cls, "classifier")
+  return num_labels, state
 
 
 def classifier_head_problems(head: Any, name: str, hidden_size: int) -> tuple[int, list[str]]:
@@ -657,10 +727,7 @@ def save_hf_dir(
       invalid, or the tokenizer cannot be represented in HF (checked before the weights are
       written).
   """
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-
   state, facts, notes = hf_state_dict_from(config, params, heads, architecture)
-  carried = dict((metadata or {}).get("hf_config", {}))
   own_names = (metadata or {}).get("label_names")  # a data2vec-jax fine-tuned directory's
   if label_names is None and isinstance(own_names, (list, tuple)) and facts["num_labels"]:
     label_names = own_names
@@ -669,7 +736,7 @@ def save_hf_dir(
     architecture,
     tied=facts["tied"],
     num_labels=facts["num_labels"],
-    carried=carried,
+    carried=dict((metadata or {}).get("hf_config", {})),
     label_names=label_names,
     problem_type=problem_type,
     classifier_dropout=classifier_dropout,
@@ -678,19 +745,26 @@ def save_hf_dir(
   directory = os.fspath(directory)
   _remove_stale_tokenizer_files(directory, tokenizer)
   if tokenizer is not None:
-    notes = notes + save_hf_tokenizer(directory, tokenizer, config)
-    # The fingerprint that loading checks (`model_tokenizer.check_hf_tokenizer_files`).
-    written = [
-      n for n in model_tokenizer.HF_TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))
-    ]
-    hf[model_tokenizer.HF_FINGERPRINT_KEY] = model_tokenizer.file_hashes(directory, written)
+    notes = notes + _save_fingerprinted_tokenizer(directory, tokenizer, config, hf)
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
     json.dump(hf, f, indent=2, sort_keys=True)
   # transformers refuses safetensors files without format metadata.
-  save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-  file_modes.make_readable(os.path.join(directory, "model.safetensors"))  # save_file: 0600
+  save_safetensors(os.path.join(directory, "model.safetensors"), state, "pt")
   return notes + [f"wrote {len(state)} tensors to model.safetensors"]
+
+
+def _save_fingerprinted_tokenizer(
+  directory: str, tokenizer: Tokenizer, config: EncoderConfig, hf: dict[str, Any]
+) -> list[str]:
+  """Writes the HF tokenizer files and records their sha256 in `hf` (the fingerprint that
+  `model_tokenizer.check_hf_tokenizer_files` checks on loading). Returns the notes."""
+  notes = save_hf_tokenizer(directory, tokenizer, config)
+  written = [
+    n for n in model_tokenizer.HF_TOKENIZER_FILES if os.path.isfile(os.path.join(directory, n))
+  ]
+  hf[model_tokenizer.HF_FINGERPRINT_KEY] = model_tokenizer.file_hashes(directory, written)
+  return notes
 
 
 def _remove_stale_tokenizer_files(directory: str, tokenizer: Tokenizer | None) -> None:

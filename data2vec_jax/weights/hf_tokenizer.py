@@ -157,31 +157,58 @@ def _roberta_vocab(tokenizer: BPETokenizer) -> dict[str, int]:
 
 def _tokenizer_from_sentencepiece(tokenizer: SentencePieceTokenizer):
   """A `tokenizers.Tokenizer` encoding like the sentencepiece model (ids included)."""
-  from sentencepiece import sentencepiece_model_pb2 as spm_pb2
-  from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+  from tokenizers import Tokenizer
   from tokenizers.models import Unigram
 
   path = tokenizer.files["sentencepiece_model"]
+  proto = _unigram_proto(path)
+  rust = Tokenizer(
+    Unigram(
+      vocab=[(p.piece, p.score) for p in proto.pieces],
+      unk_id=proto.trainer_spec.unk_id,
+      byte_fallback=proto.trainer_spec.byte_fallback,
+    )
+  )
+  rust.normalizer = _sentencepiece_normalizer(proto.normalizer_spec)
+  pre_tokenizer = _sentencepiece_pre_tokenizer(proto)
+  if pre_tokenizer is not None:
+    rust.pre_tokenizer = pre_tokenizer
+  rust.decoder = _sentencepiece_decoder(proto.trainer_spec.byte_fallback)
+  _add_fairseq_template(rust)
+  probes = list(_PROBES) + [tokenizer.decode(range(4, min(tokenizer.vocab.vocab_size - 1, 200)))]
+  for text in probes:
+    ours, theirs = tokenizer.encode(text).tolist(), rust.encode(text, add_special_tokens=False).ids
+    if ours != theirs:
+      raise CheckpointError(
+        f"cannot export {path} to Hugging Face: the converted tokenizer gives {theirs[:8]} for "
+        f"{text[:40]!r} where sentencepiece gives {ours[:8]} (an unsupported normalization)"
+      )
+  return rust
+
+
+def _unigram_proto(path: str):
+  """The `ModelProto` of the sentencepiece model at `path`; CheckpointError unless it is a
+  unigram model with whitespace as prefix (what the converter reproduces)."""
+  from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+
   proto = spm_pb2.ModelProto()
   with open(path, "rb") as f:
     proto.ParseFromString(f.read())
   model_type = spm_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)
-  spec = proto.normalizer_spec
   if model_type != "UNIGRAM" or proto.trainer_spec.treat_whitespace_as_suffix:
     raise CheckpointError(
       f"cannot export {path} to Hugging Face: a {model_type.lower()} sentencepiece model"
       + (" with whitespace as suffix" if proto.trainer_spec.treat_whitespace_as_suffix else "")
       + "; only unigram models (train_sentencepiece's default) are converted"
     )
-  byte_fallback = proto.trainer_spec.byte_fallback
-  rust = Tokenizer(
-    Unigram(
-      vocab=[(p.piece, p.score) for p in proto.pieces],
-      unk_id=proto.trainer_spec.unk_id,
-      byte_fallback=byte_fallback,
-    )
-  )
-  # sentencepiece's normalization, in its order (as transformers' SpmConverter, legacy mode).
+  return proto
+
+
+def _sentencepiece_normalizer(spec):
+  """sentencepiece's normalization (`spec`: its NormalizerSpec), in its order (as
+  transformers' SpmConverter, legacy mode)."""
+  from tokenizers import Regex, normalizers
+
   steps = []
   if spec.precompiled_charsmap:
     steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
@@ -195,9 +222,17 @@ def _tokenizer_from_sentencepiece(tokenizer: SentencePieceTokenizer):
   if spec.add_dummy_prefix:
     # Metaspace skips the prefix when the text already starts with "▁"; sentencepiece does not.
     steps.append(normalizers.Replace(Regex(r"\A▁"), "▁▁"))
-  rust.normalizer = normalizers.Sequence(steps)
+  return normalizers.Sequence(steps)
+
+
+def _sentencepiece_pre_tokenizer(proto):
+  """The dummy-prefix Metaspace and the split that keeps user-defined pieces whole; None when
+  the model has neither."""
+  from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+  from tokenizers import Regex, pre_tokenizers
+
   pre = []
-  if spec.add_dummy_prefix:
+  if proto.normalizer_spec.add_dummy_prefix:
     pre.append(pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False))
   user_defined = [
     p.piece for p in proto.pieces if p.type == spm_pb2.ModelProto.SentencePiece.USER_DEFINED
@@ -205,23 +240,18 @@ def _tokenizer_from_sentencepiece(tokenizer: SentencePieceTokenizer):
   if user_defined:  # emitted whole, never merged
     pattern = "|".join(re.escape(p) for p in sorted(user_defined, key=len, reverse=True))
     pre.append(pre_tokenizers.Split(Regex(pattern), behavior="isolated"))
-  if pre:
-    rust.pre_tokenizer = pre_tokenizers.Sequence(pre)
+  return pre_tokenizers.Sequence(pre) if pre else None
+
+
+def _sentencepiece_decoder(byte_fallback: bool):
+  """'▁' back to spaces (byte pieces back to bytes with `byte_fallback`), the prefix stripped."""
+  from tokenizers import decoders
+
   steps = [decoders.Replace("▁", " ")]
   if byte_fallback:
     steps.append(decoders.ByteFallback())
   steps += [decoders.Fuse(), decoders.Strip(content=" ", left=1)]
-  rust.decoder = decoders.Sequence(steps)
-  _add_fairseq_template(rust)
-  probes = list(_PROBES) + [tokenizer.decode(range(4, min(tokenizer.vocab.vocab_size - 1, 200)))]
-  for text in probes:
-    ours, theirs = tokenizer.encode(text).tolist(), rust.encode(text, add_special_tokens=False).ids
-    if ours != theirs:
-      raise CheckpointError(
-        f"cannot export {path} to Hugging Face: the converted tokenizer gives {theirs[:8]} for "
-        f"{text[:40]!r} where sentencepiece gives {ours[:8]} (an unsupported normalization)"
-      )
-  return rust
+  return decoders.Sequence(steps)
 
 
 def _tokenizers_json(tokenizer: TokenizersJsonTokenizer):

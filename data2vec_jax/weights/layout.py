@@ -62,6 +62,13 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return traverse_util.unflatten_dict(dict(flat), sep=SEP)
 
 
+def pop_prefixed(state: dict[str, Any], prefix: str, *, strip: bool = False) -> dict[str, Any]:
+  """Removes the entries whose key starts with `prefix` from `state` and returns them, keyed
+  without the prefix when `strip`."""
+  start = len(prefix) if strip else 0
+  return {k[start:]: state.pop(k) for k in list(state) if k.startswith(prefix)}
+
+
 def param_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
   """Flat name -> shape of every encoder parameter, derived from the model itself (no FLOPs)."""
   from data2vec_jax.model.encoder import init_params  # pylint: disable=import-outside-toplevel

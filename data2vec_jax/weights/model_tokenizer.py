@@ -365,6 +365,17 @@ def check_hf_tokenizer_files(directory: str, found: TokenizerFiles) -> Tokenizer
   except (ValueError, OSError) as e:
     raise CheckpointError(f"{directory}: cannot read its {kind} tokenizer: {e}") from None
   name = ", ".join(sorted(os.path.basename(p) for p in files.values() if p))
+  others = _other_hf_tokenizers(directory, kind)
+  if isinstance(primary, SentencePieceTokenizer):
+    _check_dict_txt_lists_pieces(directory, primary, files["sentencepiece_model"])
+  for other_name, other in others:
+    _check_same_ids(directory, (name, primary), (other_name, other))
+  return primary
+
+
+def _other_hf_tokenizers(directory: str, kind: str) -> list[tuple[str, Tokenizer]]:
+  """(file names, tokenizer) of each tokenizer file set in `directory` other than `kind`'s
+  that transformers may read: `tokenizer.json`, and RoBERTa-style `vocab.json` + `merges.txt`."""
   others: list[tuple[str, Tokenizer]] = []
   join = lambda n: os.path.join(directory, n)  # noqa: E731
   try:
@@ -383,32 +394,45 @@ def check_hf_tokenizer_files(directory: str, found: TokenizerFiles) -> Tokenizer
       )
   except (ValueError, OSError) as e:
     raise CheckpointError(f"{directory}: cannot read a tokenizer file: {e}") from None
-  if isinstance(primary, SentencePieceTokenizer) and os.path.isfile(join("dict.txt")):
-    expected = sentencepiece_dictionary(primary).symbols
-    if Dictionary.load(join("dict.txt")).symbols != expected:
-      raise CheckpointError(
-        f"{join('dict.txt')} does not list the pieces of {files['sentencepiece_model']} in id "
-        "order; the two files are from different tokenizers: keep the files the model was "
-        "exported with"
-      )
-  if not others:
-    return primary
-  size = primary.vocab.vocab_size
-  probes = list(_AGREEMENT_PROBES) + [primary.decode(range(4, min(size - 1, 400)))]
-  for other_name, other in others:
-    problem = None
-    if other.vocab.vocab_size != size:
-      problem = f"{other.vocab.vocab_size} ids there, {size} in {name}"
-    else:
-      for text in probes:
-        ours, theirs = primary.encode(text).tolist(), other.encode(text).tolist()
-        if ours != theirs:
-          problem = f"{text[:30]!r} is {theirs[:6]}... there but {ours[:6]}... with {name}"
-          break
-    if problem is not None:
-      raise CheckpointError(
-        f"{directory}: {other_name} and {name} are different tokenizers ({problem}); "
-        "transformers reads one, this library the other: keep the files the model was "
-        "exported with"
-      )
-  return primary
+  return others
+
+
+def _check_dict_txt_lists_pieces(
+  directory: str, primary: SentencePieceTokenizer, model_file: str
+) -> None:
+  """A `dict.txt` beside the sentencepiece model lists its pieces in id order, or is refused."""
+  dict_txt = os.path.join(directory, "dict.txt")
+  if not os.path.isfile(dict_txt):
+    return
+  expected = sentencepiece_dictionary(primary).symbols
+  if Dictionary.load(dict_txt).symbols != expected:
+    raise CheckpointError(
+      f"{dict_txt} does not list the pieces of {model_file} in id "
+      "order; the two files are from different tokenizers: keep the files the model was "
+      "exported with"
+    )
+
+
+def _check_same_ids(
+  directory: str, primary: tuple[str, Tokenizer], other: tuple[str, Tokenizer]
+) -> None:
+  """The (file names, tokenizer) `other` has `primary`'s vocabulary size and gives its ids for
+  the probe texts (including the decoded vocabulary), or CheckpointError naming both."""
+  (name, ours), (other_name, theirs) = primary, other
+  size = ours.vocab.vocab_size
+  probes = list(_AGREEMENT_PROBES) + [ours.decode(range(4, min(size - 1, 400)))]
+  problem = None
+  if theirs.vocab.vocab_size != size:
+    problem = f"{theirs.vocab.vocab_size} ids there, {size} in {name}"
+  else:
+    for text in probes:
+      our_ids, their_ids = ours.encode(text).tolist(), theirs.encode(text).tolist()
+      if our_ids != their_ids:
+        problem = f"{text[:30]!r} is {their_ids[:6]}... there but {our_ids[:6]}... with {name}"
+        break
+  if problem is not None:
+    raise CheckpointError(
+      f"{directory}: {other_name} and {name} are different tokenizers ({problem}); "
+      "transformers reads one, this library the other: keep the files the model was "
+      "exported with"
+    )

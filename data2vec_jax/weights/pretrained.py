@@ -32,13 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from data2vec_jax import file_modes
 from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.model.encoder import Encoder
 from data2vec_jax.weights import layout, model_tokenizer
 from data2vec_jax.weights.layout import Converted
-from data2vec_jax.weights.torch_io import CheckpointError, load_safetensors
+from data2vec_jax.weights.torch_io import CheckpointError, load_safetensors, save_safetensors
 
 FORMAT = "data2vec-jax"
 FORMAT_VERSION = 1
@@ -69,8 +68,6 @@ def save_pretrained(
     ValueError: params do not match config (missing/unexpected keys, shapes), metadata is not
       JSON-serialisable, or the tokenizer's vocabulary is not the model's.
   """
-  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
-
   flat = {k: np.asarray(v) for k, v in layout.flatten(params).items()}
   layout.check_tree(flat, layout.param_shapes(config), "params")
   heads = {k: np.asarray(v) for k, v in layout.flatten(head_params or {}).items()}
@@ -91,20 +88,10 @@ def save_pretrained(
   else:
     model_tokenizer.remove_tokenizer_files(path)
   text = json.dumps(document, indent=2, sort_keys=True)
-  save_file(
-    {k: np.ascontiguousarray(v) for k, v in flat.items()},
-    os.path.join(path, PARAMS_FILE),
-    metadata={"format": FORMAT},
-  )
-  file_modes.make_readable(os.path.join(path, PARAMS_FILE))  # save_file leaves it 0600
+  save_safetensors(os.path.join(path, PARAMS_FILE), flat, FORMAT)
   heads_path = os.path.join(path, HEADS_FILE)
   if heads:
-    save_file(
-      {k: np.ascontiguousarray(v) for k, v in heads.items()},
-      heads_path,
-      metadata={"format": FORMAT},
-    )
-    file_modes.make_readable(heads_path)
+    save_safetensors(heads_path, heads, FORMAT)
   elif os.path.exists(heads_path):
     os.remove(heads_path)  # a stale heads file would contradict config.json
   with open(os.path.join(path, CONFIG_FILE), "w", encoding="utf-8") as f:

@@ -1,4 +1,5 @@
-"""Safe reading of PyTorch-side weight files: fairseq `.pt`, `pytorch_model.bin`, `.safetensors`.
+"""Safe reading of PyTorch-side weight files: fairseq `.pt`, `pytorch_model.bin`, `.safetensors`
+(and `save_safetensors`, the one writer of `.safetensors` files).
 
 Nothing here executes code from a file. safetensors is a plain tensor container. `.pt`/`.bin`
 files are pickles, so they are read in two stages:
@@ -38,6 +39,8 @@ import zipfile
 from typing import Any, Mapping
 
 import numpy as np
+
+from data2vec_jax import file_modes
 
 # Globals whose module starts with one of these become inert stand-ins (stage 2 only).
 _INERT_MODULE_PREFIXES = ("omegaconf", "fairseq", "typing")
@@ -364,6 +367,17 @@ def load_safetensors(path: str | os.PathLike[str], *, upcast: bool = True) -> di
       f"{path}: cannot read as safetensors (truncated or corrupt?): {type(e).__name__}: {e}"
     ) from None
   return arrays_from(path, raw, upcast=upcast)
+
+
+def save_safetensors(path: str, arrays: Mapping[str, np.ndarray], file_format: str) -> None:
+  """Writes `arrays` (C-contiguous copies where needed) as a `.safetensors` file whose metadata
+  says `{"format": file_format}`, readable as a file `open()` would create (`file_modes`)."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
+  save_file(
+    {k: np.ascontiguousarray(v) for k, v in arrays.items()}, path, metadata={"format": file_format}
+  )
+  file_modes.make_readable(path)  # save_file leaves it 0600
 
 
 def _upcast(array: np.ndarray) -> np.ndarray:
