@@ -164,11 +164,26 @@ def _number(x) -> str:
 
 
 def to_markdown(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]) -> str:
+  """results.md: the sweep's table (each task and the average per cell, beside the paper's
+  average when the sweep names paper rows), then the paper's per-task numbers or its note."""
   tasks = task_order(rows)
   kinds = {r["average_kind"] for r in rows if r["average_kind"]}
   # A cell still fine-tuning has only some tasks: its average is marked as not the Avg-8.
   average_name = "GLUE Avg-8" if "glue_avg8" in kinds else "average of the tasks run"
   has_paper = any(r["paper_row"] for r in rows)
+  lines = _markdown_preamble(sweep, rows) + [
+    f"| {label(sweep)} | status | "
+    + "".join(f"{t} | " for t in tasks)
+    + f"{average_name} |"
+    + (" paper |" if has_paper else ""),
+    "|---|---|" + "---|" * len(tasks) + "---|" + ("---|" if has_paper else ""),
+  ]
+  lines += [_markdown_row(r, tasks, average_name, has_paper) for r in rows]
+  return "\n".join(lines + _markdown_paper(sweep, rows)) + "\n"
+
+
+def _markdown_preamble(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]) -> list[str]:
+  """The title, the partial marker while cells are missing, what ran and what the cells mean."""
   done = sum(r["status"] == "done" for r in rows)
   partial = []
   if done < len(rows):
@@ -177,7 +192,7 @@ def to_markdown(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]) ->
       "interrupted; this table is rewritten after every cell).",
       "",
     ]
-  lines = [
+  return [
     f"## Sweep `{sweep.name}`: {sweep.get('description', '')}".rstrip(": "),
     "",
     *partial,
@@ -187,51 +202,50 @@ def to_markdown(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]) ->
     "Each task: mean ± std over fine-tuning seeds of each run's reported dev score (x100) at the "
     "chosen lr; the average's ± is its std over seeds.",
     "",
-    f"| {label(sweep)} | status | "
-    + "".join(f"{t} | " for t in tasks)
-    + f"{average_name} |"
-    + (" paper |" if has_paper else ""),
-    "|---|---|" + "---|" * len(tasks) + "---|" + ("---|" if has_paper else ""),
   ]
+
+
+def _markdown_row(r: dict[str, Any], tasks: list[str], average_name: str, has_paper: bool) -> str:
+  """One cell's line: its value, status, each task, the average (and the paper's)."""
+  cells = []
+  for t in tasks:
+    s = r["tasks"].get(t)
+    if s is None:
+      cells.append("")
+    else:  # one seed has no spread to show
+      cells.append(f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s["n"] > 1 else ""))
+  average = ""
+  if r["average"] is not None:
+    spread = f" ± {r['average_std']:.1f}" if r["average_std"] is not None else ""
+    average = f"{r['average']:.1f}{spread} ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})"
+    if average_name == "GLUE Avg-8" and r["average_kind"] != "glue_avg8":
+      average += ", of the tasks run so far"
+  paper_cell = ""
+  if r["paper_row"]:
+    paper_cell = f" {r['paper']['average']:.1f} ({r['paper_row']}) |"
+  elif has_paper:
+    paper_cell = " |"
+  return (
+    f"| {r['value']} | {r['status']} | "
+    + "".join(f"{c} | " for c in cells)
+    + f"{average} |"
+    + paper_cell
+  )
+
+
+def _markdown_paper(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]) -> list[str]:
+  """The paper's per-task numbers of the cells that name a paper row, else its note (if any)."""
+  if not any(r["paper_row"] for r in rows):
+    return ["", f"Paper: {sweep.paper_note}"] if sweep.get("paper_note", "") else []
+  lines = ["", f"Paper: {paper.SOURCE}, per task:", ""]
+  paper_tasks = [t for t in recipes.PAPER_TASKS]
+  lines.append(f"| {label(sweep)} | row | " + " | ".join(paper_tasks) + " | Avg. |")
+  lines.append("|---|---|" + "---|" * (len(paper_tasks) + 1))
   for r in rows:
-    cells = []
-    for t in tasks:
-      s = r["tasks"].get(t)
-      if s is None:
-        cells.append("")
-      else:  # one seed has no spread to show
-        cells.append(f"{s['mean']:.1f}" + (f" ± {s['std']:.1f}" if s["n"] > 1 else ""))
-    average = ""
-    if r["average"] is not None:
-      spread = f" ± {r['average_std']:.1f}" if r["average_std"] is not None else ""
-      average = f"{r['average']:.1f}{spread} ({r['seeds']} seed{'s' if r['seeds'] != 1 else ''})"
-      if average_name == "GLUE Avg-8" and r["average_kind"] != "glue_avg8":
-        average += ", of the tasks run so far"
-    paper_cell = ""
     if r["paper_row"]:
-      paper_cell = f" {r['paper']['average']:.1f} ({r['paper_row']}) |"
-    elif has_paper:
-      paper_cell = " |"
-    lines.append(
-      f"| {r['value']} | {r['status']} | "
-      + "".join(f"{c} | " for c in cells)
-      + f"{average} |"
-      + paper_cell
-    )
-  if has_paper:
-    lines += ["", f"Paper: {paper.SOURCE}, per task:", ""]
-    paper_tasks = [t for t in recipes.PAPER_TASKS]
-    lines.append(f"| {label(sweep)} | row | " + " | ".join(paper_tasks) + " | Avg. |")
-    lines.append("|---|---|" + "---|" * (len(paper_tasks) + 1))
-    for r in rows:
-      if r["paper_row"]:
-        values = " | ".join(f"{r['paper'][t]:.1f}" for t in paper_tasks)
-        lines.append(
-          f"| {r['value']} | {r['paper_row']} | {values} | {r['paper']['average']:.1f} |"
-        )
-  elif sweep.get("paper_note", ""):
-    lines += ["", f"Paper: {sweep.paper_note}"]
-  return "\n".join(lines) + "\n"
+      values = " | ".join(f"{r['paper'][t]:.1f}" for t in paper_tasks)
+      lines.append(f"| {r['value']} | {r['paper_row']} | {values} | {r['paper']['average']:.1f} |")
+  return lines
 
 
 MIN_Y_SPAN = 10.0  # points (x100): the least y range drawn, so noise does not look like an effect
@@ -266,6 +280,21 @@ def axis_figure(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]):
   fig = Figure(figsize=(7 * panels, 5), layout="constrained")
   axes = fig.subplots(1, panels, squeeze=False)[0]
   ax = axes[0]
+  _plot_average(ax, rows, position)
+  if panels == 2:
+    _plot_tasks(axes[1], rows, tasks, position)
+  for a in axes:
+    _cells_on_x(a, sweep, rows, position, numeric)
+  ax.legend(fontsize=9)
+  done = sum(r["status"] == "done" for r in rows)
+  partial = f" (partial: {done} of {len(rows)} cells done)" if done < len(rows) else ""
+  ax.set_title(f"sweep {sweep.name}{partial}")
+  return fig
+
+
+def _plot_average(ax, rows: list[dict[str, Any]], position: dict[str, float]) -> None:
+  """The average's panel: mean ± std per scored cell, each seed, the paper, the baselines."""
+  scored = [r for r in rows if r["average"] is not None]
   x = [position[r["value"]] for r in scored]
   y = [r["average"] for r in scored]
   err = [r["average_std"] or 0.0 for r in scored]
@@ -285,7 +314,18 @@ def axis_figure(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]):
       zorder=3,
       label="paper",
     )
-  floor_values = []
+  floor_values = _plot_baselines(ax, scored)
+  kinds = {r["average_kind"] for r in scored}
+  ax.set_ylabel("GLUE Avg-8 (dev, x100)" if kinds == {"glue_avg8"} else "average dev score (x100)")
+  _span_at_least(
+    ax, [v for a, b in zip(y, err) for v in (a - b, a + b)] + [d for _, d in dots] + floor_values
+  )
+
+
+def _plot_baselines(ax, scored: list[dict[str, Any]]) -> list[float]:
+  """The majority class and the runs from random weights (mean over cells) as horizontal lines;
+  returns their levels."""
+  levels = []
   for key, name, style in (
     ("majority_class", "majority class", ":"),
     ("random_init", "random init (mean over cells)", "--"),
@@ -294,39 +334,40 @@ def axis_figure(sweep: ml_collections.ConfigDict, rows: list[dict[str, Any]]):
     if values:
       level = float(np.mean(values))
       ax.axhline(level, color="grey", linestyle=style, label=f"{name} ({level:.1f})")
-      floor_values.append(level)
-  kinds = {r["average_kind"] for r in scored}
-  ax.set_ylabel("GLUE Avg-8 (dev, x100)" if kinds == {"glue_avg8"} else "average dev score (x100)")
-  _span_at_least(
-    ax, [v for a, b in zip(y, err) for v in (a - b, a + b)] + [d for _, d in dots] + floor_values
-  )
-  if panels == 2:
-    ax2 = axes[1]
-    values = []
-    for task in tasks:
-      points = [
-        (position[r["value"]], r["tasks"][task]["mean"]) for r in rows if task in r["tasks"]
-      ]
-      ax2.plot(*zip(*points), marker=".", label=task)
-      values += [v for _, v in points]
-    ax2.set_ylabel("dev score (x100, mean over seeds)")
-    ax2.legend(fontsize=9)
-    _span_at_least(ax2, values)
-  for a in axes:
-    a.set_xlabel(label(sweep))
-    if numeric:
-      ticks = [position[r["value"]] for r in rows]
-      a.set_xticks(ticks, [r["value"] for r in rows])
-      pad = 0.06 * (max(ticks) - min(ticks) or 1.0)
-      a.set_xlim(min(ticks) - pad, max(ticks) + pad)
-    else:
-      a.set_xticks(range(len(rows)), [r["value"] for r in rows], rotation=20)
-    a.grid(alpha=0.3)
+      levels.append(level)
+  return levels
+
+
+def _plot_tasks(ax, rows: list[dict[str, Any]], tasks: list[str], position: dict[str, float]):
+  """The second panel: each task's mean over seeds per cell."""
+  values = []
+  for task in tasks:
+    points = [(position[r["value"]], r["tasks"][task]["mean"]) for r in rows if task in r["tasks"]]
+    ax.plot(*zip(*points), marker=".", label=task)
+    values += [v for _, v in points]
+  ax.set_ylabel("dev score (x100, mean over seeds)")
   ax.legend(fontsize=9)
-  done = sum(r["status"] == "done" for r in rows)
-  partial = f" (partial: {done} of {len(rows)} cells done)" if done < len(rows) else ""
-  ax.set_title(f"sweep {sweep.name}{partial}")
-  return fig
+  _span_at_least(ax, values)
+
+
+def _cells_on_x(
+  ax,
+  sweep: ml_collections.ConfigDict,
+  rows: list[dict[str, Any]],
+  position: dict[str, float],
+  numeric: bool,
+) -> None:
+  """The x axis: the sweep's label, ticked at the cells' values (numeric: at their positions,
+  padded; categorical: in sweep order)."""
+  ax.set_xlabel(label(sweep))
+  if numeric:
+    ticks = [position[r["value"]] for r in rows]
+    ax.set_xticks(ticks, [r["value"] for r in rows])
+    pad = 0.06 * (max(ticks) - min(ticks) or 1.0)
+    ax.set_xlim(min(ticks) - pad, max(ticks) + pad)
+  else:
+    ax.set_xticks(range(len(rows)), [r["value"] for r in rows], rotation=20)
+  ax.grid(alpha=0.3)
 
 
 def _span_at_least(ax, values: list[float], span: float = MIN_Y_SPAN) -> None:
