@@ -184,6 +184,33 @@ def run_reporting_errors(
     fail(prog, f"{type(e).__name__}: {e}".splitlines()[0])
 
 
+def define_config_and_workdir(workdir_help: str) -> None:
+  """--config (a file or packaged config, path[:arg]) and --workdir, both required: the flags of
+  the commands that run a config (defined on call: one process runs one command)."""
+  config_flags.DEFINE_config_file(
+    "config", None, "Config file or packaged config (path[:arg]).", lock_config=True
+  )
+  flags.DEFINE_string("workdir", None, workdir_help)
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def start_jax_command(
+  define_flags: Callable[[], None],
+  run: Callable[[list[str]], None],
+  parse_flags: Callable[[list[str]], list[str]],
+) -> None:
+  """Start a command that runs JAX steps: the process's malloc settings and the GPU XLA flags
+  first (both must precede JAX), then its flags and `run` through absl."""
+  from absl import app
+
+  from data2vec_jax.speed import host_malloc, xla_flags
+
+  host_malloc.maybe_reexec()  # before jax starts: see data2vec_jax/speed/host_malloc.py
+  xla_flags.apply_gpu_flags()  # before jax starts a backend: XLA reads XLA_FLAGS only then
+  define_flags()
+  app.run(run, flags_parser=parse_flags)
+
+
 def add_argument(parser: argparse.ArgumentParser, name: str, **kwargs: Any) -> None:
   """`parser.add_argument('--snake_case', ...)` with '--kebab-case' as a hidden alias: the one
   flag convention of the commands, without breaking the old spelling in existing scripts."""

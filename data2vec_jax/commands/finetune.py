@@ -23,22 +23,16 @@ from __future__ import annotations
 
 import logging
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 from data2vec_jax import cli
-from data2vec_jax.speed import host_malloc, xla_flags
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
   """The command's flags (defined on call: one process runs one command)."""
-  config_flags.DEFINE_config_file(
-    "config", None, "Config file or packaged config (path[:arg]).", lock_config=True
-  )
-  flags.DEFINE_string("workdir", None, "Directory for the run (or the grid's runs) and results.")
-  flags.mark_flags_as_required(["config", "workdir"])
+  cli.define_config_and_workdir("Directory for the run (or the grid's runs) and results.")
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -63,10 +57,7 @@ def run(argv: list[str]) -> None:
 
 
 def main() -> None:
-  host_malloc.maybe_reexec()  # before jax starts: see data2vec_jax/speed/host_malloc.py
-  xla_flags.apply_gpu_flags()  # before jax starts a backend: XLA reads XLA_FLAGS only then
-  define_flags()
-  app.run(run, flags_parser=parse_flags)
+  cli.start_jax_command(define_flags, run, parse_flags)
 
 
 if __name__ == "__main__":
