@@ -31,6 +31,34 @@ def _is_prose(paragraph: str) -> bool:
   return letters / len(text) >= 0.8
 
 
+def prose_sentences_of(lines: list[str], *, skip_doctests: bool = False) -> list[str]:
+  """The sentences (>= 3 words) of the prose paragraphs of `lines` (paragraphs end at blank
+  lines): literal blocks after '::' and paragraphs that are code, grammar productions or tables
+  are dropped, and with `skip_doctests` any paragraph holding '>>>'."""
+  sentences: list[str] = []
+  para: list[str] = []
+  after_literal = False  # a paragraph ending in "::" introduces a code block
+  for line in lines + [""]:
+    if line.strip():
+      para.append(line)
+      continue
+    if not para:
+      continue
+    text = "\n".join(para)
+    indent = min(len(ln) - len(ln.lstrip()) for ln in para)
+    para = []
+    if after_literal and indent > 0:
+      continue  # still inside the literal block
+    after_literal = text.rstrip().endswith("::")
+    if (skip_doctests and ">>>" in text) or not _is_prose(text):
+      continue
+    prose = " ".join(text.split())
+    if prose.endswith("::"):
+      prose = prose[:-1]
+    sentences.extend(s for s in split_sentences(prose) if len(s.split()) >= 3)
+  return sentences
+
+
 def topic_documents(max_docs: int | None = None) -> list[list[str]]:
   """Documents (lists of sentences) of the Python reference-manual topics, in sorted topic order."""
   return [sentences for _, sentences in named_topic_documents(max_docs)]
@@ -53,27 +81,7 @@ def named_topic_documents(max_docs: int | None = None) -> list[tuple[str, list[s
         continue
       sections[-1].append(line)
     for sec in sections:
-      sentences: list[str] = []
-      para: list[str] = []
-      after_literal = False  # a paragraph ending in "::" introduces a code block
-      for line in sec + [""]:
-        if line.strip():
-          para.append(line)
-          continue
-        if not para:
-          continue
-        text = "\n".join(para)
-        indent = min(len(ln) - len(ln.lstrip()) for ln in para)
-        if after_literal and indent > 0:
-          para = []
-          continue  # still inside the literal block
-        after_literal = text.rstrip().endswith("::")
-        if _is_prose(text):
-          prose = " ".join(text.split())
-          if prose.endswith("::"):
-            prose = prose[:-1]
-          sentences.extend(s for s in split_sentences(prose) if len(s.split()) >= 3)
-        para = []
+      sentences = prose_sentences_of(sec)
       if sentences:
         docs.append((name, sentences))
         if max_docs is not None and len(docs) >= max_docs:

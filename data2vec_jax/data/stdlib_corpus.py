@@ -42,8 +42,7 @@ import sysconfig
 import time
 from typing import Iterator, Sequence
 
-from data2vec_jax.data.offline_corpus import _UNDERLINE, _is_prose, named_topic_documents
-from data2vec_jax.data.sources import split_sentences
+from data2vec_jax.data.offline_corpus import _UNDERLINE, named_topic_documents, prose_sentences_of
 
 # Fractions of documents per part, by the hash of the document id.
 # The runtime dependencies (pyproject.toml [project]): installed wherever this project is, at the
@@ -90,27 +89,7 @@ def prose_sentences(text: str) -> list[str]:
   sections are: headings (a line underlined with ---, ===), literal blocks after '::' and
   paragraphs that are code, tables or doctests are dropped."""
   lines = [ln for ln in text.splitlines() if not _UNDERLINE.match(ln)]
-  sentences: list[str] = []
-  para: list[str] = []
-  after_literal = False  # a paragraph ending in "::" introduces a code block
-  for line in lines + [""]:
-    if line.strip():
-      para.append(line)
-      continue
-    if not para:
-      continue
-    joined = "\n".join(para)
-    indent = min(len(ln) - len(ln.lstrip()) for ln in para)
-    para = []
-    if after_literal and indent > 0:
-      continue  # still inside the literal block
-    after_literal = joined.rstrip().endswith("::")
-    if ">>>" in joined or not _is_prose(joined):
-      continue
-    prose = " ".join(joined.split())
-    prose = prose[:-1] if prose.endswith("::") else prose
-    sentences.extend(s for s in split_sentences(prose) if len(s.split()) >= 3)
-  return sentences
+  return prose_sentences_of(lines, skip_doctests=True)
 
 
 def _docstrings(tree: ast.Module) -> Iterator[tuple[str, str]]:
