@@ -22,6 +22,10 @@ all devices), as fairseq's trainer. The step's `masked_fraction` metric is then 
 of all clones per real sentence token, about M * mask_prob (not a fraction: 3.8 at M = 8). Masked positions include pads and <s> (fairseq scores them);
 the kept count comes from the padded T; the decoder sees the noise at pads too (§14.3-4).
 
+Hyper-parameters: `ObjectiveConfig.data2vec2`, a `Data2Vec2Config` (objective/data2vec2_config.py:
+clone_batch, mask_prob, mask_noise_std, the decoder); the v1 fields it shares (top-K, target
+norms, loss_beta, loss_scale) are the `ObjectiveConfig`'s own.
+
 Randomness. One key per (micro-)batch gives the mask, the noise, the student's dropout and the
 decoder-input dropout (independent `fold_in`s), so a step is a pure function of (state.rng,
 step): exact on resume. fairseq seeds its masks from (seed, update, sum of sample ids); the port
