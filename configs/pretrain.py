@@ -93,7 +93,7 @@ def base_config(model: str = "base", recipe: str = "release") -> ml_collections.
       loss_scale=1.0,
       teacher_input="unmasked",
       mask_id=-1,
-      # data2vec 2.0 only (recipe=data2vec2; objective/data2vec2.py): masking on the device,
+      # data2vec 2.0 only (recipe=data2vec2; objective/data2vec2_config.py): masking on device,
       # the clones and the conv decoder, fairseq's names and text-yaml values.
       clone_batch=8,
       mask_prob=0.48,
