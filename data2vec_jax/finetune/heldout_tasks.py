@@ -9,10 +9,11 @@ that no pretraining corpus of that module contains, not even as a repeated sente
   (so the topic alone does not give the answer). Labels `same` / `different`, balanced.
 
 Sentences have 6 to 40 words. Reserved documents are split into task-train and dev by a hash of
-their id (`DEV_FRACTION`), so train and dev share no document; dev is fixed (`DEV_PER_LABEL`
-examples per label, the first in a fixed order) and the train pool is everything else. A label
-budget (50 / 200 / 1000) is a prefix of the pool's order for a seed: classes taken in turn, each
-in a seeded random order, so the budgets of one seed are nested and balanced.
+their id (`DEV_FRACTION`), so train and dev share no document; dev is fixed and balanced
+(`DEV_PER_LABEL` examples per label, fewer if a label has fewer; the first in a fixed order) and
+the train pool is everything else. A label budget (50 / 200 / 1000) is a prefix of the pool's
+order for a seed: labels taken in turn, each in a seeded random order, so the budgets of one seed
+are nested and balanced.
 
   python -m data2vec_jax.finetune.heldout_tasks OUT_DIR [--seed S]
   -> OUT_DIR/<task>/dev.tsv and OUT_DIR/<task>/<budget>/{train,validation}.tsv (seed 0;
@@ -24,6 +25,7 @@ in a seeded random order, so the budgets of one seed are nested and balanced.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import hashlib
 import os
@@ -236,7 +238,8 @@ def task_splits(task: str, docs: Sequence[CorpusDocument]) -> dict[str, list[Exa
   seen = {text for ex in pool for text in ex.texts}
   dev = build([d for d in docs if is_dev_document(d.doc_id)])
   dev = [ex for ex in dev if not seen.intersection(ex.texts)]
-  per_label = DEV_PER_LABEL[task]
+  # Balanced: as many per label as the smallest label has, at most DEV_PER_LABEL.
+  per_label = min([DEV_PER_LABEL[task], *collections.Counter(ex.label for ex in dev).values()])
   ordered = _label_round_robin(dev, np.random.default_rng(POOL_SEED))
   counts: dict[str, int] = {}
   fixed_dev = []
