@@ -129,7 +129,7 @@ def jax_worker(args) -> dict:
   recipe = task_recipe(args.task)
   cfg = encoder_config(args.config, args.scan_unroll)
   model = SequenceClassifier(cfg, NUM_LABELS, args.classifier_dropout)
-  optimizer = OptimizerConfig(  # as finetune/loop.py builds it
+  optimizer = OptimizerConfig(  # as RunSettings.optimizer_config builds it (finetune/settings.py)
     lr=recipe.lr,
     b1=0.9,
     b2=0.98,

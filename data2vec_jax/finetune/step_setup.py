@@ -1,8 +1,9 @@
-"""The fine-tuning update a config runs, built for the fine-tuning loop's optimizer and for
+"""The fine-tuning update a config runs, built for the fine-tuning loop and for
 `compile_for` (which compiles the update for a TPU topology without any weights or data).
 
-config + the pretrained encoder's `EncoderConfig` -> run settings, classifier, optimizer, mesh,
-the state's shapes and shardings, and the jitted update. Nothing is allocated here.
+config (or its resolved `RunSettings`) + the pretrained encoder's `EncoderConfig` -> classifier,
+optimizer, mesh, the state's shapes and shardings, and the jitted update. Nothing is allocated
+here.
 """
 
 from __future__ import annotations
@@ -24,22 +25,6 @@ from data2vec_jax.finetune.settings import RunSettings, resolve_settings
 from data2vec_jax.model.config import EncoderConfig
 from data2vec_jax.runtime import sharding as sharding_lib
 from data2vec_jax.runtime.optimizer import OptimizerConfig, make_optimizer
-
-
-def optimizer_config(config: ml_collections.ConfigDict, settings: RunSettings) -> OptimizerConfig:
-  """fairseq's fine-tuning optimizer (AdamW, polynomial decay) for the run's settings."""
-  return OptimizerConfig(
-    lr=settings.lr,
-    b1=float(config.optimizer.b1),
-    b2=float(config.optimizer.b2),
-    eps=float(config.optimizer.eps),
-    weight_decay=float(config.optimizer.weight_decay),
-    decay_bias_and_norm=True,  # fairseq decays every parameter
-    clip_norm=float(config.optimizer.clip_norm),
-    schedule="polynomial_decay",
-    warmup_steps=settings.warmup_updates,
-    max_steps=settings.max_update,
-  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +65,19 @@ def build(
   it (they set the schedule only, not the compiled program's shapes).
   """
   settings = resolve_settings(config).with_data(train_examples)
-  model = SequenceClassifier(
-    model_config, settings.num_labels, float(config.model.classifier_dropout)
-  )
-  optimizer = optimizer_config(config, settings)
+  return from_settings(settings, model_config, devices)
+
+
+def from_settings(
+  settings: RunSettings,
+  model_config: EncoderConfig,
+  devices: Sequence[jax.Device] | None = None,
+) -> FinetuneStepSetup:
+  """The update of resolved `settings` (after `with_data`: the schedule needs the update
+  counts) for an encoder of `model_config`: classifier, optimizer, mesh, state shardings."""
+  model = SequenceClassifier(model_config, settings.num_labels, settings.model.classifier_dropout)
+  optimizer = settings.optimizer_config()
   tx = make_optimizer(optimizer)
-  mesh = sharding_lib.make_mesh(**dict(config.mesh), devices=devices)
+  mesh = sharding_lib.make_mesh(**settings.mesh, devices=devices)
   abstract, shardings = state_lib.state_shardings(model, tx, mesh)
   return FinetuneStepSetup(settings, model, optimizer, tx, mesh, abstract, shardings)
