@@ -43,11 +43,16 @@ def train_cmd(workdir: str, steps: int, *extra: str) -> list[str]:
   ]
 
 
-def env() -> dict[str, str]:
+def env(*, shared_cache: bool = True) -> dict[str, str]:
+  """The environment of a train.py subprocess. shared_cache=False drops the session's persistent
+  compilation cache (tests/conftest.py): the run then caches in <workdir>/jax_cache, or where
+  its config says, and compiles whatever it has not compiled itself."""
   e = dict(os.environ)
   e["XLA_FLAGS"] = ""  # one CPU device, like a user's laptop
   e["JAX_PLATFORMS"] = "cpu"
   e["PYTHONPATH"] = REPO
+  if not shared_cache:
+    e.pop("JAX_COMPILATION_CACHE_DIR", None)
   return e
 
 

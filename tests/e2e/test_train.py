@@ -255,8 +255,12 @@ def test_step_shapes_compile_before_step_1_and_a_restart_loads_them_from_the_cac
   (here in another workdir pointed at that cache) finds every program there and adds none."""
   steps = 6
   first_dir = str(tmp_path / "first")
-  first = subprocess.run(
-    train_cmd(first_dir, steps), env=env(), capture_output=True, text=True, timeout=600
+  first = subprocess.run(  # its own cache, not the session's: every shape compiles here
+    train_cmd(first_dir, steps),
+    env=env(shared_cache=False),
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
   assert first.returncode == 0, first.stderr[-3000:]
   precompiled = re.search(r"compiled the step for (\d+) shape", first.stderr)

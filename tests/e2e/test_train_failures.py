@@ -68,7 +68,11 @@ def test_sigterm_while_compiling_says_so_and_exits_like_a_preemption(tmp_path):
   workdir = str(tmp_path / "compiling")
   # Sixteen packed capacities: several shapes to compile, a window of seconds to signal in.
   cmd = train_cmd(workdir, 20, "--config.execution.pack_buckets=16")
-  proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  # Not the session's compilation cache: these shapes must compile, not load.
+  no_shared_cache = env(shared_cache=False)
+  proc = subprocess.Popen(
+    cmd, env=no_shared_cache, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+  )
   lines = []
   for raw in proc.stderr:
     lines.append(raw.decode(errors="replace"))
