@@ -1,10 +1,11 @@
 """The non-neural baseline of the held-out tasks (`finetune.heldout_tasks`): TF-IDF bag of words
 (unigrams and bigrams, fitted on the training examples only) + logistic regression.
 
-A sentence pair is represented by the element-wise product and the absolute difference of its two
-sentences' vectors (shared words, and words in one only). The regularisation C is chosen by
-stratified 3-fold cross-validation on the TRAIN examples of the budget (dev is never looked at
-until the final score). The metric is accuracy: dev and every budget are balanced by
+A sentence pair is represented by the cosine similarity of its two sentences' vectors, optionally
+with their element-wise product and absolute difference (shared words, and words in one only).
+The regularisation C (and for pairs whether to add the word features) is chosen by stratified
+3-fold cross-validation on the TRAIN examples of the budget (dev is never looked at until the
+final score). The metric is accuracy: dev and every budget are balanced by
 construction; the majority class's accuracy is reported beside it.
 
 Needs scikit-learn (a dev dependency, not a runtime one: pyproject's [dev] extra).
@@ -49,9 +50,12 @@ def _require_sklearn() -> None:
     )
 
 
-def fit_features(train_texts: Sequence[tuple[str, ...]]) -> Callable:
+def fit_features(train_texts: Sequence[tuple[str, ...]], pair_words: bool = False) -> Callable:
   """A function texts -> features (scipy sparse [N, F], float64), its TF-IDF vocabulary fitted on
-  `train_texts` (each item 1 or 2 sentences)."""
+  `train_texts` (each item 1 or 2 sentences).
+
+  A pair's features: the cosine similarity of its two TF-IDF vectors, and with `pair_words` also
+  their element-wise product and absolute difference (which words are shared, which are not)."""
   vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
   vectorizer.fit([t for texts in train_texts for t in texts])
 
@@ -60,53 +64,59 @@ def fit_features(train_texts: Sequence[tuple[str, ...]]) -> Callable:
       return vectorizer.transform([t[0] for t in texts])
     a = vectorizer.transform([t[0] for t in texts])
     b = vectorizer.transform([t[1] for t in texts])
-    return scipy.sparse.hstack([a.multiply(b), abs(a - b)]).tocsr()
+    shared = a.multiply(b)
+    cosine = scipy.sparse.csr_matrix(np.asarray(shared.sum(axis=1)))  # rows are L2-normalised
+    return scipy.sparse.hstack([cosine, shared, abs(a - b)] if pair_words else [cosine]).tocsr()
 
   return features
 
 
-def _fit(texts: Sequence[tuple[str, ...]], labels: Sequence[str], c: float):
-  features = fit_features(texts)
-  model = LogisticRegression(C=c, max_iter=5000).fit(features(texts), labels)
+def _fit(texts: Sequence[tuple[str, ...]], labels: Sequence[str], setting: dict):
+  features = fit_features(texts, setting["pair_words"])
+  model = LogisticRegression(C=setting["C"], max_iter=5000).fit(features(texts), labels)
   return lambda new_texts: model.predict(features(new_texts))
 
 
-def choose_c(texts: Sequence[tuple[str, ...]], labels: Sequence[str], seed: int) -> float:
-  """The C of `C_GRID` with the best mean cross-validated accuracy on the training examples
-  (ties: the smaller C)."""
+def choose_setting(texts: Sequence[tuple[str, ...]], labels: Sequence[str], seed: int) -> dict:
+  """{'C', 'pair_words'}: the setting (C of `C_GRID`; for pairs also with or without the word
+  features) with the best mean cross-validated accuracy on the training examples (ties: the
+  first, i.e. the smaller C and the fewer features)."""
   smallest_class = min(collections.Counter(labels).values())
   folds = StratifiedKFold(n_splits=max(2, min(CV_FOLDS, smallest_class)), shuffle=True,
                           random_state=seed)  # fmt: skip
   labels = np.asarray(labels)
+  word_options = (False, True) if len(texts[0]) == 2 else (False,)
+  settings = [{"C": c, "pair_words": words} for words in word_options for c in C_GRID]
   scores = []
-  for c in C_GRID:
+  for setting in settings:
     accuracy = []
     for fit_rows, held_rows in folds.split(np.zeros(len(labels)), labels):
-      predict = _fit([texts[i] for i in fit_rows], labels[fit_rows], c)
+      predict = _fit([texts[i] for i in fit_rows], labels[fit_rows], setting)
       accuracy.append(np.mean(predict([texts[i] for i in held_rows]) == labels[held_rows]))
     scores.append(np.mean(accuracy))
-  return C_GRID[int(np.argmax(scores))]
+  return settings[int(np.argmax(scores))]
 
 
 def evaluate(train: Sequence[Example], dev: Sequence[Example], seed: int = 0) -> dict[str, float]:
-  """{'accuracy': on dev, 'majority': the train split's majority class's accuracy on dev, 'C'}."""
+  """{'accuracy': on dev, 'majority': the train split's majority class's accuracy on dev, and the
+  chosen setting: 'C', 'pair_words'}."""
   _require_sklearn()
   texts = [ex.texts for ex in train]
   labels = [ex.label for ex in train]
-  c = choose_c(texts, labels, seed)
-  predictions = _fit(texts, labels, c)([ex.texts for ex in dev])
+  setting = choose_setting(texts, labels, seed)
+  predictions = _fit(texts, labels, setting)([ex.texts for ex in dev])
   dev_labels = np.asarray([ex.label for ex in dev])
   majority = collections.Counter(labels).most_common(1)[0][0]
   return {
     "accuracy": float(np.mean(predictions == dev_labels)),
     "majority": float(np.mean(dev_labels == majority)),
-    "C": c,
+    **setting,
   }
 
 
 def baseline_table(seeds: Sequence[int] = (0, 1, 2)) -> list[dict]:
   """One row per task and budget: mean and std (over seeds, i.e. over label subsets) of the dev
-  accuracy, the majority-class accuracy and the chosen Cs."""
+  accuracy, the majority-class accuracy and the setting chosen for each seed."""
   docs = reserved_documents()
   rows = []
   for task in TASKS:
@@ -120,17 +130,20 @@ def baseline_table(seeds: Sequence[int] = (0, 1, 2)) -> list[dict]:
       rows.append({
         "task": task, "budget": budget, "dev": len(splits["dev"]),
         "accuracy": float(np.mean(accuracy)), "std": float(np.std(accuracy)),
-        "majority": runs[0]["majority"], "C": [r["C"] for r in runs],
+        "majority": runs[0]["majority"],
+        "settings": [f"C={r['C']:g}{'+words' if r['pair_words'] else ''}" for r in runs],
       })  # fmt: skip
   return rows
 
 
 def format_table(rows: Sequence[dict]) -> str:
-  lines = ["task            budget  dev  accuracy (mean ± std over seeds)  majority  C per seed"]
+  lines = [
+    "task            budget  dev  accuracy (mean ± std over seeds)  majority  setting per seed"
+  ]
   for r in rows:
     lines.append(
       f"{r['task']:<15} {r['budget']:>6} {r['dev']:>4}  {100 * r['accuracy']:6.1f} ± "
-      f"{100 * r['std']:4.1f}{'':20}{100 * r['majority']:6.1f}    {r['C']}"
+      f"{100 * r['std']:4.1f}{'':20}{100 * r['majority']:6.1f}    {' '.join(r['settings'])}"
     )
   return "\n".join(lines)
 
