@@ -1,7 +1,10 @@
 """One fine-tuning run: `finetune_and_evaluate(config, workdir)` (launched by finetune.py).
 
-config -> pretrained weights + tokenizer -> labelled splits -> sharded state -> jitted update ->
-dev evaluations -> checkpoints, results.json, model directory.
+config -> RunSettings (resolved once: finetune/settings.py) -> pretrained weights + tokenizer ->
+labelled splits -> sharded state -> jitted update -> dev evaluations (records:
+finetune/evaluation.py) -> checkpoints, results.json, model directory. The loop's bookkeeping
+(log windows, throughput, ETA, what is due at an update, preemption) is pretraining's
+(runtime/progress.py).
 
 Everything a resumed run needs is in the orbax checkpoint (parameters, AdamW state, update count,
 dropout key); the batch order is a function of (seed, epoch) and the evaluations so far are read
@@ -34,11 +37,11 @@ from data2vec_jax.atomic_files import write_json_atomically
 from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.finetune import batches as batches_lib
 from data2vec_jax.finetune import data as data_lib
+from data2vec_jax.finetune import evaluation as evaluation_lib
 from data2vec_jax.finetune import state as state_lib
 from data2vec_jax.finetune import step as step_lib
 from data2vec_jax.finetune import step_setup
 from data2vec_jax.finetune.hf_io import checkpoint_label_names, export_finetuned_to_hf
-from data2vec_jax.finetune.metrics import metrics_of
 from data2vec_jax.finetune.settings import InitSettings, LoopSettings, RunSettings, resolve_settings
 from data2vec_jax.finetune.starting_point import (
   StartingPoint,
@@ -338,7 +341,7 @@ class _Run:
         outputs.append(logits[keep])
         labels.append(batch["labels"][keep])
       logits, labels = np.concatenate(outputs), np.concatenate(labels)
-      out["splits"][name] = split_scores(self.settings, logits, labels)
+      out["splits"][name] = evaluation_lib.split_scores(self.settings, logits, labels)
     first = next(iter(out["splits"].values()))
     out["score"] = first["score"]
     out["selection"] = first[self.settings.select_by]
@@ -362,9 +365,9 @@ class _Run:
     writer = MetricWriter(
       self.workdir, enabled=self.is_chief, tensorboard=loop_settings.tensorboard, resume_step=step
     )
-    evaluations = [_evaluation_from_row(r) for r in writer.history if "dev/score" in r]
+    evaluations = [evaluation_lib.from_row(r) for r in writer.history if "dev/score" in r]
     if self.settings.init.eval_only:
-      evaluations = [_evaluation(step, step / spe, self.evaluate(state.params))]
+      evaluations = [evaluation_lib.record(step, step / spe, self.evaluate(state.params))]
       total = step
     self._log_start(step, total)
     progress = Progress(first_step=step, total_steps=total)
@@ -453,16 +456,18 @@ class _Run:
     when it is the one to report (the best so far, or the last)."""
     spe = self.train_batches.steps_per_epoch
     result = self.evaluate(params)
-    evaluation = _evaluation(step, step / spe, result)
-    improved = not evaluations or evaluation["selection"] > _best(evaluations)["selection"]
+    evaluation = evaluation_lib.record(step, step / spe, result)
+    improved = (
+      not evaluations or evaluation["selection"] > evaluation_lib.best(evaluations)["selection"]
+    )
     evaluations.append(evaluation)
-    writer.write(step, _evaluation_row(evaluation))
+    writer.write(step, evaluation_lib.to_row(evaluation))
     if self.is_chief:
       logging.info(
         "dev at update %d (epoch %.2f): %s%s",
         step,
         step / spe,
-        _describe(result),
+        evaluation_lib.describe(result),
         " (best so far)" if improved else "",
       )
     report, is_last = self.settings.report, step == self.settings.total_updates
@@ -516,7 +521,7 @@ class _Run:
     """results.json: the run's settings, every evaluation, the best, the last and the reported
     one (`report`), the data's counts and the majority-class floor."""
     settings = self.settings
-    best, last = _best(evaluations), (evaluations[-1] if evaluations else None)
+    best, last = evaluation_lib.best(evaluations), (evaluations[-1] if evaluations else None)
     reported = best if settings.report == "best" else last
     return {
       "task": settings.task,
@@ -536,102 +541,6 @@ class _Run:
       "last": last,
       "evaluations": evaluations,
       "data": self.data.summary(),
-      "majority_class": self.majority_class(),
+      "majority_class": evaluation_lib.majority_class(settings, self.data),
       "steps_per_s": steps_per_s,
     }
-
-  def majority_class(self) -> dict[str, Any] | None:
-    """The dev scores of predicting the train set's most common label for every example: the
-    floor a classifier has to beat (summary.md, dev_curves.png). None for regression."""
-    if self.settings.num_labels == 1 or not len(self.data.train):
-      return None
-    label = int(np.bincount(np.asarray(self.data.train.labels, np.int64)).argmax())
-    splits = {}
-    for name, split in self.data.evals.items():
-      logits = np.zeros((len(split), self.settings.num_labels), np.float32)
-      logits[:, label] = 1.0
-      with np.errstate(divide="ignore", invalid="ignore"):  # MCC/F1 of a constant: 0
-        splits[name] = split_scores(self.settings, logits, np.asarray(split.labels))
-    names = self.settings.label_names
-    return {
-      "label": names[label] if names is not None else label,
-      "score": next(iter(splits.values()))["score"],
-      "splits": splits,
-    }
-
-
-def split_scores(settings: RunSettings, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """The task's metrics on one dev split (fractions), its GLUE score and its accuracy.
-
-  logits: float32 [N, C]; labels: [N] ids, or float targets for regression (scaled like the
-  training targets: correlations do not change with the scale).
-  """
-  if settings.num_labels == 1:
-    predictions = logits[:, 0].astype(np.float64)
-  else:
-    predictions = np.argmax(logits, axis=-1)
-  metrics = metrics_of(settings.metric_names, predictions, labels)
-  if settings.num_labels > 1:
-    metrics.setdefault("accuracy", float(np.mean(predictions == labels)))
-  else:
-    metrics.setdefault("accuracy", metrics["score"])  # regression: select on the score
-  metrics["examples"] = int(len(labels))
-  return metrics
-
-
-def _evaluation(update: int, epoch: float, result: dict[str, Any]) -> dict[str, Any]:
-  return {
-    "update": update,
-    "epoch": epoch,
-    "score": result["score"],
-    "selection": result["selection"],
-    "splits": result["splits"],
-  }
-
-
-def _evaluation_row(evaluation: dict[str, Any]) -> dict[str, float]:
-  row = {
-    "dev/score": evaluation["score"],
-    "dev/selection": evaluation["selection"],
-    "dev/epoch": evaluation["epoch"],
-  }
-  for split, metrics in evaluation["splits"].items():
-    row.update({f"dev/{split}/{k}": v for k, v in metrics.items()})
-  return row
-
-
-def _evaluation_from_row(row: dict[str, Any]) -> dict[str, Any]:
-  """An evaluation read back from its metrics.jsonl row (a resumed run's history)."""
-  splits: dict[str, dict[str, float]] = {}
-  for key, value in row.items():
-    parts = key.split("/")
-    if len(parts) == 3 and parts[0] == "dev":
-      splits.setdefault(parts[1], {})[parts[2]] = value
-  for metrics in splits.values():
-    metrics["examples"] = int(metrics["examples"])
-  return {
-    "update": int(row["step"]),
-    "epoch": row["dev/epoch"],
-    "score": row["dev/score"],
-    "selection": row["dev/selection"],
-    "splits": splits,
-  }
-
-
-def _best(evaluations: list[dict[str, Any]]) -> dict[str, Any] | None:
-  """The first evaluation with the highest selection value (ties: the earlier one)."""
-  best = None
-  for e in evaluations:
-    if best is None or e["selection"] > best["selection"]:
-      best = e
-  return best
-
-
-def _describe(result: dict[str, Any]) -> str:
-  parts = []
-  for split, metrics in result["splits"].items():
-    shown = ", ".join(
-      f"{k} {100 * v:.2f}" for k, v in metrics.items() if k not in ("examples", "score")
-    )
-    parts.append(f"{split}: {shown}")
-  return "; ".join(parts) + f" | score {100 * result['score']:.2f}"
