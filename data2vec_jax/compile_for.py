@@ -22,6 +22,7 @@ are); `--packing largest` compiles the largest packed capacity instead of the un
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -112,23 +113,8 @@ def compile_report(
   memory = roofline.memory_per_chip(compiled.memory_analysis(), parts, chip.hbm_bytes)
   hlo = compiled.as_text()
   ops = hlo_collectives.collectives(hlo, tuple(mesh.devices.shape), tuple(mesh.axis_names))
-  ici, dcn = 0.0, 0.0
-  for op in ops:
-    crosses = devices_slice is not None and "data" in op.axes and len(set(devices_slice)) > 1
-    traffic = op.traffic_bytes * op.count
-    if crosses:
-      # Hierarchical: within the slice over ICI, then 1/(chips of the group in a slice) of
-      # the buffer across the slices over DCN.
-      slices = len(set(devices_slice))
-      per_slice = max(1, op.group_size // slices)
-      across = hlo_collectives.Collective(op.kind, op.bytes // per_slice, slices, (), 1)
-      dcn += across.traffic_bytes * op.count
-      ici += traffic
-    else:
-      ici += traffic
-  cost = compiled.cost_analysis() or {}
-  if isinstance(cost, list):  # older JAX: one dict per program
-    cost = cost[0] if cost else {}
+  ici, dcn = _link_traffic(ops, devices_slice)
+  cost = _xla_cost(compiled)
   xla_bytes = float(cost.get("bytes accessed", 0.0))
   loops = " while(" in hlo
   # XLA counts a loop body once: with loops its bytes are a floor; the state is read and written
@@ -155,6 +141,35 @@ def compile_report(
   }
 
 
+def _link_traffic(ops: list, devices_slice: list[int] | None) -> tuple[float, float]:
+  """(ICI bytes, DCN bytes) per chip of one step's collectives `ops` (hlo_collectives)."""
+  from data2vec_jax.speed import hlo_collectives
+
+  ici, dcn = 0.0, 0.0
+  for op in ops:
+    crosses = devices_slice is not None and "data" in op.axes and len(set(devices_slice)) > 1
+    traffic = op.traffic_bytes * op.count
+    if crosses:
+      # Hierarchical: within the slice over ICI, then 1/(chips of the group in a slice) of
+      # the buffer across the slices over DCN.
+      slices = len(set(devices_slice))
+      per_slice = max(1, op.group_size // slices)
+      across = hlo_collectives.Collective(op.kind, op.bytes // per_slice, slices, (), 1)
+      dcn += across.traffic_bytes * op.count
+      ici += traffic
+    else:
+      ici += traffic
+  return ici, dcn
+
+
+def _xla_cost(compiled: Any) -> dict[str, Any]:
+  """XLA's cost analysis of the compiled step (empty where it gives none)."""
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, list):  # older JAX: one dict per program
+    cost = cost[0] if cost else {}
+  return cost
+
+
 def search_largest_batch(
   fits_at: Callable[[int], tuple[bool, int]],
   start: int,
@@ -179,28 +194,7 @@ def search_largest_batch(
     lo, hi = max(fit, default=0), min(over, default=None)
     if hi is not None and hi - lo <= granule:
       break
-    ordered = sorted(points)
-    guess = None
-    if len(ordered) >= 2:
-      (b0, (_, m0)), (b1, (_, m1)) = (
-        (ordered[0], points[ordered[0]]),
-        (ordered[-1], points[ordered[-1]]),
-      )
-      if m1 != m0:
-        slope = (m1 - m0) / (b1 - b0)
-        guess = b0 + (hbm - m0) / slope if slope > 0 else None
-    else:
-      ok, used = points[start]
-      if used > 0:
-        guess = start * hbm / used  # proportional: a first guess above or below
-    if guess is None or not math.isfinite(guess):
-      guess = 2 * lo if hi is None else (lo + hi) / 2
-    guess = int(guess // granule) * granule
-    upper = hi - granule if hi is not None else None
-    if guess <= lo:
-      guess = lo + granule if hi is None else (lo + hi) // 2 // granule * granule
-    if upper is not None and guess > upper:
-      guess = upper
+    guess = _kept_between(_line_guess(points, start, hbm), lo, hi, granule)
     if guess <= 0 or guess in points:
       break
     points[guess] = fits_at(guess)
@@ -215,6 +209,40 @@ def search_largest_batch(
     "tried": tried,
     "search_s": time.time() - t0,
   }
+
+
+def _line_guess(points: dict[int, tuple[bool, int]], start: int, hbm: float) -> float | None:
+  """The batch where the line through the smallest and largest measured batches reaches `hbm`
+  (from one point, `start`: in proportion to its memory); None where no line rises."""
+  ordered = sorted(points)
+  guess = None
+  if len(ordered) >= 2:
+    (b0, (_, m0)), (b1, (_, m1)) = (
+      (ordered[0], points[ordered[0]]),
+      (ordered[-1], points[ordered[-1]]),
+    )
+    if m1 != m0:
+      slope = (m1 - m0) / (b1 - b0)
+      guess = b0 + (hbm - m0) / slope if slope > 0 else None
+  else:
+    ok, used = points[start]
+    if used > 0:
+      guess = start * hbm / used  # proportional: a first guess above or below
+  return guess
+
+
+def _kept_between(guess: float | None, lo: int, hi: int | None, granule: int) -> int:
+  """`guess` as a multiple of `granule` strictly between `lo` (fits) and `hi` (does not; None:
+  unknown); without a usable guess, double `lo` or bisect."""
+  if guess is None or not math.isfinite(guess):
+    guess = 2 * lo if hi is None else (lo + hi) / 2
+  guess = int(guess // granule) * granule
+  upper = hi - granule if hi is not None else None
+  if guess <= lo:
+    guess = lo + granule if hi is None else (lo + hi) // 2 // granule * granule
+  if upper is not None and guess > upper:
+    guess = upper
+  return guess
 
 
 def linear_largest_batch(memory: dict[str, Any], batch: int, granule: int) -> int | None:
@@ -239,7 +267,6 @@ def _is_finetune(config) -> bool:
 def _pretrain_case(config, devices, vocab_size: int, packing_mode: str) -> dict[str, Any]:
   """(compile(B) -> report, granule, default batch) for a pretraining config."""
   from data2vec_jax.runtime import sharding as sharding_lib
-  from data2vec_jax.speed.packing import PackingSpec
   from data2vec_jax.train import step_setup
   from data2vec_jax.train.run import resolve
 
@@ -262,23 +289,12 @@ def _pretrain_case(config, devices, vocab_size: int, packing_mode: str) -> dict[
   flops_per_token = setup.plan.flops_per_token(
     setup.recipe.model, objective, masked_fraction=masked
   )
-  state_parts = {
-    "parameters": shard_bytes(setup.abstract_state.params),
-    "optimizer_state": shard_bytes(setup.abstract_state.opt_state),
-    "ema": shard_bytes(setup.abstract_state.ema_params),
-  }
-  full = {
-    "parameters": full_bytes(setup.abstract_state.params),
-    "optimizer_state": full_bytes(setup.abstract_state.opt_state),
-    "ema": full_bytes(setup.abstract_state.ema_params),
-  }
+  state_parts = _state_bytes(setup.abstract_state, shard_bytes)
 
   def lower(batch: int):
     packing = None
     if packing_mode == "largest" and setup.plan.pack_tokens:
-      per_group = batch // (groups * setup.plan.micro_batches) * seq_len
-      step_size = max(1, math.ceil(per_group / setup.plan.pack_buckets))
-      packing = PackingSpec(groups, per_group - step_size) if per_group > step_size else None
+      packing = _largest_packing(setup.plan, batch, groups, seq_len)
     structs = setup.batch_structs(batch, seq_len)
     with sharding_lib.activate(setup.mesh):
       lowered = step.lower(setup.abstract_state, structs, packing)
@@ -291,22 +307,51 @@ def _pretrain_case(config, devices, vocab_size: int, packing_mode: str) -> dict[
     "granule": granule,
     "default_batch": int(config.data.global_batch_size),
     "flops": lambda batch: flops_per_token * batch * seq_len,
-    "full_state_bytes": full,
+    "full_state_bytes": _state_bytes(setup.abstract_state, full_bytes),
     "describe": {
       "kind": "pretrain",
       "objective": objective.kind,
-      "model": {
-        k: getattr(setup.recipe.model, k)
-        for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")
-      },
-      "dtype": setup.recipe.model.dtype,
-      "remat_policy": setup.recipe.model.remat_policy,
-      "scan_unroll": setup.recipe.model.scan_unroll,
+      **_model_description(setup.recipe.model),
       "micro_batches": setup.plan.micro_batches,
       "seq_len": seq_len,
       "flops_per_token": flops_per_token,
       "flops_note": "model.flops at masked_fraction = masking.mask_prob, every row full",
     },
+  }
+
+
+def _state_bytes(
+  abstract_state: Any, measure: Callable[[Any], int], *, ema: bool = True
+) -> dict[str, int]:
+  """Bytes of the train state's parts as `measure` (shard_bytes, full_bytes) counts them; no
+  EMA teacher (0) with `ema=False`."""
+  return {
+    "parameters": measure(abstract_state.params),
+    "optimizer_state": measure(abstract_state.opt_state),
+    "ema": measure(abstract_state.ema_params) if ema else 0,
+  }
+
+
+def _largest_packing(plan: Any, batch: int, groups: int, seq_len: int) -> Any:
+  """The PackingSpec of the plan's largest packed capacity for a global `batch` of full rows
+  (None where one bucket step covers a group's tokens)."""
+  from data2vec_jax.speed.packing import PackingSpec
+
+  per_group = batch // (groups * plan.micro_batches) * seq_len
+  step_size = max(1, math.ceil(per_group / plan.pack_buckets))
+  return PackingSpec(groups, per_group - step_size) if per_group > step_size else None
+
+
+def _model_description(model: Any) -> dict[str, Any]:
+  """The report's facts of a pretraining model config: its sizes, dtype and remat settings."""
+  return {
+    "model": {
+      k: getattr(model, k)
+      for k in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size")
+    },
+    "dtype": model.dtype,
+    "remat_policy": model.remat_policy,
+    "scan_unroll": model.scan_unroll,
   }
 
 
@@ -316,6 +361,7 @@ def _finetune_case(
   """The fine-tuning step of `config` for the `model_name` architecture (no weights read)."""
   from data2vec_jax.configs import pretrain  # packaged: in a checkout and without one
   from data2vec_jax.finetune import step_setup as finetune_setup
+  from data2vec_jax.model import flops as flops_lib
   from data2vec_jax.model.config import EncoderConfig
   from data2vec_jax.runtime import sharding as sharding_lib
 
@@ -335,14 +381,8 @@ def _finetune_case(
     raise CompileForError(str(e)) from e
   step = setup.make_step()
   granule = sharding_lib.data_parallel_size(setup.mesh)
-  from data2vec_jax.model import flops as flops_lib
-
   per_token = 3.0 * flops_lib.encoder_forward_flops_per_token(model_config, seq_len)
-  parts_state = {
-    "parameters": shard_bytes(setup.abstract_state.params),
-    "optimizer_state": shard_bytes(setup.abstract_state.opt_state),
-    "ema": 0,
-  }
+  parts_state = _state_bytes(setup.abstract_state, shard_bytes, ema=False)
 
   def lower(batch: int):
     structs = setup.batch_structs(batch, seq_len)
@@ -356,11 +396,7 @@ def _finetune_case(
     "granule": granule,
     "default_batch": setup.settings.batch_size,
     "flops": lambda batch: per_token * batch * seq_len,
-    "full_state_bytes": {
-      "parameters": full_bytes(setup.abstract_state.params),
-      "optimizer_state": full_bytes(setup.abstract_state.opt_state),
-      "ema": 0,
-    },
+    "full_state_bytes": _state_bytes(setup.abstract_state, full_bytes, ema=False),
     "describe": {
       "kind": "finetune",
       "task": str(config.task),
@@ -390,13 +426,7 @@ def run(
   """Compiles `config`'s step for the topology; returns the report (written to `out`)."""
   import jax
 
-  from data2vec_jax.speed import tpu_topology
-
-  try:
-    topology = tpu_topology.parse_topology(topology_name, slices)
-    devices = tpu_topology.topology_devices(topology)
-  except ValueError as e:
-    raise CompileForError(str(e)) from e
+  topology, devices = _topology_devices(topology_name, slices)
   config = config.copy_and_resolve_references()
   if slices > 1 and int(config.mesh.get("slices", 1)) == 1:
     config.mesh.slices = slices
@@ -405,82 +435,23 @@ def run(
   else:
     case = _pretrain_case(config, devices, vocab_size, packing)
   mesh = case["mesh"]
-  devices_slice = [int(getattr(d, "slice_index", 0) or 0) for d in mesh.devices.flat]
-  batch = global_batch or case["default_batch"]
-  if batch % case["granule"]:
-    raise CompileForError(
-      f"global batch {batch} does not split over data x fsdp x micro-batches = "
-      f"{case['granule']}; use a multiple of it"
-    )
+  batch = _checked_batch(global_batch or case["default_batch"], case["granule"])
   chip = topology.chip
   log(
     f"{PROG}: {topology.describe()} ({topology.name}, {len(devices)} chips), mesh "
     f"{dict(mesh.shape)}, global batch {batch}"
   )
-
-  def compile_at(b: int):
-    t0 = time.time()
-    lowered, parts, extra = case["lower"](b)
-    compiled = lowered.compile()
-    seconds = time.time() - t0
-    report = compile_report(
-      compiled,
-      mesh=mesh,
-      chip=chip,
-      parts=parts,
-      model_flops=case["flops"](b),
-      devices_slice=devices_slice,
-    )
-    report.update(extra, compile_s=seconds, global_batch=b)
-    return report
-
-  try:
-    main = compile_at(batch)
-  except Exception as e:  # noqa: BLE001 - XLA's errors: report them, not a traceback
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    report = {"compiled": False, "error": f"{type(e).__name__}: {message}"}
-    _write(out, report, None)
-    raise CompileForError(f"the step did not compile for {topology.describe()}: {message}")
+  compile_at = functools.partial(_compile_at, case, chip)
+  main = _compile_first(compile_at, batch, topology, out)
   hlo = main.pop("hlo")
   memory = main["memory_per_chip"]
   log(f"{PROG}: compiled in {main['compile_s']:.1f} s")
-
-  def fits_at(b: int) -> tuple[bool, int]:
-    r = compile_at(b)
-    log(
-      f"{PROG}:   batch {b}: {r['memory_per_chip']['total'] / 2**30:.2f} GiB per chip "
-      f"({'fits' if r['memory_per_chip']['fits'] else 'does not fit'}, {r['compile_s']:.0f} s)"
-    )
-    return r["memory_per_chip"]["fits"], r["memory_per_chip"]["total"]
-
   linear = linear_largest_batch(memory, batch, case["granule"])
-  search = None
-  if search_compiles > 0:
-    search = search_largest_batch(
-      fits_at,
-      batch,
-      (memory["fits"], memory["total"]),
-      case["granule"],
-      chip.hbm_bytes,
-      search_compiles,
-    )
+  search = _search(compile_at, log, main, case["granule"], chip.hbm_bytes, search_compiles)
   est = main["roofline_estimate"]
   report = {
     "compiled": True,
-    "topology": topology.describe(),
-    "topology_name": topology.name,
-    "slices": topology.slices,
-    "chips": len(devices),
-    "chip": {
-      "name": chip.name,
-      "peak_bf16_flops": chip.peak_bf16_flops,
-      "hbm_bytes": chip.hbm_bytes,
-      "hbm_bytes_per_s": chip.hbm_bytes_per_s,
-      "ici_bytes_per_s": chip.ici_bytes_per_s,
-      "dcn_bytes_per_s": chip.dcn_bytes_per_s,
-      "source": chip.source,
-    },
-    "mesh": {**{k: int(v) for k, v in mesh.shape.items()}, "slices": topology.slices},
+    **_hardware_record(topology, len(devices), mesh),
     "step": case["describe"],
     "state_bytes_unsharded": case["full_state_bytes"],
     **main,
@@ -493,6 +464,107 @@ def run(
   for line in format_report(report):
     log(line)
   return report
+
+
+def _topology_devices(topology_name: str, slices: int) -> tuple[Any, list]:
+  """The described topology and its abstract devices (`speed.tpu_topology`)."""
+  from data2vec_jax.speed import tpu_topology
+
+  try:
+    topology = tpu_topology.parse_topology(topology_name, slices)
+    devices = tpu_topology.topology_devices(topology)
+  except ValueError as e:
+    raise CompileForError(str(e)) from e
+  return topology, devices
+
+
+def _checked_batch(batch: int, granule: int) -> int:
+  if batch % granule:
+    raise CompileForError(
+      f"global batch {batch} does not split over data x fsdp x micro-batches = "
+      f"{granule}; use a multiple of it"
+    )
+  return batch
+
+
+def _compile_at(case: dict[str, Any], chip: Any, batch: int) -> dict[str, Any]:
+  """Lower and compile the case's step at global `batch`: its `compile_report`, with the
+  lowering's extras, `compile_s` (lowering + compiling) and `global_batch`."""
+  t0 = time.time()
+  lowered, parts, extra = case["lower"](batch)
+  compiled = lowered.compile()
+  seconds = time.time() - t0
+  mesh = case["mesh"]
+  report = compile_report(
+    compiled,
+    mesh=mesh,
+    chip=chip,
+    parts=parts,
+    model_flops=case["flops"](batch),
+    devices_slice=[int(getattr(d, "slice_index", 0) or 0) for d in mesh.devices.flat],
+  )
+  report.update(extra, compile_s=seconds, global_batch=batch)
+  return report
+
+
+def _compile_first(
+  compile_at: Callable[[int], dict[str, Any]], batch: int, topology: Any, out: str | None
+) -> dict[str, Any]:
+  """`compile_at(batch)`; where XLA fails, a report saying so (in `out`) and one clear error."""
+  try:
+    return compile_at(batch)
+  except Exception as e:  # noqa: BLE001 - XLA's errors: report them, not a traceback
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    report = {"compiled": False, "error": f"{type(e).__name__}: {message}"}
+    _write(out, report, None)
+    raise CompileForError(f"the step did not compile for {topology.describe()}: {message}")
+
+
+def _search(
+  compile_at: Callable[[int], dict[str, Any]],
+  log: Callable[[str], None],
+  first: dict[str, Any],
+  granule: int,
+  hbm: float,
+  compiles: int,
+) -> dict[str, Any] | None:
+  """`search_largest_batch` from the `first` compile's report, one logged compile per batch
+  tried; None with no compiles to spend."""
+  if compiles <= 0:
+    return None
+
+  def fits_at(b: int) -> tuple[bool, int]:
+    r = compile_at(b)
+    log(
+      f"{PROG}:   batch {b}: {r['memory_per_chip']['total'] / 2**30:.2f} GiB per chip "
+      f"({'fits' if r['memory_per_chip']['fits'] else 'does not fit'}, {r['compile_s']:.0f} s)"
+    )
+    return r["memory_per_chip"]["fits"], r["memory_per_chip"]["total"]
+
+  memory = first["memory_per_chip"]
+  start = (memory["fits"], memory["total"])
+  return search_largest_batch(fits_at, first["global_batch"], start, granule, hbm, compiles)
+
+
+def _hardware_record(topology: Any, chips: int, mesh: Any) -> dict[str, Any]:
+  """The report's topology, chip and mesh."""
+  chip = topology.chip
+  return {
+    "topology": topology.describe(),
+    "topology_name": topology.name,
+    "slices": topology.slices,
+    "chips": chips,
+    "chip": {
+      "name": chip.name,
+      "peak_bf16_flops": chip.peak_bf16_flops,
+      "hbm_bytes": chip.hbm_bytes,
+      "hbm_bytes_per_s": chip.hbm_bytes_per_s,
+      "ici_bytes_per_s": chip.ici_bytes_per_s,
+      "dcn_bytes_per_s": chip.dcn_bytes_per_s,
+      "source": chip.source,
+    },
+    "mesh": {**{k: int(v) for k, v in mesh.shape.items()}, "slices": topology.slices},
+  }
 
 
 def format_report(report: dict[str, Any]) -> list[str]:
