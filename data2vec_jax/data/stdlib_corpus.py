@@ -52,6 +52,7 @@ import sysconfig
 import time
 from typing import Iterator, Sequence
 
+from data2vec_jax.atomic_files import write_json_atomically, write_text_atomically
 from data2vec_jax.data.offline_corpus import _UNDERLINE, named_topic_documents, prose_sentences_of
 
 # Fractions of documents per part, by the hash of the document id.
@@ -226,10 +227,7 @@ def reserved_documents(stdlib_dir: str | None = None) -> list[CorpusDocument]:
 
 
 def _write_raw_text(path: str, docs: Sequence[CorpusDocument]) -> None:
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write("\n\n".join("\n".join(d.sentences) for d in docs))
-    f.write("\n")
-  os.replace(path + ".tmp", path)
+  write_text_atomically(path, "\n\n".join("\n".join(d.sentences) for d in docs) + "\n")
 
 
 def _part_stats(docs: Sequence[CorpusDocument]) -> dict[str, int]:
@@ -258,8 +256,7 @@ def write_stdlib_corpus(
     "parts": {part: _part_stats(docs) for part, docs in parts.items()},
     "seconds": round(time.perf_counter() - start, 1),
   }
-  with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as f:
-    json.dump(stats, f, indent=1)
+  write_json_atomically(os.path.join(out_dir, "stats.json"), stats)
   return stats
 
 

@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from data2vec_jax.atomic_files import write_text_atomically
 from data2vec_jax.data.stdlib_corpus import CorpusDocument, reserved_documents
 
 BUDGETS = (50, 200, 1000)
@@ -260,10 +261,8 @@ def budget_examples(pool: Sequence[Example], budget: int, seed: int) -> list[Exa
 def write_tsv(path: str, task: str, examples: Sequence[Example]) -> None:
   """The generic fine-tuning source's TSV: a header row, then texts and label per line."""
   header = "\t".join(TEXT_COLUMNS[task] + ("label",))
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(header + "\n")
-    f.writelines("\t".join(ex.texts + (ex.label,)) + "\n" for ex in examples)
-  os.replace(path + ".tmp", path)
+  rows = ["\t".join(ex.texts + (ex.label,)) + "\n" for ex in examples]
+  write_text_atomically(path, header + "\n" + "".join(rows))
 
 
 def write_task(
