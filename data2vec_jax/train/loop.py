@@ -132,6 +132,8 @@ def _train_and_evaluate(
   finally:
     if hasattr(data.iterator, "close"):
       data.iterator.close()  # stops the prefetch thread
+  if summary.get("already_complete"):
+    return summary  # nothing trained: the finished run's own summary.json stands
   summary["wall_time_s"] = time.time() - t_start
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
