@@ -1,5 +1,5 @@
-"""Held-out evaluation tasks built only from the reserved documents of `data.stdlib_corpus` (text
-that no pretraining corpus of that module contains, not even as a repeated sentence).
+"""Held-out evaluation tasks built only from the reserved documents of `data.stdlib_corpus`: text
+that the corpus never writes into pretraining text, not even as a sentence repeated elsewhere.
 
 * `stdlib_area` (topic-like, one sentence): which area of the standard library a docstring
   sentence comes from, by its module's top-level package (`AREAS`, an explicit map; other
@@ -43,120 +43,30 @@ DEV_PER_LABEL = {"stdlib_area": 70, "same_docstring": 300}
 MIN_WORDS, MAX_WORDS = 6, 40
 POOL_SEED = 1234  # the fixed order dev and the pair task's pairs are drawn in
 
-AREAS: dict[str, tuple[str, ...]] = {
-  "files": (
-    "os",
-    "posixpath",
-    "ntpath",
-    "genericpath",
-    "pathlib",
-    "shutil",
-    "glob",
-    "fnmatch",
-    "tempfile",
-    "stat",
-    "filecmp",
-    "fileinput",
-    "io",
-    "_pyio",
-    "zipfile",
-    "tarfile",
-    "gzip",
-    "bz2",
-    "lzma",
-  ),  # fmt: skip
-  "network": (
-    "socket",
-    "ssl",
-    "http",
-    "urllib",
-    "email",
-    "smtplib",
-    "imaplib",
-    "poplib",
-    "ftplib",
-    "mailbox",
-    "socketserver",
-    "xmlrpc",
-    "wsgiref",
-    "ipaddress",
-    "selectors",
-    "nntplib",
-    "telnetlib",
-    "mimetypes",
-    "webbrowser",
-  ),  # fmt: skip
+AREAS: dict[str, tuple[str, ...]] = {  # area -> top-level stdlib modules
+  "files": tuple(
+    "os posixpath ntpath genericpath pathlib shutil glob fnmatch tempfile stat filecmp "
+    "fileinput io _pyio zipfile tarfile gzip bz2 lzma".split()
+  ),
+  "network": tuple(
+    "socket ssl http urllib email smtplib imaplib poplib ftplib mailbox socketserver xmlrpc "
+    "wsgiref ipaddress selectors nntplib telnetlib mimetypes webbrowser".split()
+  ),
   # Text processing and data formats are one class: each alone has too few reserved sentences.
-  "text_formats": (
-    "string",
-    "re",
-    "sre_compile",
-    "sre_parse",
-    "sre_constants",
-    "textwrap",
-    "difflib",
-    "codecs",
-    "locale",
-    "gettext",
-    "stringprep",
-    "shlex",
-    "unicodedata",
-    "json",
-    "csv",
-    "xml",
-    "html",
-    "plistlib",
-    "configparser",
-    "pickle",
-    "pickletools",
-    "copyreg",
-    "base64",
-    "quopri",
-    "uu",
-    "tomllib",
-    "netrc",
-    "struct",
-  ),  # fmt: skip
-  "concurrency": (
-    "threading",
-    "multiprocessing",
-    "concurrent",
-    "asyncio",
-    "queue",
-    "sched",
-    "subprocess",
-    "signal",
-    "_threading_local",
-    "contextvars",
-  ),  # fmt: skip
-  "numbers": (
-    "math",
-    "cmath",
-    "decimal",
-    "_pydecimal",
-    "fractions",
-    "numbers",
-    "random",
-    "statistics",
-  ),  # fmt: skip
-  "introspection": (
-    "ast",
-    "dis",
-    "inspect",
-    "typing",
-    "importlib",
-    "pkgutil",
-    "tokenize",
-    "symtable",
-    "compileall",
-    "py_compile",
-    "code",
-    "codeop",
-    "pdb",
-    "bdb",
-    "traceback",
-    "types",
-  ),  # fmt: skip
+  "text_formats": tuple(
+    "string re sre_compile sre_parse sre_constants textwrap difflib codecs locale gettext "
+    "stringprep shlex unicodedata json csv xml html plistlib configparser pickle pickletools "
+    "copyreg base64 quopri uu tomllib netrc struct".split()
+  ),
+  "concurrency": tuple(
+    "threading multiprocessing concurrent asyncio queue sched subprocess signal "
+    "_threading_local contextvars".split()
+  ),
+  "numbers": tuple("math cmath decimal _pydecimal fractions numbers random statistics".split()),
+  "introspection": tuple(
+    "ast dis inspect typing importlib pkgutil tokenize symtable compileall py_compile code "
+    "codeop pdb bdb traceback types".split()
+  ),
 }
 TASKS = ("stdlib_area", "same_docstring")
 TEXT_COLUMNS = {"stdlib_area": ("sentence",), "same_docstring": ("sentence1", "sentence2")}
