@@ -79,6 +79,7 @@ _TFDS_BUILDERS: dict = {}
 def glue_sst2_tfds(data_dir: str, *, n_train: int, n_dev: int) -> str:
   """Prepares TFDS builder 'glue_sst2_for_d2v' (TFDS glue/sst2's features, config `sst2`)."""
   import tensorflow_datasets as tfds
+  from etils import epath
 
   splits = sentiment_splits(n_train, n_dev)
   name = "glue_sst2_for_d2v"
@@ -92,6 +93,9 @@ def glue_sst2_tfds(data_dir: str, *, n_train: int, n_dev: int) -> str:
   class GlueSst2ForD2v(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="sst2")]
+    # This file, as TFDS found it when it was a top-level module: for a module of a package
+    # (tests.finetune_helpers) TFDS looks up importlib_resources, which is not installed.
+    code_path = epath.Path(__file__)
 
     def _info(self):
       features = {
