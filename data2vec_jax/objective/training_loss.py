@@ -1,4 +1,8 @@
-"""The training step's loss: `objective.loss_fn`'s value, computed as an `ExecutionPlan` says.
+"""The trainer's loss for every objective (`training_loss`): `objective.loss_fn`'s value (or
+data2vec 2.0's, `objective/data2vec2.py`) computed as an `ExecutionPlan` says. The validation
+step computes the same. It reads top-down: `student_features` (the student's encoder),
+`teacher_targets_at` (the teacher's targets), `score` (the head and the loss, on every position
+or on gathered slots); `LossParts` carries the first two and the head to the scoring.
 
 Same loss and gradients as the reference path (float rounding aside; tests/objective/test_execution.py),
 for less work (`data2vec_jax/objective/execution.py` lists the techniques):
