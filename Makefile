@@ -24,10 +24,10 @@ sweep-demo: $(STAMP)
 	$(BIN)/python sweep.py --config configs/sweeps/demo_top_k.py --workdir demo_sweep
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q -m "not slow" tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q -m "not slow" tests
 
 bench-cpu: $(STAMP)
 	$(BIN)/python bench/bench_train_step.py

@@ -32,15 +32,35 @@ def pytest_unconfigure(config):
     shutil.rmtree(_OWN_SHARED_CACHE, ignore_errors=True)
 
 
-E2E = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e")
+TESTS = os.path.dirname(os.path.abspath(__file__))
+E2E = os.path.join(TESTS, "e2e")
+# The files that take minutes, longest first (--durations on 2 cores). Run first, they leave the
+# many short files to fill both xdist workers at the end; last (xdist's own order puts the files
+# with the fewest tests last, hence `make test`'s --no-loadscope-reorder), one of them alone kept
+# a worker busy for minutes while the other had nothing left. The order changes no result.
+SLOWEST_FILES = (
+  "e2e/test_train_failures.py",
+  "e2e/test_train.py",
+  "e2e/test_sweep.py",
+  "e2e/test_finetune.py",
+  "e2e/test_packaging.py",
+  "e2e/test_notebooks.py",
+  "e2e/test_train_multiprocess.py",
+  "e2e/test_gpu_session.py",
+  "e2e/test_data2vec2.py",
+  "train/test_validation.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
   """Whole runs (subprocess launches, grids, notebooks, the packaging install) live in tests/e2e/
   and are all `slow`, so `make test-fast` (-m "not slow") skips exactly them and the few slow
-  tests elsewhere that say so themselves."""
+  tests elsewhere that say so themselves. SLOWEST_FILES come first, in that order; every other
+  file keeps its place, and every file the order of its tests."""
   import pytest
 
   for item in items:
     if str(item.path).startswith(E2E + os.sep):
       item.add_marker(pytest.mark.slow)
+  rank = {os.path.join(TESTS, name): i for i, name in enumerate(SLOWEST_FILES)}
+  items.sort(key=lambda item: rank.get(str(item.path), len(rank)))  # a stable sort
