@@ -173,6 +173,25 @@ def test_generic_task_defaults_and_bad_values():
     resolve_settings(c)
 
 
+def test_the_settings_hold_everything_the_run_reads():
+  """Resolved once (issue 26): the loop reads these, never the config."""
+  c = finetune_config.get_config("task=rte")
+  c.init, c.data.path = "/m", "/d"
+  c.train.log_every, c.model.scan_unroll, c.mesh.data = 0, "2", 4
+  settings = resolve_settings(c).with_data(2490)
+  assert settings.init.path == "/m" and not settings.init.eval_only
+  assert settings.loop.log_every == 1  # 0 or less: every update
+  assert (settings.loop.eval_every, settings.loop.eval_batch_size) == (0, 64)
+  assert settings.model.head_init == "torch_default" and settings.mesh["data"] == 4
+  optimizer = settings.optimizer_config()
+  assert (optimizer.lr, optimizer.weight_decay, optimizer.b2) == (settings.lr, 0.1, 0.98)
+  assert (optimizer.warmup_steps, optimizer.max_steps) == (122, 2036)
+  assert optimizer.schedule == "polynomial_decay" and optimizer.decay_bias_and_norm
+  c.train.eval_every = -1
+  with pytest.raises(ValueError, match=r"train.eval_every must be >= 0"):
+    resolve_settings(c)
+
+
 # -- head init and the update ---------------------------------------------------------------------
 
 
