@@ -1,4 +1,5 @@
-"""Files that a reader sees whole: the old content or the new, never half of either.
+"""Files that a reader sees whole: the old content or the new, never half of either (and
+`read_json`, which reads one back as absent when it is not there or not whole).
 
 A run's results.json and config.json, a pretraining workdir's recipe.json, the trimmed
 metrics.jsonl of a resumed run, a sweep cell's status.json and the sweep's tables are read while
@@ -16,6 +17,16 @@ import contextlib
 import json
 import os
 from typing import Any
+
+
+def read_json(path: str | os.PathLike) -> Any | None:
+  """The JSON `path` holds, or None when it is missing, unreadable or not (yet) whole JSON: a
+  run's or cell's record that was never written reads as absent, not as an error."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:

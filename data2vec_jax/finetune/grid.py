@@ -22,14 +22,8 @@ from typing import Any
 import ml_collections
 
 from data2vec_jax.finetune import recipes
-from data2vec_jax.finetune.grid_report import (
-  LR_CHOICES,
-  SUMMARY_MD,
-  finished_results,
-  summarize,
-  write_summary,
-)
-from data2vec_jax.finetune.loop import FinetuneError, finetune_and_evaluate
+from data2vec_jax.finetune.grid_report import LR_CHOICES, SUMMARY_MD, summarize, write_summary
+from data2vec_jax.finetune.loop import FinetuneError, completed_results, finetune_and_evaluate
 from data2vec_jax.finetune.settings import GENERIC_DEFAULTS
 from data2vec_jax.finetune.starting_point import (
   export_pretraining_checkpoint,
@@ -82,8 +76,8 @@ def progress(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, int]
   """(finished, planned) runs of the config's grid (or its single run) in `workdir`."""
   runs = grid_runs(config)
   if len(runs) == 1 and config.task != "glue":
-    return int(finished_results(workdir) is not None), 1
-  done = sum(finished_results(run_directory(workdir, *run)) is not None for run in runs)
+    return int(completed_results(workdir) is not None), 1
+  done = sum(completed_results(run_directory(workdir, *run)) is not None for run in runs)
   return done, len(runs)
 
 
@@ -100,7 +94,7 @@ def run_finetuning(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
   kept = 0
   for number, (task, lr, seed, scratch) in enumerate(runs, start=1):
     directory = run_directory(workdir, task, lr, seed, scratch)
-    if finished_results(directory) is not None:
+    if completed_results(directory) is not None:
       logging.info("[%d/%d] %s: finished before, kept", number, len(runs), directory)
       kept += 1
       continue

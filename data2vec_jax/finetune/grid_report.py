@@ -20,7 +20,6 @@ The grid's runs themselves: finetune/grid.py.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -28,21 +27,11 @@ import numpy as np
 
 from data2vec_jax.atomic_files import write_json_atomically, write_text_atomically
 from data2vec_jax.finetune import recipes
-from data2vec_jax.finetune.loop import RESULTS_FILE, FinetuneError
+from data2vec_jax.finetune.loop import FinetuneError, completed_results
 from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, TASK_METRICS, glue_average
 
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
 LR_CHOICES = ("global", "per_task")
-
-
-def finished_results(path: str) -> dict[str, Any] | None:
-  """The run directory's results.json when it records a completed run, else None."""
-  try:
-    with open(os.path.join(path, RESULTS_FILE)) as f:
-      results = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return results if results.get("stop_reason") == "completed" else None
 
 
 def collect(workdir: str, *, from_scratch: bool = False) -> dict[str, dict[float, list[dict]]]:
@@ -61,7 +50,7 @@ def collect(workdir: str, *, from_scratch: bool = False) -> dict[str, dict[float
     if run.is_dir()
   ]
   for path in run_dirs:
-    results = finished_results(path)
+    results = completed_results(path)
     if results is None or bool(results.get("from_scratch")) != from_scratch:
       continue
     if results.get("score") is not None:

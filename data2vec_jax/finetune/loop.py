@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from data2vec_jax.atomic_files import write_json_atomically
+from data2vec_jax.atomic_files import read_json, write_json_atomically
 from data2vec_jax.data.tokenizer import Tokenizer
 from data2vec_jax.finetune import batches as batches_lib
 from data2vec_jax.finetune import data as data_lib
@@ -191,7 +191,7 @@ def _restore_or_create(
 
 def _already_complete(workdir: str, settings: RunSettings, step: int) -> dict[str, Any] | None:
   """The workdir's results.json when a run restored at `step` has nothing left to do."""
-  previous = _completed_results(workdir)
+  previous = completed_results(workdir)
   if step < settings.total_updates or previous is None or settings.init.eval_only:
     return None
   if jax.process_index() == 0:
@@ -273,14 +273,10 @@ def _label_order(names: list[str], task_names: list[str], init: str, task: str) 
   return order
 
 
-def _completed_results(workdir: str) -> dict[str, Any] | None:
-  """The workdir's results.json when it records a completed run, else None."""
-  try:
-    with open(os.path.join(workdir, RESULTS_FILE)) as f:
-      results = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return results if results.get("stop_reason") == "completed" else None
+def completed_results(workdir: str) -> dict[str, Any] | None:
+  """The run directory's results.json when it records a completed run, else None."""
+  results = read_json(os.path.join(workdir, RESULTS_FILE))
+  return results if results and results.get("stop_reason") == "completed" else None
 
 
 class _Run:

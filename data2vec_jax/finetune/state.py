@@ -88,12 +88,7 @@ def state_shardings(
     opt_state=sharding_lib.logical_to_shardings(boxed.opt_state, mesh),
     rng=replicated,
   )
-  abstract = jax.tree_util.tree_map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-    sharding_lib.strip_boxes(boxed),
-    shardings,
-  )
-  return abstract, shardings
+  return sharding_lib.placed_shapes(boxed, shardings), shardings
 
 
 def create_state(

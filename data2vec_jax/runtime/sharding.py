@@ -187,6 +187,15 @@ def strip_boxes(tree: Any) -> Any:
   )
 
 
+def placed_shapes(boxed: Any, shardings: Any) -> Any:
+  """The abstract state a restore or an ahead-of-time compile needs: `boxed`'s shapes and dtypes
+  (boxes stripped) as `jax.ShapeDtypeStruct`s placed by `shardings` (a tree of the same
+  structure)."""
+  return jax.tree_util.tree_map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), strip_boxes(boxed), shardings
+  )
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Sharding of [B, T] host batches: rows split over ('data', 'fsdp')."""
   return NamedSharding(mesh, P(("data", "fsdp")))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import json
 import logging
 import os
 import shlex
@@ -36,7 +35,7 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from data2vec_jax.atomic_files import write_json_atomically
+from data2vec_jax.atomic_files import read_json, write_json_atomically
 from data2vec_jax.finetune import grid
 from data2vec_jax.runtime.preemption import PreemptionFlag
 from data2vec_jax.sweep.definition import REPO, Cell, SweepError, load_stage_config
@@ -267,14 +266,6 @@ def _last(path: str) -> str:
     return lines[-1] if lines else "(empty log)"
   except OSError:
     return "(no log)"
-
-
-def read_json(path: str) -> dict[str, Any] | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def read_status(cell: Cell) -> dict[str, Any]:

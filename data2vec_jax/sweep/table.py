@@ -24,7 +24,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from data2vec_jax.atomic_files import write_json_atomically, write_text_atomically
+from data2vec_jax.atomic_files import read_json, write_json_atomically, write_text_atomically
 from data2vec_jax.finetune import grid_report, recipes
 from data2vec_jax.finetune.metrics import GLUE_AVERAGE_TASKS, glue_average
 from data2vec_jax.sweep import paper
@@ -33,7 +33,6 @@ from data2vec_jax.sweep.runner import (
   StageConfigs,
   finetuning_progress,
   pretraining_finished,
-  read_json,
   read_status,
 )
 

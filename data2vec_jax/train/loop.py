@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from data2vec_jax.atomic_files import write_text_atomically
+from data2vec_jax.atomic_files import read_json, write_text_atomically
 from data2vec_jax.data import training_input
 from data2vec_jax.data.corpus_tokenizer import with_corpus_tokenizer
 from data2vec_jax.data.pipeline import GLOBAL_ROW_TOKENS
@@ -212,7 +212,7 @@ def _already_complete(
       where,
     )
   summary_path = os.path.join(workdir, "summary.json")
-  summary = _read_json(summary_path) or {}
+  summary = read_json(summary_path) or {}
   if summary.get("final_step") != step or summary.get("stop_reason") != "completed":
     # Killed after its last checkpoint, before its summary: what the checkpoint says.
     summary = {"final_step": step, "stop_reason": "completed", "last_metrics": {}}
@@ -230,14 +230,6 @@ def _already_complete(
 
     summary["plot"] = plot_training_curves(metrics, plot)
   return {**summary, "already_complete": True}
-
-
-def _read_json(path: str) -> dict[str, Any] | None:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def _write_run_files(workdir: str, config_json: str, run: Run) -> None:
