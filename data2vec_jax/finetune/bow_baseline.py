@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
+import types
 from typing import Callable, Sequence
 
 import numpy as np
@@ -31,23 +32,29 @@ from data2vec_jax.finetune.heldout_tasks import (
   task_splits,
 )
 
-try:
-  import scipy.sparse
-  from sklearn.feature_extraction.text import TfidfVectorizer
-  from sklearn.linear_model import LogisticRegression
-  from sklearn.model_selection import StratifiedKFold
-except ImportError:  # the module still imports; using it says what is missing, in one line
-  TfidfVectorizer = None
-
 C_GRID = (0.1, 1.0, 10.0, 100.0)
 CV_FOLDS = 3
 
 
-def _require_sklearn() -> None:
-  if TfidfVectorizer is None:
+def _sklearn() -> types.SimpleNamespace:
+  """scipy.sparse and the scikit-learn pieces the baseline uses, imported on first use:
+  scikit-learn is an optional (dev) dependency, so importing this module never needs it, and
+  using the baseline without it is one line saying what to install."""
+  try:
+    import scipy.sparse
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+  except ImportError as e:
     raise ImportError(
       "the bag-of-words baseline needs scikit-learn: pip install -e '.[dev]' (or scikit-learn)"
-    )
+    ) from e
+  return types.SimpleNamespace(
+    sparse=scipy.sparse,
+    TfidfVectorizer=TfidfVectorizer,
+    LogisticRegression=LogisticRegression,
+    StratifiedKFold=StratifiedKFold,
+  )
 
 
 def fit_features(train_texts: Sequence[tuple[str, ...]], pair_words: bool = False) -> Callable:
@@ -56,7 +63,7 @@ def fit_features(train_texts: Sequence[tuple[str, ...]], pair_words: bool = Fals
 
   A pair's features: the cosine similarity of its two TF-IDF vectors, and with `pair_words` also
   their element-wise product and absolute difference (which words are shared, which are not)."""
-  vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+  vectorizer = _sklearn().TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
   vectorizer.fit([t for texts in train_texts for t in texts])
 
   def features(texts: Sequence[tuple[str, ...]]):
@@ -65,15 +72,17 @@ def fit_features(train_texts: Sequence[tuple[str, ...]], pair_words: bool = Fals
     a = vectorizer.transform([t[0] for t in texts])
     b = vectorizer.transform([t[1] for t in texts])
     shared = a.multiply(b)
-    cosine = scipy.sparse.csr_matrix(np.asarray(shared.sum(axis=1)))  # rows are L2-normalised
-    return scipy.sparse.hstack([cosine, shared, abs(a - b)] if pair_words else [cosine]).tocsr()
+    cosine = _sklearn().sparse.csr_matrix(np.asarray(shared.sum(axis=1)))  # rows are L2-normalised
+    return (
+      _sklearn().sparse.hstack([cosine, shared, abs(a - b)] if pair_words else [cosine]).tocsr()
+    )
 
   return features
 
 
 def _fit(texts: Sequence[tuple[str, ...]], labels: Sequence[str], setting: dict):
   features = fit_features(texts, setting["pair_words"])
-  model = LogisticRegression(C=setting["C"], max_iter=5000).fit(features(texts), labels)
+  model = _sklearn().LogisticRegression(C=setting["C"], max_iter=5000).fit(features(texts), labels)
   return lambda new_texts: model.predict(features(new_texts))
 
 
@@ -82,7 +91,7 @@ def choose_setting(texts: Sequence[tuple[str, ...]], labels: Sequence[str], seed
   features) with the best mean cross-validated accuracy on the training examples (ties: the
   first, i.e. the smaller C and the fewer features)."""
   smallest_class = min(collections.Counter(labels).values())
-  folds = StratifiedKFold(n_splits=max(2, min(CV_FOLDS, smallest_class)), shuffle=True,
+  folds = _sklearn().StratifiedKFold(n_splits=max(2, min(CV_FOLDS, smallest_class)), shuffle=True,
                           random_state=seed)  # fmt: skip
   labels = np.asarray(labels)
   word_options = (False, True) if len(texts[0]) == 2 else (False,)
@@ -100,7 +109,7 @@ def choose_setting(texts: Sequence[tuple[str, ...]], labels: Sequence[str], seed
 def evaluate(train: Sequence[Example], dev: Sequence[Example], seed: int = 0) -> dict[str, float]:
   """{'accuracy': on dev, 'majority': the train split's majority class's accuracy on dev, and the
   chosen setting: 'C', 'pair_words'}."""
-  _require_sklearn()
+  _sklearn()
   texts = [ex.texts for ex in train]
   labels = [ex.label for ex in train]
   setting = choose_setting(texts, labels, seed)
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--seeds", default="0,1,2", help="comma list: one label subset per seed")
   args = parser.parse_args(argv)
   try:
-    _require_sklearn()
+    _sklearn()
   except ImportError as e:
     sys.exit(f"error: {e}")
   print(format_table(baseline_table([int(s) for s in args.seeds.split(",")])))
