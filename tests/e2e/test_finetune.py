@@ -111,6 +111,10 @@ def tsv_run(assets, tmp_path_factory):
   return workdir, finetune_and_evaluate(make_config(assets, **{"train.export_hf": True}), workdir)
 
 
+# For the runs whose checks read only their dev scores: no model/ export, a train/ row per epoch.
+SCORES_ONLY = {"train.export_model": False, "train.log_every": 16}
+
+
 def dev_scores(results):
   return [(e["update"], e["score"]) for e in results["evaluations"]]
 
@@ -128,7 +132,8 @@ def test_every_source_learns_the_task_and_random_labels_do_not(assets, tsv_run, 
   }
 
   control = finetune_and_evaluate(
-    make_config(assets, **{"data.path": assets["glue_random"]}), str(tmp_path / "random")
+    make_config(assets, **SCORES_ONLY, **{"data.path": assets["glue_random"]}),
+    str(tmp_path / "random"),
   )
   assert control["best"]["score"] <= 0.75, dev_scores(control)
 
@@ -136,6 +141,7 @@ def test_every_source_learns_the_task_and_random_labels_do_not(assets, tsv_run, 
   # order, hence the same training, evaluation after evaluation.
   tfds = make_config(
     assets,
+    **SCORES_ONLY,
     **{
       "data.source": "tfds",
       "data.tfds_data_dir": assets["tfds"],
@@ -143,7 +149,9 @@ def test_every_source_learns_the_task_and_random_labels_do_not(assets, tsv_run, 
     },
   )
   fairseq = make_config(
-    assets, **{"data.source": "fairseq_bin", "data.path": assets["bin"], "tokenizer.kind": "none"}
+    assets,
+    **SCORES_ONLY,
+    **{"data.source": "fairseq_bin", "data.path": assets["bin"], "tokenizer.kind": "none"},
   )
   for name, config in (("tfds", tfds), ("fairseq_bin", fairseq)):
     results = finetune_and_evaluate(config, str(tmp_path / name))
@@ -234,7 +242,9 @@ def test_kill_mid_epoch_and_resume_reaches_the_same_dev_scores(assets, tsv_run, 
 
 def test_grid_runs_and_summarises(assets, tmp_path, caplog, monkeypatch):
   monkeypatch.setattr(compile_progress, "QUIET_S", 0.0)  # every compile says so, however short
-  config = make_config(assets, **{"optimizer.max_epochs": 1, "optimizer.max_update": 16})
+  config = make_config(
+    assets, **SCORES_ONLY, **{"optimizer.max_epochs": 1, "optimizer.max_update": 16}
+  )
   config.grid.seeds = (1, 2)
   workdir = str(tmp_path / "grid")
   with caplog.at_level(logging.INFO):
@@ -348,6 +358,10 @@ def test_the_demo_compares_pretrained_with_random_weights(assets, tmp_path):
 
   config = finetune_demo.get_config(f"init={assets['model']}")
   config.optimizer.max_epochs = 1
+  # A few updates (one evaluation at the last) suffice for what is checked here, and meet fewer
+  # length buckets, hence fewer compiles, than the whole epoch.
+  config.optimizer.max_update = 4
+  config.optimizer.warmup_updates = 1
   config.grid.seeds = (1,)
   config.train.tensorboard = False
   config.data.eval_too_long = "truncate"  # the tiny model has 64 positions
