@@ -17,6 +17,7 @@ hundred terms through a few layers).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -290,21 +291,22 @@ def case(request):
   return request.param, obj, params, ema, batch, ref
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4))
 def _loss(obj, params, ema, batch, drop_masked=True):
   return data2vec2.loss_fn(
     params, ema, batch, None, config=CFG, objective=obj, drop_masked=drop_masked
   )
 
 
-# ----------------------------------------------------------------------------------------------
-# parity
-# ----------------------------------------------------------------------------------------------
+# One compiled program per (objective, path), shared by the parity and the plain-path tests.
+_grad = jax.jit(
+  jax.value_and_grad(_loss.__wrapped__, argnums=1, has_aux=True), static_argnums=(0, 4)
+)
 
 
-def test_decoder_output_targets_and_mask_match_torch(case):
-  name, obj, params, ema, batch, ref = case
+@functools.partial(jax.jit, static_argnums=0)
+def _decoder_output_and_targets(obj, params, ema, batch):
   masks = data2vec2.random_masking(batch[data2vec2.MASK_UNIFORM], obj.data2vec2.mask_prob)
-  np.testing.assert_array_equal(np.asarray(masks.mask), ref["mask"].astype(bool))
   model = PretrainingModel(CFG, obj)
   out = model.apply(
     {"params": params},
@@ -315,14 +317,26 @@ def test_decoder_output_targets_and_mask_match_torch(case):
   )
   full = data2vec2.decoder_input(out.last_hidden_state, batch[data2vec2.MASK_NOISE], masks.restore)
   pred = model.apply({"params": params}, full, method=PretrainingModel.predict)
-  assert_close(pred, ref["pred"], f"{name}: decoder output")
   y = data2vec2.v2_targets(ema, batch["target"], out.embedding_output, config=CFG, objective=obj)
+  return masks.mask, pred, y
+
+
+# ----------------------------------------------------------------------------------------------
+# parity
+# ----------------------------------------------------------------------------------------------
+
+
+def test_decoder_output_targets_and_mask_match_torch(case):
+  name, obj, params, ema, batch, ref = case
+  mask, pred, y = _decoder_output_and_targets(obj, params, ema, batch)
+  np.testing.assert_array_equal(np.asarray(mask), ref["mask"].astype(bool))
+  assert_close(pred, ref["pred"], f"{name}: decoder output")
   assert_close(jnp.repeat(y, M, axis=0), ref["y"], f"{name}: targets")
 
 
 def test_loss_and_every_student_gradient_match_torch(case):
   name, obj, params, ema, batch, ref = case
-  (loss, aux), grads = jax.value_and_grad(_loss, argnums=1, has_aux=True)(obj, params, ema, batch)
+  (loss, aux), grads = _grad(obj, params, ema, batch, True)
   assert_close(loss, ref["loss"], f"{name}: loss")
   assert float(aux["num_masked"]) == B * M * (T - data2vec2.kept_count(T, obj.data2vec2.mask_prob))
   flat_ours = jax.tree_util.tree_flatten_with_path(grads)[0]
@@ -340,9 +354,8 @@ def test_loss_and_every_student_gradient_match_torch(case):
 def test_plain_path_equals_the_kept_token_gather(case):
   """Every position encoded with the masked keys hidden == only the kept tokens encoded."""
   name, obj, params, ema, batch, _ = case
-  grad = jax.value_and_grad(_loss, argnums=1, has_aux=True)
-  (fast, _), g_fast = grad(obj, params, ema, batch, True)
-  (plain, _), g_plain = grad(obj, params, ema, batch, False)
+  (fast, _), g_fast = _grad(obj, params, ema, batch, True)
+  (plain, _), g_plain = _grad(obj, params, ema, batch, False)
   assert_close(fast, plain, f"{name}: loss")
   for (path, a), b in zip(
     jax.tree_util.tree_flatten_with_path(g_fast)[0], jax.tree_util.tree_leaves(g_plain)
@@ -362,9 +375,9 @@ def test_the_noise_in_the_masked_slots_matters():
     data2vec2.MASK_UNIFORM: jnp.asarray(uniform.numpy()),
     data2vec2.MASK_NOISE: jnp.asarray(noise.numpy()),
   }
-  a = float(_loss(obj, params, ema, batch)[0])
+  a = float(_loss(obj, params, ema, batch, True)[0])
   batch[data2vec2.MASK_NOISE] = jnp.asarray(np.roll(noise.numpy(), 1, axis=1))
-  b = float(_loss(obj, params, ema, batch)[0])
+  b = float(_loss(obj, params, ema, batch, True)[0])
   assert abs(a - b) / abs(a) > RTOL
 
 
@@ -398,15 +411,17 @@ def test_random_masking_keeps_exactly_k_per_row_and_is_uniform():
 
 def test_masks_are_a_pure_function_of_the_key_and_clones_differ():
   obj = BASE
-  params = nn.meta.unbox(
-    PretrainingModel(CFG, obj).init(jax.random.PRNGKey(0), jnp.full((1, T), 5, jnp.int32))
-  )["params"]
+  init = jax.jit(PretrainingModel(CFG, obj).init)
+  params = nn.meta.unbox(init(jax.random.PRNGKey(0), jnp.full((1, T), 5, jnp.int32)))["params"]
   ema = {"layers": params["encoder"]["layers"]}
   batch = {"target": jnp.asarray(tokens_batch(1), jnp.int32)}
+  keyed = jax.jit(
+    lambda params, ema, batch, key: data2vec2.loss_fn(
+      params, ema, batch, key, config=CFG, objective=obj
+    )
+  )
   run = lambda key: (
-    _loss(obj, params, ema, batch)
-    if key is None
-    else data2vec2.loss_fn(params, ema, batch, key, config=CFG, objective=obj)
+    _loss(obj, params, ema, batch, True) if key is None else keyed(params, ema, batch, key)
   )
   a, b = run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(3))
   assert float(a[0]) == float(b[0])

@@ -217,15 +217,18 @@ def test_v2_loss_runs_in_bfloat16():
   recipe = make_recipe(dropout=0.1)
   model = recipe.model.replace(dtype="bfloat16")
   tokens = jnp.full((1, LENGTH), 5, jnp.int32)
-  boxed = PretrainingModel(model, recipe.objective).init(jax.random.PRNGKey(0), tokens)
+  # Compiled once each (op-by-op dispatch of the tiny model costs more than the compile).
+  boxed = jax.jit(PretrainingModel(model, recipe.objective).init)(jax.random.PRNGKey(0), tokens)
   params = nn.meta.unbox(boxed)["params"]
   batch = {k: jnp.asarray(v) for k, v in make_batch(0).items()}
-  loss, aux = data2vec2.loss_fn(
-    params,
-    {"layers": params["encoder"]["layers"]},
-    batch,
-    jax.random.PRNGKey(1),
-    config=model,
-    objective=recipe.objective,
-  )
+  loss, aux = jax.jit(
+    lambda params, batch, key: data2vec2.loss_fn(
+      params,
+      {"layers": params["encoder"]["layers"]},
+      batch,
+      key,
+      config=model,
+      objective=recipe.objective,
+    )
+  )(params, batch, jax.random.PRNGKey(1))
   assert np.isfinite(float(loss)) and float(aux["target_var"]) > 0.1
