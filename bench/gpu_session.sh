@@ -139,6 +139,9 @@ if ((ALLOW_CPU)); then
   export JAX_PLATFORMS=cpu
   CPU=(--allow-cpu)
   BENCH=(--allow-cpu --tiny --steps 2 --warmup 1 --timeout 600)
+  # One compilation cache for the dry run's processes: on CPU the time is compiling, and the same
+  # tiny programs recur (batch 2 in ratio and in largest_batch).
+  export JAX_COMPILATION_CACHE_DIR=$OUT_DIR/jax_cache
   RATIO_BATCH=2
   LARGEST=2,4
   FRAMEWORKS=${D2V_DRY_FRAMEWORKS:-jax,torch}  # torch.compile on CPU: minutes of C++ builds
