@@ -48,14 +48,8 @@ def make_recipe(
   )
 
 
-def run_steps(
-  recipe, mesh_shape, batches, seed=0, *, micro_batches=1, head_positions=0, pack_buckets=0
-):
-  """Runs len(batches) steps on a mesh of the first prod(mesh_shape) devices. The plan: the
-  head on `head_positions` gathered slots per row (0: every position; the last blocks pruned
-  with it), `micro_batches`, and with pack_buckets > 0 each batch packed as the trainer packs
-  it (`ExecutionPlan.packing_for_batch`)."""
-  plan = ExecutionPlan.for_objective(
+def make_plan(recipe, batches, *, micro_batches=1, head_positions=0, pack_buckets=0):
+  return ExecutionPlan.for_objective(
     recipe.objective,
     batches[0]["source"].shape[1],
     head_positions_per_row=head_positions,
@@ -63,13 +57,57 @@ def run_steps(
     pack_tokens=pack_buckets > 0,
     pack_buckets=max(pack_buckets, 1),
   )
-  devices = jax.devices()[: int(np.prod(mesh_shape))]
-  mesh = sharding_lib.make_mesh(*mesh_shape, devices=devices)
-  tx = make_optimizer(recipe.optimizer)
+
+
+# (recipe, plan, mesh_shape) -> (mesh, shardings, jitted step, {seed: host initial state}): the
+# tests run the same step on the same mesh several times; each is compiled (and each initial
+# state created) once per module instead of once per run.
+_SETUPS: dict = {}
+
+
+def setup_for(recipe, plan, mesh_shape):
+  key = (recipe, plan, tuple(mesh_shape))
+  if key not in _SETUPS:
+    devices = jax.devices()[: int(np.prod(mesh_shape))]
+    mesh = sharding_lib.make_mesh(*mesh_shape, devices=devices)
+    tx = make_optimizer(recipe.optimizer)
+    _, shardings = train_state_lib.state_shardings(recipe, tx, mesh, plan.seq_len)
+    step = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
+    _SETUPS[key] = mesh, tx, shardings, step, {}
+  return _SETUPS[key]
+
+
+def initial_state(recipe, plan, mesh_shape, seed=0):
+  """The sharded initial state `new_state_and_step` makes (created once per key and seed; later
+  calls put a host copy back with the same shardings, since the step donates its state)."""
+  mesh, tx, shardings, _, inits = setup_for(recipe, plan, mesh_shape)
+  if seed not in inits:
+    with sharding_lib.activate(mesh):
+      state = train_state_lib.create_train_state(
+        recipe, tx, jax.random.PRNGKey(seed), mesh, plan.seq_len, shardings
+      )
+    inits[seed] = jax.device_get(state)
+    return state
+  return jax.device_put(inits[seed], shardings)
+
+
+def run_steps(
+  recipe, mesh_shape, batches, seed=0, *, micro_batches=1, head_positions=0, pack_buckets=0
+):
+  """Runs len(batches) steps on a mesh of the first prod(mesh_shape) devices. The plan: the
+  head on `head_positions` gathered slots per row (0: every position; the last blocks pruned
+  with it), `micro_batches`, and with pack_buckets > 0 each batch packed as the trainer packs
+  it (`ExecutionPlan.packing_for_batch`)."""
+  plan = make_plan(
+    recipe,
+    batches,
+    micro_batches=micro_batches,
+    head_positions=head_positions,
+    pack_buckets=pack_buckets,
+  )
+  mesh, _, _, step, _ = setup_for(recipe, plan, mesh_shape)
+  state = initial_state(recipe, plan, mesh_shape, seed)
   with sharding_lib.activate(mesh):
-    state, step = train_step_lib.new_state_and_step(
-      recipe, plan, tx, mesh, jax.random.PRNGKey(seed)
-    )
     all_metrics = []
     for batch in batches:
       global_batch = {
@@ -220,16 +258,12 @@ def test_first_step_teacher_is_initial_student_and_ema_follows_update():
   """Step 0's teacher = θ0; after the update, EMA = τ(1)·θ0 + (1-τ(1))·θ1 on the blocks and the
   embeddings are the student's (ema_transformer_layers_only)."""
   recipe = make_recipe(dropout=0.0)
-  tx = make_optimizer(recipe.optimizer)
-  mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-  with sharding_lib.activate(mesh):
-    state0 = jax.device_get(
-      train_state_lib.create_train_state(recipe, tx, jax.random.PRNGKey(0), mesh)
-    )
+  batches = [make_batch(4, 16, seed=0), make_batch(4, 16, seed=1)]
+  # The initial state the runs below start from (`create_train_state`, seed 0).
+  state0 = jax.device_get(initial_state(recipe, make_plan(recipe, batches), (1, 1, 1)))
   # The teacher starts equal to the student.
   assert set(state0.ema_params) == {"layers"}  # embeddings: the student's (layers only)
   assert max_abs_diff(state0.ema_params["layers"], state0.params["encoder"]["layers"]) == 0.0
-  batches = [make_batch(4, 16, seed=0), make_batch(4, 16, seed=1)]
   state1, _, _ = run_steps(recipe, (1, 1, 1), batches[:1])
   state2, metrics, _ = run_steps(recipe, (1, 1, 1), batches)
   taus = [0.9 + (0.99 - 0.9) * k / 10 for k in (1, 2)]
@@ -246,15 +280,24 @@ def test_first_step_teacher_is_initial_student_and_ema_follows_update():
   assert max_abs_diff(state2.params["encoder"]["layers"], state1.params["encoder"]["layers"]) > 1e-5
 
 
-def test_lr_is_zero_at_first_update():
-  recipe = make_recipe()
-  state, metrics, _ = run_steps(recipe, (1, 1, 1), [make_batch(4, 16)])
+def test_lr_is_zero_at_first_update(single_device_runs):
+  # The first update of an already-run step (make_recipe(), one device); the batch is irrelevant.
+  _, _, _, _, metrics = single_device_runs("every")
   assert metrics[0]["lr"] == 0.0
 
 
 def test_batch_not_divisible_by_micro_batches_is_refused():
-  with pytest.raises(ValueError, match="micro-batches"):
-    run_steps(make_recipe(), (1, 1, 1), [make_batch(4, 16)], micro_batches=3)
+  # The step refuses while tracing: lowering it on the abstract state is enough (no init, no
+  # compile).
+  recipe = make_recipe()
+  batch = make_batch(4, 16)
+  plan = make_plan(recipe, [batch], micro_batches=3)
+  mesh = sharding_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  tx = make_optimizer(recipe.optimizer)
+  abstract, shardings = train_state_lib.state_shardings(recipe, tx, mesh, plan.seq_len)
+  step = train_step_lib.make_train_step(recipe, plan, tx, mesh, shardings)
+  with sharding_lib.activate(mesh), pytest.raises(ValueError, match="micro-batches"):
+    step.lower(abstract, batch)
 
 
 @pytest.mark.parametrize("decay_bias_and_norm", [True, False])
