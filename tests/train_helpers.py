@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from tests.paths import REPO
+from tests.xla_env import xla_flags
 
 TINY = [
   "--config.model.num_layers=2",
@@ -48,7 +49,7 @@ def env(*, shared_cache: bool = True) -> dict[str, str]:
   compilation cache (tests/conftest.py): the run then caches in <workdir>/jax_cache, or where
   its config says, and compiles whatever it has not compiled itself."""
   e = dict(os.environ)
-  e["XLA_FLAGS"] = ""  # one CPU device, like a user's laptop
+  e["XLA_FLAGS"] = xla_flags()  # one CPU device, like a user's laptop
   e["JAX_PLATFORMS"] = "cpu"
   e["PYTHONPATH"] = REPO
   if not shared_cache:

@@ -16,10 +16,11 @@ import pytest
 
 from data2vec_jax import cli, config_files
 from tests.paths import REPO
+from tests.xla_env import xla_flags
 
 
 def run(script: str, *args: str, cwd: str = REPO) -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   return subprocess.run(
     [sys.executable, os.path.join(REPO, script), *args],
     cwd=cwd,
@@ -126,7 +127,7 @@ def test_convert_help_shows_snake_case_flags_only():
 
 
 def test_the_tpu_compile_command_has_the_same_help():
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   out = subprocess.run(
     [sys.executable, "-m", "data2vec_jax.commands.compile_for", "--config", "demo", "--help"],
     env=env,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from tests.paths import REPO
+from tests.xla_env import xla_flags
 
 TINY_V2 = [
   "--config.model.num_layers=2",
@@ -31,7 +32,7 @@ TINY_V2 = [
 
 
 def run(workdir: str, *extra: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   cmd = [
     sys.executable,
     os.path.join(REPO, "train.py"),

@@ -13,6 +13,7 @@ import zipfile
 import pytest
 
 from tests.paths import REPO as REPO_DIR
+from tests.xla_env import xla_flags
 
 REPO = pathlib.Path(REPO_DIR)
 SCRIPT = REPO / "bench" / "gpu_session.sh"
@@ -21,7 +22,7 @@ RESULTS = REPO / "bench" / "results.jsonl"
 
 def _run(tmp_path, *args, timeout=1800, **env):
   environ = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_", "D2V_"))}
-  environ.update(PYTHON=sys.executable, OUT=str(tmp_path / "out"), **env)
+  environ.update(XLA_FLAGS=xla_flags(), PYTHON=sys.executable, OUT=str(tmp_path / "out"), **env)
   return subprocess.run(
     ["bash", str(SCRIPT), *args],
     env=environ,

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from tests.train_helpers import env, train_cmd
+from tests.xla_env import xla_flags
 
 
 def _free_port() -> int:
@@ -59,7 +60,7 @@ def test_two_processes_train_and_resume_like_one_process_with_two_devices(tmp_pa
   exports from that checkpoint."""
   mesh = ("--config.mesh.data=1", "--config.mesh.fsdp=2")
   single_dir = str(tmp_path / "single")
-  single_env = dict(env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  single_env = dict(env(), XLA_FLAGS=xla_flags(devices=2))
   single = subprocess.run(
     train_cmd(single_dir, 4, *mesh), env=single_env, capture_output=True, text=True, timeout=600
   )

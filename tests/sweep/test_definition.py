@@ -22,6 +22,7 @@ from data2vec_jax.finetune import recipes
 from data2vec_jax.sweep import definition, paper, runner, table
 from data2vec_jax.sweep.definition import SweepError
 from tests.paths import REPO
+from tests.xla_env import xla_flags
 
 SHIPPED = sorted(
   os.path.basename(p)[:-3]
@@ -225,7 +226,7 @@ def test_a_failed_stage_shows_in_the_table(tmp_path):
 
 
 def sweep_cli(*args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   return subprocess.run(
     [sys.executable, os.path.join(REPO, "sweep.py"), *args],
     env=env,

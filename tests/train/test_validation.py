@@ -35,6 +35,7 @@ from data2vec_jax.train import validation as validation_lib
 from data2vec_jax.train.recipe import ConfigError, plan_from_config, recipe_from_config
 from data2vec_jax.train.run import validate_config
 from tests.paths import REPO
+from tests.xla_env import xla_flags
 
 VOCAB = VocabInfo(vocab_size=512, mask_id=511)
 # Tiny model and data, as tests/e2e/test_train.py runs the demo (2 layers x 32, batch 8 x 64).
@@ -343,7 +344,7 @@ def train_cmd(workdir: str, *extra: str) -> list[str]:
 
 def env() -> dict[str, str]:
   e = dict(os.environ)
-  e.update(XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  e.update(XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   return e
 
 

@@ -18,6 +18,7 @@ from data2vec_jax.weights.hf import load_hf_dir
 from data2vec_jax.weights.torch_io import CheckpointError
 from tests.objective.test_data2vec2 import BASE, CFG, PAD, H, T, fairseq_state_dict  # noqa: E402
 from tests.paths import REPO
+from tests.xla_env import xla_flags
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,7 @@ def test_the_converter_cli_recognises_a_v2_checkpoint(checkpoint_file, tmp_path)
       capture_output=True,
       text=True,
       timeout=300,
-      env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"),
+      env=dict(os.environ, XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu"),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
