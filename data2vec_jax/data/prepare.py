@@ -413,6 +413,20 @@ def _move_into_place(work_dir: str, output_dir: str, splits: Iterable[str]) -> N
   os.replace(os.path.join(work_dir, stats_name), os.path.join(output_dir, stats_name))
 
 
+def _check_no_mask_tokens(tok: Tokenizer, counts: np.ndarray) -> None:
+  """The text must not encode to `<mask>`: masking refuses such input (fairseq asserts the same),
+  so training would stop at the first batch that holds one, minutes or hours in. The literal text
+  "<mask>" does encode to it (a user-defined piece for sentencepiece, a special token for BPE, as
+  in fairseq and Hugging Face), e.g. in documentation about masked language models."""
+  found = int(counts[tok.vocab.mask_id])
+  if found:
+    raise sources.DataError(
+      f"the text encodes to <mask> (id {tok.vocab.mask_id}) {found} time(s), which masking "
+      'refuses in training input: remove or rewrite the literal "<mask>" in the corpus '
+      "(e.g. grep -n '<mask>' on it) and prepare again"
+    )
+
+
 def _prepare_into(args: argparse.Namespace, work_dir: str, target: str) -> dict:
   """`prepare`, writing every output into `work_dir` (the stats name their final paths in
   `target`, the output folder)."""
@@ -423,6 +437,7 @@ def _prepare_into(args: argparse.Namespace, work_dir: str, target: str) -> dict:
   record = _tokenizer_record(args, tok, target)
   written = _encode_and_write(args, tok, documents, work_dir, t0)
   _check_not_empty(args, written.n_docs)
+  _check_no_mask_tokens(tok, written.counts)
   _write_dictionary(args, tok, written.counts, work_dir, record["dict_txt"])
   stats = {
     "splits": _split_stats(written, work_dir, target),

@@ -98,12 +98,17 @@ def corpus_part(doc_id: str) -> str:
   return "valid" if u < RESERVED_FRACTION + VALID_FRACTION else "train"
 
 
+# The literal text encodes to the mask id (data/tokenizer.py), which masking refuses in its input:
+# a sentence quoting it (transformers' docs on masked language models) is dropped.
+MASK_LITERAL = "<mask>"
+
+
 def prose_sentences(text: str) -> list[str]:
   """The sentences (>= 3 words) of a docstring's prose paragraphs, filtered as the demo's manual
   sections are: headings (a line underlined with ---, ===), literal blocks after '::' and
-  paragraphs that are code, tables or doctests are dropped."""
+  paragraphs that are code, tables or doctests are dropped; so are sentences with `<mask>`."""
   lines = [ln for ln in text.splitlines() if not _UNDERLINE.match(ln)]
-  return prose_sentences_of(lines, skip_doctests=True)
+  return [s for s in prose_sentences_of(lines, skip_doctests=True) if MASK_LITERAL not in s]
 
 
 def _docstrings(tree: ast.Module) -> Iterator[tuple[str, str]]:

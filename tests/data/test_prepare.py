@@ -261,6 +261,24 @@ def test_text_line_endings_as_before(tmp_path):
   assert list(sources.read_text_documents(str(tmp_path / "mixed.txt"))) == [["a b"], ["c"], ["d"]]
 
 
+def test_literal_mask_token_is_an_input_error_and_writes_nothing(tmp_path, corpus, spm_model):
+  # "<mask>" encodes to the mask id, which masking refuses: prepare must stop, not training.
+  lines = corpus[0].read_text(encoding="utf-8").splitlines(keepends=True)
+  text = "".join(lines[:3]) + "Fill in the <mask> and predict it.\n" + "".join(lines[3:])
+  (tmp_path / "mask.txt").write_text(text, encoding="utf-8")
+  out = tmp_path / "out"
+  pattern = r"prepare: error: the text encodes to <mask> \(id \d+\) 1 time\(s\), which masking"
+  with pytest.raises(SystemExit, match=pattern) as e:
+    run_prepare(tmp_path / "mask.txt", out, "--sentencepiece_model", spm_model)
+  assert len(str(e.value).splitlines()) == 1
+  assert not out.exists() or not os.listdir(out)  # no output in place
+  run_prepare(corpus[0], out, "--sentencepiece_model", spm_model)  # the same text without it
+  before = snapshot(out)
+  with pytest.raises(SystemExit, match=pattern):  # training sentencepiece first: the same
+    run_prepare(tmp_path / "mask.txt", out, "--spm_vocab_size", 120)
+  assert snapshot(out) == before
+
+
 # ----------------------------------------------------------------------------------------------
 # 4. The command line: one line on stderr, non-zero exit, no traceback
 # ----------------------------------------------------------------------------------------------

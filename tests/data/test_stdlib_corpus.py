@@ -55,6 +55,15 @@ def test_prose_filter_drops_headings_code_and_literal_blocks():
   assert prose_sentences(doc) == expected
 
 
+def test_prose_filter_drops_sentences_with_a_literal_mask_token():
+  # "<mask>" encodes to the mask id, which masking refuses in its input (data/prepare.py).
+  doc = f"{PROSE} The model predicts the <mask> token from its context. It is trained so."
+  assert prose_sentences(doc) == [PROSE, "It is trained so."]
+  assert prose_sentences("A mask such as <mask2> is only text here.") == [
+    "A mask such as <mask2> is only text here."
+  ]
+
+
 def test_split_is_by_document_id_and_keeps_reserved_sentences_out_of_pretraining():
   docs = [
     CorpusDocument(f"m{i}:f", f"m{i}", (f"Sentence {i} of the doc.", PROSE)) for i in range(200)
