@@ -35,6 +35,11 @@ FORBIDDEN = {
   # The sweep runs the launchers as processes; it reads fine-tuning summaries, nothing more.
   "sweep": {"train", "model", "objective", "speed", "weights", "data"},
 }
+# The small experiment (issue 29) is on top of everything, and nothing imports it; it runs
+# pretraining as train.py processes and compares objectives through their runs only.
+for _below in FORBIDDEN.values():
+  _below.add("transfer")
+FORBIDDEN["transfer"] = {"commands", "objective"}
 
 
 def imported_modules(path: str) -> list[tuple[int, str]]:
