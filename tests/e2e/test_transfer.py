@@ -1,0 +1,102 @@
+"""The small experiment's evaluation end to end (issue 29), at toy scale: a 4-step tiny
+pretraining run with checkpoints at 2 and 4, held-out task TSVs written by heldout_tasks, then
+`evaluate` (export, linear probe and fine-tuning of every checkpoint and of random weights) and
+the bag-of-words `baseline`: one results.jsonl row per model, task, budget, seed and method,
+and a second call resumes (adds nothing)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from data2vec_jax.finetune import heldout_tasks
+from data2vec_jax.finetune.heldout_tasks import AREAS, CorpusDocument
+from data2vec_jax.transfer import evaluate
+from data2vec_jax.transfer.baseline import baseline
+from data2vec_jax.transfer.plan import Plan
+from tests.train_helpers import checkpoint_steps, run_train
+
+BUDGET = 24  # 4 per area: the probe's 3-fold cross-validation needs 3 of a label
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+
+
+def documents() -> list[CorpusDocument]:
+  """20 documents of three 7-word sentences in each area (its first module)."""
+  docs = []
+  for a, (area, modules) in enumerate(sorted(AREAS.items())):
+    for i in range(20):
+      sentences = tuple(
+        f"The {area} {WORDS[i % 12]} {WORDS[j]} thing number {a}{i}{j}." for j in range(3)
+      )
+      docs.append(CorpusDocument(f"{modules[0]}.sub:f{i}", f"{modules[0]}.sub", sentences))
+  return docs
+
+
+@pytest.fixture(autouse=True)
+def persistent_compilation_cache():
+  """The three models share one architecture: with the session's persistent cache
+  (tests/conftest.py) the runs after the first load their programs instead of compiling."""
+  import jax
+
+  from data2vec_jax.speed import compile_cache
+
+  keys = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
+  before = {key: getattr(jax.config, key) for key in keys}
+  compile_cache.enable(os.environ[compile_cache.ENV], "unused")
+  yield
+  for key, value in before.items():
+    jax.config.update(key, value)
+
+
+def rows(plan: Plan) -> list[dict]:
+  with open(plan.results_path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def test_evaluate_and_baseline_write_every_row_once(tmp_path, monkeypatch):
+  plan = Plan(workdir=str(tmp_path), recipes=("release",), checkpoints=2, evaluated=(1, 2),
+              budgets=(BUDGET,), seeds=(0,))  # fmt: skip
+  run = run_train(plan.pretrain_dir("release"), 4, "--config.train.keep_checkpoints=3")
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert {2, 4} <= set(checkpoint_steps(plan.pretrain_dir("release")))
+  for task in plan.tasks:
+    heldout_tasks.write_task(
+      os.path.join(plan.data_dir, "tasks"), task, documents(), budgets=(BUDGET,)
+    )
+  # A few updates per fine-tuning run: this checks the pipeline, not what it learns.
+  monkeypatch.setattr(evaluate, "MIN_EPOCHS", 1)
+  monkeypatch.setattr(evaluate, "MIN_UPDATES", 3)
+  calibration = {"recipes": {"release": {"steps": 4}}}
+
+  evaluate.evaluate(plan, calibration)
+  baseline(plan)
+  got = rows(plan)
+  keys = [(r["model"], r["task"], r["budget"], r["seed"], r["method"]) for r in got]
+  expected = {
+    (model, task, BUDGET, 0, method)
+    for model in ("scratch", "release-2", "release-4")
+    for task in plan.tasks
+    for method in ("finetune", "probe")
+  } | {("bow", task, BUDGET, 0, "bow") for task in plan.tasks}
+  assert len(keys) == len(set(keys)) and set(keys) == expected
+  assert all(0.0 <= r["accuracy"] <= 1.0 for r in got)
+  steps = {r["model"]: (r["recipe"], r["step"], r["steps"]) for r in got}
+  assert steps["release-2"] == ("release", 2, 4) and steps["scratch"] == ("scratch", 0, 0)
+  for model in ("release-2", "release-4"):
+    assert os.path.isfile(os.path.join(plan.model_dir(model), "config.json"))
+  for task in plan.tasks:
+    assert os.path.isfile(
+      os.path.join(plan.finetune_dir("release-4", task, BUDGET, 0), "results.json")
+    )
+
+  # Resumed: every row is there, so nothing runs and nothing is added.
+  before = open(plan.results_path, encoding="utf-8").read()
+  evaluate.evaluate(plan, calibration)
+  baseline(plan)
+  assert open(plan.results_path, encoding="utf-8").read() == before
