@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo sweep-demo test test-fast bench-cpu bench-gpu clean
+.PHONY: demo sweep-demo small-experiment test test-fast bench-cpu bench-gpu clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,12 @@ demo: $(STAMP)
 # An ablation sweep offline: K in {1, 2, 4}, each pretrained as in `demo` and fine-tuned on its task.
 sweep-demo: $(STAMP)
 	$(BIN)/python sweep.py --config configs/sweeps/demo_top_k.py --workdir demo_sweep
+
+# Does pretraining transfer? Issue 29's experiment on 2 CPU cores (docs/small_experiment.md):
+# data2vec v1, MLM and data2vec 2.0 pretrained 15 minutes each on the stdlib docstring corpus,
+# then fine-tuned and probed on two held-out tasks; report in small_experiment/report.md.
+small-experiment: $(STAMP)
+	$(BIN)/python -m data2vec_jax.transfer --workdir small_experiment
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q tests

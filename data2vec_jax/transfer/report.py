@@ -1,0 +1,305 @@
+"""The experiment's report: report.md and two plots, from results.jsonl and the pretraining runs.
+
+* `transfer_vs_compute.png`: dev accuracy against pretraining compute (tokens through the
+  model, which for one model and recipe is proportional to FLOPs) for the first recipe (v1),
+  fine-tuned and probed, with random weights and the bag-of-words baseline as horizontal lines;
+  one panel per task and label budget.
+* `recipes_vs_wall_clock.png`: the recipes against pretraining wall-clock minutes on this
+  machine (the time each checkpoint was reached, read from the run's metrics), fine-tuned (solid)
+  and probed (dashed).
+
+Scores are means over seeds; spreads are sample standard deviations (ddof=1) over the seeds,
+which vary the label subset and the fine-tuning run together (dev is fixed). "Beats random
+weights" is judged at the smallest budget by the difference of the means against twice the larger
+of the two spreads, as the issue asks.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from data2vec_jax.atomic_files import read_json, write_text_atomically
+from data2vec_jax.transfer.baseline import BOW
+from data2vec_jax.transfer.plan import RECIPE_NAMES, SCRATCH, Plan
+
+REPORT = "report.md"
+COMPUTE_PLOT = "transfer_vs_compute.png"
+WALL_CLOCK_PLOT = "recipes_vs_wall_clock.png"
+COLORS = {"release": "tab:blue", "roberta": "tab:orange", "data2vec2": "tab:green"}
+
+
+def read_results(plan: Plan) -> list[dict[str, Any]]:
+  if not os.path.isfile(plan.results_path):
+    return []
+  with open(plan.results_path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+def score_table(rows: Sequence[dict]) -> dict[tuple, tuple[float, float, int]]:
+  """(model, method, task, budget) -> (mean, std ddof=1 (0 for one seed), seeds) in percent."""
+  groups: dict[tuple, list[float]] = collections.defaultdict(list)
+  for r in rows:
+    if r.get("accuracy") is not None:
+      groups[(r["model"], r["method"], r["task"], r["budget"])].append(100 * r["accuracy"])
+  return {
+    key: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+    for key, v in groups.items()
+  }
+
+
+def run_clock(pretrain_dir: str) -> tuple[np.ndarray, np.ndarray]:
+  """(steps, minutes since the run started) at the logged steps of a pretraining run; the start
+  is the first step's end minus its time (compilation included)."""
+  with open(os.path.join(pretrain_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.endswith("\n")]
+  rows = [r for r in rows if "time" in r and "loss" in r]
+  first = next(r for r in rows if "first_step_s" in r)
+  start = first["time"] - first["first_step_s"]
+  by_step = {r["step"]: r["time"] for r in rows}  # a resumed run logs a step again: the later wins
+  steps = np.array(sorted(by_step))
+  return steps, (np.array([by_step[s] for s in steps]) - start) / 60
+
+
+def tokens_per_step(pretrain_dir: str) -> int:
+  """Token positions through the student per update: sequences (x clones for data2vec 2.0) x
+  sample length."""
+  config = read_json(os.path.join(pretrain_dir, "config.json")) or {}
+  data, objective = config.get("data", {}), config.get("objective", {})
+  clones = int(objective.get("clone_batch", 1)) if objective.get("kind") == "data2vec2" else 1
+  return int(data.get("global_batch_size", 0)) * int(data.get("tokens_per_sample", 0)) * clones
+
+
+def checkpoint_points(plan: Plan, rows: Sequence[dict]) -> dict[str, list[dict]]:
+  """recipe -> [{'model', 'step', 'minutes', 'tokens'}] of its evaluated checkpoints, by step."""
+  out: dict[str, list[dict]] = {}
+  for recipe in plan.recipes:
+    models = sorted({(r["step"], r["model"]) for r in rows if r["recipe"] == recipe})
+    if not models:
+      continue
+    steps, minutes = run_clock(plan.pretrain_dir(recipe))
+    per_step = tokens_per_step(plan.pretrain_dir(recipe))
+    out[recipe] = [
+      {
+        "model": name,
+        "step": step,
+        "minutes": float(np.interp(step, steps, minutes)),
+        "tokens": step * per_step,
+      }
+      for step, name in models
+    ]
+  return out
+
+
+def _fmt(cell: tuple[float, float, int] | None) -> str:
+  return "–" if cell is None else f"{cell[0]:.1f} ± {cell[1]:.1f}"
+
+
+def verdicts(plan: Plan, table: dict, points: dict) -> list[str]:
+  """At the smallest budget, per task and method: each recipe's last checkpoint vs random weights."""
+  budget = min(plan.budgets)
+  lines = []
+  for task in plan.tasks:
+    for method in ("finetune", "probe"):
+      scratch = table.get((SCRATCH, method, task, budget))
+      for recipe, pts in points.items():
+        ours = table.get((pts[-1]["model"], method, task, budget))
+        if scratch is None or ours is None:
+          continue
+        gap, bar = ours[0] - scratch[0], 2 * max(ours[1], scratch[1])
+        verdict = "beats random weights" if gap > bar else "does not beat random weights"
+        lines.append(
+          f"- {task}, {budget} labels, {method}: {RECIPE_NAMES[recipe]} {_fmt(ours)} vs random "
+          f"{_fmt(scratch)}: difference {gap:+.1f}, twice the spread {bar:.1f}: **{verdict}**"
+        )
+  return lines
+
+
+def markdown(plan: Plan, calibration: dict, rows: Sequence[dict]) -> str:
+  table = score_table(rows)
+  points = checkpoint_points(plan, rows)
+  runs = ", ".join(f"{RECIPE_NAMES[r]} {calibration['recipes'][r]['steps']} steps" for r in points)
+  lines = [
+    "# The small transfer experiment",
+    "",
+    f"Pretraining: {plan.minutes:g} minutes per recipe on this machine ({runs}). Dev accuracy "
+    f"in percent, mean ± std (ddof 1) over seeds {', '.join(map(str, plan.seeds))}.",
+    "",
+    "## Last checkpoints, random weights and the bag-of-words baseline",
+    "",
+  ]
+  header = ["task", "labels", "BoW", "random (ft)", "random (probe)"]
+  for recipe in points:
+    header += [f"{RECIPE_NAMES[recipe]} (ft)", f"{RECIPE_NAMES[recipe]} (probe)"]
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for task in plan.tasks:
+    for budget in plan.budgets:
+      cells = [task, str(budget), _fmt(table.get((BOW, BOW, task, budget)))]
+      cells += [_fmt(table.get((SCRATCH, m, task, budget))) for m in ("finetune", "probe")]
+      for recipe, pts in points.items():
+        cells += [
+          _fmt(table.get((pts[-1]["model"], m, task, budget))) for m in ("finetune", "probe")
+        ]
+      lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", f"## At {min(plan.budgets)} labels: pretrained vs random weights", ""]
+  lines += verdicts(plan, table, points) or ["(no scores yet)"]
+  lines += ["", "## Along pretraining (fine-tuning / probe)", ""]
+  header = ["recipe", "step", "minutes", "tokens (M)"]
+  header += [f"{task} {budget}" for task in plan.tasks for budget in plan.budgets]
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for recipe, pts in points.items():
+    for p in pts:
+      cells = [
+        RECIPE_NAMES[recipe],
+        str(p["step"]),
+        f"{p['minutes']:.1f}",
+        f"{p['tokens'] / 1e6:.1f}",
+      ]
+      for task in plan.tasks:
+        for budget in plan.budgets:
+          ft = table.get((p["model"], "finetune", task, budget))
+          pr = table.get((p["model"], "probe", task, budget))
+          cells.append(f"{_fmt(ft)} / {_fmt(pr)}")
+      lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", f"Plots: {COMPUTE_PLOT}, {WALL_CLOCK_PLOT}.", ""]
+  return "\n".join(lines)
+
+
+def _panels(plan: Plan):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(
+    len(plan.tasks), len(plan.budgets), figsize=(4.2 * len(plan.budgets), 3.4 * len(plan.tasks)),
+    squeeze=False,
+  )  # fmt: skip
+  return plt, fig, axes
+
+
+def _references(ax, table: dict, task: str, budget: int) -> None:
+  """Random weights (fine-tuned: grey band of ±1 std; probed: grey dashed) and BoW (black dotted)."""
+  scratch = table.get((SCRATCH, "finetune", task, budget))
+  if scratch:
+    ax.axhline(scratch[0], color="grey", label="random weights, fine-tuned")
+    ax.axhspan(scratch[0] - scratch[1], scratch[0] + scratch[1], color="grey", alpha=0.15)
+  probe = table.get((SCRATCH, "probe", task, budget))
+  if probe:
+    ax.axhline(probe[0], color="grey", linestyle="--", label="random weights, probed")
+  bow = table.get((BOW, BOW, task, budget))
+  if bow:
+    ax.axhline(bow[0], color="black", linestyle=":", label="TF-IDF + LR")
+
+
+def _curve(ax, table, pts, x_key, method, task, budget, **style) -> None:
+  xs, ys, es = [], [], []
+  for p in pts:
+    cell = table.get((p["model"], method, task, budget))
+    if cell:
+      xs.append(p[x_key] / (1e6 if x_key == "tokens" else 1))
+      ys.append(cell[0])
+      es.append(cell[1])
+  if xs:
+    ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, **style)
+
+
+def plot_compute(plan: Plan, table: dict, points: dict, path: str) -> None:
+  recipe = plan.recipes[0]
+  plt, fig, axes = _panels(plan)
+  for i, task in enumerate(plan.tasks):
+    for j, budget in enumerate(plan.budgets):
+      ax = axes[i][j]
+      _references(ax, table, task, budget)
+      pts = points.get(recipe, [])
+      name = RECIPE_NAMES[recipe]
+      _curve(
+        ax,
+        table,
+        pts,
+        "tokens",
+        "finetune",
+        task,
+        budget,
+        color="tab:blue",
+        label=f"{name}, fine-tuned",
+      )
+      _curve(
+        ax,
+        table,
+        pts,
+        "tokens",
+        "probe",
+        task,
+        budget,
+        color="tab:blue",
+        linestyle="--",
+        label=f"{name}, probed",
+      )
+      ax.set_title(f"{task}, {budget} labels")
+      ax.set_xlabel("pretraining tokens (millions)")
+      ax.set_ylabel("dev accuracy (%)")
+  axes[0][0].legend(fontsize=7)
+  fig.suptitle(
+    f"Transfer vs pretraining compute ({RECIPE_NAMES[recipe]}; mean ± std over {len(plan.seeds)} seeds)"
+  )
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_wall_clock(plan: Plan, table: dict, points: dict, path: str) -> None:
+  plt, fig, axes = _panels(plan)
+  for i, task in enumerate(plan.tasks):
+    for j, budget in enumerate(plan.budgets):
+      ax = axes[i][j]
+      _references(ax, table, task, budget)
+      for recipe, pts in points.items():
+        color, name = COLORS.get(recipe), RECIPE_NAMES[recipe]
+        _curve(
+          ax,
+          table,
+          pts,
+          "minutes",
+          "finetune",
+          task,
+          budget,
+          color=color,
+          label=f"{name}, fine-tuned",
+        )
+        _curve(
+          ax,
+          table,
+          pts,
+          "minutes",
+          "probe",
+          task,
+          budget,
+          color=color,
+          linestyle="--",
+          alpha=0.6,
+          label=f"{name}, probed",
+        )
+      ax.set_title(f"{task}, {budget} labels")
+      ax.set_xlabel("pretraining wall-clock (minutes, 2 CPU cores)")
+      ax.set_ylabel("dev accuracy (%)")
+  axes[0][0].legend(fontsize=6)
+  fig.suptitle("v1 vs MLM vs data2vec 2.0 at equal wall time (mean ± std over seeds)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_report(plan: Plan, calibration: dict) -> str:
+  """Writes report.md and the plots into the workdir; returns the markdown."""
+  rows = read_results(plan)
+  text = markdown(plan, calibration, rows)
+  table, points = score_table(rows), checkpoint_points(plan, rows)
+  plot_compute(plan, table, points, plan.path(COMPUTE_PLOT))
+  plot_wall_clock(plan, table, points, plan.path(WALL_CLOCK_PLOT))
+  write_text_atomically(plan.path(REPORT), text)
+  return text
