@@ -42,24 +42,26 @@ E2E = os.path.join(TESTS, "e2e")
 # with the fewest tests last, hence `make test`'s --no-loadscope-reorder), one of them alone kept
 # a worker busy for minutes while the other had nothing left. The order changes no result.
 SLOWEST_FILES = (
-  "train/test_step.py",
-  "e2e/test_gpu_session.py",
-  "e2e/test_finetune.py",
   "e2e/test_train.py",
+  "e2e/test_sweep.py",
+  "e2e/test_gpu_session.py",
+  "test_compile_for.py",
+  "e2e/test_train_failures.py",
+  "train/test_step.py",
+  "e2e/test_train_multiprocess.py",
+  "e2e/test_finetune.py",
+  "e2e/test_transfer.py",
+  "e2e/test_packaging.py",
+  "e2e/test_notebooks.py",
+  "e2e/test_data2vec2.py",
+  "objective/test_loss.py",
   "finetune/test_starting_point.py",
   "objective/test_data2vec2.py",
-  "e2e/test_packaging.py",
   "train/test_step_data2vec2.py",
-  "e2e/test_train_failures.py",
   "train/test_validation.py",
   "model/test_pad_rows.py",
-  "e2e/test_sweep.py",
-  "e2e/test_train_multiprocess.py",
   "finetune/test_model_parity.py",
   "speed/test_packing.py",
-  "objective/test_loss.py",
-  "test_compile_for.py",
-  "e2e/test_notebooks.py",
 )
 
 
