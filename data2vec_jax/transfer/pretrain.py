@@ -2,7 +2,8 @@
 then run train.py (configs/small_experiment.py) for the steps that fill `plan.minutes`.
 
 Calibration runs each recipe for `CALIBRATION_STEPS` steps: its steps per second over the
-steps after `SETTLE_STEPS` (compilation, the first batches and the first checkpoint left out)
+steps after `SETTLE_STEPS` and before the last (compilation and the first batches left out, and
+the validation and checkpoint that end the run)
 and its time to the first step (compilation included). A recipe's steps then fill its minutes:
 floor(rate x (minutes x 60 - first step's seconds)), rounded down to a multiple of
 `plan.checkpoints`. The wall time each run really took is read from its metrics (report.py),
@@ -57,8 +58,10 @@ def measure_speed(metrics_path: str) -> dict[str, float]:
     rows = [json.loads(line) for line in f if line.endswith("\n")]
   times = {row["step"]: row["time"] for row in rows if "time" in row and "loss" in row}
   first = next(row["first_step_s"] for row in rows if "first_step_s" in row)
-  last = max(times)
-  if last <= SETTLE_STEPS:
+  # The run's last step is left out: the held-out validation and the checkpoint at the end of
+  # the run are timed into it (in the first calibrations they halved the measured rate).
+  last = max(times) - 1
+  if last <= SETTLE_STEPS or last not in times:
     raise PretrainError(f"{metrics_path}: no step after {SETTLE_STEPS} to time")
   rate = (last - SETTLE_STEPS) / (times[last] - times[SETTLE_STEPS])
   return {"steps_per_s": rate, "first_step_s": float(first)}

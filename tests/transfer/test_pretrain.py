@@ -41,7 +41,8 @@ def write_metrics(path, times: dict[int, float], first_step_s: float = 12.5) -> 
 def test_measure_speed_counts_only_the_steps_after_settling(tmp_path):
   # Slow first steps (compilation), then 4 steps per second from SETTLE_STEPS on.
   times = {s: 100.0 + 30.0 * s for s in range(1, SETTLE_STEPS + 1)}
-  times.update({s: times[SETTLE_STEPS] + (s - SETTLE_STEPS) / 4 for s in range(11, 61)})
+  times.update({s: times[SETTLE_STEPS] + (s - SETTLE_STEPS) / 4 for s in range(11, 60)})
+  times[60] = times[59] + 5.0  # the run's end: validation and a checkpoint, not a step's time
   speed = measure_speed(write_metrics(tmp_path / "metrics.jsonl", times, first_step_s=31.0))
   assert speed["steps_per_s"] == pytest.approx(4.0, rel=1e-12)
   assert speed["first_step_s"] == 31.0
