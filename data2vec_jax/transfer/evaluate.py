@@ -5,6 +5,9 @@ Models: each recipe's checkpoints at `plan.evaluated` (exported student weights,
 and random weights (`scratch`: the same architecture and tokenizer; fine-tuning's
 `from_scratch`, and for the probe a random encoder seeded like the run).
 
+Fine-tuning runs at `plan.finetune_budgets` for the last checkpoints and random weights and at
+`plan.finetune_budgets_along` for the earlier checkpoints; the probe at every budget.
+
 Fine-tuning recipe, fixed in advance (the demo's, scaled by the budget; no setting is chosen
 by a dev score): AdamW lr 1e-3, 16 sentences per update, 6% warmup then linear decay, for
 max(8 epochs, `MIN_UPDATES` updates); one evaluation, at the end, and that is the score
@@ -86,6 +89,9 @@ def finetune_config(plan: Plan, task: str, budget: int, seed: int, init: str, sc
     export_model=False,
     tensorboard=False,
     log_every=max(updates // 3, 1),
+    # One persistent compilation cache for every run: the runs share their shapes, and a run's
+    # own <run>/jax_cache would compile each from scratch (~8 s a run).
+    compilation_cache=plan.path("jax_cache"),
   )
   return c
 
@@ -113,15 +119,17 @@ def _cells(plan: Plan) -> Iterator[tuple[str, int, int]]:
 
 def evaluate(plan: Plan, calibration: dict) -> None:
   todo = models(plan, calibration)
-  last = todo[1]  # the first recipe's last checkpoint: scratch's architecture and tokenizer
+  architecture = todo[1]  # the first recipe's last checkpoint: scratch's architecture, tokenizer
   done = _done(plan)
   for number, model in enumerate(todo, start=1):
     scratch = model["name"] == SCRATCH
-    directory = export_model(plan, last if scratch else model)
+    directory = export_model(plan, architecture if scratch else model)
     start = time.time()
     _probe_model(plan, model, directory, scratch, done)
+    last = scratch or model["step"] == model["steps"]
+    budgets = plan.finetune_budgets if last else plan.finetune_budgets_along
     for task, budget, seed in _cells(plan):
-      if (model["name"], task, budget, seed, "finetune") in done:
+      if budget not in budgets or (model["name"], task, budget, seed, "finetune") in done:
         continue
       run_dir = plan.finetune_dir(model["name"], task, budget, seed)
       results = run_finetuning(

@@ -38,6 +38,11 @@ class Plan:
   tasks: tuple[str, ...] = heldout_tasks.TASKS
   budgets: tuple[int, ...] = heldout_tasks.BUDGETS
   seeds: tuple[int, ...] = (0, 1, 2)  # label subset and fine-tuning seed together
+  # Fine-tuning is the cost (~11 s a run at 50-200 labels, ~30 s at 1000, on 2 cores): the
+  # last checkpoints and random weights are fine-tuned at these budgets, the earlier
+  # checkpoints at the smallest; the linear probe runs at every budget for every model.
+  finetune_budgets: tuple[int, ...] = (50, 200)
+  finetune_budgets_along: tuple[int, ...] = (50,)
   # The corpus: the stdlib's docstrings plus these installed packages' (stdlib_corpus's `dev`
   # set: 2.7M words, 52x the demo's); stdlib_dir replaces the stdlib (tests: a tiny tree).
   packages: tuple[str, ...] = stdlib_corpus.PACKAGE_SETS["dev"]

@@ -34,10 +34,14 @@ COLORS = {"release": "tab:blue", "roberta": "tab:orange", "data2vec2": "tab:gree
 
 
 def read_results(plan: Plan) -> list[dict[str, Any]]:
+  """results.jsonl's rows, one per (model, method, task, budget, seed): a later line wins (an
+  evaluation repeated after a kill, or by two runs of the experiment at once)."""
   if not os.path.isfile(plan.results_path):
     return []
   with open(plan.results_path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.endswith("\n")]
+    rows = [json.loads(line) for line in f if line.endswith("\n")]
+  keyed = {(r["model"], r["method"], r["task"], r["budget"], r["seed"]): r for r in rows}
+  return list(keyed.values())
 
 
 def score_table(rows: Sequence[dict]) -> dict[tuple, tuple[float, float, int]]:

@@ -13,7 +13,7 @@ import pytest
 
 from data2vec_jax.finetune import heldout_tasks
 from data2vec_jax.finetune.heldout_tasks import AREAS, CorpusDocument
-from data2vec_jax.transfer import evaluate
+from data2vec_jax.transfer import evaluate, report
 from data2vec_jax.transfer.baseline import baseline
 from data2vec_jax.transfer.plan import Plan
 from tests.train_helpers import checkpoint_steps, run_train
@@ -60,8 +60,10 @@ def rows(plan: Plan) -> list[dict]:
 
 
 def test_evaluate_and_baseline_write_every_row_once(tmp_path, monkeypatch):
+  # Fine-tuned: the last checkpoint and random weights; the earlier checkpoint is only probed.
   plan = Plan(workdir=str(tmp_path), recipes=("release",), checkpoints=2, evaluated=(1, 2),
-              budgets=(BUDGET,), seeds=(0,))  # fmt: skip
+              budgets=(BUDGET,), seeds=(0,), finetune_budgets=(BUDGET,),
+              finetune_budgets_along=())  # fmt: skip
   run = run_train(plan.pretrain_dir("release"), 4, "--config.train.keep_checkpoints=3")
   assert run.returncode == 0, run.stderr[-3000:]
   assert {2, 4} <= set(checkpoint_steps(plan.pretrain_dir("release")))
@@ -78,12 +80,19 @@ def test_evaluate_and_baseline_write_every_row_once(tmp_path, monkeypatch):
   baseline(plan)
   got = rows(plan)
   keys = [(r["model"], r["task"], r["budget"], r["seed"], r["method"]) for r in got]
-  expected = {
-    (model, task, BUDGET, 0, method)
-    for model in ("scratch", "release-2", "release-4")
-    for task in plan.tasks
-    for method in ("finetune", "probe")
-  } | {("bow", task, BUDGET, 0, "bow") for task in plan.tasks}
+  expected = (
+    {
+      (model, task, BUDGET, 0, "probe")
+      for model in ("scratch", "release-2", "release-4")
+      for task in plan.tasks
+    }
+    | {
+      (model, task, BUDGET, 0, "finetune")
+      for model in ("scratch", "release-4")
+      for task in plan.tasks
+    }
+    | {("bow", task, BUDGET, 0, "bow") for task in plan.tasks}
+  )
   assert len(keys) == len(set(keys)) and set(keys) == expected
   assert all(0.0 <= r["accuracy"] <= 1.0 for r in got)
   steps = {r["model"]: (r["recipe"], r["step"], r["steps"]) for r in got}
@@ -94,6 +103,15 @@ def test_evaluate_and_baseline_write_every_row_once(tmp_path, monkeypatch):
     assert os.path.isfile(
       os.path.join(plan.finetune_dir("release-4", task, BUDGET, 0), "results.json")
     )
+
+  # The report: its tables hold every score, the verdicts compare with random weights, and
+  # both plots are drawn.
+  text = report.write_report(plan, calibration)
+  assert f"## At {BUDGET} labels: pretrained vs random weights" in text
+  assert text.count("random weights**") == 2 * len(plan.tasks)  # finetune and probe per task
+  for name in (report.COMPUTE_PLOT, report.WALL_CLOCK_PLOT):
+    assert os.path.getsize(plan.path(name)) > 10_000
+  assert open(plan.path(report.REPORT), encoding="utf-8").read() == text
 
   # Resumed: every row is there, so nothing runs and nothing is added.
   before = open(plan.results_path, encoding="utf-8").read()
