@@ -123,6 +123,43 @@ def verdicts(plan: Plan, table: dict, points: dict) -> list[str]:
   return lines
 
 
+def trends(plan: Plan, table: dict, points: dict) -> list[str]:
+  """At the smallest budget, per recipe, task and method: the least-squares slope of the mean
+  score against log2(pretraining tokens) over the evaluated checkpoints (points per doubling of
+  pretraining compute) and, where it rises, the tokens at which that line would reach random
+  weights' mean plus twice the larger spread: an extrapolation of the measured points, stated as
+  one, not a prediction."""
+  budget = min(plan.budgets)
+  lines = []
+  for task in plan.tasks:
+    for method in ("finetune", "probe"):
+      scratch = table.get((SCRATCH, method, task, budget))
+      for recipe, pts in points.items():
+        cells = [(p, table.get((p["model"], method, task, budget))) for p in pts]
+        cells = [(p, c) for p, c in cells if c is not None]
+        if scratch is None or len(cells) < 3:
+          continue
+        x = np.log2([p["tokens"] for p, _ in cells])
+        y = np.array([c[0] for _, c in cells])
+        slope, intercept = np.polyfit(x, y, 1)
+        target = scratch[0] + 2 * max([scratch[1]] + [c[1] for _, c in cells])
+        text = (
+          f"- {task}, {budget} labels, {method}, {RECIPE_NAMES[recipe]}: "
+          f"{slope:+.2f} points per doubling of pretraining tokens "
+          f"({len(cells)} checkpoints, {cells[0][0]['tokens'] / 1e6:.1f}M to "
+          f"{cells[-1][0]['tokens'] / 1e6:.1f}M tokens)"
+        )
+        if slope > 0:
+          needed = 2 ** ((target - intercept) / slope)
+          text += (
+            f"; the line reaches {target:.1f} (random + 2 spreads) at ~{needed / 1e6:,.0f}M tokens"
+          )
+        else:
+          text += "; it does not rise, so it reaches random weights + 2 spreads at no scale"
+        lines.append(text)
+  return lines
+
+
 def markdown(plan: Plan, calibration: dict, rows: Sequence[dict]) -> str:
   table = score_table(rows)
   points = checkpoint_points(plan, rows)
@@ -151,6 +188,8 @@ def markdown(plan: Plan, calibration: dict, rows: Sequence[dict]) -> str:
       lines.append("| " + " | ".join(cells) + " |")
   lines += ["", f"## At {min(plan.budgets)} labels: pretrained vs random weights", ""]
   lines += verdicts(plan, table, points) or ["(no scores yet)"]
+  lines += ["", "Trend along pretraining (least squares on the evaluated checkpoints):", ""]
+  lines += trends(plan, table, points) or ["(fewer than 3 checkpoints scored yet)"]
   lines += ["", "## Along pretraining (fine-tuning / probe)", ""]
   header = ["recipe", "step", "minutes", "tokens (M)"]
   header += [f"{task} {budget}" for task in plan.tasks for budget in plan.budgets]
