@@ -5,36 +5,36 @@
 
 One small model (4 layers x 128, 8k sentencepiece vocabulary, 128-token samples) pretrained on
 the standard-library docstring corpus (`data2vec_jax/data/stdlib_corpus.py`, `--packages dev`:
-2.7M words), binarized once into DIR by `python -m data2vec_jax.transfer.prepare` (DIR/bin/train,
-DIR/bin/valid). The three recipes share the model, the corpus, the tokenizer and the optimiser
-(the demo's, scaled to the run: AdamW lr 1e-3, cosine with 10% warmup, clip 1), so what differs is
-the objective and its masking:
+2.7M words), binarized once into DIR by the experiment's prepare stage (DIR/bin/train,
+DIR/valid_bin/train; DIR defaults to small_experiment/data). The three recipes share the model,
+the corpus, the tokenizer and the optimiser (the demo's, scaled to the run: AdamW lr 1e-3, cosine
+with 10% warmup, clip 1), so what differs is the objective and its masking:
 
   release    data2vec v1 as released (span masking 0.35 x 4, K=3 top layers, LN targets, smooth L1)
   roberta    the MLM baseline of the paper's Table 4 (BERT masking 15% 80/10/10)
   data2vec2  data2vec 2.0 (4 clones per sentence, 48% masked and dropped, conv decoder 128 x 5 x 3,
              IN targets from every block), 8 sentences x 4 clones per update as in the demo
 
-`steps` is what the experiment calibrates for equal wall time (transfer/plan.py); checkpoints are
+`steps` is what the experiment calibrates for equal wall time (transfer/pretrain.py); checkpoints are
 kept at every `checkpoint_every` steps, all of them: the evaluation reads each.
 """
 
 from data2vec_jax.configs import pretrain
 
 RECIPES = ("release", "roberta", "data2vec2")
+DEFAULT_DATA = "small_experiment/data"
 
 
 def get_config(arg: str | None = None):
+  # data: where `python -m data2vec_jax.transfer --workdir W --stages prepare` wrote W/data (the
+  # default: make small-experiment's workdir, relative to the checkout).
   args = pretrain.parse_arg(
-    arg, {"recipe": "release", "steps": "3000", "checkpoint_every": "500", "data": ""}
+    arg,
+    {"recipe": "release", "steps": "3000", "checkpoint_every": "500", "data": DEFAULT_DATA},
   )
   recipe = args["recipe"]
   if recipe not in RECIPES:
     raise ValueError(f"small_experiment recipe {recipe!r}; expected one of {RECIPES}")
-  if not args["data"]:
-    raise ValueError(
-      "small_experiment needs data=DIR (written by python -m data2vec_jax.transfer.prepare DIR)"
-    )
   steps, every = int(args["steps"]), int(args["checkpoint_every"])
   c = pretrain.base_config(model="tiny", recipe=recipe)
   c.model.update(

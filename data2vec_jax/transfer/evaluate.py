@@ -135,6 +135,11 @@ def evaluate(plan: Plan, calibration: dict) -> None:
       results = run_finetuning(
         finetune_config(plan, task, budget, seed, directory, scratch), run_dir
       )
+      if results.get("stop_reason") != "completed":  # a preemption notice: resume next time
+        logging.warning(
+          "evaluate: %s stopped (%s); re-run to resume", run_dir, results.get("stop_reason")
+        )
+        return
       _append(plan, {**_row(model, task, budget, seed, "finetune"), "accuracy": results["score"]})
     logging.info(
       "evaluate: [%d/%d] %s done in %.0f s", number, len(todo), model["name"], time.time() - start

@@ -1,12 +1,11 @@
 """The experiment's report: report.md and two plots, from results.jsonl and the pretraining runs.
 
-* `transfer_vs_compute.png`: dev accuracy against pretraining compute (tokens through the
-  model, which for one model and recipe is proportional to FLOPs) for the first recipe (v1),
-  fine-tuned and probed, with random weights and the bag-of-words baseline as horizontal lines;
-  one panel per task and label budget.
-* `recipes_vs_wall_clock.png`: the recipes against pretraining wall-clock minutes on this
-  machine (the time each checkpoint was reached, read from the run's metrics), fine-tuned (solid)
-  and probed (dashed).
+* `transfer_vs_compute.png`: dev accuracy against pretraining compute (token positions through
+  the student, which for one model and recipe is proportional to FLOPs; log scale), every
+  recipe fine-tuned (solid) and probed (dashed), with random weights and the bag-of-words
+  baseline as horizontal lines; one panel per task and label budget.
+* `recipes_vs_wall_clock.png`: the same against pretraining wall-clock minutes on this machine
+  (the time each checkpoint was reached, read from the run's metrics).
 
 Scores are means over seeds; spreads are sample standard deviations (ddof=1) over the seeds,
 which vary the label subset and the fine-tuning run together (dev is fixed). "Beats random
@@ -141,21 +140,32 @@ def trends(plan: Plan, table: dict, points: dict) -> list[str]:
           continue
         x = np.log2([p["tokens"] for p, _ in cells])
         y = np.array([c[0] for _, c in cells])
-        slope, intercept = np.polyfit(x, y, 1)
+        (slope, intercept), cov = np.polyfit(x, y, 1, cov="unscaled")
+        # The slope's standard error from the fit's residuals (n - 2 degrees of freedom).
+        residual = y - (slope * x + intercept)
+        se = float(np.sqrt(cov[0, 0] * (residual @ residual) / max(len(x) - 2, 1)))
         target = scratch[0] + 2 * max([scratch[1]] + [c[1] for _, c in cells])
+        measured = cells[-1][0]["tokens"]
         text = (
           f"- {task}, {budget} labels, {method}, {RECIPE_NAMES[recipe]}: "
-          f"{slope:+.2f} points per doubling of pretraining tokens "
+          f"{slope:+.2f} ± {se:.2f} points per doubling of pretraining tokens "
           f"({len(cells)} checkpoints, {cells[0][0]['tokens'] / 1e6:.1f}M to "
-          f"{cells[-1][0]['tokens'] / 1e6:.1f}M tokens)"
+          f"{measured / 1e6:.1f}M tokens)"
         )
-        if slope > 0:
-          needed = 2 ** ((target - intercept) / slope)
-          text += (
-            f"; the line reaches {target:.1f} (random + 2 spreads) at ~{needed / 1e6:,.0f}M tokens"
-          )
+        if y[-1] > target:
+          text += f"; already above random + 2 spreads ({target:.1f})"
+        elif slope < -2 * se:
+          text += "; falling (by more than 2 standard errors): no extrapolation"
+        elif slope <= 2 * se:
+          text += "; not distinguishable from flat (within 2 standard errors): no extrapolation"
         else:
-          text += "; it does not rise, so it reaches random weights + 2 spreads at no scale"
+          needed = 2 ** ((target - intercept) / slope)
+          where = (
+            "beyond 1000x the tokens measured"
+            if needed > 1000 * measured
+            else f"at ~{needed / 1e6:,.0f}M tokens ({needed / measured:.0f}x the tokens measured)"
+          )
+          text += f"; the line reaches {target:.1f} (random + 2 spreads) {where}"
         lines.append(text)
   return lines
 
@@ -163,11 +173,14 @@ def trends(plan: Plan, table: dict, points: dict) -> list[str]:
 def markdown(plan: Plan, calibration: dict, rows: Sequence[dict]) -> str:
   table = score_table(rows)
   points = checkpoint_points(plan, rows)
-  runs = ", ".join(f"{RECIPE_NAMES[r]} {calibration['recipes'][r]['steps']} steps" for r in points)
+  runs = ", ".join(
+    f"{RECIPE_NAMES[r]} {calibration['recipes'][r]['steps']} steps in {pts[-1]['minutes']:.1f} min"
+    for r, pts in points.items()
+  )
   lines = [
     "# The small transfer experiment",
     "",
-    f"Pretraining: {plan.minutes:g} minutes per recipe on this machine ({runs}). Dev accuracy "
+    f"Pretraining: {plan.minutes:g} minutes per recipe planned ({runs}). Dev accuracy "
     f"in percent, mean ± std (ddof 1) over seeds {', '.join(map(str, plan.seeds))}.",
     "",
     "## Last checkpoints, random weights and the bag-of-words baseline",
@@ -251,51 +264,12 @@ def _curve(ax, table, pts, x_key, method, task, budget, **style) -> None:
     ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, **style)
 
 
-def plot_compute(plan: Plan, table: dict, points: dict, path: str) -> None:
-  recipe = plan.recipes[0]
-  plt, fig, axes = _panels(plan)
-  for i, task in enumerate(plan.tasks):
-    for j, budget in enumerate(plan.budgets):
-      ax = axes[i][j]
-      _references(ax, table, task, budget)
-      pts = points.get(recipe, [])
-      name = RECIPE_NAMES[recipe]
-      _curve(
-        ax,
-        table,
-        pts,
-        "tokens",
-        "finetune",
-        task,
-        budget,
-        color="tab:blue",
-        label=f"{name}, fine-tuned",
-      )
-      _curve(
-        ax,
-        table,
-        pts,
-        "tokens",
-        "probe",
-        task,
-        budget,
-        color="tab:blue",
-        linestyle="--",
-        label=f"{name}, probed",
-      )
-      ax.set_title(f"{task}, {budget} labels")
-      ax.set_xlabel("pretraining tokens (millions)")
-      ax.set_ylabel("dev accuracy (%)")
-  axes[0][0].legend(fontsize=7)
-  fig.suptitle(
-    f"Transfer vs pretraining compute ({RECIPE_NAMES[recipe]}; mean ± std over {len(plan.seeds)} seeds)"
-  )
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+def plot_scores(plan: Plan, table: dict, points: dict, path: str, x_key: str) -> None:
+  """One panel per task and budget: every recipe's checkpoints, fine-tuned (solid) and probed
+  (dashed), against pretraining tokens (x_key='tokens', log scale: the trend is fitted per
+  doubling) or wall-clock minutes (x_key='minutes')."""
+  from matplotlib.ticker import ScalarFormatter
 
-
-def plot_wall_clock(plan: Plan, table: dict, points: dict, path: str) -> None:
   plt, fig, axes = _panels(plan)
   for i, task in enumerate(plan.tasks):
     for j, budget in enumerate(plan.budgets):
@@ -303,35 +277,22 @@ def plot_wall_clock(plan: Plan, table: dict, points: dict, path: str) -> None:
       _references(ax, table, task, budget)
       for recipe, pts in points.items():
         color, name = COLORS.get(recipe), RECIPE_NAMES[recipe]
-        _curve(
-          ax,
-          table,
-          pts,
-          "minutes",
-          "finetune",
-          task,
-          budget,
-          color=color,
-          label=f"{name}, fine-tuned",
-        )
-        _curve(
-          ax,
-          table,
-          pts,
-          "minutes",
-          "probe",
-          task,
-          budget,
-          color=color,
-          linestyle="--",
-          alpha=0.6,
-          label=f"{name}, probed",
-        )
+        for method, style in (("finetune", {}), ("probe", {"linestyle": "--", "alpha": 0.6})):
+          label = f"{name}, {'fine-tuned' if method == 'finetune' else 'probed'}"
+          _curve(ax, table, pts, x_key, method, task, budget, color=color, label=label, **style)
       ax.set_title(f"{task}, {budget} labels")
-      ax.set_xlabel("pretraining wall-clock (minutes, 2 CPU cores)")
+      if x_key == "tokens":
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xlabel("pretraining tokens (millions, log scale)")
+      else:
+        ax.set_xlabel("pretraining wall-clock (minutes, 2 CPU cores)")
       ax.set_ylabel("dev accuracy (%)")
   axes[0][0].legend(fontsize=6)
-  fig.suptitle("v1 vs MLM vs data2vec 2.0 at equal wall time (mean ± std over seeds)")
+  against = "pretraining compute (tokens)" if x_key == "tokens" else "pretraining wall clock"
+  fig.suptitle(
+    f"v1 vs MLM vs data2vec 2.0 against {against}: mean ± std over {len(plan.seeds)} seeds"
+  )
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -342,7 +303,7 @@ def write_report(plan: Plan, calibration: dict) -> str:
   rows = read_results(plan)
   text = markdown(plan, calibration, rows)
   table, points = score_table(rows), checkpoint_points(plan, rows)
-  plot_compute(plan, table, points, plan.path(COMPUTE_PLOT))
-  plot_wall_clock(plan, table, points, plan.path(WALL_CLOCK_PLOT))
+  plot_scores(plan, table, points, plan.path(COMPUTE_PLOT), "tokens")
+  plot_scores(plan, table, points, plan.path(WALL_CLOCK_PLOT), "minutes")
   write_text_atomically(plan.path(REPORT), text)
   return text
