@@ -14,21 +14,24 @@ data2vec-jax model directory) and training_curves.png.
 
 from data2vec_jax.configs import pretrain
 
+# 4 layers x 128 for 128-token samples (positions: 128 + 2 for fairseq's offset).
+MODEL = dict(
+  num_layers=4,
+  hidden_size=128,
+  num_heads=4,
+  intermediate_size=512,
+  max_positions=130,
+  dropout=0.1,
+  attention_dropout=0.1,
+)
+
 
 def get_config(arg: str | None = None):
   args = pretrain.parse_arg(arg, {"steps": "200", "recipe": "release"})
   if args["recipe"] not in ("release", "data2vec2"):
     raise ValueError(f"demo recipe {args['recipe']!r}; expected 'release' or 'data2vec2'")
   c = pretrain.base_config(model="tiny", recipe="release")
-  c.model.update(
-    num_layers=4,
-    hidden_size=128,
-    num_heads=4,
-    intermediate_size=512,
-    max_positions=130,
-    dropout=0.1,
-    attention_dropout=0.1,
-  )
+  c.model.update(**MODEL)
   c.objective.average_top_k_layers = 3
   c.data.update(
     source="python_docs",

@@ -19,7 +19,7 @@ with 10% warmup, clip 1), so what differs is the objective and its masking:
 kept at every `checkpoint_every` steps, all of them: the evaluation reads each.
 """
 
-from data2vec_jax.configs import pretrain
+from data2vec_jax.configs import demo, pretrain
 
 RECIPES = ("release", "roberta", "data2vec2")
 DEFAULT_DATA = "small_experiment/data"
@@ -37,15 +37,7 @@ def get_config(arg: str | None = None):
     raise ValueError(f"small_experiment recipe {recipe!r}; expected one of {RECIPES}")
   steps, every = int(args["steps"]), int(args["checkpoint_every"])
   c = pretrain.base_config(model="tiny", recipe=recipe)
-  c.model.update(
-    num_layers=4,
-    hidden_size=128,
-    num_heads=4,
-    intermediate_size=512,
-    max_positions=130,
-    dropout=0.1,
-    attention_dropout=0.1,
-  )
+  c.model.update(**demo.MODEL)  # the demo's model
   c.data.update(
     source="fairseq_bin",
     path=f"{args['data']}/bin/train",

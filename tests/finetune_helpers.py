@@ -3,7 +3,9 @@ it, and a learnable sentiment-like GLUE task written in every data format the te
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import numpy as np
 
@@ -153,3 +155,26 @@ def glue_sst2_fairseq_bin(directory: str, spm_model: str, *, n_train: int, n_dev
       for label in labels:
         b.add_item(np.asarray([4 + order.index(str(label)), 2], np.int64))
   return directory
+
+
+@contextlib.contextmanager
+def session_compile_cache() -> Iterator[None]:
+  """In-process runs that build the same tiny model's programs again and again load them from
+  the session's persistent compilation cache (tests/conftest.py) instead of compiling; JAX's
+  cache settings are restored afterwards (the rest of the suite compiles as before)."""
+  import jax
+
+  from data2vec_jax.speed import compile_cache
+
+  keys = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
+  before = {key: getattr(jax.config, key) for key in keys}
+  compile_cache.enable(os.environ[compile_cache.ENV], "unused")
+  try:
+    yield
+  finally:
+    for key, value in before.items():
+      jax.config.update(key, value)

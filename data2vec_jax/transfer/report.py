@@ -102,23 +102,33 @@ def _fmt(cell: tuple[float, float, int] | None) -> str:
   return "–" if cell is None else f"{cell[0]:.1f} ± {cell[1]:.1f}"
 
 
-def verdicts(plan: Plan, table: dict, points: dict) -> list[str]:
-  """At the smallest budget, per task and method: each recipe's last checkpoint vs random weights."""
+def _against_random(plan: Plan, table: dict, points: dict):
+  """(task, budget, method, recipe, random weights' cell, [(checkpoint, its cell)] of the scored
+  checkpoints) at the smallest budget, where random weights were scored."""
   budget = min(plan.budgets)
-  lines = []
   for task in plan.tasks:
     for method in ("finetune", "probe"):
       scratch = table.get((SCRATCH, method, task, budget))
+      if scratch is None:
+        continue
       for recipe, pts in points.items():
-        ours = table.get((pts[-1]["model"], method, task, budget))
-        if scratch is None or ours is None:
-          continue
-        gap, bar = ours[0] - scratch[0], 2 * max(ours[1], scratch[1])
-        verdict = "beats random weights" if gap > bar else "does not beat random weights"
-        lines.append(
-          f"- {task}, {budget} labels, {method}: {RECIPE_NAMES[recipe]} {_fmt(ours)} vs random "
-          f"{_fmt(scratch)}: difference {gap:+.1f}, twice the spread {bar:.1f}: **{verdict}**"
-        )
+        cells = [(p, table.get((p["model"], method, task, budget))) for p in pts]
+        yield task, budget, method, recipe, scratch, [(p, c) for p, c in cells if c is not None]
+
+
+def verdicts(plan: Plan, table: dict, points: dict) -> list[str]:
+  """At the smallest budget, per task and method: each recipe's last checkpoint vs random weights."""
+  lines = []
+  for task, budget, method, recipe, scratch, cells in _against_random(plan, table, points):
+    if not cells or cells[-1][0] is not points[recipe][-1]:
+      continue  # the last checkpoint has no score yet
+    ours = cells[-1][1]
+    gap, bar = ours[0] - scratch[0], 2 * max(ours[1], scratch[1])
+    verdict = "beats random weights" if gap > bar else "does not beat random weights"
+    lines.append(
+      f"- {task}, {budget} labels, {method}: {RECIPE_NAMES[recipe]} {_fmt(ours)} vs random "
+      f"{_fmt(scratch)}: difference {gap:+.1f}, twice the spread {bar:.1f}: **{verdict}**"
+    )
   return lines
 
 
@@ -128,45 +138,39 @@ def trends(plan: Plan, table: dict, points: dict) -> list[str]:
   pretraining compute) and, where it rises, the tokens at which that line would reach random
   weights' mean plus twice the larger spread: an extrapolation of the measured points, stated as
   one, not a prediction."""
-  budget = min(plan.budgets)
   lines = []
-  for task in plan.tasks:
-    for method in ("finetune", "probe"):
-      scratch = table.get((SCRATCH, method, task, budget))
-      for recipe, pts in points.items():
-        cells = [(p, table.get((p["model"], method, task, budget))) for p in pts]
-        cells = [(p, c) for p, c in cells if c is not None]
-        if scratch is None or len(cells) < 3:
-          continue
-        x = np.log2([p["tokens"] for p, _ in cells])
-        y = np.array([c[0] for _, c in cells])
-        (slope, intercept), cov = np.polyfit(x, y, 1, cov="unscaled")
-        # The slope's standard error from the fit's residuals (n - 2 degrees of freedom).
-        residual = y - (slope * x + intercept)
-        se = float(np.sqrt(cov[0, 0] * (residual @ residual) / max(len(x) - 2, 1)))
-        target = scratch[0] + 2 * max([scratch[1]] + [c[1] for _, c in cells])
-        measured = cells[-1][0]["tokens"]
-        text = (
-          f"- {task}, {budget} labels, {method}, {RECIPE_NAMES[recipe]}: "
-          f"{slope:+.2f} ± {se:.2f} points per doubling of pretraining tokens "
-          f"({len(cells)} checkpoints, {cells[0][0]['tokens'] / 1e6:.1f}M to "
-          f"{measured / 1e6:.1f}M tokens)"
-        )
-        if y[-1] > target:
-          text += f"; already above random + 2 spreads ({target:.1f})"
-        elif slope < -2 * se:
-          text += "; falling (by more than 2 standard errors): no extrapolation"
-        elif slope <= 2 * se:
-          text += "; not distinguishable from flat (within 2 standard errors): no extrapolation"
-        else:
-          needed = 2 ** ((target - intercept) / slope)
-          where = (
-            "beyond 1000x the tokens measured"
-            if needed > 1000 * measured
-            else f"at ~{needed / 1e6:,.0f}M tokens ({needed / measured:.0f}x the tokens measured)"
-          )
-          text += f"; the line reaches {target:.1f} (random + 2 spreads) {where}"
-        lines.append(text)
+  for task, budget, method, recipe, scratch, cells in _against_random(plan, table, points):
+    if len(cells) < 3:
+      continue
+    x = np.log2([p["tokens"] for p, _ in cells])
+    y = np.array([c[0] for _, c in cells])
+    (slope, intercept), cov = np.polyfit(x, y, 1, cov="unscaled")
+    # The slope's standard error from the fit's residuals (n - 2 degrees of freedom).
+    residual = y - (slope * x + intercept)
+    se = float(np.sqrt(cov[0, 0] * (residual @ residual) / max(len(x) - 2, 1)))
+    target = scratch[0] + 2 * max([scratch[1]] + [c[1] for _, c in cells])
+    measured = cells[-1][0]["tokens"]
+    text = (
+      f"- {task}, {budget} labels, {method}, {RECIPE_NAMES[recipe]}: "
+      f"{slope:+.2f} ± {se:.2f} points per doubling of pretraining tokens "
+      f"({len(cells)} checkpoints, {cells[0][0]['tokens'] / 1e6:.1f}M to "
+      f"{measured / 1e6:.1f}M tokens)"
+    )
+    if y[-1] > target:
+      text += f"; already above random + 2 spreads ({target:.1f})"
+    elif slope < -2 * se:
+      text += "; falling (by more than 2 standard errors): no extrapolation"
+    elif slope <= 2 * se:
+      text += "; not distinguishable from flat (within 2 standard errors): no extrapolation"
+    else:
+      needed = 2 ** ((target - intercept) / slope)
+      where = (
+        "beyond 1000x the tokens measured"
+        if needed > 1000 * measured
+        else f"at ~{needed / 1e6:,.0f}M tokens ({needed / measured:.0f}x the tokens measured)"
+      )
+      text += f"; the line reaches {target:.1f} (random + 2 spreads) {where}"
+    lines.append(text)
   return lines
 
 

@@ -32,6 +32,7 @@ from tests.finetune_helpers import (  # noqa: E402
   glue_sst2_fairseq_bin,
   glue_sst2_tfds,
   sentiment_splits,
+  session_compile_cache,
   tiny_model_dir,
   write_sst2_tsv,
 )
@@ -58,20 +59,8 @@ def persistent_compilation_cache():
   """The runs here (in this process) build the same tiny model's update and evaluation again and
   again: with the session's persistent cache (tests/conftest.py) the runs after the first load
   them instead of compiling. Restored afterwards (the rest of the suite compiles as before)."""
-  import jax
-
-  from data2vec_jax.speed import compile_cache
-
-  keys = (
-    "jax_compilation_cache_dir",
-    "jax_persistent_cache_min_compile_time_secs",
-    "jax_persistent_cache_min_entry_size_bytes",
-  )
-  before = {key: getattr(jax.config, key) for key in keys}
-  compile_cache.enable(os.environ[compile_cache.ENV], "unused")
-  yield
-  for key, value in before.items():
-    jax.config.update(key, value)
+  with session_compile_cache():
+    yield
 
 
 @pytest.fixture(scope="module")

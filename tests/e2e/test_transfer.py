@@ -16,6 +16,7 @@ from data2vec_jax.finetune.heldout_tasks import AREAS, CorpusDocument
 from data2vec_jax.transfer import evaluate, report
 from data2vec_jax.transfer.baseline import baseline
 from data2vec_jax.transfer.plan import Plan
+from tests.finetune_helpers import session_compile_cache
 from tests.train_helpers import checkpoint_steps, run_train
 
 BUDGET = 24  # 4 per area: the probe's 3-fold cross-validation needs 3 of a label
@@ -38,20 +39,8 @@ def documents() -> list[CorpusDocument]:
 def persistent_compilation_cache():
   """The three models share one architecture: with the session's persistent cache
   (tests/conftest.py) the runs after the first load their programs instead of compiling."""
-  import jax
-
-  from data2vec_jax.speed import compile_cache
-
-  keys = (
-    "jax_compilation_cache_dir",
-    "jax_persistent_cache_min_compile_time_secs",
-    "jax_persistent_cache_min_entry_size_bytes",
-  )
-  before = {key: getattr(jax.config, key) for key in keys}
-  compile_cache.enable(os.environ[compile_cache.ENV], "unused")
-  yield
-  for key, value in before.items():
-    jax.config.update(key, value)
+  with session_compile_cache():
+    yield
 
 
 def rows(plan: Plan) -> list[dict]:
