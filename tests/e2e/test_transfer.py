@@ -50,9 +50,11 @@ def rows(plan: Plan) -> list[dict]:
 
 def test_evaluate_and_baseline_write_every_row_once(tmp_path, monkeypatch):
   # Fine-tuned: the last checkpoint and random weights; the earlier checkpoint is only probed.
+  # The pair task only (two text columns: the longer path; one-sentence files are read and
+  # probed in tests/transfer/test_probe.py), to keep the suite's time.
   plan = Plan(workdir=str(tmp_path), recipes=("release",), checkpoints=2, evaluated=(1, 2),
-              budgets=(BUDGET,), seeds=(0,), finetune_budgets=(BUDGET,),
-              finetune_budgets_along=())  # fmt: skip
+              tasks=("same_docstring",), budgets=(BUDGET,), seeds=(0,),
+              finetune_budgets=(BUDGET,), finetune_budgets_along=())  # fmt: skip
   run = run_train(plan.pretrain_dir("release"), 4, "--config.train.keep_checkpoints=3")
   assert run.returncode == 0, run.stderr[-3000:]
   assert {2, 4} <= set(checkpoint_steps(plan.pretrain_dir("release")))
