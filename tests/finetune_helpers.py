@@ -178,3 +178,20 @@ def session_compile_cache() -> Iterator[None]:
   finally:
     for key, value in before.items():
       jax.config.update(key, value)
+
+
+def area_documents() -> list:
+  """Held-out-task source documents: 20 per stdlib area (in its first module), each of three
+  7-word sentences, every sentence unique (heldout_tasks' AREAS; data.stdlib_corpus documents)."""
+  from data2vec_jax.data.stdlib_corpus import CorpusDocument
+  from data2vec_jax.finetune.heldout_tasks import AREAS
+
+  words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+  docs = []
+  for a, (area, modules) in enumerate(sorted(AREAS.items())):
+    for i in range(20):
+      sentences = tuple(
+        f"The {area} {words[i % 12]} {words[j]} thing number {a}{i}{j}." for j in range(3)
+      )
+      docs.append(CorpusDocument(f"{modules[0]}.sub:f{i}", f"{modules[0]}.sub", sentences))
+  return docs

@@ -12,27 +12,13 @@ import os
 import pytest
 
 from data2vec_jax.finetune import heldout_tasks
-from data2vec_jax.finetune.heldout_tasks import AREAS, CorpusDocument
 from data2vec_jax.transfer import evaluate, report
 from data2vec_jax.transfer.baseline import baseline
 from data2vec_jax.transfer.plan import Plan
-from tests.finetune_helpers import session_compile_cache
+from tests.finetune_helpers import area_documents, session_compile_cache
 from tests.train_helpers import checkpoint_steps, run_train
 
 BUDGET = 24  # 4 per area: the probe's 3-fold cross-validation needs 3 of a label
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
-
-
-def documents() -> list[CorpusDocument]:
-  """20 documents of three 7-word sentences in each area (its first module)."""
-  docs = []
-  for a, (area, modules) in enumerate(sorted(AREAS.items())):
-    for i in range(20):
-      sentences = tuple(
-        f"The {area} {WORDS[i % 12]} {WORDS[j]} thing number {a}{i}{j}." for j in range(3)
-      )
-      docs.append(CorpusDocument(f"{modules[0]}.sub:f{i}", f"{modules[0]}.sub", sentences))
-  return docs
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +46,7 @@ def test_evaluate_and_baseline_write_every_row_once(tmp_path, monkeypatch):
   assert {2, 4} <= set(checkpoint_steps(plan.pretrain_dir("release")))
   for task in plan.tasks:
     heldout_tasks.write_task(
-      os.path.join(plan.data_dir, "tasks"), task, documents(), budgets=(BUDGET,)
+      os.path.join(plan.data_dir, "tasks"), task, area_documents(), budgets=(BUDGET,)
     )
   # A few updates per fine-tuning run: this checks the pipeline, not what it learns.
   monkeypatch.setattr(evaluate, "MIN_EPOCHS", 1)

@@ -19,19 +19,12 @@ from data2vec_jax.finetune.heldout_tasks import (
   task_splits,
   write_task,
 )
-
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+from tests.finetune_helpers import area_documents
 
 
 def fake_documents() -> list[CorpusDocument]:
-  """20 documents of three 7-word sentences in each area (its first module), unique sentences."""
-  docs = []
-  for a, (area, modules) in enumerate(sorted(AREAS.items())):
-    for i in range(20):
-      sentences = tuple(
-        f"The {area} {WORDS[i % 12]} {WORDS[j]} thing number {a}{i}{j}." for j in range(3)
-      )
-      docs.append(CorpusDocument(f"{modules[0]}.sub:f{i}", f"{modules[0]}.sub", sentences))
+  """finetune_helpers.area_documents, and one manual document in no area."""
+  docs = area_documents()
   docs.append(CorpusDocument("manual:x#1", "manual:x", ("Not in any area at all, sadly.",)))
   return docs
 
