@@ -29,6 +29,7 @@ from data2vec_jax.transfer.plan import RECIPE_NAMES, SCRATCH, Plan
 REPORT = "report.md"
 COMPUTE_PLOT = "transfer_vs_compute.png"
 WALL_CLOCK_PLOT = "recipes_vs_wall_clock.png"
+METHOD_NAMES = {"finetune": "fine-tuned", "probe": "probed"}
 COLORS = {"release": "tab:blue", "roberta": "tab:orange", "data2vec2": "tab:green"}
 
 
@@ -174,6 +175,58 @@ def trends(plan: Plan, table: dict, points: dict) -> list[str]:
   return lines
 
 
+# Runs whose wall times differ by more than this fraction are flagged as not at equal time.
+EQUAL_TIME_TOLERANCE = 0.1
+
+
+def equal_time(plan: Plan, table: dict, points: dict) -> list[str]:
+  """The recipes side by side at equal wall time: a markdown table with one row per checkpoint
+  rank (the k-th evaluated checkpoint of every run, reached at about the same minute when the
+  calibration held), task, budget and method (earlier checkpoints at the smallest budget, the
+  last at every budget), and which recipe leads: the best mean ahead of the second by more than
+  twice the larger of their spreads, else none. Runs whose wall times differ by more than
+  `EQUAL_TIME_TOLERANCE` are flagged above the table."""
+  recipes = [r for r in plan.recipes if r in points]
+  if len(recipes) < 2:
+    return []
+  ranks = min(len(points[r]) for r in recipes)
+  lines = []
+  ends = [points[r][-1]["minutes"] for r in recipes]
+  if max(ends) > (1 + EQUAL_TIME_TOLERANCE) * min(ends):
+    lines += [
+      f"**Not equal time:** the runs ended at {' / '.join(f'{m:.1f}' for m in ends)} minutes "
+      f"(more than {EQUAL_TIME_TOLERANCE:.0%} apart).",
+      "",
+    ]
+  names = [RECIPE_NAMES[r] for r in recipes]
+  header = ["checkpoint", f"minutes ({' / '.join(names)})", "task", "labels", "method"]
+  header += names + ["leader (by > 2 spreads)"]
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for rank in range(ranks):
+    last = rank == ranks - 1
+    ats = [points[r][rank - ranks] for r in recipes]  # counted from each run's last checkpoint
+    minutes = " / ".join(f"{p['minutes']:.1f}" for p in ats)
+    for task in plan.tasks:
+      for budget in plan.budgets if last else (min(plan.budgets),):
+        for method in METHOD_NAMES:
+          cells = [table.get((p["model"], method, task, budget)) for p in ats]
+          if any(c is None for c in cells):
+            continue
+          order = sorted(range(len(recipes)), key=lambda i: -cells[i][0])
+          first, second = cells[order[0]], cells[order[1]]
+          gap, bar = first[0] - second[0], 2 * max(first[1], second[1])
+          leader = (
+            f"**{RECIPE_NAMES[recipes[order[0]]]}** (+{gap:.1f} > {bar:.1f})"
+            if gap > bar
+            else f"none (+{gap:.1f} ≤ {bar:.1f})"
+          )
+          fraction = f"{plan.evaluated[rank - ranks]}/{plan.checkpoints}"
+          row = [fraction, minutes, task, str(budget), METHOD_NAMES[method]]
+          row += [_fmt(c) for c in cells] + [leader]
+          lines.append("| " + " | ".join(row) + " |")
+  return lines
+
+
 def markdown(plan: Plan, calibration: dict, rows: Sequence[dict]) -> str:
   table = score_table(rows)
   points = checkpoint_points(plan, rows)
@@ -207,6 +260,8 @@ def markdown(plan: Plan, calibration: dict, rows: Sequence[dict]) -> str:
   lines += verdicts(plan, table, points) or ["(no scores yet)"]
   lines += ["", "Trend along pretraining (least squares on the evaluated checkpoints):", ""]
   lines += trends(plan, table, points) or ["(fewer than 3 checkpoints scored yet)"]
+  lines += ["", "## At equal wall time: v1 vs MLM vs data2vec 2.0", ""]
+  lines += equal_time(plan, table, points) or ["(fewer than 2 recipes scored yet)"]
   lines += ["", "## Along pretraining (fine-tuning / probe)", ""]
   header = ["recipe", "step", "minutes", "tokens (M)"]
   header += [f"{task} {budget}" for task in plan.tasks for budget in plan.budgets]

@@ -80,3 +80,53 @@ def test_read_results_keeps_the_later_row_and_score_table_uses_sample_spreads(tm
   mean, std, n = report.score_table(kept)[("m", "probe", TASK, BUDGET)]
   assert n == 3 and mean == pytest.approx(100 * np.mean([0.2, 0.3, 0.6]))
   assert std == pytest.approx(100 * np.std([0.2, 0.3, 0.6], ddof=1))
+
+
+def two_recipes(v1, mlm, *, v1_minutes=(7.5, 15.0), mlm_minutes=(7.4, 14.8)):
+  """Two recipes with two evaluated checkpoints each; `v1` and `mlm` are {(method, budget, k):
+  (mean, std)} of checkpoint k (1: halfway, 2: the end)."""
+  plan = Plan(
+    workdir="unused",
+    recipes=("release", "roberta"),
+    tasks=(TASK,),
+    budgets=(BUDGET, 200),
+    evaluated=(4, 8),
+  )
+  table, points = {}, {}
+  for recipe, scores, minutes in (("release", v1, v1_minutes), ("roberta", mlm, mlm_minutes)):
+    points[recipe] = [
+      {"model": f"{recipe}-{k}", "step": k, "minutes": m, "tokens": k * 1e6}
+      for k, m in zip((1, 2), minutes)
+    ]
+    for (method, budget, k), (mean, std) in scores.items():
+      table[(f"{recipe}-{k}", method, TASK, budget)] = (mean, std, 3)
+  return plan, table, points
+
+
+def test_equal_time_names_a_leader_only_beyond_twice_the_larger_spread():
+  v1 = {("finetune", BUDGET, 1): (30.0, 1.0), ("finetune", BUDGET, 2): (30.0, 1.0)}
+  mlm = {("finetune", BUDGET, 1): (32.1, 0.5), ("finetune", BUDGET, 2): (31.9, 1.0)}
+  # Both at 200 labels as well, at the end only: the earlier checkpoints are compared at the
+  # smallest budget.
+  v1[("probe", 200, 1)], mlm[("probe", 200, 1)] = (50.0, 1.0), (40.0, 1.0)
+  v1[("probe", 200, 2)], mlm[("probe", 200, 2)] = (50.0, 1.0), (40.0, 1.0)
+  plan, table, points = two_recipes(v1, mlm)
+  lines = report.equal_time(plan, table, points)
+  assert lines[0].startswith("| checkpoint | minutes (data2vec v1 / MLM (RoBERTa))")
+  rows = lines[2:]
+  assert len(rows) == 3  # halfway: 50-label fine-tuning only; end: that and the 200-label probe
+  halfway, end, end_200 = rows
+  assert halfway.startswith("| 4/8 | 7.5 / 7.4 | stdlib_area | 50 | fine-tuned |")
+  assert "**MLM (RoBERTa)** (+2.1 > 2.0)" in halfway  # 32.1 - 30.0 beats 2 x max(1.0, 0.5)
+  assert end.startswith("| 8/8 | 15.0 / 14.8 |") and "none (+1.9 ≤ 2.0)" in end
+  assert "| 200 | probed |" in end_200 and "**data2vec v1** (+10.0 > 2.0)" in end_200
+  assert not any("Not equal time" in line for line in lines)
+
+
+def test_equal_time_flags_runs_that_did_not_get_equal_time():
+  scores = {("finetune", BUDGET, 2): (30.0, 1.0)}
+  plan, table, points = two_recipes(scores, scores, mlm_minutes=(6.0, 13.3))
+  lines = report.equal_time(plan, table, points)
+  assert lines[0] == (
+    "**Not equal time:** the runs ended at 15.0 / 13.3 minutes (more than 10% apart)."
+  )
