@@ -347,12 +347,14 @@ def plot_scores(plan: Plan, table: dict, points: dict, path: str, x_key: str) ->
       else:
         ax.set_xlabel("pretraining wall-clock (minutes, 2 CPU cores)")
       ax.set_ylabel("dev accuracy (%)")
-  axes[0][0].legend(fontsize=6)
+  # One legend for every panel, below them: inside a panel it hides the points.
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
   against = "pretraining compute (tokens)" if x_key == "tokens" else "pretraining wall clock"
   fig.suptitle(
     f"v1 vs MLM vs data2vec 2.0 against {against}: mean ± std over {len(plan.seeds)} seeds"
   )
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
