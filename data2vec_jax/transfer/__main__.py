@@ -1,5 +1,7 @@
-"""`python -m data2vec_jax.transfer --workdir DIR [--minutes M] [--stages ...]`: the small
-experiment (this package's docstring), stage by stage; a re-run resumes where it stopped."""
+"""`python -m data2vec_jax.transfer --workdir DIR [--minutes M] [--recipes ...] [--stages ...]`:
+the small experiment (this package's docstring), stage by stage; a re-run resumes where it
+stopped. `--recipes roberta --minutes 45` runs one recipe longer (e.g. to test a trend the
+15-minute runs extrapolate)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import logging
 import sys
 import time
 
+from data2vec_jax.transfer.plan import RECIPES  # light: no JAX before the arguments are checked
+
 STAGES = ("prepare", "calibrate", "pretrain", "evaluate", "baseline", "report")
 
 
@@ -15,6 +19,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m data2vec_jax.transfer", description=__doc__)
   p.add_argument("--workdir", required=True, help="where everything is written (resumable)")
   p.add_argument("--minutes", type=float, default=15.0, help="pretraining minutes per recipe")
+  p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)}")
   p.add_argument(
     "--stages", default=",".join(STAGES), help=f"comma list, in order, of {', '.join(STAGES)}"
   )
@@ -23,6 +28,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   unknown = [s for s in args.stages if s not in STAGES]
   if unknown:
     p.error(f"--stages has {unknown}; known: {', '.join(STAGES)}")
+  args.recipes = tuple(r for r in args.recipes.split(",") if r)
+  unknown = [r for r in args.recipes if r not in RECIPES]
+  if unknown or not args.recipes:
+    p.error(f"--recipes has {unknown or 'nothing'}; known: {', '.join(RECIPES)}")
   return args
 
 
@@ -36,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
   from data2vec_jax.transfer.plan import Plan
   from data2vec_jax.transfer.prepare import prepare_data
 
-  plan = Plan(workdir=args.workdir, minutes=args.minutes)
+  plan = Plan(workdir=args.workdir, minutes=args.minutes, recipes=args.recipes)
   start = time.time()
   calibration = read_json(plan.calibration_path)
   for stage in args.stages:

@@ -107,3 +107,15 @@ def test_config_errors():
     get_config("recipe=bert,data=/d")
   # Without data=: make small-experiment's data folder.
   assert get_config("recipe=release").data.path == "small_experiment/data/bin/train"
+
+
+def test_command_line_takes_a_recipe_subset_and_refuses_unknown_names(capsys):
+  from data2vec_jax.transfer.__main__ import parse_args
+
+  args = parse_args(["--workdir", "w", "--recipes", "roberta", "--minutes", "45"])
+  assert args.recipes == ("roberta",) and args.minutes == 45.0
+  assert parse_args(["--workdir", "w"]).recipes == RECIPES
+  for bad, named in (("roberta,bert", "['bert']"), (",", "nothing")):
+    with pytest.raises(SystemExit):
+      parse_args(["--workdir", "w", "--recipes", bad])
+    assert f"--recipes has {named}; known: release, roberta, data2vec2" in capsys.readouterr().err
