@@ -261,7 +261,9 @@ def markdown(plan: Plan, calibration: dict, rows: Sequence[dict]) -> str:
   lines += ["", "Trend along pretraining (least squares on the evaluated checkpoints):", ""]
   lines += trends(plan, table, points) or ["(fewer than 3 checkpoints scored yet)"]
   lines += ["", "## At equal wall time: v1 vs MLM vs data2vec 2.0", ""]
-  lines += equal_time(plan, table, points) or ["(fewer than 2 recipes scored yet)"]
+  lines += equal_time(plan, table, points) or [
+    "(needs two recipes with scores: nothing to compare)"
+  ]
   lines += ["", "## Along pretraining (fine-tuning / probe)", ""]
   header = ["recipe", "step", "minutes", "tokens (M)"]
   header += [f"{task} {budget}" for task in plan.tasks for budget in plan.budgets]
@@ -352,7 +354,8 @@ def plot_scores(plan: Plan, table: dict, points: dict, path: str, x_key: str) ->
   fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
   against = "pretraining compute (tokens)" if x_key == "tokens" else "pretraining wall clock"
   fig.suptitle(
-    f"v1 vs MLM vs data2vec 2.0 against {against}: mean ± std over {len(plan.seeds)} seeds"
+    f"{' vs '.join(RECIPE_NAMES[r] for r in points)} against {against}: "
+    f"mean ± std over {len(plan.seeds)} seeds"
   )
   fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path, dpi=110)
