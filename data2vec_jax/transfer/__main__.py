@@ -24,15 +24,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     "--stages", default=",".join(STAGES), help=f"comma list, in order, of {', '.join(STAGES)}"
   )
   args = p.parse_args(argv)
-  args.stages = [s for s in args.stages.split(",") if s]
-  unknown = [s for s in args.stages if s not in STAGES]
-  if unknown:
-    p.error(f"--stages has {unknown}; known: {', '.join(STAGES)}")
-  args.recipes = tuple(r for r in args.recipes.split(",") if r)
-  unknown = [r for r in args.recipes if r not in RECIPES]
-  if unknown or not args.recipes:
-    p.error(f"--recipes has {unknown or 'nothing'}; known: {', '.join(RECIPES)}")
+  args.stages = list(_names(p, "--stages", args.stages, STAGES))
+  args.recipes = _names(p, "--recipes", args.recipes, RECIPES)
   return args
+
+
+def _names(p: argparse.ArgumentParser, flag: str, value: str, known: tuple[str, ...]):
+  """A comma list's names, in order; an unknown name or an empty list is a one-line error."""
+  names = tuple(n for n in value.split(",") if n)
+  unknown = [n for n in names if n not in known]
+  if unknown or not names:
+    p.error(f"{flag} has {unknown or 'nothing'}; known: {', '.join(known)}")
+  return names
 
 
 def main(argv: list[str] | None = None) -> None:

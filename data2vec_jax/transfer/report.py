@@ -99,6 +99,11 @@ def checkpoint_points(plan: Plan, rows: Sequence[dict]) -> dict[str, list[dict]]
   return out
 
 
+def _versus(points: dict) -> str:
+  """'data2vec v1 vs MLM (RoBERTa) vs ...': the recipes that have scores, for titles."""
+  return " vs ".join(RECIPE_NAMES[r] for r in points)
+
+
 def _fmt(cell: tuple[float, float, int] | None) -> str:
   return "–" if cell is None else f"{cell[0]:.1f} ± {cell[1]:.1f}"
 
@@ -237,7 +242,10 @@ def markdown(plan: Plan, calibration: dict, rows: Sequence[dict]) -> str:
   lines = [
     "# The small transfer experiment",
     "",
-    f"Pretraining: {plan.minutes:g} minutes per recipe planned ({runs}). Dev accuracy "
+    # The minutes the runs were calibrated for (calibration.json), not this invocation's
+    # --minutes: a report redrawn with other flags still says what was run.
+    f"Pretraining: {calibration.get('minutes', plan.minutes):g} minutes per recipe planned "
+    f"({runs}). Dev accuracy "
     f"in percent, mean ± std (ddof 1) over seeds {', '.join(map(str, plan.seeds))}.",
     "",
     "## Last checkpoints, random weights and the bag-of-words baseline",
@@ -260,7 +268,7 @@ def markdown(plan: Plan, calibration: dict, rows: Sequence[dict]) -> str:
   lines += verdicts(plan, table, points) or ["(no scores yet)"]
   lines += ["", "Trend along pretraining (least squares on the evaluated checkpoints):", ""]
   lines += trends(plan, table, points) or ["(fewer than 3 checkpoints scored yet)"]
-  lines += ["", "## At equal wall time: v1 vs MLM vs data2vec 2.0", ""]
+  lines += ["", f"## At equal wall time: {_versus(points)}", ""]
   lines += equal_time(plan, table, points) or [
     "(needs two recipes with scores: nothing to compare)"
   ]
@@ -339,7 +347,7 @@ def plot_scores(plan: Plan, table: dict, points: dict, path: str, x_key: str) ->
       for recipe, pts in points.items():
         color, name = COLORS.get(recipe), RECIPE_NAMES[recipe]
         for method, style in (("finetune", {}), ("probe", {"linestyle": "--", "alpha": 0.6})):
-          label = f"{name}, {'fine-tuned' if method == 'finetune' else 'probed'}"
+          label = f"{name}, {METHOD_NAMES[method]}"
           _curve(ax, table, pts, x_key, method, task, budget, color=color, label=label, **style)
       ax.set_title(f"{task}, {budget} labels")
       if x_key == "tokens":
@@ -353,10 +361,7 @@ def plot_scores(plan: Plan, table: dict, points: dict, path: str, x_key: str) ->
   handles, labels = axes[0][0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
   against = "pretraining compute (tokens)" if x_key == "tokens" else "pretraining wall clock"
-  fig.suptitle(
-    f"{' vs '.join(RECIPE_NAMES[r] for r in points)} against {against}: "
-    f"mean ± std over {len(plan.seeds)} seeds"
-  )
+  fig.suptitle(f"{_versus(points)} against {against}: mean ± std over {len(plan.seeds)} seeds")
   fig.tight_layout(rect=(0, 0.07, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -130,3 +130,10 @@ def test_equal_time_flags_runs_that_did_not_get_equal_time():
   assert lines[0] == (
     "**Not equal time:** the runs ended at 15.0 / 13.3 minutes (more than 10% apart)."
   )
+
+
+def test_report_states_the_minutes_the_runs_were_calibrated_for(tmp_path):
+  # A report redrawn without --minutes (plan default 15) of a 30-minute experiment says 30.
+  plan = Plan(workdir=str(tmp_path))
+  text = report.markdown(plan, {"minutes": 30.0, "recipes": {}}, [])
+  assert "Pretraining: 30 minutes per recipe planned" in text
